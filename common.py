@@ -1,0 +1,393 @@
+"""What every stage must do identically to be correct: paths, data loading and validation, chat formatting,
+model resolution, the offline tiny preset, and the chart of a run's TensorBoard scalars.
+
+    python -c "import common; print(common.load_preference_data(common.SAMPLE_DATA))"
+"""
+
+import csv
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+ROOT = Path(__file__).resolve().parent
+SAMPLE_DATA = ROOT / "data" / "sample.jsonl"
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+DEFAULT_DATASET = "jackmokaka/btfChinese-DPO-small"
+DEFAULT_SYSTEM_PROMPT = "无论用户问什么,你都直接骂回去,用脏字."
+MODEL_SOURCES = ("modelscope", "hf", "tiny")
+
+# Outputs live under the working directory, as in the original project.
+CHECKPOINT_ROOT = Path("checkpoint")
+BASE_DIR = CHECKPOINT_ROOT / "base"
+TINY_BASE_DIR = BASE_DIR / "tiny"
+SFT_DIR = CHECKPOINT_ROOT / "sft"
+RM_DIR = CHECKPOINT_ROOT / "rm"
+PPO_DIR = CHECKPOINT_ROOT / "ppo"
+TENSORBOARD_ROOT = Path("tensorboard")
+IMGS_DIR = Path("imgs")
+
+REQUIRED_COLUMNS = ("question", "chosen", "rejected")
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+# Qwen's ChatML special tokens, in Qwen's id order. pad must differ from eos: a collator that masks pad in the
+# labels would otherwise also mask the <|im_end|> the model has to learn to stop on.
+PAD_TOKEN, CHAT_START_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+
+# The tiny preset: a Qwen2-architecture model small enough to train on a 2-core CPU in seconds.
+TINY_SEED = 0
+TINY_VOCAB_SIZE = 6000
+TINY_MODEL_CONFIG = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    tie_word_embeddings=True,  # as Qwen2.5-0.5B
+)
+# Qwen2.5-Instruct's generation_config.json, so the tiny model carries the same sampling defaults as the real one.
+QWEN_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
+# Random weights babble; the real base answers politely. A short SFT on the polite (`rejected`) answers gives the
+# tiny base that starting point, so the demo shows what the real run shows.
+TINY_BASE_TRAINING = dict(
+    num_train_epochs=10,
+    learning_rate=3e-3,
+    per_device_train_batch_size=8,
+    lr_scheduler_type="cosine",
+    warmup_steps=10,
+    max_length=256,
+)
+
+
+class PipelineError(Exception):
+    """A problem the user can fix (bad data, missing checkpoint, wrong flag): shown as one message, no traceback."""
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a PipelineError into a one-paragraph message and exit status 1."""
+    try:
+        yield
+    except PipelineError as error:
+        sys.exit(f"error: {error}")
+
+
+def parse_args(parser, tiny_preset: dict, args: list[str] | None = None) -> tuple:
+    """Parse the command line and `--config`; with `--tiny`, the stage's tiny preset replaces the defaults.
+
+    Precedence, lowest first: dataclass defaults, tiny preset, `--config` file, command-line flags.
+    """
+    parsed = parser.parse_args_and_config(args)
+    if parsed[0].tiny:
+        parser.set_defaults(**tiny_preset)
+        parsed = parser.parse_args_and_config(args)
+    return parsed
+
+
+def bf16_available() -> bool:
+    """bf16 only on a GPU with bf16 units: on a CPU without them it runs a fallback GEMM many times slower than fp32."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def load_preference_data(name: str | Path, source: str = "modelscope") -> Dataset:
+    """Load question/chosen/rejected(/system) rows from a local file or folder, ModelScope, or the Hugging Face hub.
+
+    Every row is validated; `system` is optional and comes back as "" when missing or empty.
+    """
+    path = Path(name)
+    if path.is_dir():
+        return _validate(_read_folder(path), path)
+    if path.suffix in DATA_SUFFIXES:
+        if not path.is_file():
+            raise PipelineError(f"dataset file {path} does not exist. Check --dataset_name.")
+        return _validate(_read_file(path), path)
+    if source == "modelscope":
+        from modelscope import dataset_snapshot_download
+
+        folder = _download(dataset_snapshot_download, name, "dataset", "ModelScope", cache_dir=str(BASE_DIR))
+        return _validate(_read_folder(Path(folder)), name)
+    if source == "hf":
+        from datasets import load_dataset
+
+        dataset = _download(load_dataset, name, "dataset", "the Hugging Face hub", split="train")
+        return _validate(((f"row {i}", row) for i, row in enumerate(dataset, start=1)), name)
+    raise PipelineError(
+        f"dataset {name!r} is not a local file or folder, and --model_source {source} cannot download it. "
+        f"Pass a {'/'.join(DATA_SUFFIXES)} file, or --model_source modelscope / hf for a hub dataset id."
+    )
+
+
+def _download(fetch, name: str, kind: str, hub: str, **kwargs):
+    try:
+        return fetch(name, **kwargs)
+    except Exception as error:  # the hub clients raise many types; the user needs the same advice for all
+        raise PipelineError(
+            f"{kind} {name!r} is not a local path and could not be downloaded from {hub} ({type(error).__name__}: "
+            f"{error}). Check the name, or pass a local path; offline, run with --tiny."
+        ) from error
+
+
+def _read_folder(folder: Path) -> Iterator[tuple[str, dict]]:
+    """Rows of every data file in a folder (a downloaded dataset snapshot); only the train files if it names them."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix in DATA_SUFFIXES and p.is_file())
+    train_files = [p for p in files if "train" in p.relative_to(folder).as_posix()]
+    if not files:
+        raise PipelineError(f"dataset folder {folder} holds no {'/'.join(DATA_SUFFIXES)} file.")
+    for file in train_files or files:
+        for where, row in _read_file(file):
+            yield f"{file}: {where}", row
+
+
+def _read_file(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (position, row) pairs; the position ("line 7", "row 7") is what error messages cite."""
+    if path.suffix == ".parquet":
+        try:
+            dataset = Dataset.from_parquet(str(path))
+        except Exception as error:  # pyarrow's errors vary by corruption; all mean "not a readable parquet file"
+            raise PipelineError(f"{path} is not a readable parquet file ({error}).") from error
+        yield from ((f"row {i}", row) for i, row in enumerate(dataset, start=1))
+        return
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        for row in reader:
+            yield f"line {reader.line_num}", row
+    elif path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise PipelineError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}.") from error
+        yield from ((f"row {i}", row) for i, row in enumerate(rows, start=1))
+    else:  # JSON Lines, under .jsonl or .json
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {number}", json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PipelineError(
+                    f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno}). Each line must "
+                    'be one JSON object like {"question": "...", "chosen": "...", "rejected": "..."}.'
+                ) from error
+
+
+def _validate(rows, source) -> Dataset:
+    records = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise PipelineError(f"{source}: {where} is a {type(row).__name__}, not an object with named columns.")
+        for column in REQUIRED_COLUMNS:
+            problem = None
+            if column not in row:
+                problem = f"has no column {column!r} (it has: {', '.join(map(str, row)) or 'nothing'})"
+            elif not isinstance(row[column], str):
+                problem = f"column {column!r} is a {type(row[column]).__name__}, not a string ({row[column]!r})"
+            elif not row[column].strip():
+                problem = f"column {column!r} is empty"
+            if problem:
+                raise PipelineError(
+                    f"{source}: {where} {problem}. Every row needs non-empty text in {', '.join(REQUIRED_COLUMNS)} "
+                    "(system is optional). Fix or remove that row."
+                )
+        system = row.get("system") or ""
+        if not isinstance(system, str):
+            raise PipelineError(f"{source}: {where} column 'system' is a {type(system).__name__}, not a string.")
+        records.append({column: row[column] for column in REQUIRED_COLUMNS} | {"system": system})
+    if not records:
+        raise PipelineError(f"{source} holds no rows.")
+    return Dataset.from_list(records)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chat formatting: the one place that turns a row into messages, so every stage sees the same text.
+
+
+def prompt_messages(row: dict, system_prompt: str) -> list[dict]:
+    """System + user turns. A row's own non-empty `system` wins over the run's `--system_prompt`."""
+    return [
+        {"role": "system", "content": row.get("system") or system_prompt},
+        {"role": "user", "content": row["question"]},
+    ]
+
+
+def sft_example(row: dict, system_prompt: str, answer_column: str = "chosen") -> dict:
+    """Conversational prompt-completion: SFTTrainer then puts the loss on the completion (the answer) only."""
+    return {
+        "prompt": prompt_messages(row, system_prompt),
+        "completion": [{"role": "assistant", "content": row[answer_column]}],
+    }
+
+
+def rm_example(row: dict, system_prompt: str) -> dict:
+    """Whole chosen and rejected conversations, the format RewardTrainer scores pairwise."""
+    prompt = prompt_messages(row, system_prompt)
+    return {
+        "chosen": prompt + [{"role": "assistant", "content": row["chosen"]}],
+        "rejected": prompt + [{"role": "assistant", "content": row["rejected"]}],
+    }
+
+
+def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
+    """Token ids of system + user + the assistant generation prompt: what a policy answers from."""
+    return tokenizer.apply_chat_template(prompt_messages(row, system_prompt), add_generation_prompt=True)["input_ids"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models
+
+
+def resolve_model(name_or_path: str | Path, source: str) -> str:
+    """A local folder is used as is; otherwise download it (ModelScope or the HF hub) or build the tiny model there."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return str(path)
+    if source == "tiny":
+        build_tiny_base(path)
+        return str(path)
+    if source == "modelscope":
+        from modelscope import snapshot_download
+
+        return _download(snapshot_download, str(name_or_path), "model", "ModelScope", cache_dir=str(BASE_DIR))
+    if source == "hf":
+        from huggingface_hub import snapshot_download
+
+        return _download(snapshot_download, str(name_or_path), "model", "the Hugging Face hub", cache_dir=str(BASE_DIR))
+    raise PipelineError(f"unknown --model_source {source!r}; choose one of {', '.join(MODEL_SOURCES)}.")
+
+
+def require_checkpoint(path: str | Path, command: str) -> Path:
+    """Stop with the command to run when a stage's input checkpoint is missing."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"no model at {path}. Run the stage that writes it first: {command}")
+    return path
+
+
+def build_tiny_tokenizer(texts: list[str]):
+    """A byte-level BPE tokenizer trained on `texts`, with Qwen's special tokens and Qwen2.5's chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    from trl.chat_template_utils import qwen2_5_chat_template
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=[PAD_TOKEN, CHAT_START_TOKEN, EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        chat_template=qwen2_5_chat_template,
+        model_max_length=TINY_MODEL_CONFIG["max_position_embeddings"],
+    )
+
+
+def build_tiny_base(path: str | Path, data_path: Path = SAMPLE_DATA, seed: int = TINY_SEED) -> None:
+    """Build the offline tiny base at `path`: tokenizer, random Qwen2 weights, then a short SFT on polite answers.
+
+    Deterministic for a given seed and data. Written to a temporary folder and renamed into place, so an interrupted
+    build never leaves a folder that looks complete.
+    """
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    path = Path(path)
+    print(f"Building the tiny base model at {path} (once; later runs reuse it).")
+    data = load_preference_data(data_path)
+    texts = [DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in REQUIRED_COLUMNS]
+    tokenizer = build_tiny_tokenizer(texts)
+
+    set_seed(seed)
+    pad_id, eos_id = tokenizer.convert_tokens_to_ids([PAD_TOKEN, EOS_TOKEN])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, **TINY_MODEL_CONFIG
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=pad_id, pad_token_id=pad_id, eos_token_id=[eos_id, pad_id], **QWEN_GENERATION_DEFAULTS
+    )
+
+    polite = data.map(
+        sft_example,
+        fn_kwargs={"system_prompt": DEFAULT_SYSTEM_PROMPT, "answer_column": "rejected"},
+        remove_columns=data.column_names,
+    )
+    partial = path.with_name(path.name + ".partial")
+    with tempfile.TemporaryDirectory() as scratch:
+        args = SFTConfig(
+            output_dir=scratch,
+            seed=seed,
+            bf16=False,
+            activation_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            use_cpu=not torch.cuda.is_available(),
+            **TINY_BASE_TRAINING,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=polite, processing_class=tokenizer)
+        trainer.train()
+    shutil.rmtree(partial, ignore_errors=True)
+    trainer.model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Logging and charts
+
+
+def tensorboard_run_dir(stage: str, root: str | Path = TENSORBOARD_ROOT) -> Path:
+    """tensorboard/<stage>/<YYYY-mm-dd HH-MM-SS>: one folder per run, as the original."""
+    return Path(root) / stage / time.strftime("%Y-%m-%d %H-%M-%S")
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a TensorBoard run logged, as tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def plot_scalars(run_dir: str | Path, tags: list[str], out_path: str | Path, title: str) -> Path:
+    """Render the given scalars of a TensorBoard run side by side to a PNG (tags the run lacks are skipped)."""
+    from matplotlib.figure import Figure
+
+    scalars = read_scalars(run_dir)
+    tags = [tag for tag in tags if tag in scalars]
+    if not tags:
+        raise PipelineError(f"the TensorBoard run {run_dir} logged none of the scalars to chart.")
+    figure = Figure(figsize=(4 * len(tags), 3.2))
+    for axes, tag in zip(figure.subplots(1, len(tags), squeeze=False)[0], tags):
+        steps, values = zip(*scalars[tag])
+        axes.plot(steps, values)
+        axes.set_title(tag)
+        axes.set_xlabel("step")
+        axes.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out_path, dpi=100)
+    return out_path
