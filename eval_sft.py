@@ -1,0 +1,97 @@
+"""Chat with the SFT model.
+
+    python eval_sft.py --tiny                        # interactive: 输入问题: ... until Ctrl-D / Ctrl-C
+    python eval_sft.py --tiny --question 吃了没?     # one or more --question, then exit
+    echo 吃了没? | python eval_sft.py --tiny         # one question per stdin line when stdin is not a terminal
+"""
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from trl import TrlParser
+
+import common
+
+# The tiny model answers in a few dozen tokens; Qwen gets room for a paragraph.
+TINY_PRESET = dict(max_new_tokens=64)
+
+
+@dataclass
+class EvalArguments:
+    model_path: str = field(default=str(common.SFT_DIR), metadata={"help": "The SFT checkpoint to chat with."})
+    tiny: bool = field(default=False, metadata={"help": "Tiny preset: settings for the model train_sft.py --tiny wrote."})
+    question: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Answer this question and exit; repeat the flag for several.", "action": "extend"},
+    )
+    system_prompt: str = field(
+        default=common.DEFAULT_SYSTEM_PROMPT, metadata={"help": "System prompt, as in training."}
+    )
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
+    do_sample: bool | None = field(
+        default=None, metadata={"help": "Sample (true) or decode greedily (false); unset: the model's own setting."}
+    )
+    temperature: float | None = field(default=None, metadata={"help": "Unset: the model's generation_config.json."})
+    top_p: float | None = field(default=None, metadata={"help": "Unset: the model's generation_config.json."})
+    seed: int = field(default=42, metadata={"help": "Seed for sampling, so a run can be repeated."})
+
+
+def read_questions(cli_questions: list[str]) -> Iterator[str]:
+    """--question flags if given, else a prompt loop on a terminal, else one question per stdin line."""
+    if cli_questions:
+        yield from cli_questions
+    elif sys.stdin.isatty():
+        while True:
+            try:
+                question = input("输入问题:")
+            except (EOFError, KeyboardInterrupt):
+                print()
+                return
+            if question.strip():
+                yield question
+    else:
+        yield from (line.strip() for line in sys.stdin if line.strip())
+
+
+@torch.no_grad()
+def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
+    input_ids = torch.tensor([common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)])
+    sampling = {k: v for k in ("do_sample", "temperature", "top_p") if (v := getattr(args, k)) is not None}
+    output = model.generate(
+        input_ids.to(model.device),
+        attention_mask=torch.ones_like(input_ids).to(model.device),
+        max_new_tokens=args.max_new_tokens,
+        **sampling,
+    )
+    return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def main(args: EvalArguments) -> None:
+    train_command = "python train_sft.py --tiny" if args.tiny else "python train_sft.py"
+    model_path = common.require_checkpoint(args.model_path, train_command)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto").to(device).eval()
+    set_seed(args.seed)
+
+    echo = bool(args.question) or not sys.stdin.isatty()  # a typed question is already on screen
+    try:
+        for question in read_questions(args.question):
+            if echo:
+                print(f"输入问题:{question}")
+            print("---模型输出---")
+            print(answer(model, tokenizer, question, args), flush=True)
+    except KeyboardInterrupt:
+        print()
+
+
+def make_parser() -> TrlParser:
+    return TrlParser(EvalArguments)
+
+
+if __name__ == "__main__":
+    with common.user_errors():
+        main(*common.parse_args(make_parser(), TINY_PRESET))

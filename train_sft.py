@@ -1,0 +1,123 @@
+"""Stage 1, SFT: full-parameter fine-tuning of the base model on a small slice of the chosen answers, so the policy
+already speaks in the target style before PPO (InstructGPT's SFT step, Ouyang et al. 2022, arXiv:2203.02155).
+
+    python train_sft.py --tiny                      # offline tiny preset on a CPU, well under a minute
+    python train_sft.py                             # Qwen2.5-0.5B-Instruct on btfChinese-DPO-small, on a GPU
+    python train_sft.py --config configs/sft.yaml   # every field is settable from YAML as well as the CLI
+
+Writes the model and tokenizer to checkpoint/sft, TensorBoard scalars to tensorboard/sft/<time>, curves to
+imgs/sft.png.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+
+import common
+
+# The original run: "a small number of rude dialogues" (the first 10%), 2 epochs, 4 x 8 sequences per step.
+DEFAULTS = dict(
+    model_name_or_path=common.DEFAULT_MODEL,
+    output_dir=str(common.SFT_DIR),
+    num_train_epochs=2,
+    per_device_train_batch_size=4,
+    gradient_accumulation_steps=8,
+    learning_rate=1e-5,
+    max_length=500,
+    logging_steps=1,
+    report_to="tensorboard",
+    activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
+    bf16=common.bf16_available(),
+)
+# A CPU-sized run of the same recipe: a larger slice and a higher learning rate, so the tiny model learns the style in
+# seconds.
+TINY_PRESET = dict(
+    model_name_or_path=str(common.TINY_BASE_DIR),
+    model_source="tiny",
+    dataset_name=str(common.SAMPLE_DATA),
+    sft_fraction=0.5,
+    num_train_epochs=6,
+    per_device_train_batch_size=8,
+    gradient_accumulation_steps=1,
+    learning_rate=1e-3,
+    lr_scheduler_type="cosine",
+    warmup_steps=5,
+    max_length=256,
+    save_strategy="no",
+)
+CHART_TAGS = ["train/loss", "train/learning_rate", "train/grad_norm"]
+
+
+@dataclass
+class ScriptArguments:
+    tiny: bool = field(
+        default=False,
+        metadata={"help": "Offline tiny preset: a tiny Qwen2 model built locally, the bundled data, CPU-sized settings."},
+    )
+    dataset_name: str = field(
+        default=common.DEFAULT_DATASET,
+        metadata={"help": "Dataset id on the hub, or a local .jsonl/.json/.csv/.parquet file or folder."},
+    )
+    model_source: Literal["modelscope", "hf", "tiny"] = field(
+        default="modelscope",
+        metadata={"help": "Where to fetch a model or dataset that is not a local path; tiny builds the tiny model."},
+    )
+    system_prompt: str = field(
+        default=common.DEFAULT_SYSTEM_PROMPT,
+        metadata={"help": "System prompt for rows whose `system` column is empty or missing."},
+    )
+    sft_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Fraction of the rows, from the start of the dataset, to fine-tune on."},
+    )
+
+
+def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    if not 0 < script_args.sft_fraction <= 1:
+        raise common.PipelineError(f"--sft_fraction must be in (0, 1], got {script_args.sft_fraction}.")
+    if model_args.use_peft:
+        raise common.PipelineError("train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft.")
+
+    # Data first: a bad file fails in a second, before any download or write.
+    data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
+    num_rows = int(len(data) * script_args.sft_fraction)
+    if num_rows == 0:
+        raise common.PipelineError(f"--sft_fraction {script_args.sft_fraction} of {len(data)} rows selects no row.")
+    train_dataset = data.select(range(num_rows)).map(
+        common.sft_example, fn_kwargs={"system_prompt": script_args.system_prompt}, remove_columns=data.column_names
+    )
+
+    model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
+    training_args.model_init_kwargs = dict(
+        revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
+    )
+    # transformers 5 takes the TensorBoard folder from the environment (TrainingArguments.logging_dir is gone).
+    run_dir = common.tensorboard_run_dir("sft")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
+
+    # Prompt-completion rows make SFTTrainer compute the loss on the answer only (completion_only_loss): Qwen2.5's
+    # chat template has no {% generation %} markers, so assistant_only_loss could not find the answer.
+    trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=train_dataset)
+    trainer.accelerator.print(
+        f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}; TensorBoard: {run_dir}"
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
+
+    if trainer.is_world_process_zero():
+        chart = common.plot_scalars(run_dir, CHART_TAGS, common.IMGS_DIR / "sft.png", f"SFT: {model_path}")
+        print(f"Model saved to {training_args.output_dir}; curves in {chart}.")
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+    parser.set_defaults(**DEFAULTS)
+    return parser
+
+
+if __name__ == "__main__":
+    with common.user_errors():
+        main(*common.parse_args(make_parser(), TINY_PRESET))
