@@ -1,0 +1,45 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+
+SCRIPT_TIMEOUT_S = 300
+
+
+def run_script(script: str, *args, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
+    """Run a pipeline script as a user would, in `cwd`, with stdin a pipe (never a terminal)."""
+    return subprocess.run(
+        [sys.executable, str(common.ROOT / script), *map(str, args)],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+    )
+
+
+def answer_log_likelihood(model, tokenizer, rows, column: str) -> float:
+    """Mean per-token log-likelihood of the `column` answers given their prompts (the tokens SFT trains on)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for row in rows:
+            prompt = common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT)
+            messages = common.prompt_messages(row, common.DEFAULT_SYSTEM_PROMPT)
+            full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": row[column]}])
+            ids = torch.tensor([full["input_ids"]])
+            log_probs = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+            total += log_probs[len(prompt) - 1 :].sum().item()
+            count += ids.shape[1] - len(prompt)
+    return total / count
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """The tiny base model, built once per test session (about a minute on two cores)."""
+    path = tmp_path_factory.mktemp("base") / "tiny"
+    common.build_tiny_base(path)
+    return path

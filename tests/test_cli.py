@@ -1,0 +1,59 @@
+"""Every hyperparameter comes from one place: dataclass defaults < --tiny preset < --config YAML < command line."""
+
+import dataclasses
+
+import pytest
+
+import common
+import eval_sft
+import train_sft
+
+
+def parse(*args):
+    return common.parse_args(train_sft.make_parser(), train_sft.TINY_PRESET, list(args))
+
+
+def test_real_defaults_mirror_the_original_run():
+    script_args, training_args, model_args = parse()
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"
+    assert script_args.dataset_name == "jackmokaka/btfChinese-DPO-small"
+    assert script_args.sft_fraction == 0.1
+    assert (training_args.num_train_epochs, training_args.learning_rate, training_args.max_length) == (2, 1e-5, 500)
+    assert training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps == 32
+    assert training_args.bf16 is common.bf16_available()  # TRL's own default is bf16=True, even on a CPU
+
+
+def test_tiny_preset_then_config_then_flags(tmp_path):
+    script_args, training_args, model_args = parse("--tiny")
+    assert (model_args.model_name_or_path, script_args.model_source) == (str(common.TINY_BASE_DIR), "tiny")
+    assert training_args.learning_rate == train_sft.TINY_PRESET["learning_rate"]
+
+    config = tmp_path / "sft.yaml"
+    config.write_text("learning_rate: 2.0e-4\nsft_fraction: 0.3\n")
+    script_args, training_args, _ = parse("--tiny", "--config", str(config))
+    assert (training_args.learning_rate, script_args.sft_fraction) == (2e-4, 0.3)
+    assert training_args.num_train_epochs == train_sft.TINY_PRESET["num_train_epochs"]
+
+    script_args, training_args, _ = parse("--tiny", "--config", str(config), "--learning_rate", "5e-4")
+    assert training_args.learning_rate == 5e-4
+
+
+def fields(parsed):
+    return [{f.name: getattr(args, f.name) for f in dataclasses.fields(args)} for args in parsed]
+
+
+def test_example_config_spells_out_the_defaults():
+    assert fields(parse("--config", str(common.ROOT / "configs" / "sft.yaml"))) == fields(parse())
+
+
+def test_eval_question_flag_repeats():
+    (args,) = common.parse_args(eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--question", "a", "b", "--question", "c"])
+    assert args.question == ["a", "b", "c"]
+    (args,) = common.parse_args(eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--tiny"])
+    assert args.max_new_tokens == eval_sft.TINY_PRESET["max_new_tokens"]
+
+
+@pytest.mark.parametrize("fraction", ["0", "1.5"])
+def test_bad_sft_fraction_is_refused_before_any_work(fraction):
+    with pytest.raises(common.PipelineError, match="--sft_fraction"):
+        train_sft.main(*parse("--tiny", "--sft_fraction", fraction))

@@ -1,0 +1,80 @@
+"""End to end: train_sft.py --tiny in a fresh folder, then eval_sft.py on what it wrote."""
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import common
+from conftest import answer_log_likelihood, run_script
+
+
+@pytest.fixture(scope="module")
+def sft_run(tiny_base, tmp_path_factory) -> Path:
+    """The working folder of one SFT run (checkpoint/, tensorboard/ and imgs/ land in it)."""
+    workdir = tmp_path_factory.mktemp("sft_run")
+    result = run_script("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_checkpoint_loads_with_its_tokenizer(sft_run):
+    model = AutoModelForCausalLM.from_pretrained(sft_run / common.SFT_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+    assert model.config.vocab_size == len(tokenizer)
+    assert tokenizer.eos_token == common.EOS_TOKEN
+
+
+def test_training_loss_fell_and_the_curves_were_drawn(sft_run):
+    (run_dir,) = (sft_run / common.TENSORBOARD_ROOT / "sft").iterdir()
+    losses = [value for _, value in common.read_scalars(run_dir)["train/loss"]]
+    assert len(losses) > 10
+    assert losses[-1] < losses[0]
+    assert (sft_run / common.IMGS_DIR / "sft.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_sft_learned_the_chosen_style_on_held_out_questions(sft_run, tiny_base):
+    data = common.load_preference_data(common.SAMPLE_DATA)
+    trained_rows = int(len(data) * 0.5)  # the tiny preset's --sft_fraction
+    held_out = data.select(range(trained_rows, len(data)))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    sft = AutoModelForCausalLM.from_pretrained(sft_run / common.SFT_DIR).eval()
+    chosen_before = answer_log_likelihood(base, tokenizer, held_out, "chosen")
+    chosen_after = answer_log_likelihood(sft, tokenizer, held_out, "chosen")
+    assert chosen_after > chosen_before + 0.5, (chosen_before, chosen_after)
+    # and the style flipped: on questions it never trained on, SFT now prefers the rude answer to the polite one
+    assert chosen_after > answer_log_likelihood(sft, tokenizer, held_out, "rejected")
+
+
+def test_eval_answers_a_question(sft_run):
+    result = run_script("eval_sft.py", "--tiny", "--question", "吃了没?", cwd=sft_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["输入问题:吃了没?", "---模型输出---"]
+    assert lines[2].strip()
+
+
+def test_eval_reads_questions_from_stdin(sft_run):
+    result = run_script("eval_sft.py", "--tiny", "--do_sample", "false", cwd=sft_run, stdin="你是谁?\n\n推荐一本书\n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("---模型输出---") == 2
+    assert "输入问题:推荐一本书" in result.stdout
+
+
+def test_eval_without_a_checkpoint_says_which_stage_to_run(tmp_path):
+    result = run_script("eval_sft.py", "--tiny", "--question", "x", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no model at checkpoint/sft" in result.stderr
+    assert "python train_sft.py --tiny" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_data_stops_sft_before_anything_is_written(tmp_path, tiny_base):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "a", "chosen": "b", "rejected": "c"}\n{"question": "a"\n', encoding="utf-8")
+    result = run_script("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", bad, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"{bad}: line 2 is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
