@@ -1,0 +1,25 @@
+# make demo: the whole pipeline on the offline tiny preset (CPU, a few minutes). make test: the test suite.
+# Both set up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
+
+.PHONY: demo test clean
+
+demo: $(VENV)/installed
+	$(PYTHON) train_sft.py --tiny
+	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_sft.py --tiny
+
+test: $(VENV)/installed
+	$(PYTHON) -m pytest
+
+$(VENV)/installed: requirements.txt requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet $(TORCH)
+	$(PYTHON) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) checkpoint tensorboard
