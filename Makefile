@@ -9,6 +9,9 @@ DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
 
 demo: $(VENV)/installed
 	$(PYTHON) train_sft.py --tiny
+	@echo "== the tiny base, before SFT"
+	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_sft.py --tiny --model_path checkpoint/base/tiny
+	@echo "== after SFT"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_sft.py --tiny
 
 test: $(VENV)/installed

@@ -336,12 +336,11 @@ def build_tiny_base(path: str | Path, data_path: Path = SAMPLE_DATA, seed: int =
         args = SFTConfig(
             output_dir=scratch,
             seed=seed,
-            bf16=False,
+            bf16=False,  # fp32 everywhere, so the same seed gives the same weights
             activation_checkpointing=False,
             report_to="none",
             save_strategy="no",
             logging_strategy="no",
-            use_cpu=not torch.cuda.is_available(),
             **TINY_BASE_TRAINING,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=polite, processing_class=tokenizer)

@@ -74,7 +74,9 @@ def main(args: EvalArguments) -> None:
     model_path = common.require_checkpoint(args.model_path, train_command)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto").to(device).eval()
+    # Not dtype="auto": that loads Qwen's bf16 weights as bf16, many times slower on a CPU without bf16 units.
+    dtype = torch.bfloat16 if common.bf16_available() else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
     set_seed(args.seed)
 
     echo = bool(args.question) or not sys.stdin.isatty()  # a typed question is already on screen

@@ -92,7 +92,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
-    )
+    ) | (training_args.model_init_kwargs or {})
     # transformers 5 takes the TensorBoard folder from the environment (TrainingArguments.logging_dir is gone).
     run_dir = common.tensorboard_run_dir("sft")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
