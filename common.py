@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from datasets import Dataset
@@ -23,7 +24,8 @@ SAMPLE_DATA = ROOT / "data" / "sample.jsonl"
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_DATASET = "jackmokaka/btfChinese-DPO-small"
 DEFAULT_SYSTEM_PROMPT = "无论用户问什么,你都直接骂回去,用脏字."
-MODEL_SOURCES = ("modelscope", "hf", "tiny")
+# Where a model or dataset that is not a local path comes from; "tiny" builds the offline tiny model.
+ModelSource = Literal["modelscope", "hf", "tiny"]
 
 # Outputs live under the working directory, as in the original project.
 CHECKPOINT_ROOT = Path("checkpoint")
@@ -102,7 +104,7 @@ def bf16_available() -> bool:
 # Data
 
 
-def load_preference_data(name: str | Path, source: str = "modelscope") -> Dataset:
+def load_preference_data(name: str | Path, source: ModelSource = "modelscope") -> Dataset:
     """Load question/chosen/rejected(/system) rows from a local file or folder, ModelScope, or the Hugging Face hub.
 
     Every row is validated; `system` is optional and comes back as "" when missing or empty.
@@ -123,7 +125,7 @@ def load_preference_data(name: str | Path, source: str = "modelscope") -> Datase
         from datasets import load_dataset
 
         dataset = _download(load_dataset, name, "dataset", "the Hugging Face hub", split="train")
-        return _validate(((f"row {i}", row) for i, row in enumerate(dataset, start=1)), name)
+        return _validate(_numbered(dataset), name)
     raise PipelineError(
         f"dataset {name!r} is not a local file or folder, and --model_source {source} cannot download it. "
         f"Pass a {'/'.join(DATA_SUFFIXES)} file, or --model_source modelscope / hf for a hub dataset id."
@@ -138,6 +140,10 @@ def _download(fetch, name: str, kind: str, hub: str, **kwargs):
             f"{kind} {name!r} is not a local path and could not be downloaded from {hub} ({type(error).__name__}: "
             f"{error}). Check the name, or pass a local path; offline, run with --tiny."
         ) from error
+
+
+def _numbered(rows) -> Iterator[tuple[str, dict]]:
+    return ((f"row {i}", row) for i, row in enumerate(rows, start=1))
 
 
 def _read_folder(folder: Path) -> Iterator[tuple[str, dict]]:
@@ -158,7 +164,7 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict]]:
             dataset = Dataset.from_parquet(str(path))
         except Exception as error:  # pyarrow's errors vary by corruption; all mean "not a readable parquet file"
             raise PipelineError(f"{path} is not a readable parquet file ({error}).") from error
-        yield from ((f"row {i}", row) for i, row in enumerate(dataset, start=1))
+        yield from _numbered(dataset)
         return
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".csv":
@@ -170,7 +176,7 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict]]:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
             raise PipelineError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}.") from error
-        yield from ((f"row {i}", row) for i, row in enumerate(rows, start=1))
+        yield from _numbered(rows)
     else:  # JSON Lines, under .jsonl or .json
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -249,7 +255,7 @@ def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
 # Models
 
 
-def resolve_model(name_or_path: str | Path, source: str) -> str:
+def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
     """A local folder is used as is; otherwise download it (ModelScope or the HF hub) or build the tiny model there."""
     path = Path(name_or_path)
     if path.is_dir():
@@ -265,7 +271,7 @@ def resolve_model(name_or_path: str | Path, source: str) -> str:
         from huggingface_hub import snapshot_download
 
         return _download(snapshot_download, str(name_or_path), "model", "the Hugging Face hub", cache_dir=str(BASE_DIR))
-    raise PipelineError(f"unknown --model_source {source!r}; choose one of {', '.join(MODEL_SOURCES)}.")
+    raise PipelineError(f"unknown --model_source {source!r}; choose one of {', '.join(get_args(ModelSource))}.")
 
 
 def require_checkpoint(path: str | Path, command: str) -> Path:
@@ -301,10 +307,10 @@ def build_tiny_tokenizer(texts: list[str]):
     )
 
 
-def build_tiny_base(path: str | Path, data_path: Path = SAMPLE_DATA, seed: int = TINY_SEED) -> None:
+def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
     """Build the offline tiny base at `path`: tokenizer, random Qwen2 weights, then a short SFT on polite answers.
 
-    Deterministic for a given seed and data. Written to a temporary folder and renamed into place, so an interrupted
+    Deterministic for a given seed. Written to a temporary folder and renamed into place, so an interrupted
     build never leaves a folder that looks complete.
     """
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, set_seed
@@ -312,7 +318,7 @@ def build_tiny_base(path: str | Path, data_path: Path = SAMPLE_DATA, seed: int =
 
     path = Path(path)
     print(f"Building the tiny base model at {path} (once; later runs reuse it).")
-    data = load_preference_data(data_path)
+    data = load_preference_data(SAMPLE_DATA)
     texts = [DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in REQUIRED_COLUMNS]
     tokenizer = build_tiny_tokenizer(texts)
 
@@ -355,9 +361,9 @@ def build_tiny_base(path: str | Path, data_path: Path = SAMPLE_DATA, seed: int =
 # Logging and charts
 
 
-def tensorboard_run_dir(stage: str, root: str | Path = TENSORBOARD_ROOT) -> Path:
+def tensorboard_run_dir(stage: str) -> Path:
     """tensorboard/<stage>/<YYYY-mm-dd HH-MM-SS>: one folder per run, as the original."""
-    return Path(root) / stage / time.strftime("%Y-%m-%d %H-%M-%S")
+    return TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

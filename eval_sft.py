@@ -40,10 +40,11 @@ class EvalArguments:
 
 
 def read_questions(cli_questions: list[str]) -> Iterator[str]:
-    """--question flags if given, else a prompt loop on a terminal, else one question per stdin line."""
-    if cli_questions:
-        yield from cli_questions
-    elif sys.stdin.isatty():
+    """--question flags if given, else a prompt loop on a terminal, else one question per stdin line.
+
+    Each question is shown after the prompt `输入问题:`, typed there on a terminal, echoed otherwise.
+    """
+    if not cli_questions and sys.stdin.isatty():
         while True:
             try:
                 question = input("输入问题:")
@@ -53,7 +54,9 @@ def read_questions(cli_questions: list[str]) -> Iterator[str]:
             if question.strip():
                 yield question
     else:
-        yield from (line.strip() for line in sys.stdin if line.strip())
+        for question in cli_questions or (line.strip() for line in sys.stdin if line.strip()):
+            print(f"输入问题:{question}")
+            yield question
 
 
 @torch.no_grad()
@@ -79,11 +82,8 @@ def main(args: EvalArguments) -> None:
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
     set_seed(args.seed)
 
-    echo = bool(args.question) or not sys.stdin.isatty()  # a typed question is already on screen
     try:
         for question in read_questions(args.question):
-            if echo:
-                print(f"输入问题:{question}")
             print("---模型输出---")
             print(answer(model, tokenizer, question, args), flush=True)
     except KeyboardInterrupt:

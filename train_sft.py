@@ -11,7 +11,6 @@ imgs/sft.png.
 
 import os
 from dataclasses import dataclass, field
-from typing import Literal
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
@@ -60,7 +59,7 @@ class ScriptArguments:
         default=common.DEFAULT_DATASET,
         metadata={"help": "Dataset id on the hub, or a local .jsonl/.json/.csv/.parquet file or folder."},
     )
-    model_source: Literal["modelscope", "hf", "tiny"] = field(
+    model_source: common.ModelSource = field(
         default="modelscope",
         metadata={"help": "Where to fetch a model or dataset that is not a local path; tiny builds the tiny model."},
     )
