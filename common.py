@@ -12,11 +12,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 from datasets import Dataset
+from safetensors import SafetensorError
+from torch.nn.utils.rnn import pad_sequence
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DATA = ROOT / "data" / "sample.jsonl"
@@ -34,8 +38,12 @@ TINY_BASE_DIR = BASE_DIR / "tiny"
 SFT_DIR = CHECKPOINT_ROOT / "sft"
 RM_DIR = CHECKPOINT_ROOT / "rm"
 PPO_DIR = CHECKPOINT_ROOT / "ppo"
+RM_HELD_OUT_FILE = "held_out.jsonl"  # train_rm.py saves its held-out pairs beside the model, for eval_rm.py
 TENSORBOARD_ROOT = Path("tensorboard")
 IMGS_DIR = Path("imgs")
+
+# A checkpoint is complete when its config.json sits beside these (see `staged_save`).
+CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokenizer": ("tokenizer_config.json",)}
 
 REQUIRED_COLUMNS = ("question", "chosen", "rejected")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -93,6 +101,28 @@ def parse_args(parser, tiny_preset: dict, args: list[str] | None = None) -> tupl
         parser.set_defaults(**tiny_preset)
         parsed = parser.parse_args_and_config(args)
     return parsed
+
+
+@dataclass
+class StageArguments:
+    """The flags every training stage shares; each script's ScriptArguments adds its own."""
+
+    tiny: bool = field(
+        default=False,
+        metadata={"help": "Offline tiny preset: a tiny Qwen2 model built locally, the bundled data, CPU-sized settings."},
+    )
+    dataset_name: str = field(
+        default=DEFAULT_DATASET,
+        metadata={"help": "Dataset id on the hub, or a local .jsonl/.json/.csv/.parquet file or folder."},
+    )
+    model_source: ModelSource = field(
+        default="modelscope",
+        metadata={"help": "Where to fetch a model or dataset that is not a local path; tiny builds the tiny model."},
+    )
+    system_prompt: str = field(
+        default=DEFAULT_SYSTEM_PROMPT,
+        metadata={"help": "System prompt for rows whose `system` column is empty or missing."},
+    )
 
 
 def bf16_available() -> bool:
@@ -237,13 +267,61 @@ def sft_example(row: dict, system_prompt: str, answer_column: str = "chosen") ->
     }
 
 
-def rm_example(row: dict, system_prompt: str) -> dict:
-    """Whole chosen and rejected conversations, the format RewardTrainer scores pairwise."""
-    prompt = prompt_messages(row, system_prompt)
+def conversation_ids(tokenizer, row: dict, system_prompt: str, answer: str) -> list[int]:
+    """Token ids of system + user + assistant `answer`, ending at the answer's end-of-turn token (eos, `<|im_end|>`).
+
+    This is the sequence a reward model scores, and its last token is where every stage reads the score (see
+    `reward_scores`). The chat template's text after eos (Qwen's "\n") is cut, so RM training pairs end exactly where
+    a policy's sampled answer stops.
+    """
+    messages = prompt_messages(row, system_prompt) + [{"role": "assistant", "content": answer}]
+    ids = tokenizer.apply_chat_template(messages)["input_ids"]
+    if tokenizer.eos_token_id not in ids:
+        raise PipelineError(
+            f"the chat template does not end an assistant turn with the eos token {tokenizer.eos_token!r}, so there is "
+            "no token to read the reward at. Set --eos_token to the template's end-of-turn token (<|im_end|> for Qwen)."
+        )
+    return ids[: len(ids) - ids[::-1].index(tokenizer.eos_token_id)]
+
+
+def rm_example(row: dict, tokenizer, system_prompt: str) -> dict:
+    """The chosen and rejected conversations as token ids, the pre-tokenized pair format RewardTrainer trains on."""
     return {
-        "chosen": prompt + [{"role": "assistant", "content": row["chosen"]}],
-        "rejected": prompt + [{"role": "assistant", "content": row["rejected"]}],
+        "chosen_ids": conversation_ids(tokenizer, row, system_prompt, row["chosen"]),
+        "rejected_ids": conversation_ids(tokenizer, row, system_prompt, row["rejected"]),
     }
+
+
+def check_pad_token(tokenizer, where: str, model=None) -> None:
+    """A reward model reads its score at the last token that is not padding, and that token must be eos: with
+    pad == eos the answer's own `<|im_end|>` would count as padding and the score would move to the token before it.
+    A model given must find padding by the tokenizer's pad id."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise PipelineError(
+            f"the tokenizer of {where} has pad token {tokenizer.pad_token!r} and eos token {tokenizer.eos_token!r}. "
+            "The reward is read at the last non-pad token, the answer's eos, so pad must be set and differ from eos: "
+            "pass --pad_token with another special token (Qwen's <|endoftext|>)."
+        )
+    if model is not None and model.config.pad_token_id != tokenizer.pad_token_id:
+        raise PipelineError(
+            f"{where}: the model's config.pad_token_id is {model.config.pad_token_id} but its tokenizer pads with "
+            f"{tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), so the reward would be read at the wrong token. "
+            "Set pad_token_id in its config.json to the tokenizer's pad id."
+        )
+
+
+@torch.no_grad()
+def reward_scores(model, tokenizer, sequences: list[list[int]]) -> torch.Tensor:
+    """Reward-model scores of token sequences (each ending at its answer's eos, see `conversation_ids`), one batch.
+
+    Right padding, as RewardTrainer's collator: positions and causal attention of the real tokens are then the same
+    as unpadded, so a sequence scores the same alone or next to longer ones. The sequence-classification head reads
+    the last token that is not `config.pad_token_id`, i.e. the answer's eos, in training, evaluation and PPO alike.
+    """
+    rows = [torch.tensor(ids) for ids in sequences]
+    input_ids = pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
+    attention_mask = pad_sequence([torch.ones_like(ids) for ids in rows], batch_first=True)
+    return model(input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits[:, 0].float()
 
 
 def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
@@ -275,11 +353,61 @@ def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
 
 
 def require_checkpoint(path: str | Path, command: str) -> Path:
-    """Stop with the command to run when a stage's input checkpoint is missing."""
+    """Stop with the command to run when a stage's input checkpoint is missing or incomplete."""
     path = Path(path)
+    partial = staging_dir(path)
     if not (path / "config.json").is_file():
-        raise PipelineError(f"no model at {path}. Run the stage that writes it first: {command}")
+        interrupted = f" ({partial} is left from an interrupted save)" if partial.exists() else ""
+        raise PipelineError(f"no model at {path}{interrupted}. Run the stage that writes it first: {command}")
+    missing = [what for what, patterns in CHECKPOINT_FILES.items() if not any(any(path.glob(p)) for p in patterns)]
+    if missing:
+        raise PipelineError(
+            f"the checkpoint at {path} has a config.json but no {' and no '.join(missing)} file: it was not written "
+            f"completely. Run the stage that writes it again: {command}"
+        )
     return path
+
+
+def load_model(model_class, path: str | Path, command: str):
+    """A stage's checkpoint for inference: (model in eval mode, on the GPU if there is one; its tokenizer)."""
+    path = require_checkpoint(path, command)
+    # Not dtype="auto": that loads Qwen's bf16 weights as bf16, many times slower on a CPU without bf16 units.
+    dtype = torch.bfloat16 if bf16_available() else torch.float32
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = model_class.from_pretrained(path, dtype=dtype)
+    except (OSError, SafetensorError) as error:  # a truncated or corrupted file
+        raise PipelineError(
+            f"the checkpoint at {path} could not be loaded ({type(error).__name__}: {error}). It may be damaged or "
+            f"half-copied; run the stage that writes it again: {command}"
+        ) from error
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+
+
+def staging_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+@contextmanager
+def staged_save(path: str | Path, is_main_process: bool = True) -> Iterator[Path]:
+    """Save a checkpoint into a staging folder, then move its files into `path`, config.json last.
+
+    `require_checkpoint` takes config.json to mean "complete", and the old one is removed before any new file lands,
+    so a save cut short anywhere never leaves a checkpoint that looks complete. Other processes only take part in
+    the save (DeepSpeed and FSDP gather weights there); the main process writes and moves the files.
+    """
+    path = Path(path)
+    staging = staging_dir(path)
+    if is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+    yield staging
+    if not is_main_process:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").unlink(missing_ok=True)
+    for file in sorted(staging.iterdir(), key=lambda file: file.name == "config.json"):
+        file.replace(path / file.name)
+    staging.rmdir()
 
 
 def build_tiny_tokenizer(texts: list[str]):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+from transformers import AutoModelForCausalLM, set_seed
 from trl import TrlParser
 
 import common
@@ -74,12 +74,7 @@ def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
 
 def main(args: EvalArguments) -> None:
     train_command = "python train_sft.py --tiny" if args.tiny else "python train_sft.py"
-    model_path = common.require_checkpoint(args.model_path, train_command)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    # Not dtype="auto": that loads Qwen's bf16 weights as bf16, many times slower on a CPU without bf16 units.
-    dtype = torch.bfloat16 if common.bf16_available() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, train_command)
     set_seed(args.seed)
 
     try:

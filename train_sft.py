@@ -50,23 +50,7 @@ CHART_TAGS = ["train/loss", "train/learning_rate", "train/grad_norm"]
 
 
 @dataclass
-class ScriptArguments:
-    tiny: bool = field(
-        default=False,
-        metadata={"help": "Offline tiny preset: a tiny Qwen2 model built locally, the bundled data, CPU-sized settings."},
-    )
-    dataset_name: str = field(
-        default=common.DEFAULT_DATASET,
-        metadata={"help": "Dataset id on the hub, or a local .jsonl/.json/.csv/.parquet file or folder."},
-    )
-    model_source: common.ModelSource = field(
-        default="modelscope",
-        metadata={"help": "Where to fetch a model or dataset that is not a local path; tiny builds the tiny model."},
-    )
-    system_prompt: str = field(
-        default=common.DEFAULT_SYSTEM_PROMPT,
-        metadata={"help": "System prompt for rows whose `system` column is empty or missing."},
-    )
+class ScriptArguments(common.StageArguments):
     sft_fraction: float = field(
         default=0.1,
         metadata={"help": "Fraction of the rows, from the start of the dataset, to fine-tune on."},
@@ -103,7 +87,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}; TensorBoard: {run_dir}"
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    with common.staged_save(training_args.output_dir, trainer.is_world_process_zero()) as staging:
+        trainer.save_model(staging)
     trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
 
     if trainer.is_world_process_zero():

@@ -5,12 +5,16 @@ import dataclasses
 import pytest
 
 import common
+import eval_rm
 import eval_sft
+import train_rm
 import train_sft
 
+STAGES = {"sft": train_sft, "rm": train_rm}
 
-def parse(*args):
-    return common.parse_args(train_sft.make_parser(), train_sft.TINY_PRESET, list(args))
+
+def parse(*args, script=train_sft):
+    return common.parse_args(script.make_parser(), script.TINY_PRESET, list(args))
 
 
 def test_real_defaults_mirror_the_original_run():
@@ -42,8 +46,21 @@ def fields(parsed):
     return [{f.name: getattr(args, f.name) for f in dataclasses.fields(args)} for args in parsed]
 
 
-def test_example_config_spells_out_the_defaults():
-    assert fields(parse("--config", str(common.ROOT / "configs" / "sft.yaml"))) == fields(parse())
+@pytest.mark.parametrize("stage", STAGES)
+def test_example_config_spells_out_the_defaults(stage):
+    script = STAGES[stage]
+    config = common.ROOT / "configs" / f"{stage}.yaml"
+    assert fields(parse("--config", str(config), script=script)) == fields(parse(script=script))
+
+
+def test_rm_defaults_mirror_the_original_run():
+    script_args, training_args, model_args = parse(script=train_rm)
+    assert model_args.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"  # the base, not the SFT model
+    assert (training_args.num_train_epochs, training_args.learning_rate, training_args.max_length) == (2, 1e-5, 500)
+    assert training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps == 32
+    assert training_args.center_rewards_coefficient == 0.01
+    assert script_args.eval_fraction == 0.1
+    assert training_args.bf16 is common.bf16_available()
 
 
 def test_eval_question_flag_repeats():
@@ -53,7 +70,20 @@ def test_eval_question_flag_repeats():
     assert args.max_new_tokens == eval_sft.TINY_PRESET["max_new_tokens"]
 
 
+def test_eval_rm_answer_flag_repeats_alongside_question():
+    (args,) = eval_rm.make_parser().parse_args_and_config(["--question", "a", "--answer", "x", "--question", "b"])
+    assert (args.question, args.answer) == (["a", "b"], ["x"])
+    with pytest.raises(common.PipelineError, match="one --answer per --question"):
+        eval_rm.main(args)
+
+
 @pytest.mark.parametrize("fraction", ["0", "1.5"])
 def test_bad_sft_fraction_is_refused_before_any_work(fraction):
     with pytest.raises(common.PipelineError, match="--sft_fraction"):
         train_sft.main(*parse("--tiny", "--sft_fraction", fraction))
+
+
+@pytest.mark.parametrize("fraction", ["-0.1", "1"])
+def test_bad_eval_fraction_is_refused_before_any_work(fraction):
+    with pytest.raises(common.PipelineError, match="--eval_fraction"):
+        train_rm.main(*parse("--tiny", "--eval_fraction", fraction, script=train_rm))

@@ -1,5 +1,6 @@
 """Chat formatting shared by every stage: the prompt a policy answers from, and what SFT puts its loss on."""
 
+import pytest
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
@@ -25,11 +26,22 @@ def test_a_rows_own_system_prompt_wins_over_the_default():
     assert common.prompt_messages(ROW, "默认")[0]["content"] == "默认"
 
 
-def test_rm_pair_shares_the_prompt_and_differs_in_the_answer():
-    pair = common.rm_example(ROW, common.DEFAULT_SYSTEM_PROMPT)
-    prompt = common.prompt_messages(ROW, common.DEFAULT_SYSTEM_PROMPT)
-    assert pair["chosen"] == prompt + [{"role": "assistant", "content": ROW["chosen"]}]
-    assert pair["rejected"] == prompt + [{"role": "assistant", "content": ROW["rejected"]}]
+def test_rm_pair_is_the_two_conversations_cut_at_the_answers_eos(tiny_base):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    pair = common.rm_example(ROW, tokenizer, common.DEFAULT_SYSTEM_PROMPT)
+    prompt = common.prompt_ids(tokenizer, ROW, common.DEFAULT_SYSTEM_PROMPT)
+    for column in ("chosen", "rejected"):
+        ids = pair[f"{column}_ids"]
+        assert ids[: len(prompt)] == prompt
+        # the template's "\n" after <|im_end|> is cut: the pair ends where a sampled answer stops
+        assert tokenizer.decode(ids[len(prompt) :]) == ROW[column] + common.EOS_TOKEN
+
+
+def test_a_template_without_eos_after_the_answer_is_refused(tiny_base):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    tokenizer.eos_token = common.PAD_TOKEN  # not what the template ends an assistant turn with
+    with pytest.raises(common.PipelineError, match="--eos_token"):
+        common.conversation_ids(tokenizer, ROW, common.DEFAULT_SYSTEM_PROMPT, ROW["chosen"])
 
 
 def test_sft_labels_cover_the_answer_and_not_the_prompt(tiny_base, tmp_path):

@@ -1,0 +1,156 @@
+"""Score answers with the reward model: how often it prefers the chosen answer, and by how much.
+
+    python eval_rm.py                               # the held-out pairs train_rm.py saved: examples, then metrics
+    python eval_rm.py --dataset_name my_prefs.jsonl # the same metrics on any preference file or hub dataset
+    python eval_rm.py --question 吃了没? --answer 关你屁事 --question 吃了没? --answer 吃过了,谢谢!
+
+On a terminal, the default run then asks for a question and an answer and prints the reward, until Ctrl-D.
+Writes the metrics to checkpoint/rm/eval_metrics.json.
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForSequenceClassification
+from trl import TrlParser
+
+import common
+
+
+@dataclass
+class EvalArguments:
+    model_path: str = field(default=str(common.RM_DIR), metadata={"help": "The reward model checkpoint."})
+    tiny: bool = field(
+        default=False,
+        metadata={"help": "The model came from train_rm.py --tiny (the checkpoint carries everything else)."},
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Preference data to evaluate on: a local file or folder, or a hub id. Unset: the held-out pairs "
+            "train_rm.py saved in the checkpoint, which the model never trained on."
+        },
+    )
+    model_source: common.ModelSource = field(
+        default="modelscope", metadata={"help": "Where a --dataset_name that is not a local path comes from."}
+    )
+    system_prompt: str = field(
+        default=common.DEFAULT_SYSTEM_PROMPT,
+        metadata={"help": "System prompt for --question and for rows without their own, as in training."},
+    )
+    question: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Score the answer to this question; repeat, one per --answer.", "action": "extend"},
+    )
+    answer: list[str] = field(
+        default_factory=list, metadata={"help": "The answer to score, in --question's order.", "action": "extend"}
+    )
+    num_examples: int = field(default=3, metadata={"help": "Pairs to print with their rewards before the metrics."})
+    batch_size: int = field(default=8, metadata={"help": "Sequences scored per forward pass."})
+    metrics_file: str | None = field(
+        default=None, metadata={"help": "Where to write the metrics as JSON. Unset: <model_path>/eval_metrics.json."}
+    )
+
+
+def score(model, tokenizer, sequences: list[list[int]], batch_size: int) -> torch.Tensor:
+    batches = range(0, len(sequences), batch_size)
+    scores = [common.reward_scores(model, tokenizer, sequences[i : i + batch_size]) for i in tqdm(batches, "Scoring")]
+    return torch.cat(scores).cpu()
+
+
+def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    return {
+        "accuracy": (chosen > rejected).float().mean().item(),
+        "mean_margin": (chosen - rejected).mean().item(),
+        "mean_chosen_reward": chosen.mean().item(),
+        "mean_rejected_reward": rejected.mean().item(),
+    }
+
+
+def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
+    """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, saved as JSON."""
+    if args.dataset_name is None:
+        held_out = Path(args.model_path) / common.RM_HELD_OUT_FILE
+        if not held_out.is_file():
+            raise common.PipelineError(
+                f"{args.model_path} holds no held-out pairs ({common.RM_HELD_OUT_FILE}): it was trained with "
+                "--eval_fraction 0. Pass --dataset_name with preference data to evaluate on."
+            )
+        rows = common.load_preference_data(held_out)
+    else:
+        rows = common.load_preference_data(args.dataset_name, args.model_source)
+
+    sequences = [
+        common.conversation_ids(tokenizer, row, args.system_prompt, row[column])
+        for column in ("chosen", "rejected")
+        for row in rows
+    ]
+    chosen, rejected = score(model, tokenizer, sequences, args.batch_size).split(len(rows))
+
+    for row, chosen_reward, rejected_reward in list(zip(rows, chosen, rejected))[: args.num_examples]:
+        print(f"问题: {row['question']}")
+        print(f"  chosen   {chosen_reward:+.3f}  {row['chosen']}")
+        print(f"  rejected {rejected_reward:+.3f}  {row['rejected']}")
+
+    metrics = pair_metrics(chosen, rejected)
+    dataset = args.dataset_name or str(held_out)
+    print(f"\n{len(rows)} pairs of {dataset}:")
+    print(f"  accuracy        {metrics['accuracy']:.3f}   share of pairs where chosen scores above rejected")
+    print(f"  mean margin     {metrics['mean_margin']:+.3f}  chosen - rejected")
+    print(f"  mean chosen     {metrics['mean_chosen_reward']:+.3f}")
+    print(f"  mean rejected   {metrics['mean_rejected_reward']:+.3f}")
+    metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file.write_text(
+        json.dumps({"model_path": args.model_path, "dataset": dataset, "pairs": len(rows)} | metrics, indent=2) + "\n"
+    )
+    print(f"Metrics written to {metrics_file}")
+
+
+def reward(model, tokenizer, question: str, answer: str, system_prompt: str) -> float:
+    ids = common.conversation_ids(tokenizer, {"question": question}, system_prompt, answer)
+    return common.reward_scores(model, tokenizer, [ids]).item()
+
+
+def chat(model, tokenizer, system_prompt: str) -> None:
+    """Ask for a question and an answer, print the reward; until Ctrl-D or Ctrl-C."""
+    print("\nScore your own answers (Ctrl-D to leave).")
+    try:
+        while True:
+            question, answer = input("输入问题:"), input("输入回答:")
+            if question.strip() and answer.strip():
+                print(f"奖励: {reward(model, tokenizer, question, answer, system_prompt):+.3f}")
+    except (EOFError, KeyboardInterrupt):
+        print()
+
+
+def main(args: EvalArguments) -> None:
+    if len(args.question) != len(args.answer):
+        raise common.PipelineError(
+            f"got {len(args.question)} --question and {len(args.answer)} --answer: give one --answer per --question."
+        )
+    train_command = "python train_rm.py --tiny" if args.tiny else "python train_rm.py"
+    model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, train_command)
+    common.check_pad_token(tokenizer, args.model_path, model)
+
+    if args.question:
+        for question, answer in zip(args.question, args.answer):
+            print(f"输入问题:{question}\n输入回答:{answer}")
+            print(f"奖励: {reward(model, tokenizer, question, answer, args.system_prompt):+.3f}")
+        return
+    evaluate_pairs(model, tokenizer, args)
+    if sys.stdin.isatty():
+        chat(model, tokenizer, args.system_prompt)
+
+
+def make_parser() -> TrlParser:
+    return TrlParser(EvalArguments)
+
+
+if __name__ == "__main__":
+    with common.user_errors():
+        main(*make_parser().parse_args_and_config())

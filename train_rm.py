@@ -1,0 +1,164 @@
+"""Stage 2, reward model: the base model plus a linear score head, trained on chosen vs rejected answers with the
+pairwise (Bradley-Terry) loss -log sigmoid(r_chosen - r_rejected) (InstructGPT's RM step, Ouyang et al. 2022,
+arXiv:2203.02155).
+
+    python train_rm.py --tiny                       # offline tiny preset on a CPU, under a minute
+    python train_rm.py                              # Qwen2.5-0.5B-Instruct on btfChinese-DPO-small, on a GPU
+    python train_rm.py --config configs/rm.yaml     # every field is settable from YAML as well as the CLI
+
+Writes the model, tokenizer and held-out pairs to checkpoint/rm, TensorBoard scalars to tensorboard/rm/<time>,
+curves to imgs/rm.png. Score it with eval_rm.py.
+"""
+
+import math
+import os
+from dataclasses import dataclass, field
+
+from datasets import Dataset
+from transformers import AutoTokenizer
+from trl import ModelConfig, RewardConfig, RewardTrainer, TrlParser
+
+import common
+
+# The original run: the base model (not the SFT one), every row, 2 epochs, 4 x 8 pairs per step.
+DEFAULTS = dict(
+    model_name_or_path=common.DEFAULT_MODEL,
+    output_dir=str(common.RM_DIR),
+    num_train_epochs=2,
+    per_device_train_batch_size=4,
+    gradient_accumulation_steps=8,
+    learning_rate=1e-5,
+    max_length=500,
+    # Adds 0.01 * (r_chosen + r_rejected)^2 to the loss (Eisenstein et al. 2023, arXiv:2312.09244): rewards stay
+    # centred on 0, so a positive score means "the preferred style" and PPO's reward scale does not drift.
+    center_rewards_coefficient=0.01,
+    eval_strategy="steps",
+    eval_steps=0.1,  # a fraction of the run: ten held-out evaluations whatever the dataset size
+    logging_steps=1,
+    report_to="tensorboard",
+    activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
+    bf16=common.bf16_available(),
+)
+# A CPU-sized run of the same recipe: a higher learning rate and smaller steps, so the tiny model separates the styles
+# in seconds; a larger held-out share, so its accuracy is measured on more than a handful of pairs.
+TINY_PRESET = dict(
+    model_name_or_path=str(common.TINY_BASE_DIR),
+    model_source="tiny",
+    dataset_name=str(common.SAMPLE_DATA),
+    eval_fraction=0.2,
+    per_device_train_batch_size=8,
+    gradient_accumulation_steps=1,
+    learning_rate=3e-4,
+    lr_scheduler_type="cosine",
+    warmup_steps=5,
+    max_length=256,
+    save_strategy="no",
+)
+CHART_TAGS = ["train/loss", "train/accuracy", "eval/accuracy", "eval/margin"]
+
+
+@dataclass
+class ScriptArguments(common.StageArguments):
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Fraction of the pairs held out (random, --seed) for evaluation; saved with the model for "
+            "eval_rm.py. 0 trains on every pair, as the original did."
+        },
+    )
+
+
+def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int | None) -> Dataset:
+    """Token ids of each row's chosen and rejected conversation, without the pairs longer than `max_length`.
+
+    Tokenized here rather than by RewardTrainer, so that every sequence ends at its answer's eos, the token the score
+    is read at in every stage (see common.reward_scores).
+    """
+    pairs = rows.map(
+        common.rm_example,
+        fn_kwargs={"tokenizer": tokenizer, "system_prompt": system_prompt},
+        remove_columns=rows.column_names,
+    )
+    if max_length is None:
+        return pairs
+    kept = pairs.filter(lambda pair: max(len(pair["chosen_ids"]), len(pair["rejected_ids"])) <= max_length)
+    if len(kept) < len(pairs):
+        print(f"Dropped {len(pairs) - len(kept)} of {len(pairs)} pairs longer than --max_length {max_length}.")
+    return kept
+
+
+def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> None:
+    if not 0 <= script_args.eval_fraction < 1:
+        raise common.PipelineError(f"--eval_fraction must be in [0, 1), got {script_args.eval_fraction}.")
+    if model_args.use_peft:
+        raise common.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
+
+    # Data first: a bad file fails in a second, before any download or write.
+    data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
+    if script_args.eval_fraction:
+        if math.ceil(len(data) * script_args.eval_fraction) >= len(data):
+            raise common.PipelineError(
+                f"--eval_fraction {script_args.eval_fraction} of {len(data)} rows leaves none to train on."
+            )
+        split = data.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
+        train_rows, held_out = split["train"], split["test"]
+    else:
+        train_rows, held_out = data, None
+        training_args.eval_strategy = "no"
+
+    model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    tokenizer.eos_token = training_args.eos_token or tokenizer.eos_token
+    tokenizer.pad_token = training_args.pad_token or tokenizer.pad_token
+    common.check_pad_token(tokenizer, model_path)
+
+    train_dataset = tokenize_pairs(train_rows, tokenizer, script_args.system_prompt, training_args.max_length)
+    eval_dataset = None
+    if held_out is not None:
+        eval_dataset = tokenize_pairs(held_out, tokenizer, script_args.system_prompt, training_args.max_length)
+
+    training_args.model_init_kwargs = dict(
+        revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
+    ) | (training_args.model_init_kwargs or {})
+    # transformers 5 takes the TensorBoard folder from the environment (TrainingArguments.logging_dir is gone).
+    run_dir = common.tensorboard_run_dir("rm")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
+
+    # From a model path, RewardTrainer builds AutoModelForSequenceClassification with num_labels=1 (a linear score
+    # head on the last hidden state) and sets config.pad_token_id from the tokenizer, which is how the head finds
+    # the last non-pad token to score.
+    trainer = RewardTrainer(
+        model=model_path,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    trainer.accelerator.print(
+        f"Reward model from {model_path} on {len(train_dataset)} pairs of {script_args.dataset_name}, "
+        f"{len(eval_dataset) if eval_dataset is not None else 0} held out; TensorBoard: {run_dir}"
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    with common.staged_save(training_args.output_dir, trainer.is_world_process_zero()) as staging:
+        trainer.save_model(staging)
+        if held_out is not None and trainer.is_world_process_zero():
+            # The pairs with the system prompt they were scored with, so eval_rm.py sees exactly this split.
+            held_out.map(lambda row: {"system": row["system"] or script_args.system_prompt}).to_json(
+                staging / common.RM_HELD_OUT_FILE, force_ascii=False
+            )
+    trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
+
+    if trainer.is_world_process_zero():
+        chart = common.plot_scalars(run_dir, CHART_TAGS, common.IMGS_DIR / "rm.png", f"Reward model: {model_path}")
+        print(f"Model saved to {training_args.output_dir}; curves in {chart}. Score it: python eval_rm.py")
+
+
+def make_parser() -> TrlParser:
+    parser = TrlParser((ScriptArguments, RewardConfig, ModelConfig))
+    parser.set_defaults(**DEFAULTS)
+    return parser
+
+
+if __name__ == "__main__":
+    with common.user_errors():
+        main(*common.parse_args(make_parser(), TINY_PRESET))
