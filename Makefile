@@ -13,6 +13,9 @@ demo: $(VENV)/installed
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_sft.py --tiny --model_path checkpoint/base/tiny
 	@echo "== after SFT"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_sft.py --tiny
+	$(PYTHON) train_rm.py --tiny
+	@echo "== the reward model on its held-out pairs"
+	$(PYTHON) eval_rm.py --tiny < /dev/null
 
 test: $(VENV)/installed
 	$(PYTHON) -m pytest
