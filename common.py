@@ -6,6 +6,7 @@ model resolution, the offline tiny preset, and the chart of a run's TensorBoard 
 
 import csv
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -296,11 +297,11 @@ def check_pad_token(tokenizer, where: str, model=None) -> None:
     """A reward model reads its score at the last token that is not padding, and that token must be eos: with
     pad == eos the answer's own `<|im_end|>` would count as padding and the score would move to the token before it.
     A model given must find padding by the tokenizer's pad id."""
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise PipelineError(
             f"the tokenizer of {where} has pad token {tokenizer.pad_token!r} and eos token {tokenizer.eos_token!r}. "
-            "The reward is read at the last non-pad token, the answer's eos, so pad must be set and differ from eos: "
-            "pass --pad_token with another special token (Qwen's <|endoftext|>)."
+            "The reward is read at the last non-pad token, the answer's eos, so pad must be a token of the vocabulary "
+            "other than eos: train the reward model with --pad_token set to one (Qwen's <|endoftext|>)."
         )
     if model is not None and model.config.pad_token_id != tokenizer.pad_token_id:
         raise PipelineError(
@@ -489,9 +490,12 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
 # Logging and charts
 
 
-def tensorboard_run_dir(stage: str) -> Path:
-    """tensorboard/<stage>/<YYYY-mm-dd HH-MM-SS>: one folder per run, as the original."""
-    return TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
+def tensorboard_run(stage: str) -> Path:
+    """tensorboard/<stage>/<YYYY-mm-dd HH-MM-SS>, one folder per run as the original, and point the Trainer's
+    TensorBoard callback at it: transformers 5 reads TENSORBOARD_LOGGING_DIR (TrainingArguments.logging_dir is gone)."""
+    run_dir = TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
+    return run_dir
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -11,7 +11,6 @@ curves to imgs/rm.png. Score it with eval_rm.py.
 """
 
 import math
-import os
 from dataclasses import dataclass, field
 
 from datasets import Dataset
@@ -120,9 +119,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})
-    # transformers 5 takes the TensorBoard folder from the environment (TrainingArguments.logging_dir is gone).
-    run_dir = common.tensorboard_run_dir("rm")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
+    run_dir = common.tensorboard_run("rm")
 
     # From a model path, RewardTrainer builds AutoModelForSequenceClassification with num_labels=1 (a linear score
     # head on the last hidden state) and sets config.pad_token_id from the tokenizer, which is how the head finds

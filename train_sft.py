@@ -9,7 +9,6 @@ Writes the model and tokenizer to checkpoint/sft, TensorBoard scalars to tensorb
 imgs/sft.png.
 """
 
-import os
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
@@ -76,9 +75,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})
-    # transformers 5 takes the TensorBoard folder from the environment (TrainingArguments.logging_dir is gone).
-    run_dir = common.tensorboard_run_dir("sft")
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
+    run_dir = common.tensorboard_run("sft")
 
     # Prompt-completion rows make SFTTrainer compute the loss on the answer only (completion_only_loss): Qwen2.5's
     # chat template has no {% generation %} markers, so assistant_only_loss could not find the answer.
