@@ -466,7 +466,7 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
         fn_kwargs={"system_prompt": DEFAULT_SYSTEM_PROMPT, "answer_column": "rejected"},
         remove_columns=data.column_names,
     )
-    partial = path.with_name(path.name + ".partial")
+    partial = staging_dir(path)
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
             output_dir=scratch,

@@ -73,16 +73,13 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
 
 def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
     """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, saved as JSON."""
-    if args.dataset_name is None:
-        held_out = Path(args.model_path) / common.RM_HELD_OUT_FILE
-        if not held_out.is_file():
-            raise common.PipelineError(
-                f"{args.model_path} holds no held-out pairs ({common.RM_HELD_OUT_FILE}): it was trained with "
-                "--eval_fraction 0. Pass --dataset_name with preference data to evaluate on."
-            )
-        rows = common.load_preference_data(held_out)
-    else:
-        rows = common.load_preference_data(args.dataset_name, args.model_source)
+    dataset = args.dataset_name or str(Path(args.model_path) / common.RM_HELD_OUT_FILE)
+    if args.dataset_name is None and not Path(dataset).is_file():
+        raise common.PipelineError(
+            f"{args.model_path} holds no held-out pairs ({common.RM_HELD_OUT_FILE}): it was trained with "
+            "--eval_fraction 0. Pass --dataset_name with preference data to evaluate on."
+        )
+    rows = common.load_preference_data(dataset, args.model_source)
 
     sequences = [
         common.conversation_ids(tokenizer, row, args.system_prompt, row[column])
@@ -97,7 +94,6 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
         print(f"  rejected {rejected_reward:+.3f}  {row['rejected']}")
 
     metrics = pair_metrics(chosen, rejected)
-    dataset = args.dataset_name or str(held_out)
     print(f"\n{len(rows)} pairs of {dataset}:")
     print(f"  accuracy        {metrics['accuracy']:.3f}   share of pairs where chosen scores above rejected")
     print(f"  mean margin     {metrics['mean_margin']:+.3f}  chosen - rejected")
