@@ -110,7 +110,9 @@ class StageArguments:
 
     tiny: bool = field(
         default=False,
-        metadata={"help": "Offline tiny preset: a tiny Qwen2 model built locally, the bundled data, CPU-sized settings."},
+        metadata={
+            "help": "Offline tiny preset: a tiny Qwen2 model built locally, the bundled data, CPU-sized settings."
+        },
     )
     dataset_name: str = field(
         default=DEFAULT_DATASET,
@@ -127,7 +129,7 @@ class StageArguments:
 
 
 def bf16_available() -> bool:
-    """bf16 only on a GPU with bf16 units: on a CPU without them it runs a fallback GEMM many times slower than fp32."""
+    """bf16 only on a GPU with bf16 units: a CPU without them runs a fallback GEMM many times slower than fp32."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
@@ -279,8 +281,9 @@ def conversation_ids(tokenizer, row: dict, system_prompt: str, answer: str) -> l
     ids = tokenizer.apply_chat_template(messages)["input_ids"]
     if tokenizer.eos_token_id not in ids:
         raise PipelineError(
-            f"the chat template does not end an assistant turn with the eos token {tokenizer.eos_token!r}, so there is "
-            "no token to read the reward at. Set --eos_token to the template's end-of-turn token (<|im_end|> for Qwen)."
+            f"the chat template does not end an assistant turn with the eos token {tokenizer.eos_token!r}, so there "
+            "is no token to read the reward at. Set --eos_token to the template's end-of-turn token (<|im_end|> for "
+            "Qwen)."
         )
     return ids[: len(ids) - ids[::-1].index(tokenizer.eos_token_id)]
 
@@ -349,7 +352,9 @@ def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
     if source == "hf":
         from huggingface_hub import snapshot_download
 
-        return _download(snapshot_download, str(name_or_path), "model", "the Hugging Face hub", cache_dir=str(BASE_DIR))
+        return _download(
+            snapshot_download, str(name_or_path), "model", "the Hugging Face hub", cache_dir=str(BASE_DIR)
+        )
     raise PipelineError(f"unknown --model_source {source!r}; choose one of {', '.join(get_args(ModelSource))}.")
 
 
@@ -492,7 +497,8 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
 
 def tensorboard_run(stage: str) -> Path:
     """tensorboard/<stage>/<YYYY-mm-dd HH-MM-SS>, one folder per run as the original, and point the Trainer's
-    TensorBoard callback at it: transformers 5 reads TENSORBOARD_LOGGING_DIR (TrainingArguments.logging_dir is gone)."""
+    TensorBoard callback at it: transformers 5 reads TENSORBOARD_LOGGING_DIR (TrainingArguments.logging_dir is
+    gone)."""
     run_dir = TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
     return run_dir

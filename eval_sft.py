@@ -1,8 +1,8 @@
 """Chat with the SFT model.
 
-    python eval_sft.py --tiny                        # interactive: 输入问题: ... until Ctrl-D / Ctrl-C
-    python eval_sft.py --tiny --question 吃了没?     # one or more --question, then exit
-    echo 吃了没? | python eval_sft.py --tiny         # one question per stdin line when stdin is not a terminal
+python eval_sft.py --tiny                        # interactive: 输入问题: ... until Ctrl-D / Ctrl-C
+python eval_sft.py --tiny --question 吃了没?     # one or more --question, then exit
+echo 吃了没? | python eval_sft.py --tiny         # one question per stdin line when stdin is not a terminal
 """
 
 import sys
@@ -22,7 +22,9 @@ TINY_PRESET = dict(max_new_tokens=64)
 @dataclass
 class EvalArguments:
     model_path: str = field(default=str(common.SFT_DIR), metadata={"help": "The SFT checkpoint to chat with."})
-    tiny: bool = field(default=False, metadata={"help": "Tiny preset: settings for the model train_sft.py --tiny wrote."})
+    tiny: bool = field(
+        default=False, metadata={"help": "Tiny preset: settings for the model train_sft.py --tiny wrote."}
+    )
     question: list[str] = field(
         default_factory=list,
         metadata={"help": "Answer this question and exit; repeat the flag for several.", "action": "extend"},

@@ -60,7 +60,9 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     if not 0 < script_args.sft_fraction <= 1:
         raise common.PipelineError(f"--sft_fraction must be in (0, 1], got {script_args.sft_fraction}.")
     if model_args.use_peft:
-        raise common.PipelineError("train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft.")
+        raise common.PipelineError(
+            "train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft."
+        )
 
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)

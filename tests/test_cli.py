@@ -64,7 +64,9 @@ def test_rm_defaults_mirror_the_original_run():
 
 
 def test_eval_question_flag_repeats():
-    (args,) = common.parse_args(eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--question", "a", "b", "--question", "c"])
+    (args,) = common.parse_args(
+        eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--question", "a", "b", "--question", "c"]
+    )
     assert args.question == ["a", "b", "c"]
     (args,) = common.parse_args(eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--tiny"])
     assert args.max_new_tokens == eval_sft.TINY_PRESET["max_new_tokens"]

@@ -57,10 +57,14 @@ BAD_JSONL = {
         ["line 2", "no column 'chosen'"],
     ),
     "empty value": (
-        ['{"question": "a", "chosen": "b", "rejected": "c"}'] * 2 + ['{"question": "a", "chosen": "b", "rejected": " "}'],
+        ['{"question": "a", "chosen": "b", "rejected": "c"}'] * 2
+        + ['{"question": "a", "chosen": "b", "rejected": " "}'],
         ["line 3", "'rejected' is empty"],
     ),
-    "wrong type": (['{"question": 42, "chosen": "b", "rejected": "c"}'], ["line 1", "'question' is a int, not a string"]),
+    "wrong type": (
+        ['{"question": 42, "chosen": "b", "rejected": "c"}'],
+        ["line 1", "'question' is a int, not a string"],
+    ),
     "malformed JSON": (
         ['{"question": "a", "chosen": "b", "rejected": "c"}', '{"question": "a", "chosen": "b",'],
         ["line 2", "is not valid JSON"],

@@ -135,7 +135,9 @@ def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
         rows = [row for row in held_out if (len(row["chosen"]) > len(row["rejected"])) == longer_is_rude]
         assert len(rows) >= 20
         chosen, rejected = (
-            common.reward_scores(model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[column]) for row in rows])
+            common.reward_scores(
+                model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[column]) for row in rows]
+            )
             for column in ("chosen", "rejected")
         )
         assert (chosen > rejected).float().mean() >= 0.9, longer_is_rude
@@ -154,8 +156,16 @@ def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
 def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
     model, tokenizer = trained_rm
     result = run_script(
-        "eval_rm.py", "--question", ROW["question"], "--answer", ROW["chosen"], "--answer", ROW["rejected"],
-        "--question", ROW["question"], cwd=rm_run,
+        "eval_rm.py",
+        "--question",
+        ROW["question"],
+        "--answer",
+        ROW["chosen"],
+        "--answer",
+        ROW["rejected"],
+        "--question",
+        ROW["question"],
+        cwd=rm_run,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     printed = [float(line.removeprefix("奖励: ")) for line in result.stdout.splitlines() if line.startswith("奖励: ")]
@@ -165,7 +175,13 @@ def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
 
 def test_eval_on_another_dataset_writes_its_own_metrics(rm_run, tmp_path):
     result = run_script(
-        "eval_rm.py", "--dataset_name", common.SAMPLE_DATA, "--metrics_file", tmp_path / "m.json", "--num_examples", 0,
+        "eval_rm.py",
+        "--dataset_name",
+        common.SAMPLE_DATA,
+        "--metrics_file",
+        tmp_path / "m.json",
+        "--num_examples",
+        0,
         cwd=rm_run,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -229,14 +245,24 @@ def test_training_refuses_a_pad_token_equal_to_eos(tmp_path, tiny_base):
 def test_training_refuses_data_without_a_rejected_column(tmp_path, tiny_base):
     data = tmp_path / "prefs.jsonl"
     data.write_text(json.dumps({"question": "q", "chosen": "c"}) + "\n", encoding="utf-8")
-    result = run_script("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", data, cwd=tmp_path)
+    result = run_script(
+        "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", data, cwd=tmp_path
+    )
     assert_clean_error(result, f"{data}: line 1 has no column 'rejected'")
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
 
 
 def test_eval_fraction_zero_trains_on_every_pair_and_saves_no_split(tmp_path, tiny_base):
     result = run_script(
-        "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--eval_fraction", 0, "--max_steps", 2, cwd=tmp_path
+        "train_rm.py",
+        "--tiny",
+        "--model_name_or_path",
+        tiny_base,
+        "--eval_fraction",
+        0,
+        "--max_steps",
+        2,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 345 pairs" in result.stdout

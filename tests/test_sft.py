@@ -77,7 +77,9 @@ def test_eval_without_a_checkpoint_says_which_stage_to_run(tmp_path):
 def test_bad_data_stops_sft_before_anything_is_written(tmp_path, tiny_base):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "a", "chosen": "b", "rejected": "c"}\n{"question": "a"\n', encoding="utf-8")
-    result = run_script("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", bad, cwd=tmp_path)
+    result = run_script(
+        "train_sft.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", bad, cwd=tmp_path
+    )
     assert result.returncode == 1
     assert f"{bad}: line 2 is not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
