@@ -21,7 +21,7 @@ import torch
 from datasets import Dataset
 from safetensors import SafetensorError
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, GenerationConfig
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DATA = ROOT / "data" / "sample.jsonl"
@@ -39,11 +39,13 @@ TINY_BASE_DIR = BASE_DIR / "tiny"
 SFT_DIR = CHECKPOINT_ROOT / "sft"
 RM_DIR = CHECKPOINT_ROOT / "rm"
 PPO_DIR = CHECKPOINT_ROOT / "ppo"
-RM_HELD_OUT_FILE = "held_out.jsonl"  # train_rm.py saves its held-out pairs beside the model, for eval_rm.py
+HELD_OUT_FILE = "held_out.jsonl"  # train_rm.py and train_ppo.py save their held-out rows beside the model
 TENSORBOARD_ROOT = Path("tensorboard")
 IMGS_DIR = Path("imgs")
 
-# A checkpoint is complete when its config.json sits beside these (see `staged_save`).
+# A checkpoint is complete when its marker (config.json; adapter_config.json for a LoRA adapter) sits beside these.
+# `staged_save` writes the marker last and removes it first, so a checkpoint cut short never has one.
+CHECKPOINT_MARKERS = ("config.json", "adapter_config.json")
 CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokenizer": ("tokenizer_config.json",)}
 
 REQUIRED_COLUMNS = ("question", "chosen", "rejected")
@@ -334,6 +336,71 @@ def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Sampled answers: generated, cut and scored the same way in PPO's rollouts and in eval_ppo.py.
+
+
+def sampling_config(tokenizer, max_new_tokens: int, temperature: float) -> GenerationConfig:
+    """Sample from softmax(logits / temperature) and nothing else; stop at the end-of-turn token (eos).
+
+    PPO computes log-probs under exactly this distribution, so every sampling warper a checkpoint's
+    generation_config.json may turn on is set off here: generate() fills each field left unset from that file, and
+    Qwen2.5-Instruct's sets top_k 20, top_p 0.8 and repetition_penalty 1.05. Inherited, they make the sampled
+    distribution differ from the policy's (TRL 1.12's PPO on transformers 5 reports a KL to the reference of 16.8 for
+    Qwen 0.5B before its first step, where it must be 0).
+    """
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def left_padded(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of prompts padded on the left, so every answer starts at the same column."""
+    rows = [torch.tensor(ids) for ids in sequences]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id, padding_side="left")
+    mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True, padding_side="left")
+    return ids, mask
+
+
+def cut_after_stop(
+    responses: torch.Tensor, stop_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad everything after each answer's first stop token; return (answers, lengths including the stop token).
+
+    Answers that never stopped keep their full width. Lengths, not the pad id, say where an answer ends: the model
+    may sample the pad token itself mid-answer.
+    """
+    is_stop = responses == stop_token_id
+    width = responses.shape[1]
+    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, width)
+    after_end = torch.arange(width, device=responses.device) >= lengths[:, None]
+    return responses.masked_fill(after_end, pad_token_id), lengths
+
+
+def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.Tensor]:
+    """Model inputs for left-padded prompts followed by their answers, with position ids that skip the padding."""
+    response_mask = torch.arange(responses.shape[1], device=responses.device) < lengths[:, None]
+    attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return {
+        "input_ids": torch.cat([queries, responses], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
+
+
+def response_logits(model, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
+    """The logits that predict each of the last `width` tokens (the answer), without computing the prompt's."""
+    return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Models
 
 
@@ -362,13 +429,14 @@ def require_checkpoint(path: str | Path, command: str) -> Path:
     """Stop with the command to run when a stage's input checkpoint is missing or incomplete."""
     path = Path(path)
     partial = staging_dir(path)
-    if not (path / "config.json").is_file():
+    markers = [marker for marker in CHECKPOINT_MARKERS if (path / marker).is_file()]
+    if not markers:
         interrupted = f" ({partial} is left from an interrupted save)" if partial.exists() else ""
         raise PipelineError(f"no model at {path}{interrupted}. Run the stage that writes it first: {command}")
     missing = [what for what, patterns in CHECKPOINT_FILES.items() if not any(any(path.glob(p)) for p in patterns)]
     if missing:
         raise PipelineError(
-            f"the checkpoint at {path} has a config.json but no {' and no '.join(missing)} file: it was not written "
+            f"the checkpoint at {path} has a {markers[0]} but no {' and no '.join(missing)} file: it was not written "
             f"completely. Run the stage that writes it again: {command}"
         )
     return path
@@ -396,11 +464,12 @@ def staging_dir(path: Path) -> Path:
 
 @contextmanager
 def staged_save(path: str | Path, is_main_process: bool = True) -> Iterator[Path]:
-    """Save a checkpoint into a staging folder, then move its files into `path`, config.json last.
+    """Save a checkpoint into a staging folder, then move its files and folders into `path`, its marker last.
 
-    `require_checkpoint` takes config.json to mean "complete", and the old one is removed before any new file lands,
-    so a save cut short anywhere never leaves a checkpoint that looks complete. Other processes only take part in
-    the save (DeepSpeed and FSDP gather weights there); the main process writes and moves the files.
+    `require_checkpoint` takes the marker (config.json or adapter_config.json) to mean "complete", and the old one is
+    removed before anything new lands, so a save cut short anywhere never leaves a checkpoint that looks complete.
+    Other processes only take part in the save (DeepSpeed and FSDP gather weights there); the main process writes and
+    moves the files.
     """
     path = Path(path)
     staging = staging_dir(path)
@@ -410,9 +479,13 @@ def staged_save(path: str | Path, is_main_process: bool = True) -> Iterator[Path
     if not is_main_process:
         return
     path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").unlink(missing_ok=True)
-    for file in sorted(staging.iterdir(), key=lambda file: file.name == "config.json"):
-        file.replace(path / file.name)
+    for marker in CHECKPOINT_MARKERS:
+        (path / marker).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda entry: entry.name in CHECKPOINT_MARKERS):
+        target = path / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        entry.replace(target)
     staging.rmdir()
 
 
@@ -447,7 +520,7 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
     Deterministic for a given seed. Written to a temporary folder and renamed into place, so an interrupted
     build never leaves a folder that looks complete.
     """
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, set_seed
+    from transformers import Qwen2Config, Qwen2ForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
     path = Path(path)

@@ -73,10 +73,10 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
 
 def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
     """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, saved as JSON."""
-    dataset = args.dataset_name or str(Path(args.model_path) / common.RM_HELD_OUT_FILE)
+    dataset = args.dataset_name or str(Path(args.model_path) / common.HELD_OUT_FILE)
     if args.dataset_name is None and not Path(dataset).is_file():
         raise common.PipelineError(
-            f"{args.model_path} holds no held-out pairs ({common.RM_HELD_OUT_FILE}): it was trained with "
+            f"{args.model_path} holds no held-out pairs ({common.HELD_OUT_FILE}): it was trained with "
             "--eval_fraction 0. Pass --dataset_name with preference data to evaluate on."
         )
     rows = common.load_preference_data(dataset, args.model_source)

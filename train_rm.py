@@ -141,7 +141,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         if held_out is not None and trainer.is_world_process_zero():
             # The pairs with the system prompt they were scored with, so eval_rm.py sees exactly this split.
             held_out.map(lambda row: {"system": row["system"] or script_args.system_prompt}).to_json(
-                staging / common.RM_HELD_OUT_FILE, force_ascii=False
+                staging / common.HELD_OUT_FILE, force_ascii=False
             )
     trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
 

@@ -43,3 +43,24 @@ def tiny_base(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("base") / "tiny"
     common.build_tiny_base(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def sft_run(tiny_base, tmp_path_factory) -> Path:
+    """The working folder of one train_sft.py --tiny run (checkpoint/, tensorboard/ and imgs/ land in it)."""
+    workdir = tmp_path_factory.mktemp("sft_run")
+    result = run_script("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def rm_run(tiny_base, tmp_path_factory) -> Path:
+    """The working folder of one train_rm.py --tiny run followed by eval_rm.py."""
+    workdir = tmp_path_factory.mktemp("rm_run")
+    result = run_script("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("eval_rm.py", "--tiny", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "eval_rm.out").write_text(result.stdout)
+    return workdir

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -90,25 +89,13 @@ def test_an_interrupted_first_save_does_not_look_complete(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rm_run(tiny_base, tmp_path_factory) -> Path:
-    """The working folder of one train_rm.py --tiny run followed by eval_rm.py."""
-    workdir = tmp_path_factory.mktemp("rm_run")
-    result = run_script("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_script("eval_rm.py", "--tiny", cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (workdir / "eval_rm.out").write_text(result.stdout)
-    return workdir
-
-
-@pytest.fixture(scope="module")
 def trained_rm(rm_run):
     return common.load_model(AutoModelForSequenceClassification, rm_run / common.RM_DIR, "")
 
 
 def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
     metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
-    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.RM_HELD_OUT_FILE)
+    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
     assert metrics["pairs"] == len(held_out) == 69  # 20% of the 345 rows, the tiny preset's --eval_fraction
     assert metrics["accuracy"] >= 0.9
     assert metrics["mean_chosen_reward"] > 0 > metrics["mean_rejected_reward"]
@@ -120,7 +107,7 @@ def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
 
 
 def test_held_out_pairs_carry_the_system_prompt_they_were_trained_with(rm_run):
-    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.RM_HELD_OUT_FILE)
+    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
     assert set(held_out["system"]) == {common.DEFAULT_SYSTEM_PROMPT}
     # and they are pairs of the sample the model did not train on: the split is a subset of the data
     sample = {row["question"]: row for row in common.load_preference_data(common.SAMPLE_DATA)}
@@ -130,7 +117,7 @@ def test_held_out_pairs_carry_the_system_prompt_they_were_trained_with(rm_run):
 def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
     """In about half the sample the rude answer is the longer one, so length alone scores about 50%."""
     model, tokenizer = trained_rm
-    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.RM_HELD_OUT_FILE)
+    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
     for longer_is_rude in (True, False):
         rows = [row for row in held_out if (len(row["chosen"]) > len(row["rejected"])) == longer_is_rude]
         assert len(rows) >= 20
@@ -230,7 +217,7 @@ def test_eval_refuses_a_tokenizer_whose_pad_is_eos(rm_run, tmp_path):
 def test_eval_without_a_held_out_split_asks_for_a_dataset(rm_run, tmp_path):
     checkpoint = tmp_path / common.RM_DIR
     shutil.copytree(rm_run / common.RM_DIR, checkpoint)
-    (checkpoint / common.RM_HELD_OUT_FILE).unlink()
+    (checkpoint / common.HELD_OUT_FILE).unlink()
     assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), "--eval_fraction 0", "--dataset_name")
 
 
@@ -266,5 +253,5 @@ def test_eval_fraction_zero_trains_on_every_pair_and_saves_no_split(tmp_path, ti
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 345 pairs" in result.stdout
-    assert not (tmp_path / common.RM_DIR / common.RM_HELD_OUT_FILE).exists()
+    assert not (tmp_path / common.RM_DIR / common.HELD_OUT_FILE).exists()
     common.require_checkpoint(tmp_path / common.RM_DIR, "")

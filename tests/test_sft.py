@@ -1,21 +1,9 @@
 """End to end: train_sft.py --tiny in a fresh folder, then eval_sft.py on what it wrote."""
 
-from pathlib import Path
-
-import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import common
 from conftest import answer_log_likelihood, run_script
-
-
-@pytest.fixture(scope="module")
-def sft_run(tiny_base, tmp_path_factory) -> Path:
-    """The working folder of one SFT run (checkpoint/, tensorboard/ and imgs/ land in it)."""
-    workdir = tmp_path_factory.mktemp("sft_run")
-    result = run_script("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return workdir
 
 
 def test_checkpoint_loads_with_its_tokenizer(sft_run):
