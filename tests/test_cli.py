@@ -7,10 +7,11 @@ import pytest
 import common
 import eval_rm
 import eval_sft
+import train_ppo
 import train_rm
 import train_sft
 
-STAGES = {"sft": train_sft, "rm": train_rm}
+STAGES = {"sft": train_sft, "rm": train_rm, "ppo": train_ppo}
 
 
 def parse(*args, script=train_sft):
@@ -63,6 +64,22 @@ def test_rm_defaults_mirror_the_original_run():
     assert training_args.bf16 is common.bf16_available()
 
 
+def test_ppo_defaults_mirror_the_original_run():
+    script_args, config = parse(script=train_ppo)
+    assert (script_args.sft_model_path, script_args.reward_model_path) == ("checkpoint/sft", "checkpoint/rm")
+    assert script_args.value_model_path == "Qwen/Qwen2.5-0.5B-Instruct"  # the critic starts from the base
+    assert (config.learning_rate, config.per_device_train_batch_size, config.gradient_accumulation_steps) == (
+        5e-6,
+        2,
+        4,
+    )
+    assert (config.local_rollout_forward_batch_size, config.cliprange, config.cliprange_value) == (8, 0.1, 0.5)
+    assert (config.num_train_epochs, config.response_length, config.temperature) == (2, 200, 0.7)
+    assert (config.lora_r, config.lora_alpha, config.lora_dropout) == (32, 8, 0.0)
+    assert (config.gamma, config.lam, config.kl_estimator) == (1.0, 0.95, "k1")
+    assert script_args.eval_fraction == 0.1
+
+
 def test_eval_question_flag_repeats():
     (args,) = common.parse_args(
         eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--question", "a", "b", "--question", "c"]
@@ -89,3 +106,9 @@ def test_bad_sft_fraction_is_refused_before_any_work(fraction):
 def test_bad_eval_fraction_is_refused_before_any_work(fraction):
     with pytest.raises(common.PipelineError, match="--eval_fraction"):
         train_rm.main(*parse("--tiny", "--eval_fraction", fraction, script=train_rm))
+
+
+@pytest.mark.parametrize("flag", [("--eval_fraction", "0"), ("--eval_fraction", "1"), ("--temperature", "0")])
+def test_bad_ppo_flags_are_refused_before_any_work(flag):
+    with pytest.raises(common.PipelineError, match=flag[0]):
+        train_ppo.main(*parse("--tiny", *flag, script=train_ppo))

@@ -1,0 +1,229 @@
+"""Chat with the PPO model, or compare the base, SFT and PPO models on held-out questions.
+
+    python eval_ppo.py --tiny                        # interactive: 输入问题: ... until Ctrl-D / Ctrl-C
+    python eval_ppo.py --tiny --question 吃了没?     # one or more --question, then exit (or one per stdin line)
+    python eval_ppo.py --tiny --compare              # base vs SFT vs PPO on the questions train_ppo.py held out
+
+--compare samples every model with the same seed and settings as PPO's rollouts, scores the answers with the reward
+model exactly as PPO did, and writes the table and every answer to checkpoint/ppo/eval_metrics.json.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+from trl import TrlParser
+from trl.trainer.utils import selective_log_softmax
+
+import common
+import train_ppo
+from eval_sft import read_questions
+
+# The models train_ppo.py --tiny trained, and the tiny preset's answer length.
+TINY_PRESET = dict(
+    base_model_path=str(common.TINY_BASE_DIR),
+    model_source="tiny",
+    max_new_tokens=train_ppo.TINY_PRESET["response_length"],
+)
+
+
+@dataclass
+class EvalArguments:
+    model_path: str = field(default=str(common.PPO_DIR), metadata={"help": "The PPO checkpoint (a LoRA adapter)."})
+    sft_model_path: str = field(
+        default=str(common.SFT_DIR), metadata={"help": "The SFT model the adapter was trained on."}
+    )
+    base_model_path: str = field(default=common.DEFAULT_MODEL, metadata={"help": "--compare: the model before SFT."})
+    reward_model_path: str = field(default=str(common.RM_DIR), metadata={"help": "--compare: the reward model."})
+    tiny: bool = field(default=False, metadata={"help": "Tiny preset: the models the --tiny stages wrote."})
+    model_source: common.ModelSource = field(
+        default="modelscope", metadata={"help": "Where a base model or dataset that is not a local path comes from."}
+    )
+    compare: bool = field(
+        default=False, metadata={"help": "Compare base, SFT and PPO on held-out questions instead of chatting."}
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "--compare: questions from this dataset. Unset: those train_ppo.py held out."},
+    )
+    question: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Answer this question and exit; repeat the flag for several.", "action": "extend"},
+    )
+    system_prompt: str = field(
+        default=common.DEFAULT_SYSTEM_PROMPT, metadata={"help": "For questions without their own, as in training."}
+    )
+    max_new_tokens: int = field(default=200, metadata={"help": "Longest answer, in tokens (PPO's response_length)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, as in PPO's rollouts."})
+    seed: int = field(default=42, metadata={"help": "Every model samples from this seed."})
+    batch_size: int = field(default=8, metadata={"help": "Answers generated and scored per forward pass."})
+    num_examples: int = field(default=3, metadata={"help": "--compare: questions shown with every model's answer."})
+    metrics_file: str | None = field(
+        default=None, metadata={"help": "--compare: where to write the JSON. Unset: <model_path>/eval_metrics.json."}
+    )
+
+
+def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
+    """The SFT model with the PPO adapter on it (unmerged: disable_adapter() gives back the SFT model)."""
+    ppo_command = "python train_ppo.py --tiny" if args.tiny else "python train_ppo.py"
+    sft_command = "python train_sft.py --tiny" if args.tiny else "python train_sft.py"
+    common.require_checkpoint(args.model_path, ppo_command)
+    trained_on = json.loads((Path(args.model_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    if Path(trained_on).resolve() != Path(args.sft_model_path).resolve():
+        raise common.PipelineError(
+            f"the adapter at {args.model_path} was trained on {trained_on}, not on --sft_model_path "
+            f"{args.sft_model_path}. Pass --sft_model_path {trained_on}."
+        )
+    sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command)
+    return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
+
+
+def sample(model, tokenizer, prompts: list[list[int]], args: EvalArguments) -> dict[str, torch.Tensor]:
+    set_seed(args.seed)
+    return train_ppo.generate(
+        model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.batch_size, model.device
+    )
+
+
+@torch.no_grad()
+def kl_to_reference(model: PeftModel, batch: dict[str, torch.Tensor], args: EvalArguments) -> torch.Tensor:
+    """Per answer, sum over its tokens of log pi(token) - log pi_sft(token): objective/kl's estimate (k1)."""
+    kls = []
+    for i in range(0, len(batch["responses"]), args.batch_size):
+        part = slice(i, i + args.batch_size)
+        responses, lengths = batch["responses"][part], batch["lengths"][part]
+        inputs = common.sequence_inputs(batch["queries"][part], batch["query_mask"][part], responses, lengths)
+        logprobs = selective_log_softmax(
+            common.response_logits(model, inputs, responses.shape[1]), responses, args.temperature
+        )
+        with model.disable_adapter():
+            ref_logits = common.response_logits(model, inputs, responses.shape[1])
+        ref_logprobs = selective_log_softmax(ref_logits, responses, args.temperature)
+        mask = torch.arange(responses.shape[1], device=responses.device) < lengths[:, None]
+        kls.append((train_ppo.kl_estimate(logprobs, ref_logprobs, "k1") * mask).sum(1))
+    return torch.cat(kls).cpu()
+
+
+def compare(args: EvalArguments) -> None:
+    """Base, SFT and PPO answers to the same questions, scored by the reward model; a table and a JSON file."""
+    dataset = args.dataset_name or str(Path(args.model_path) / common.HELD_OUT_FILE)
+    if args.dataset_name is None and not Path(dataset).is_file():
+        raise common.PipelineError(
+            f"{args.model_path} holds no held-out questions ({common.HELD_OUT_FILE}). Pass --dataset_name."
+        )
+    rows = common.load_preference_data(dataset, args.model_source)
+    rm_command = "python train_rm.py --tiny" if args.tiny else "python train_rm.py"
+    reward_model, rm_tokenizer = common.load_model(
+        AutoModelForSequenceClassification, args.reward_model_path, rm_command
+    )
+    common.check_pad_token(rm_tokenizer, args.reward_model_path, reward_model)
+    ppo, tokenizer = load_ppo(args)
+    train_ppo.check_same_tokenizer(
+        tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
+    )
+    reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
+    prompts = [common.prompt_ids(tokenizer, row, args.system_prompt) for row in rows]
+
+    batches = {}
+    base_path = common.resolve_model(args.base_model_path, args.model_source)
+    base, base_tokenizer = common.load_model(AutoModelForCausalLM, base_path, f"a model at {base_path}")
+    train_ppo.check_same_tokenizer(tokenizer, base_tokenizer, f"the base model ({base_path})", args.sft_model_path)
+    batches["base"] = sample(base, tokenizer, prompts, args)
+    del base
+    with ppo.disable_adapter():
+        batches["sft"] = sample(ppo, tokenizer, prompts, args)
+    with train_ppo.merged(ppo):
+        batches["ppo"] = sample(ppo, tokenizer, prompts, args)
+
+    results = {}
+    for name, batch in tqdm(batches.items(), "Scoring"):
+        scores, stopped = train_ppo.score_answers(
+            reward_fn, batch["queries"], batch["query_mask"], batch["responses"], batch["lengths"], tokenizer, 0.0
+        )
+        answers = [
+            tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(batch["responses"], batch["lengths"])
+        ]
+        results[name] = {
+            "scores": scores.cpu(),
+            "stopped": stopped.cpu(),
+            "answers": answers,
+            "lengths": batch["lengths"].cpu(),
+        }
+    kl = kl_to_reference(ppo, batches["ppo"], args)
+
+    for i, row in enumerate(rows.select(range(min(args.num_examples, len(rows))))):
+        print(f"问题: {row['question']}")
+        for name, result in results.items():
+            print(f"  {name:<5} {result['scores'][i]:+.3f}  {result['answers'][i]}")
+    metrics = {
+        name: {
+            "mean_reward": result["scores"].mean().item(),
+            "share_reward_positive": (result["scores"] > 0).float().mean().item(),
+            "mean_answer_tokens": result["lengths"].float().mean().item(),
+            "share_finished": result["stopped"].float().mean().item(),
+        }
+        for name, result in results.items()
+    }
+    metrics["ppo"]["mean_kl_to_sft"] = kl.mean().item()
+
+    print(f"\n{len(rows)} questions of {dataset}, sampled at temperature {args.temperature}, seed {args.seed}:")
+    print("model   mean reward   reward > 0   mean tokens   finished   KL to SFT")
+    for name, m in metrics.items():
+        kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else ""
+        print(
+            f"{name:<5} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['mean_answer_tokens']:13.1f}"
+            f" {m['share_finished']:10.3f}   {kl_column}"
+        )
+    report = {
+        "dataset": dataset,
+        "questions": len(rows),
+        "seed": args.seed,
+        "temperature": args.temperature,
+        "max_new_tokens": args.max_new_tokens,
+        "models": {"base": args.base_model_path, "sft": args.sft_model_path, "ppo": args.model_path},
+        "metrics": metrics,
+        "answers": [
+            {"question": row["question"]}
+            | {name: {"answer": r["answers"][i], "reward": r["scores"][i].item()} for name, r in results.items()}
+            for i, row in enumerate(rows)
+        ],
+    }
+    metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    print(f"Metrics and answers written to {metrics_file}")
+
+
+def chat(args: EvalArguments) -> None:
+    ppo, tokenizer = load_ppo(args)
+    model = ppo.merge_and_unload()  # one set of weights: generation runs at the SFT model's speed
+    try:
+        for question in read_questions(args.question):
+            batch = sample(
+                model, tokenizer, [common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)], args
+            )
+            answer = batch["responses"][0, : batch["lengths"][0]]
+            print("---模型输出---")
+            print(tokenizer.decode(answer, skip_special_tokens=True).strip(), flush=True)
+    except KeyboardInterrupt:
+        print()
+
+
+def main(args: EvalArguments) -> None:
+    if args.compare:
+        compare(args)
+    else:
+        chat(args)
+
+
+def make_parser() -> TrlParser:
+    return TrlParser(EvalArguments)
+
+
+if __name__ == "__main__":
+    with common.user_errors():
+        main(*common.parse_args(make_parser(), TINY_PRESET))

@@ -1,0 +1,382 @@
+"""PPO: the algorithm's pieces against hand-computed cases, identity at the start, learning on a programmatic reward,
+resuming, then train_ppo.py --tiny and eval_ppo.py --compare end to end, and their errors."""
+
+import json
+import math
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import common
+import eval_rm
+import train_ppo
+from conftest import run_script
+
+STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
+QUESTIONS = ["吃了没?", "地球离太阳多远?", "推荐一本书", "帮我想想怎么跟领导提加薪"]
+TRL_METRICS = [
+    "objective/scores", "objective/kl", "objective/entropy", "objective/non_score_reward", "objective/rlhf_reward",
+    "policy/approxkl_avg", "policy/clipfrac_avg", "loss/policy_avg", "loss/value_avg", "val/clipfrac_avg",
+    "val/ratio", "val/num_eos_tokens", "lr", "episode", "time/generation", "time/scoring", "time/optimization",
+]  # fmt: skip
+
+
+def ppo_args(*args):
+    return common.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *map(str, args)])
+
+
+def run_ppo(workdir, sft_run, tiny_base, *args, reward_fn=None, monkeypatch):
+    """train_ppo.main in `workdir` on the session's tiny SFT model, critic from the tiny base; its scalars."""
+    workdir.mkdir(exist_ok=True)
+    monkeypatch.chdir(workdir)
+    train_ppo.main(
+        *ppo_args("--sft_model_path", sft_run / common.SFT_DIR, "--value_model_path", tiny_base, *args),
+        reward_fn=reward_fn,
+    )
+    (run_dir,) = (workdir / common.TENSORBOARD_ROOT / "ppo").iterdir()
+    return common.read_scalars(run_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The algorithm's pieces, against hand-computed cases
+
+
+def test_gae_on_a_hand_computed_answer():
+    """rewards (0, 0, 1), values 0.5 each, gamma 1, lambda 0.5: deltas (0, 0, 0.5), advantages (0.125, 0.25, 0.5)."""
+    advantages, returns = train_ppo.gae(torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.5, 0.5]]), 1.0, 0.5)
+    assert advantages.tolist() == [[0.125, 0.25, 0.5]]
+    assert returns.tolist() == [[0.625, 0.75, 1.0]]
+
+
+def test_gae_on_a_padded_batch_equals_a_plain_loop_over_each_answer():
+    torch.manual_seed(0)
+    lengths, width, gamma, lam = [5, 2, 7], 7, 0.9, 0.8
+    mask = torch.arange(width) < torch.tensor(lengths)[:, None]
+    rewards, values = torch.randn(3, width) * mask, torch.randn(3, width) * mask
+    advantages, returns = train_ppo.gae(rewards, values, gamma, lam)
+    for row, length in enumerate(lengths):
+        expected, next_advantage = [0.0] * length, 0.0
+        for t in reversed(range(length)):
+            next_value = values[row, t + 1].item() if t + 1 < length else 0.0  # terminal state after the last token
+            delta = rewards[row, t].item() + gamma * next_value - values[row, t].item()
+            next_advantage = delta + gamma * lam * next_advantage
+            expected[t] = next_advantage
+        assert advantages[row, :length].tolist() == pytest.approx(expected, abs=1e-6)
+        assert returns[row, :length].tolist() == pytest.approx(
+            [a + v for a, v in zip(expected, values[row, :length].tolist())], abs=1e-6
+        )
+        assert advantages[row, length:].abs().sum() == 0
+
+
+def test_masked_whitening_uses_the_real_tokens_only():
+    values = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 99.0, 99.0, 99.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    whitened = train_ppo.masked_whiten(values, mask)
+    std = math.sqrt(1.25)  # of 1, 2, 3, 4 (mean 2.5)
+    expected = [[-1.5 / std, -0.5 / std, 0.5 / std, 0.0], [1.5 / std, 0.0, 0.0, 0.0]]
+    assert whitened.tolist() == [pytest.approx(row, abs=1e-5) for row in expected]
+
+
+def test_answers_are_cut_after_their_first_stop_token():
+    responses = torch.tensor([[5, 7, STOP, 9, STOP], [5, 6, 7, 8, 9], [STOP, 3, 3, 3, 3], [5, PAD, 6, STOP, 3]])
+    cut, lengths = common.cut_after_stop(responses, STOP, PAD)
+    assert lengths.tolist() == [3, 5, 1, 4]
+    assert cut.tolist() == [
+        [5, 7, STOP, PAD, PAD],
+        [5, 6, 7, 8, 9],
+        [STOP, PAD, PAD, PAD, PAD],
+        [5, PAD, 6, STOP, PAD],
+    ]
+
+
+def test_kl_estimators():
+    """pi = 0.5 and pi_ref = 0.25 at the sampled token: k1 = log 2, k3 = r - 1 - log r with r = 0.5."""
+    logprobs, ref_logprobs = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert train_ppo.kl_estimate(logprobs, ref_logprobs, "k1").item() == pytest.approx(math.log(2))
+    assert train_ppo.kl_estimate(logprobs, ref_logprobs, "k3").item() == pytest.approx(0.5 - 1 + math.log(2))
+    assert train_ppo.kl_estimate(ref_logprobs, logprobs, "k1").item() == pytest.approx(-math.log(2))  # k1 can be < 0
+    assert train_ppo.kl_estimate(ref_logprobs, logprobs, "k3").item() == pytest.approx(2 - 1 - math.log(2))
+    for estimator in ("k1", "k3"):
+        assert train_ppo.kl_estimate(logprobs, logprobs, estimator).item() == 0
+
+
+def test_positions_skip_the_left_padding():
+    queries, query_mask = common.left_padded([[7, 8, 9], [7]], PAD)
+    inputs = common.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
+    assert inputs["input_ids"].tolist() == [[7, 8, 9, 4, STOP], [PAD, PAD, 7, 4, STOP]]
+    assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
+    assert inputs["position_ids"][:, :4].tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
+
+
+def test_check_same_tokenizer_refuses_another_vocabulary(tiny_base):
+    tokenizer, other = AutoTokenizer.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
+    train_ppo.check_same_tokenizer(tokenizer, other, "the critic", "sft")
+    other.add_tokens(["<|extra|>"])
+    with pytest.raises(common.PipelineError, match="the critic differs from the policy's"):
+        train_ppo.check_same_tokenizer(tokenizer, other, "the critic", "sft")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling and identity at the start, on the tiny SFT model with a fresh adapter
+
+
+@pytest.fixture(scope="module")
+def fresh_policy(sft_run, tiny_base):
+    """The tiny SFT model with a freshly initialised adapter, the critic from the tiny base, and the tokenizer."""
+    torch.manual_seed(0)
+    config = train_ppo.PPOConfig()
+    sft = AutoModelForCausalLM.from_pretrained(sft_run / common.SFT_DIR)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules)
+    policy = get_peft_model(sft, lora).eval()
+    critic = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1).eval()
+    return policy, critic, AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+
+
+def prompts(tokenizer, questions=QUESTIONS):
+    return [common.prompt_ids(tokenizer, {"question": q}, common.DEFAULT_SYSTEM_PROMPT) for q in questions]
+
+
+def test_sampling_ignores_the_checkpoints_top_k_top_p_and_repetition_penalty(fresh_policy, sft_run):
+    """The SFT checkpoint carries Qwen's sampling defaults; generate() must still sample softmax(logits / T)."""
+    policy, _, tokenizer = fresh_policy
+    saved = json.loads((sft_run / common.SFT_DIR / "generation_config.json").read_text())
+    assert (saved["top_k"], saved["top_p"], saved["repetition_penalty"]) == (20, 0.8, 1.05)
+    queries, query_mask = common.left_padded(prompts(tokenizer), tokenizer.pad_token_id)
+    output = policy.generate(
+        input_ids=queries,
+        attention_mask=query_mask,
+        generation_config=common.sampling_config(tokenizer, 16, 0.7),
+        return_dict_in_generate=True,
+        output_scores=True,
+        output_logits=True,
+    )
+    for processed, raw in zip(output.scores, output.logits):
+        torch.testing.assert_close(processed, raw / 0.7)  # no -inf from top-k/top-p, no repetition penalty
+
+
+def test_rollout_training_pass_and_reference_agree_before_the_first_step(fresh_policy):
+    policy, critic, tokenizer = fresh_policy
+    config = train_ppo.PPOConfig(local_rollout_forward_batch_size=8, response_length=24)
+    torch.manual_seed(1)
+    batch = train_ppo.generate(policy, tokenizer, prompts(tokenizer, QUESTIONS * 2), 24, 0.7, 8, "cpu")
+    batch |= train_ppo.forward_rollout(policy, critic, batch, config)
+    mask = torch.arange(batch["responses"].shape[1]) < batch["lengths"][:, None]
+    assert mask.sum() > 50
+
+    model = train_ppo.PolicyAndValue(policy, critic)
+    for micro in torch.arange(len(mask)).split(2):  # the training pass's micro batches, with gradients
+        inputs = common.sequence_inputs(
+            batch["queries"][micro], batch["query_mask"][micro], batch["responses"][micro], batch["lengths"][micro]
+        )
+        logits, values = model(inputs, batch["responses"].shape[1])
+        new_logprobs = train_ppo.selective_log_softmax(logits, batch["responses"][micro], 0.7)
+        assert new_logprobs.requires_grad
+        for new, old in ((new_logprobs, batch["logprobs"][micro]), (values, batch["values"][micro])):
+            assert (new.detach() - old)[mask[micro]].abs().max() < 1e-4
+    assert (batch["logprobs"] - batch["ref_logprobs"])[mask].abs().max() < 1e-4
+
+
+def test_the_first_update_starts_at_kl_0_and_ratio_1(tmp_path, sft_run, tiny_base, monkeypatch):
+    """One update, one PPO epoch, one minibatch: every minibatch statistic is taken before the optimizer step."""
+    scalars = run_ppo(
+        tmp_path, sft_run, tiny_base, "--total_episodes", 16, "--num_ppo_epochs", 1, "--num_mini_batches", 1,
+        "--gradient_accumulation_steps", 2, reward_fn=lambda queries, answers: torch.ones(len(answers)),
+        monkeypatch=monkeypatch,
+    )  # fmt: skip
+    assert [step for step, _ in scalars["objective/kl"]] == [1]
+    assert abs(scalars["objective/kl"][0][1]) < 1e-3  # summed over each answer's tokens
+    assert scalars["policy/approxkl_avg"][0][1] < 1e-9
+    assert scalars["policy/clipfrac_avg"][0][1] == 0
+    assert scalars["val/ratio"][0][1] == pytest.approx(1, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The reward PPO optimises is eval_rm.py's score
+
+
+def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
+    model, tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / common.RM_DIR, "")
+    question, answer, longer = "吃了没?", "关你屁事,自己吃去。", "烦死了，你自己不会查吗？问这种问题浪费我时间，" * 3
+    prompt = common.prompt_ids(tokenizer, {"question": question}, common.DEFAULT_SYSTEM_PROMPT)
+    answer_ids = [
+        common.conversation_ids(tokenizer, {"question": question}, common.DEFAULT_SYSTEM_PROMPT, text)[len(prompt) :]
+        for text in (answer, longer)
+    ]
+    responses = torch.nn.utils.rnn.pad_sequence([torch.tensor(a) for a in answer_ids], True, tokenizer.pad_token_id)
+    responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    queries, query_mask = common.left_padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id)
+    reward_fn = train_ppo.reward_model_fn(model, tokenizer, batch_size=8)
+    scores, stopped = train_ppo.score_answers(reward_fn, queries, query_mask, responses, lengths, tokenizer, 1.0)
+    assert stopped.tolist() == [True, True]
+    assert scores[1].item() == pytest.approx(
+        eval_rm.reward(model, tokenizer, question, longer, common.DEFAULT_SYSTEM_PROMPT), abs=1e-4
+    )
+    assert scores[0].item() == pytest.approx(
+        eval_rm.reward(model, tokenizer, "你好", answer, common.DEFAULT_SYSTEM_PROMPT), abs=1e-4
+    )
+
+    # Cut before its stop token: the score of the text so far, minus missing_eos_penalty.
+    cut_scores, stopped = train_ppo.score_answers(
+        reward_fn, queries[1:], query_mask[1:], responses[1:, :5], torch.tensor([5]), tokenizer, 1.0
+    )
+    expected = common.reward_scores(model, tokenizer, [prompt + answer_ids[1][:5]]).item() - 1.0
+    assert not stopped.item() and cut_scores.item() == pytest.approx(expected, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Learning and resuming
+
+
+def test_ppo_raises_a_programmatic_reward(tmp_path, sft_run, tiny_base, monkeypatch):
+    """+1 for each "？" in the answer: the SFT model writes about 0.2 per answer; PPO must make it several."""
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+
+    def question_marks(queries, answers):
+        return torch.tensor([tokenizer.decode(answer).count("？") for answer in answers], dtype=torch.float)
+
+    scalars = run_ppo(tmp_path, sft_run, tiny_base, reward_fn=question_marks, monkeypatch=monkeypatch)
+    scores = [value for _, value in scalars["objective/scores"]]
+    fifth = len(scores) // 5
+    first, last = sum(scores[:fifth]) / fifth, sum(scores[-fifth:]) / fifth
+    assert first < 1 and last > first + 2, scores
+
+
+def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run, tiny_base, monkeypatch):
+    """Four updates with a checkpoint after two; resuming from it ends with the same weights as the whole run."""
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+
+    def answer_length(queries, answers):
+        return torch.tensor([len(tokenizer.decode(answer)) / 10 for answer in answers])
+
+    schedule = ("--total_episodes", 64, "--save_steps", 2)
+    whole = run_ppo(
+        tmp_path / "whole",
+        sft_run,
+        tiny_base,
+        *schedule,
+        "--output_dir",
+        tmp_path / "whole" / "ppo",
+        reward_fn=answer_length,
+        monkeypatch=monkeypatch,
+    )
+    checkpoint = tmp_path / "whole" / "ppo" / "checkpoint-2"
+    state = torch.load(checkpoint / train_ppo.TRAINING_STATE_FILE, weights_only=False)
+    assert state["update"] == 2
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(dict(whole["lr"])[2])
+    assert not (tmp_path / "whole" / "ppo" / "checkpoint-4").exists()  # the last update is the final save
+
+    resumed = run_ppo(
+        tmp_path / "resumed",
+        sft_run,
+        tiny_base,
+        *schedule,
+        "--output_dir",
+        tmp_path / "resumed" / "ppo",
+        "--resume_from_checkpoint",
+        checkpoint,
+        reward_fn=answer_length,
+        monkeypatch=monkeypatch,
+    )
+    for tag in ("lr", "episode", "objective/scores", "loss/value_avg"):
+        assert [step for step, _ in resumed[tag]] == [3, 4]
+        assert [value for _, value in resumed[tag]] == pytest.approx([value for _, value in whole[tag][2:]], abs=1e-6)
+    # Within rounding: generation merges and unmerges the adapter, which moves the whole run's base weights by an
+    # fp32 ulp or so, while the resumed run reloads them exactly. An optimizer state lost on resume would show as a
+    # difference of about the learning rate (Adam's first step), 3e-3 here.
+    for part in ("adapter_model.safetensors", "value/model.safetensors"):
+        finals = [load_file(tmp_path / run / "ppo" / part) for run in ("whole", "resumed")]
+        assert finals[0].keys() == finals[1].keys()
+        for key in finals[0]:
+            torch.testing.assert_close(finals[0][key], finals[1][key], rtol=0, atol=1e-5)
+
+
+def test_resuming_needs_a_training_state_and_the_same_schedule(tmp_path, sft_run, tiny_base, monkeypatch):
+    run_ppo(
+        tmp_path / "run", sft_run, tiny_base, "--total_episodes", 48, "--save_steps", 1,
+        reward_fn=lambda queries, answers: torch.zeros(len(answers)), monkeypatch=monkeypatch,
+    )  # fmt: skip
+    final = tmp_path / "run" / common.PPO_DIR
+    assert sorted(path.name for path in final.glob("checkpoint-*")) == ["checkpoint-2"]  # save_total_limit 1
+    with pytest.raises(common.PipelineError, match="has no training_state.pt"):
+        train_ppo.main(*ppo_args("--resume_from_checkpoint", final))
+    with pytest.raises(common.PipelineError, match="was saved by a run of 3 updates of 16 answers; this one has 4"):
+        train_ppo.main(*ppo_args("--resume_from_checkpoint", final / "checkpoint-2", "--total_episodes", 64))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: SFT -> RM -> PPO -> eval_ppo.py --compare
+
+
+@pytest.fixture(scope="module")
+def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("ppo_run")
+    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+    result = run_script("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "compare.out").write_text(result.stdout)
+    return workdir
+
+
+def test_ppo_scores_at_least_as_well_as_sft_which_beats_base(ppo_run):
+    report = json.loads((ppo_run / common.PPO_DIR / "eval_metrics.json").read_text())
+    metrics = report["metrics"]
+    assert report["questions"] == 35  # 10% of the 345 sample rows, held out by train_ppo.py
+    assert metrics["sft"]["mean_reward"] > metrics["base"]["mean_reward"] + 1
+    assert metrics["ppo"]["mean_reward"] >= metrics["sft"]["mean_reward"] - 0.1
+    assert metrics["ppo"]["mean_kl_to_sft"] > 0 and "mean_kl_to_sft" not in metrics["sft"]
+    assert len(report["answers"]) == 35 and set(report["answers"][0]) == {"question", "base", "sft", "ppo"}
+    printed = (ppo_run / "compare.out").read_text()
+    assert printed.count("问题: ") == 3
+    assert f"{metrics['ppo']['mean_reward']:+13.3f}" in printed
+
+
+def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
+    (run_dir,) = (ppo_run / common.TENSORBOARD_ROOT / "ppo").iterdir()
+    scalars = common.read_scalars(run_dir)
+    assert set(TRL_METRICS) <= set(scalars)
+    assert [step for step, _ in scalars["episode"]] == list(range(1, 21))  # 310 questions, batches of 16
+    assert scalars["loss/value_avg"][-1][1] < scalars["loss/value_avg"][0][1]  # the critic learned
+    checkpoint = common.require_checkpoint(ppo_run / common.PPO_DIR, "")
+    assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").exists()
+    common.require_checkpoint(checkpoint / train_ppo.VALUE_DIR, "")
+    assert common.load_preference_data(checkpoint / common.HELD_OUT_FILE).num_rows == 35
+    assert (ppo_run / common.IMGS_DIR / "ppo.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_eval_ppo_answers_questions_from_flags_and_stdin(ppo_run, sft_run):
+    sft = ("--sft_model_path", sft_run / common.SFT_DIR)
+    result = run_script("eval_ppo.py", "--tiny", *sft, "--question", "吃了没?", cwd=ppo_run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("输入问题:吃了没?\n---模型输出---\n") and len(result.stdout.splitlines()) == 3
+    result = run_script("eval_ppo.py", "--tiny", *sft, cwd=ppo_run, stdin="你是谁?\n推荐一本书\n")
+    assert result.stdout.count("---模型输出---") == 2
+
+
+def test_eval_ppo_refuses_an_adapter_on_another_sft_model(ppo_run, tiny_base):
+    result = run_script("eval_ppo.py", "--tiny", "--sft_model_path", tiny_base, "--question", "x", cwd=ppo_run)
+    assert result.returncode == 1
+    assert "was trained on" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_ppo_without_an_sft_model_says_what_to_run(tmp_path):
+    result = run_script("train_ppo.py", "--tiny", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no model at checkpoint/sft" in result.stderr and "python train_sft.py --tiny" in result.stderr
+
+
+def test_saving_over_a_checkpoint_replaces_its_critic_and_keeps_periodic_ones(tmp_path):
+    checkpoint = tmp_path / "ppo"
+    for version in ("old", "new"):
+        with common.staged_save(checkpoint) as staging:
+            (staging / train_ppo.VALUE_DIR).mkdir(parents=True)
+            (staging / train_ppo.VALUE_DIR / "config.json").write_text(version)
+            (staging / "adapter_config.json").write_text(version)
+        (checkpoint / "checkpoint-3").mkdir(exist_ok=True)
+    assert (checkpoint / train_ppo.VALUE_DIR / "config.json").read_text() == "new"
+    assert (checkpoint / "adapter_config.json").read_text() == "new"
+    assert (checkpoint / "checkpoint-3").is_dir() and not common.staging_dir(checkpoint).exists()
