@@ -16,6 +16,11 @@ demo: $(VENV)/installed
 	$(PYTHON) train_rm.py --tiny
 	@echo "== the reward model on its held-out pairs"
 	$(PYTHON) eval_rm.py --tiny < /dev/null
+	$(PYTHON) train_ppo.py --tiny
+	@echo "== after PPO"
+	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_ppo.py --tiny
+	@echo "== base vs SFT vs PPO on the questions PPO held out"
+	$(PYTHON) eval_ppo.py --tiny --compare
 
 test: $(VENV)/installed
 	$(PYTHON) -m pytest
