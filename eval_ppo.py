@@ -83,7 +83,6 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
 
 
 def sample(model, tokenizer, prompts: list[list[int]], args: EvalArguments) -> dict[str, torch.Tensor]:
-    set_seed(args.seed)
     return train_ppo.generate(
         model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.batch_size, model.device
     )
@@ -128,15 +127,19 @@ def compare(args: EvalArguments) -> None:
     reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
     prompts = [common.prompt_ids(tokenizer, row, args.system_prompt) for row in rows]
 
+    # Every model samples from the same seed, so their answers differ by the model alone.
     batches = {}
     base_path = common.resolve_model(args.base_model_path, args.model_source)
     base, base_tokenizer = common.load_model(AutoModelForCausalLM, base_path, f"a model at {base_path}")
     train_ppo.check_same_tokenizer(tokenizer, base_tokenizer, f"the base model ({base_path})", args.sft_model_path)
+    set_seed(args.seed)
     batches["base"] = sample(base, tokenizer, prompts, args)
     del base
     with ppo.disable_adapter():
+        set_seed(args.seed)
         batches["sft"] = sample(ppo, tokenizer, prompts, args)
     with train_ppo.merged(ppo):
+        set_seed(args.seed)
         batches["ppo"] = sample(ppo, tokenizer, prompts, args)
 
     results = {}
@@ -201,6 +204,7 @@ def compare(args: EvalArguments) -> None:
 def chat(args: EvalArguments) -> None:
     ppo, tokenizer = load_ppo(args)
     model = ppo.merge_and_unload()  # one set of weights: generation runs at the SFT model's speed
+    set_seed(args.seed)
     try:
         for question in read_questions(args.question):
             batch = sample(

@@ -353,8 +353,9 @@ def test_eval_ppo_answers_questions_from_flags_and_stdin(ppo_run, sft_run):
     result = run_script("eval_ppo.py", "--tiny", *sft, "--question", "吃了没?", cwd=ppo_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("输入问题:吃了没?\n---模型输出---\n") and len(result.stdout.splitlines()) == 3
-    result = run_script("eval_ppo.py", "--tiny", *sft, cwd=ppo_run, stdin="你是谁?\n推荐一本书\n")
-    assert result.stdout.count("---模型输出---") == 2
+    result = run_script("eval_ppo.py", "--tiny", *sft, cwd=ppo_run, stdin="你是谁?\n你是谁?\n")
+    first, second = result.stdout.split("输入问题:你是谁?\n---模型输出---\n")[1:]
+    assert first != second  # one random stream for the whole chat, not the same seed for every question
 
 
 def test_eval_ppo_refuses_an_adapter_on_another_sft_model(ppo_run, tiny_base):
