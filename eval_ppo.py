@@ -138,14 +138,21 @@ def compare(args: EvalArguments) -> None:
     with ppo.disable_adapter():
         set_seed(args.seed)
         batches["sft"] = sample(ppo, tokenizer, prompts, args)
-    with train_ppo.merged(ppo):
-        set_seed(args.seed)
-        batches["ppo"] = sample(ppo, tokenizer, prompts, args)
+    # Unmerged, unlike in training: on a bf16 GPU, merging and unmerging would round the SFT weights in bf16, and the
+    # KL to SFT below needs them exact.
+    set_seed(args.seed)
+    batches["ppo"] = sample(ppo, tokenizer, prompts, args)
 
     results = {}
     for name, batch in tqdm(batches.items(), "Scoring"):
         scores, stopped = train_ppo.score_answers(
-            reward_fn, batch["queries"], batch["query_mask"], batch["responses"], batch["lengths"], tokenizer, 0.0
+            reward_fn,
+            batch["queries"],
+            batch["query_mask"],
+            batch["responses"],
+            batch["lengths"],
+            tokenizer,
+            missing_eos_penalty=0.0,  # the reward model's own score; `finished` reports the cut answers
         )
         answers = [
             tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(batch["responses"], batch["lengths"])
