@@ -21,6 +21,7 @@ import torch
 from datasets import Dataset
 from safetensors import SafetensorError
 from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig
 
 ROOT = Path(__file__).resolve().parent
@@ -252,6 +253,24 @@ def _validate(rows, source) -> Dataset:
     return Dataset.from_list(records)
 
 
+def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:
+    """A stage's held-out rows beside its model, each with the system prompt it was trained with, so the stage's
+    eval script sees exactly that split."""
+    rows = rows.map(lambda row: {"system": row["system"] or system_prompt})
+    rows.to_json(folder / HELD_OUT_FILE, force_ascii=False)
+
+
+def evaluation_data(dataset_name: str | None, model_path: str | Path, source: ModelSource) -> tuple[str, Dataset]:
+    """(name, rows) an eval script scores: `dataset_name` if given, else the held-out rows saved beside the model."""
+    dataset = dataset_name or str(Path(model_path) / HELD_OUT_FILE)
+    if dataset_name is None and not Path(dataset).is_file():
+        raise PipelineError(
+            f"{model_path} holds no held-out rows ({HELD_OUT_FILE}): it was trained with --eval_fraction 0 or by "
+            "another tool. Pass --dataset_name with data to evaluate on."
+        )
+    return dataset, load_preference_data(dataset, source)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Chat formatting: the one place that turns a row into messages, so every stage sees the same text.
 
@@ -317,17 +336,23 @@ def check_pad_token(tokenizer, where: str, model=None) -> None:
 
 
 @torch.no_grad()
-def reward_scores(model, tokenizer, sequences: list[list[int]]) -> torch.Tensor:
-    """Reward-model scores of token sequences (each ending at its answer's eos, see `conversation_ids`), one batch.
+def reward_scores(
+    model, tokenizer, sequences: list[list[int]], batch_size: int | None = None, progress: str | None = None
+) -> torch.Tensor:
+    """Reward-model scores of token sequences (each ending at its answer's eos, see `conversation_ids`), in batches of
+    `batch_size` (unset: one batch), with a progress bar titled `progress` if given.
 
     Right padding, as RewardTrainer's collator: positions and causal attention of the real tokens are then the same
     as unpadded, so a sequence scores the same alone or next to longer ones. The sequence-classification head reads
     the last token that is not `config.pad_token_id`, i.e. the answer's eos, in training, evaluation and PPO alike.
     """
-    rows = [torch.tensor(ids) for ids in sequences]
-    input_ids = pad_sequence(rows, batch_first=True, padding_value=tokenizer.pad_token_id)
-    attention_mask = pad_sequence([torch.ones_like(ids) for ids in rows], batch_first=True)
-    return model(input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits[:, 0].float()
+    batch_size = batch_size or len(sequences)
+    scores = []
+    for i in tqdm(range(0, len(sequences), batch_size), progress, disable=progress is None):
+        input_ids, attention_mask = padded(sequences[i : i + batch_size], tokenizer.pad_token_id, "right")
+        logits = model(input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
+        scores.append(logits[:, 0].float())
+    return torch.cat(scores)
 
 
 def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
@@ -360,12 +385,18 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float) -> Gener
     )
 
 
-def left_padded(sequences: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) of prompts padded on the left, so every answer starts at the same column."""
+def padded(sequences: list[list[int]], pad_token_id: int, side: Literal["left", "right"]):
+    """(ids, attention mask) of token sequences padded to one length. Prompts are padded on the left, so that every
+    answer generated from them starts at the same column; scored sequences on the right (see `reward_scores`)."""
     rows = [torch.tensor(ids) for ids in sequences]
-    ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id, padding_side="left")
-    mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True, padding_side="left")
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id, padding_side=side)
+    mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True, padding_side=side)
     return ids, mask
+
+
+def answer_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """True at each answer's tokens, False at the padding after them (answers of `lengths`, padded to `width`)."""
+    return torch.arange(width, device=lengths.device) < lengths[:, None]
 
 
 def cut_after_stop(
@@ -377,16 +408,13 @@ def cut_after_stop(
     may sample the pad token itself mid-answer.
     """
     is_stop = responses == stop_token_id
-    width = responses.shape[1]
-    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, width)
-    after_end = torch.arange(width, device=responses.device) >= lengths[:, None]
-    return responses.masked_fill(after_end, pad_token_id), lengths
+    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, responses.shape[1])
+    return responses.masked_fill(~answer_mask(lengths, responses.shape[1]), pad_token_id), lengths
 
 
 def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.Tensor]:
     """Model inputs for left-padded prompts followed by their answers, with position ids that skip the padding."""
-    response_mask = torch.arange(responses.shape[1], device=responses.device) < lengths[:, None]
-    attention_mask = torch.cat([query_mask, response_mask.long()], dim=1)
+    attention_mask = torch.cat([query_mask, answer_mask(lengths, responses.shape[1]).long()], dim=1)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     return {
         "input_ids": torch.cat([queries, responses], dim=1),
@@ -423,6 +451,11 @@ def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
             snapshot_download, str(name_or_path), "model", "the Hugging Face hub", cache_dir=str(BASE_DIR)
         )
     raise PipelineError(f"unknown --model_source {source!r}; choose one of {', '.join(get_args(ModelSource))}.")
+
+
+def stage_command(script: str, tiny: bool) -> str:
+    """The command that writes a stage's checkpoint, for the error that asks for it."""
+    return f"python {script} --tiny" if tiny else f"python {script}"
 
 
 def require_checkpoint(path: str | Path, command: str) -> Path:

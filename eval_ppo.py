@@ -17,7 +17,6 @@ from peft import PeftModel
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 from trl import TrlParser
-from trl.trainer.utils import selective_log_softmax
 
 import common
 import train_ppo
@@ -69,16 +68,16 @@ class EvalArguments:
 
 def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
     """The SFT model with the PPO adapter on it (unmerged: disable_adapter() gives back the SFT model)."""
-    ppo_command = "python train_ppo.py --tiny" if args.tiny else "python train_ppo.py"
-    sft_command = "python train_sft.py --tiny" if args.tiny else "python train_sft.py"
-    common.require_checkpoint(args.model_path, ppo_command)
+    common.require_checkpoint(args.model_path, common.stage_command("train_ppo.py", args.tiny))
     trained_on = json.loads((Path(args.model_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
     if Path(trained_on).resolve() != Path(args.sft_model_path).resolve():
         raise common.PipelineError(
             f"the adapter at {args.model_path} was trained on {trained_on}, not on --sft_model_path "
             f"{args.sft_model_path}. Pass --sft_model_path {trained_on}."
         )
-    sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command)
+    sft, tokenizer = common.load_model(
+        AutoModelForCausalLM, args.sft_model_path, common.stage_command("train_sft.py", args.tiny)
+    )
     return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
 
 
@@ -88,36 +87,18 @@ def sample(model, tokenizer, prompts: list[list[int]], args: EvalArguments) -> d
     )
 
 
-@torch.no_grad()
-def kl_to_reference(model: PeftModel, batch: dict[str, torch.Tensor], args: EvalArguments) -> torch.Tensor:
-    """Per answer, sum over its tokens of log pi(token) - log pi_sft(token): objective/kl's estimate (k1)."""
-    kls = []
-    for i in range(0, len(batch["responses"]), args.batch_size):
-        part = slice(i, i + args.batch_size)
-        responses, lengths = batch["responses"][part], batch["lengths"][part]
-        inputs = common.sequence_inputs(batch["queries"][part], batch["query_mask"][part], responses, lengths)
-        logprobs = selective_log_softmax(
-            common.response_logits(model, inputs, responses.shape[1]), responses, args.temperature
-        )
-        with model.disable_adapter():
-            ref_logits = common.response_logits(model, inputs, responses.shape[1])
-        ref_logprobs = selective_log_softmax(ref_logits, responses, args.temperature)
-        mask = torch.arange(responses.shape[1], device=responses.device) < lengths[:, None]
-        kls.append((train_ppo.kl_estimate(logprobs, ref_logprobs, "k1") * mask).sum(1))
-    return torch.cat(kls).cpu()
+def kl_to_sft(model: PeftModel, batch: dict[str, torch.Tensor], args: EvalArguments) -> torch.Tensor:
+    """Per answer, the sum over its tokens of log pi(token) - log pi_sft(token): training's objective/kl (k1)."""
+    rollout = train_ppo.forward_rollout(model, None, batch, args.temperature, args.batch_size)
+    kl = train_ppo.kl_estimate(rollout["logprobs"], rollout["ref_logprobs"], "k1")
+    return (kl * common.answer_mask(batch["lengths"], kl.shape[1])).sum(1).cpu()
 
 
 def compare(args: EvalArguments) -> None:
     """Base, SFT and PPO answers to the same questions, scored by the reward model; a table and a JSON file."""
-    dataset = args.dataset_name or str(Path(args.model_path) / common.HELD_OUT_FILE)
-    if args.dataset_name is None and not Path(dataset).is_file():
-        raise common.PipelineError(
-            f"{args.model_path} holds no held-out questions ({common.HELD_OUT_FILE}). Pass --dataset_name."
-        )
-    rows = common.load_preference_data(dataset, args.model_source)
-    rm_command = "python train_rm.py --tiny" if args.tiny else "python train_rm.py"
+    dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
     reward_model, rm_tokenizer = common.load_model(
-        AutoModelForSequenceClassification, args.reward_model_path, rm_command
+        AutoModelForSequenceClassification, args.reward_model_path, common.stage_command("train_rm.py", args.tiny)
     )
     common.check_pad_token(rm_tokenizer, args.reward_model_path, reward_model)
     ppo, tokenizer = load_ppo(args)
@@ -163,7 +144,7 @@ def compare(args: EvalArguments) -> None:
             "answers": answers,
             "lengths": batch["lengths"].cpu(),
         }
-    kl = kl_to_reference(ppo, batches["ppo"], args)
+    kl = kl_to_sft(ppo, batches["ppo"], args)
 
     for i, row in enumerate(rows.select(range(min(args.num_examples, len(rows))))):
         print(f"问题: {row['question']}")

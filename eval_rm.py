@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification
 from trl import TrlParser
 
@@ -56,12 +55,6 @@ class EvalArguments:
     )
 
 
-def score(model, tokenizer, sequences: list[list[int]], batch_size: int) -> torch.Tensor:
-    batches = range(0, len(sequences), batch_size)
-    scores = [common.reward_scores(model, tokenizer, sequences[i : i + batch_size]) for i in tqdm(batches, "Scoring")]
-    return torch.cat(scores).cpu()
-
-
 def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
     return {
         "accuracy": (chosen > rejected).float().mean().item(),
@@ -73,20 +66,16 @@ def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, floa
 
 def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
     """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, saved as JSON."""
-    dataset = args.dataset_name or str(Path(args.model_path) / common.HELD_OUT_FILE)
-    if args.dataset_name is None and not Path(dataset).is_file():
-        raise common.PipelineError(
-            f"{args.model_path} holds no held-out pairs ({common.HELD_OUT_FILE}): it was trained with "
-            "--eval_fraction 0. Pass --dataset_name with preference data to evaluate on."
-        )
-    rows = common.load_preference_data(dataset, args.model_source)
+    dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
 
     sequences = [
         common.conversation_ids(tokenizer, row, args.system_prompt, row[column])
         for column in ("chosen", "rejected")
         for row in rows
     ]
-    chosen, rejected = score(model, tokenizer, sequences, args.batch_size).split(len(rows))
+    chosen, rejected = (
+        common.reward_scores(model, tokenizer, sequences, args.batch_size, "Scoring").cpu().split(len(rows))
+    )
 
     for row, chosen_reward, rejected_reward in list(zip(rows, chosen, rejected))[: args.num_examples]:
         print(f"问题: {row['question']}")
@@ -129,8 +118,8 @@ def main(args: EvalArguments) -> None:
         raise common.PipelineError(
             f"got {len(args.question)} --question and {len(args.answer)} --answer: give one --answer per --question."
         )
-    train_command = "python train_rm.py --tiny" if args.tiny else "python train_rm.py"
-    model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, train_command)
+    command = common.stage_command("train_rm.py", args.tiny)
+    model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, command)
     common.check_pad_token(tokenizer, args.model_path, model)
 
     if args.question:

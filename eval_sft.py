@@ -75,8 +75,8 @@ def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
 
 
 def main(args: EvalArguments) -> None:
-    train_command = "python train_sft.py --tiny" if args.tiny else "python train_sft.py"
-    model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, train_command)
+    command = common.stage_command("train_sft.py", args.tiny)
+    model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, command)
     set_seed(args.seed)
 
     try:

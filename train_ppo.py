@@ -213,10 +213,7 @@ def reward_model_fn(reward_model, tokenizer, batch_size: int) -> RewardFn:
 
     def score(queries: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
         sequences = [query + answer for query, answer in zip(queries, answers)]
-        batches = range(0, len(sequences), batch_size)
-        return torch.cat(
-            [common.reward_scores(reward_model, tokenizer, sequences[i : i + batch_size]) for i in batches]
-        )
+        return common.reward_scores(reward_model, tokenizer, sequences, batch_size)
 
     return score
 
@@ -255,7 +252,7 @@ def generate(
     generate() runs with the KV cache and stops once every answer in the chunk has its stop token.
     """
     generation_config = common.sampling_config(tokenizer, max_new_tokens, temperature)
-    queries, query_mask = (tensor.to(device) for tensor in common.left_padded(prompts, tokenizer.pad_token_id))
+    queries, query_mask = (tensor.to(device) for tensor in common.padded(prompts, tokenizer.pad_token_id, "left"))
     responses = []
     for i in range(0, len(prompts), chunk):
         output = policy.generate(
@@ -270,13 +267,15 @@ def generate(
 
 
 @torch.no_grad()
-def forward_rollout(policy, critic, batch: dict[str, torch.Tensor], config: PPOConfig) -> dict[str, torch.Tensor]:
-    """For each answer token: the policy's and the reference's log-probs, and the critic's value.
+def forward_rollout(
+    policy, critic: nn.Module | None, batch: dict[str, torch.Tensor], temperature: float, chunk: int
+) -> dict[str, torch.Tensor]:
+    """For each answer token: the policy's and the reference's log-probs and, given a critic, its value.
 
     The log-probs come from a forward pass, not from generate()'s processed scores, so they are those of the plain
     temperature-scaled softmax that the training pass computes too.
     """
-    responses, width, chunk = batch["responses"], batch["responses"].shape[1], config.local_rollout_forward_batch_size
+    responses, width = batch["responses"], batch["responses"].shape[1]
     logprobs, ref_logprobs, values = [], [], []
     for i in range(0, len(responses), chunk):
         part = slice(i, i + chunk)
@@ -284,12 +283,15 @@ def forward_rollout(policy, critic, batch: dict[str, torch.Tensor], config: PPOC
             batch["queries"][part], batch["query_mask"][part], responses[part], batch["lengths"][part]
         )
         logits = common.response_logits(policy, inputs, width)
-        logprobs.append(selective_log_softmax(logits, responses[part], config.temperature))
+        logprobs.append(selective_log_softmax(logits, responses[part], temperature))
         with policy.disable_adapter():  # the reference: the same weights without the adapter
             ref_logits = common.response_logits(policy, inputs, width)
-        ref_logprobs.append(selective_log_softmax(ref_logits, responses[part], config.temperature))
-        values.append(critic_values(critic, inputs, width))
-    return {"logprobs": torch.cat(logprobs), "ref_logprobs": torch.cat(ref_logprobs), "values": torch.cat(values)}
+        ref_logprobs.append(selective_log_softmax(ref_logits, responses[part], temperature))
+        if critic is not None:
+            values.append(critic_values(critic, inputs, width))
+    return {"logprobs": torch.cat(logprobs), "ref_logprobs": torch.cat(ref_logprobs)} | (
+        {"values": torch.cat(values)} if values else {}
+    )
 
 
 def timer(start: float) -> float:
@@ -322,8 +324,10 @@ def periodic_checkpoints(output_dir: Path) -> list[Path]:
     return [updates[update] for update in sorted((u for u in updates if u.isdigit()), key=int)]
 
 
-def save_checkpoint(path: Path, accelerator: Accelerator, model: PolicyAndValue, tokenizer, extra: dict) -> None:
-    """The policy's adapter and tokenizer, the critic and tokenizer in value/, and `extra` files (name -> writer)."""
+def save_checkpoint(
+    path: Path, accelerator: Accelerator, model: PolicyAndValue, tokenizer, write_more: Callable[[Path], None]
+) -> None:
+    """The policy's adapter and tokenizer, the critic and tokenizer in value/, then what `write_more` writes."""
     unwrapped = accelerator.unwrap_model(model)
     with common.staged_save(path, accelerator.is_main_process) as staging:
         if accelerator.is_main_process:
@@ -331,8 +335,7 @@ def save_checkpoint(path: Path, accelerator: Accelerator, model: PolicyAndValue,
             tokenizer.save_pretrained(staging)
             unwrapped.critic.save_pretrained(staging / VALUE_DIR)
             tokenizer.save_pretrained(staging / VALUE_DIR)
-            for name, write in extra.items():
-                write(staging / name)
+            write_more(staging)
 
 
 def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | None = None) -> None:
@@ -380,9 +383,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
 
     # Models. Every one stays in eval mode, and LoRA dropout is 0: with no dropout anywhere, log-probs are
     # deterministic, so the PPO ratio and the KL measure policy change only.
-    sft_command = "python train_sft.py --tiny" if script_args.tiny else "python train_sft.py"
-    rm_command = "python train_rm.py --tiny" if script_args.tiny else "python train_rm.py"
-    common.require_checkpoint(script_args.sft_model_path, sft_command)
+    common.require_checkpoint(script_args.sft_model_path, common.stage_command("train_sft.py", script_args.tiny))
     tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
     common.check_pad_token(tokenizer, script_args.sft_model_path)
     torch.manual_seed(config.seed)
@@ -406,7 +407,9 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     if reward_fn is None:
         reward_model, rm_tokenizer = common.load_model(
-            AutoModelForSequenceClassification, script_args.reward_model_path, rm_command
+            AutoModelForSequenceClassification,
+            script_args.reward_model_path,
+            common.stage_command("train_rm.py", script_args.tiny),
         )
         common.check_pad_token(rm_tokenizer, script_args.reward_model_path, reward_model)
         check_same_tokenizer(
@@ -467,7 +470,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 accelerator.device,
             )
         responses, lengths = batch["responses"], batch["lengths"]
-        mask = (torch.arange(responses.shape[1], device=responses.device) < lengths[:, None]).float()
+        mask = common.answer_mask(lengths, responses.shape[1]).float()
         time_generation = timer(started)
 
         # 2. Score: the reward model reads each answer at its last token; an answer cut before its stop token loses
@@ -484,7 +487,9 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 tokenizer,
                 config.missing_eos_penalty,
             )
-            batch |= forward_rollout(unwrapped.policy, unwrapped.critic, batch, config)
+            batch |= forward_rollout(
+                unwrapped.policy, unwrapped.critic, batch, config.temperature, config.local_rollout_forward_batch_size
+            )
         time_scoring = timer(started)
 
         # 3. KL: a per-token penalty -kl_coef * KL(pi || pi_ref) keeps the policy near the SFT model, and the score
@@ -597,21 +602,20 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 accelerator,
                 model,
                 tokenizer,
-                {TRAINING_STATE_FILE: lambda file: torch.save(training_state, file)},
+                lambda folder: torch.save(training_state, folder / TRAINING_STATE_FILE),
             )
             if accelerator.is_main_process and config.save_total_limit:
                 for old in periodic_checkpoints(Path(config.output_dir))[: -config.save_total_limit]:
                     shutil.rmtree(old)
     progress.close()
 
-    # The held-out questions with the system prompt they were asked with, for eval_ppo.py --compare.
-    held_out = held_out.map(lambda row: {"system": row["system"] or script_args.system_prompt})
+    # The held-out questions, for eval_ppo.py --compare.
     save_checkpoint(
         Path(config.output_dir),
         accelerator,
         model,
         tokenizer,
-        {common.HELD_OUT_FILE: lambda file: held_out.to_json(file, force_ascii=False)},
+        lambda folder: common.save_held_out(held_out, script_args.system_prompt, folder),
     )
     if accelerator.is_main_process:
         writer.close()

@@ -139,10 +139,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     with common.staged_save(training_args.output_dir, trainer.is_world_process_zero()) as staging:
         trainer.save_model(staging)
         if held_out is not None and trainer.is_world_process_zero():
-            # The pairs with the system prompt they were scored with, so eval_rm.py sees exactly this split.
-            held_out.map(lambda row: {"system": row["system"] or script_args.system_prompt}).to_json(
-                staging / common.HELD_OUT_FILE, force_ascii=False
-            )
+            common.save_held_out(held_out, script_args.system_prompt, staging)
     trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
 
     if trainer.is_world_process_zero():

@@ -104,7 +104,7 @@ def test_kl_estimators():
 
 
 def test_positions_skip_the_left_padding():
-    queries, query_mask = common.left_padded([[7, 8, 9], [7]], PAD)
+    queries, query_mask = common.padded([[7, 8, 9], [7]], PAD, "left")
     inputs = common.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
     assert inputs["input_ids"].tolist() == [[7, 8, 9, 4, STOP], [PAD, PAD, 7, 4, STOP]]
     assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
@@ -144,7 +144,7 @@ def test_sampling_ignores_the_checkpoints_top_k_top_p_and_repetition_penalty(fre
     policy, _, tokenizer = fresh_policy
     saved = json.loads((sft_run / common.SFT_DIR / "generation_config.json").read_text())
     assert (saved["top_k"], saved["top_p"], saved["repetition_penalty"]) == (20, 0.8, 1.05)
-    queries, query_mask = common.left_padded(prompts(tokenizer), tokenizer.pad_token_id)
+    queries, query_mask = common.padded(prompts(tokenizer), tokenizer.pad_token_id, "left")
     output = policy.generate(
         input_ids=queries,
         attention_mask=query_mask,
@@ -159,10 +159,9 @@ def test_sampling_ignores_the_checkpoints_top_k_top_p_and_repetition_penalty(fre
 
 def test_rollout_training_pass_and_reference_agree_before_the_first_step(fresh_policy):
     policy, critic, tokenizer = fresh_policy
-    config = train_ppo.PPOConfig(local_rollout_forward_batch_size=8, response_length=24)
     torch.manual_seed(1)
     batch = train_ppo.generate(policy, tokenizer, prompts(tokenizer, QUESTIONS * 2), 24, 0.7, 8, "cpu")
-    batch |= train_ppo.forward_rollout(policy, critic, batch, config)
+    batch |= train_ppo.forward_rollout(policy, critic, batch, 0.7, 8)  # rollout chunks of 8
     mask = torch.arange(batch["responses"].shape[1]) < batch["lengths"][:, None]
     assert mask.sum() > 50
 
@@ -207,7 +206,7 @@ def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
     ]
     responses = torch.nn.utils.rnn.pad_sequence([torch.tensor(a) for a in answer_ids], True, tokenizer.pad_token_id)
     responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    queries, query_mask = common.left_padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id)
+    queries, query_mask = common.padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id, "left")
     reward_fn = train_ppo.reward_model_fn(model, tokenizer, batch_size=8)
     scores, stopped = train_ppo.score_answers(reward_fn, queries, query_mask, responses, lengths, tokenizer, 1.0)
     assert stopped.tolist() == [True, True]
