@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
+from accelerate import PartialState
 from datasets import Dataset
 from safetensors import SafetensorError
 from torch.nn.utils.rnn import pad_sequence
@@ -438,7 +440,12 @@ def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
     if path.is_dir():
         return str(path)
     if source == "tiny":
-        build_tiny_base(path)
+        state = PartialState()
+        with state.main_process_first():  # one process builds it, the others then find it
+            if state.is_main_process and state.num_processes == 1:
+                build_tiny_base(path)
+            elif state.is_main_process:
+                _build_tiny_base_alone(path)
         return str(path)
     if source == "modelscope":
         from modelscope import snapshot_download
@@ -451,6 +458,14 @@ def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
             snapshot_download, str(name_or_path), "model", "the Hugging Face hub", cache_dir=str(BASE_DIR)
         )
     raise PipelineError(f"unknown --model_source {source!r}; choose one of {', '.join(get_args(ModelSource))}.")
+
+
+def require_one_process(script: str) -> None:
+    """The eval scripts run in one process: under `accelerate launch` every process would repeat the same work."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PipelineError(
+            f"{script} runs in one process; start it with python {script}, not accelerate launch or torchrun."
+        )
 
 
 def stage_command(script: str, tiny: bool) -> str:
@@ -496,20 +511,23 @@ def staging_dir(path: Path) -> Path:
 
 
 @contextmanager
-def staged_save(path: str | Path, is_main_process: bool = True) -> Iterator[Path]:
+def staged_save(path: str | Path) -> Iterator[Path]:
     """Save a checkpoint into a staging folder, then move its files and folders into `path`, its marker last.
 
     `require_checkpoint` takes the marker (config.json or adapter_config.json) to mean "complete", and the old one is
     removed before anything new lands, so a save cut short anywhere never leaves a checkpoint that looks complete.
-    Other processes only take part in the save (DeepSpeed and FSDP gather weights there); the main process writes and
-    moves the files.
+    Under several processes every one enters the block (DeepSpeed and FSDP gather weights there, and each process
+    saves its own random state); the main process clears the staging folder before and moves it into place after.
     """
     path = Path(path)
     staging = staging_dir(path)
-    if is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
+    state.wait_for_everyone()
     yield staging
-    if not is_main_process:
+    state.wait_for_everyone()
+    if not state.is_main_process:
         return
     path.mkdir(parents=True, exist_ok=True)
     for marker in CHECKPOINT_MARKERS:
@@ -595,6 +613,20 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
     trainer.model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     partial.rename(path)
+
+
+def _build_tiny_base_alone(path: Path) -> None:
+    """`build_tiny_base` in a child process of its own, for a run of several processes: the build trains with a
+    Trainer, which inside this process would join the other processes' process group and train with them."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE") and not key.startswith("ACCELERATE_")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    build = "import sys, common; common.build_tiny_base(sys.argv[1])"
+    if subprocess.run([sys.executable, "-c", build, str(path)], env=env).returncode != 0:
+        raise PipelineError(f"building the tiny base model at {path} failed (its error is above).")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -206,6 +206,7 @@ def chat(args: EvalArguments) -> None:
 
 
 def main(args: EvalArguments) -> None:
+    common.require_one_process("eval_ppo.py")
     if args.compare:
         compare(args)
     else:

@@ -114,6 +114,7 @@ def chat(model, tokenizer, system_prompt: str) -> None:
 
 
 def main(args: EvalArguments) -> None:
+    common.require_one_process("eval_rm.py")
     if len(args.question) != len(args.answer):
         raise common.PipelineError(
             f"got {len(args.question)} --question and {len(args.answer)} --answer: give one --answer per --question."

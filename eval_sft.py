@@ -75,6 +75,7 @@ def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
 
 
 def main(args: EvalArguments) -> None:
+    common.require_one_process("eval_sft.py")
     command = common.stage_command("train_sft.py", args.tiny)
     model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, command)
     set_seed(args.seed)

@@ -36,6 +36,7 @@ DEFAULTS = dict(
     logging_steps=1,
     report_to="tensorboard",
     activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
+    ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip DDP's search for unused ones
     bf16=common.bf16_available(),
 )
 # A CPU-sized run of the same recipe: a higher learning rate and smaller steps, so the tiny model separates the styles
@@ -136,7 +137,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         f"{len(eval_dataset) if eval_dataset is not None else 0} held out; TensorBoard: {run_dir}"
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    with common.staged_save(training_args.output_dir, trainer.is_world_process_zero()) as staging:
+    with common.staged_save(training_args.output_dir) as staging:
         trainer.save_model(staging)
         if held_out is not None and trainer.is_world_process_zero():
             common.save_held_out(held_out, script_args.system_prompt, staging)

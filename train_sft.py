@@ -27,6 +27,7 @@ DEFAULTS = dict(
     logging_steps=1,
     report_to="tensorboard",
     activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
+    ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip DDP's search for unused ones
     bf16=common.bf16_available(),
 )
 # A CPU-sized run of the same recipe: a larger slice and a higher learning rate, so the tiny model learns the style in
@@ -86,7 +87,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}; TensorBoard: {run_dir}"
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    with common.staged_save(training_args.output_dir, trainer.is_world_process_zero()) as staging:
+    with common.staged_save(training_args.output_dir) as staging:
         trainer.save_model(staging)
     trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
 
