@@ -6,14 +6,23 @@ arXiv:1707.06347). The implementation details follow "The N+ Implementation Deta
     python train_ppo.py --tiny                      # offline tiny preset on a CPU, about a minute
     python train_ppo.py                             # Qwen2.5-0.5B-Instruct, after train_sft.py and train_rm.py
     python train_ppo.py --config configs/ppo.yaml   # every field is settable from YAML as well as the CLI
-    accelerate launch train_ppo.py                  # the same on every GPU of the machine
+    accelerate launch --config_file configs/accelerate/ddp.yaml train_ppo.py    # every GPU (or zero2.yaml)
     python train_ppo.py --resume_from_checkpoint checkpoint/ppo/checkpoint-200
 
 Writes the policy's LoRA adapter and tokenizer to checkpoint/ppo, the critic to checkpoint/ppo/value, periodic
 training states to checkpoint/ppo/checkpoint-<update>, TensorBoard scalars to tensorboard/ppo/<time>, curves to
 imgs/ppo.png. Chat with the result or compare it with the base and SFT models: eval_ppo.py.
+
+Under N processes each answers its own 1/N of every update's prompts, so N processes with per_device_train_batch_size
+b train on the batch of one process with b and N times the gradient accumulation. Computed over the whole batch:
+the advantage whitening's mean and variance (all-reduced: the one batch statistic the update uses, so the advantages
+do not depend on how the batch is split), the gradients (averaged by DDP over equal micro batches) and the logged
+metrics (averaged over the processes' equal shares; val/num_eos_tokens summed). Per process, because each is a
+function of single answers or only orders the work: the sampling (seed + process index), scores, per-token KL, GAE,
+the minibatch shuffle, and the token mean inside each micro batch's loss.
 """
 
+import json
 import math
 import shutil
 import time
@@ -25,6 +34,7 @@ from typing import Literal
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
@@ -39,7 +49,10 @@ import common
 RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
 
 CHECKPOINT_PREFIX = "checkpoint-"  # periodic checkpoints: checkpoint-<update>
-TRAINING_STATE_FILE = "training_state.pt"  # optimizer, scheduler, counters and RNG of a periodic checkpoint
+# In each periodic checkpoint: accelerate's save_state (weights, optimizer, scheduler, every process's RNG) and the
+# run's counters, so a resumed run continues as if never stopped, under DDP and DeepSpeed alike.
+TRAINING_STATE_DIR = "training_state"
+PROGRESS_FILE = "progress.json"
 VALUE_DIR = "value"  # the critic, inside each PPO checkpoint: TRL's PPOTrainer never saved it (trl#3293)
 WHITEN_EPS = 1e-8
 CHART_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg", "loss/value_avg"]
@@ -145,7 +158,8 @@ class PPOConfig:
     save_total_limit: int = field(
         default=1,
         metadata={
-            "help": "Periodic checkpoints kept, oldest deleted first; 0: all. At 0.5B each is ~6 GB (critic + Adam)."
+            "help": "Periodic checkpoints kept, oldest deleted first; 0: all. At 0.5B each is ~10 GB (fp32 weights, "
+            "Adam's moments, and the adapter and critic for eval_ppo.py)."
         },
     )
     resume_from_checkpoint: str | None = field(
@@ -176,10 +190,14 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum()
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Zero mean and unit variance over the real tokens; padding stays 0."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, all_sum: Callable[[torch.Tensor], torch.Tensor] = lambda total: total
+) -> torch.Tensor:
+    """Zero mean and unit variance over the real tokens; padding stays 0. `all_sum` sums a total over the processes,
+    so that the mean and variance are those of the whole batch, every process's answers together."""
+    count = all_sum(mask.sum())
+    mean = all_sum((values * mask).sum()) / count
+    variance = all_sum(((values - mean) ** 2 * mask).sum()) / count
     return (values - mean) * torch.rsqrt(variance + WHITEN_EPS) * mask
 
 
@@ -235,7 +253,11 @@ def merged(policy: PeftModel) -> Iterator[PeftModel]:
     at the Qwen2.5-0.5B shape on an H100, 8 answers of 200 tokens took 11.6 s with the adapter unmerged and 5.2 s
     for the model without adapter layers, which is what merged weights run. Each merge and unmerge rounds the fp32
     base weights (the reference) by about one unit in the last place, 6e-8 relative: far below what moves a log-prob.
+    Weights held in bf16 (DeepSpeed casts them) would round by 4e-3 and drift, so those generate unmerged.
     """
+    if policy.get_base_model().dtype != torch.float32:
+        yield policy
+        return
     policy.merge_adapter()
     try:
         yield policy
@@ -308,6 +330,14 @@ def prompt_order(num_prompts: int, num_needed: int, seed: int) -> torch.Tensor:
     return torch.cat([torch.randperm(num_prompts, generator=generator) for _ in range(epochs)])[:num_needed]
 
 
+def process_share(order: torch.Tensor, update: int, batch_size: int, accelerator: Accelerator) -> torch.Tensor:
+    """The prompts (indices) this process answers in `update`: its own slice of the update's `batch_size` prompts,
+    so that the processes together answer each prompt of the batch once."""
+    local_batch_size = batch_size // accelerator.num_processes
+    start = update * batch_size + accelerator.process_index * local_batch_size
+    return order[start : start + local_batch_size]
+
+
 def check_same_tokenizer(tokenizer, other, where: str, policy_path: str) -> None:
     special_tokens = (tokenizer.eos_token, tokenizer.pad_token)
     if other.get_vocab() != tokenizer.get_vocab() or (other.eos_token, other.pad_token) != special_tokens:
@@ -325,17 +355,28 @@ def periodic_checkpoints(output_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(
-    path: Path, accelerator: Accelerator, model: PolicyAndValue, tokenizer, write_more: Callable[[Path], None]
+    path: Path,
+    accelerator: Accelerator,
+    model: PolicyAndValue,
+    tokenizer,
+    write_more: Callable[[Path], None] | None = None,
+    progress: dict | None = None,
 ) -> None:
-    """The policy's adapter and tokenizer, the critic and tokenizer in value/, then what `write_more` writes."""
+    """The policy's adapter and tokenizer, the critic and tokenizer in value/, and what `write_more` writes; given the
+    run's `progress` (counters), also the full training state to resume from."""
     unwrapped = accelerator.unwrap_model(model)
-    with common.staged_save(path, accelerator.is_main_process) as staging:
+    with common.staged_save(path) as staging:
         if accelerator.is_main_process:
             unwrapped.policy.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
             unwrapped.critic.save_pretrained(staging / VALUE_DIR)
             tokenizer.save_pretrained(staging / VALUE_DIR)
-            write_more(staging)
+            if write_more is not None:
+                write_more(staging)
+        if progress is not None:
+            accelerator.save_state(staging / TRAINING_STATE_DIR)  # every process saves its part
+            if accelerator.is_main_process:
+                (staging / TRAINING_STATE_DIR / PROGRESS_FILE).write_text(json.dumps(progress))
 
 
 def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | None = None) -> None:
@@ -347,6 +388,18 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision="bf16" if config.bf16 else "no"
     )
+    zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
+    if accelerator.distributed_type == DistributedType.FSDP or zero_stage == 3:
+        raise common.PipelineError(
+            "train_ppo.py runs under DDP or DeepSpeed ZeRO-1/2 (configs/accelerate/ddp.yaml or zero2.yaml), not under "
+            "FSDP or ZeRO-3: those shard the weights, and every update's generation and reference pass would have "
+            "to gather them. ZeRO-2 shards the critic's optimizer state and gradients, most of PPO's memory."
+        )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        # accelerate reads the micro batch from a prepared DataLoader, and PPO has none: it samples its own batches.
+        deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
+        deepspeed_config["gradient_clipping"] = config.max_grad_norm
     local_batch_size = (
         config.per_device_train_batch_size * config.gradient_accumulation_steps * config.num_mini_batches
     )
@@ -365,42 +418,42 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     num_updates = math.ceil(total_episodes / batch_size)
 
     resume = Path(config.resume_from_checkpoint) if config.resume_from_checkpoint else None
-    state = None
+    run = {"batch_size": batch_size, "num_updates": num_updates, "processes": accelerator.num_processes}
+    start_update = 0
     if resume is not None:
-        common.require_checkpoint(resume, "a checkpoint-<update> folder that train_ppo.py --save_steps wrote")
-        if not (resume / TRAINING_STATE_FILE).is_file():
+        progress_file = resume / TRAINING_STATE_DIR / PROGRESS_FILE
+        if not progress_file.is_file():
             raise common.PipelineError(
-                f"{resume} has no {TRAINING_STATE_FILE}: only the checkpoint-<update> folders hold a training state "
-                "to resume from (the final checkpoint holds the model only)."
+                f"{resume} holds no training state ({TRAINING_STATE_DIR}/{PROGRESS_FILE}): only the "
+                "checkpoint-<update> folders that --save_steps writes can be resumed from (the final checkpoint holds "
+                "the model only)."
             )
-        state = torch.load(resume / TRAINING_STATE_FILE, weights_only=False)
-        if (state["batch_size"], state["num_updates"]) != (batch_size, num_updates):
+        saved = json.loads(progress_file.read_text())
+        if {key: saved[key] for key in run} != run:
             raise common.PipelineError(
-                f"{resume} was saved by a run of {state['num_updates']} updates of {state['batch_size']} answers; "
-                f"this one has {num_updates} of {batch_size}. Resume with the same batch settings, epochs and "
-                "processes."
+                f"{resume} was saved by a run of {saved['num_updates']} updates of {saved['batch_size']} answers "
+                f"with --num_processes {saved['processes']}; this one has {num_updates} of {batch_size} with "
+                f"--num_processes {accelerator.num_processes}. Resume with the same batch settings, epochs and "
+                "--num_processes."
             )
+        start_update = saved["update"]
 
     # Models. Every one stays in eval mode, and LoRA dropout is 0: with no dropout anywhere, log-probs are
     # deterministic, so the PPO ratio and the KL measure policy change only.
     common.require_checkpoint(script_args.sft_model_path, common.stage_command("train_sft.py", script_args.tiny))
     tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
     common.check_pad_token(tokenizer, script_args.sft_model_path)
-    torch.manual_seed(config.seed)
-    policy = AutoModelForCausalLM.from_pretrained(script_args.sft_model_path, dtype=torch.float32)
-    if resume is None:
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-        policy = get_peft_model(policy, lora)
-        value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
-    else:
-        policy = PeftModel.from_pretrained(policy, resume, is_trainable=True)
-        value_path = str(resume / VALUE_DIR)
+    torch.manual_seed(config.seed)  # the same initial adapter and score head in every process
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    sft_model = AutoModelForCausalLM.from_pretrained(script_args.sft_model_path, dtype=torch.float32)
+    policy = get_peft_model(sft_model, lora)
+    value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
     critic = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1, dtype=torch.float32)
     check_same_tokenizer(
         tokenizer, AutoTokenizer.from_pretrained(value_path), f"the critic ({value_path})", script_args.sft_model_path
@@ -423,14 +476,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     # Stepped once per update, outside accelerate (its wrapper would step once per process).
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer, config.warmup_steps, num_updates)
     model, optimizer = accelerator.prepare(model, optimizer)
-    start_update = 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        start_update = state["update"]
+    accelerator.register_for_checkpointing(scheduler)
+    set_seed(config.seed, device_specific=True)  # seed + process index: each process samples its own answers
+    if resume is not None:
+        accelerator.load_state(resume / TRAINING_STATE_DIR)
     unwrapped = accelerator.unwrap_model(model)
 
     prompts = [common.prompt_ids(tokenizer, row, script_args.system_prompt) for row in train_rows]
@@ -452,9 +501,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         disable=not accelerator.is_main_process,
     )
     for update in range(start_update, num_updates):
-        # This process's share of the update's prompts.
-        start = update * batch_size + accelerator.process_index * local_batch_size
-        batch_prompts = [prompts[i] for i in order[start : start + local_batch_size]]
+        batch_prompts = [prompts[i] for i in process_share(order, update, batch_size, accelerator)]
 
         # 1. Generate: sample an answer to each prompt from the current policy (fp32 weights, no autocast: the
         #    per-step weight casts would cost more than bf16 saves at this batch size).
@@ -500,9 +547,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         rewards = non_score_reward.clone()
         rewards[torch.arange(len(rewards)), lengths - 1] += scores
 
-        # 4. Advantages: GAE over each answer, then whitened over the batch's real tokens (padding stays 0).
+        # 4. Advantages: GAE over each answer, then whitened over the real tokens of the whole batch, every process's
+        #    answers together (padding stays 0).
         advantages, returns = gae(rewards, values, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, mask)
+        advantages = masked_whiten(advantages, mask, lambda total: accelerator.reduce(total, reduction="sum"))
 
         # 5. Update: num_ppo_epochs passes over the batch in num_mini_batches shuffled minibatches; one optimizer
         #    step per minibatch, accumulated over micro batches of per_device_train_batch_size.
@@ -570,7 +618,6 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
             "loss/value_avg": torch.stack(stats["value_loss"]).mean(),
             "val/clipfrac_avg": torch.stack(stats["value_clipfrac"]).mean(),
             "val/ratio": torch.stack(stats["ratio"]).mean(),
-            "val/num_eos_tokens": stopped.float().sum(),
             "val/answer_length": lengths.float().mean(),
             "time/generation": torch.tensor(time_generation),
             "time/scoring": torch.tensor(time_scoring),
@@ -578,6 +625,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         }
         metrics = {key: value.detach().float().to(accelerator.device) for key, value in metrics.items()}
         metrics = accelerator.reduce(metrics, reduction="mean")
+        metrics["val/num_eos_tokens"] = accelerator.reduce(stopped.float().sum(), reduction="sum")  # a count
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(key, value.item(), update + 1)
@@ -589,20 +637,12 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         )
 
         if config.save_steps and (update + 1) % config.save_steps == 0 and update + 1 < num_updates:
-            training_state = {
-                "update": update + 1,
-                "batch_size": batch_size,
-                "num_updates": num_updates,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all()},
-            }
             save_checkpoint(
                 Path(config.output_dir) / f"{CHECKPOINT_PREFIX}{update + 1}",
                 accelerator,
                 model,
                 tokenizer,
-                lambda folder: torch.save(training_state, folder / TRAINING_STATE_FILE),
+                progress=run | {"update": update + 1},
             )
             if accelerator.is_main_process and config.save_total_limit:
                 for old in periodic_checkpoints(Path(config.output_dir))[: -config.save_total_limit]:
@@ -615,7 +655,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         accelerator,
         model,
         tokenizer,
-        lambda folder: common.save_held_out(held_out, script_args.system_prompt, folder),
+        write_more=lambda folder: common.save_held_out(held_out, script_args.system_prompt, folder),
     )
     if accelerator.is_main_process:
         writer.close()
