@@ -617,12 +617,12 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
 
 def _build_tiny_base_alone(path: Path) -> None:
     """`build_tiny_base` in a child process of its own, for a run of several processes: the build trains with a
-    Trainer, which inside this process would join the other processes' process group and train with them."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE") and not key.startswith("ACCELERATE_")
-    }
+    Trainer, which inside this process would join the other processes' process group and train with them.
+
+    The child also drops torchrun's OMP_NUM_THREADS=1: it runs alone while the others wait, and with every core it
+    builds the same bits as a plain `python` run (the thread count changes the order of fp32 sums)."""
+    launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS")
+    env = {key: value for key, value in os.environ.items() if key not in launcher and not key.startswith("ACCELERATE")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     build = "import sys, common; common.build_tiny_base(sys.argv[1])"
     if subprocess.run([sys.executable, "-c", build, str(path)], env=env).returncode != 0:
