@@ -442,10 +442,8 @@ def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
     if source == "tiny":
         state = PartialState()
         with state.main_process_first():  # one process builds it, the others then find it
-            if state.is_main_process and state.num_processes == 1:
-                build_tiny_base(path)
-            elif state.is_main_process:
-                _build_tiny_base_alone(path)
+            if state.is_main_process:
+                (build_tiny_base if state.num_processes == 1 else _build_tiny_base_alone)(path)
         return str(path)
     if source == "modelscope":
         from modelscope import snapshot_download
