@@ -10,15 +10,20 @@ import common
 SCRIPT_TIMEOUT_S = 300
 
 
-def run_script(script: str, *args, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
-    """Run a pipeline script as a user would, in `cwd`, with stdin a pipe (never a terminal)."""
+def run_script(
+    script: str, *args, cwd: Path, stdin: str = "", launcher: tuple = (sys.executable,), env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run a pipeline script as a user would, in `cwd` (created if missing), with stdin a pipe (never a terminal);
+    `launcher` is the command before the script (python, or accelerate launch and its flags)."""
+    cwd.mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [sys.executable, str(common.ROOT / script), *map(str, args)],
+        [*map(str, launcher), str(common.ROOT / script), *map(str, args)],
         cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,
         timeout=SCRIPT_TIMEOUT_S,
+        env=env,
     )
 
 

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import common
 import train_ppo
-from conftest import SCRIPT_TIMEOUT_S, run_script
+from conftest import run_script
 
 ACCELERATE_CONFIGS = common.ROOT / "configs" / "accelerate"
 CONFIG_TYPES = {
@@ -42,25 +42,11 @@ def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.Comp
     with socket.socket() as probe:  # a free port for the processes to meet on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    cwd.mkdir(parents=True, exist_ok=True)
-    command = [
+    launcher = (
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / "ddp.yaml",
         "--num_processes", processes, "--mixed_precision", "no", "--main_process_port", port,
-        common.ROOT / script, *args,
-    ]  # fmt: skip
-    return subprocess.run(
-        list(map(str, command)),
-        cwd=cwd,
-        env=os.environ | {"ACCELERATE_USE_CPU": "true"},
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_TIMEOUT_S,
-    )
-
-
-def single(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
-    cwd.mkdir(parents=True, exist_ok=True)
-    return run_script(script, *args, cwd=cwd)
+    )  # fmt: skip
+    return run_script(script, *args, cwd=cwd, launcher=launcher, env=os.environ | {"ACCELERATE_USE_CPU": "true"})
 
 
 def outputs(workdir: Path, stage: str) -> dict:
@@ -105,7 +91,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(script, stage, co
     """8 rows per step: 8 on one process, 4 on each of two. The last, partial batch of an epoch is dropped in both
     runs: two processes would fill it up with repeated rows (accelerate's even_batches) where one process does not."""
     args = ("--tiny", "--model_name_or_path", tiny_base, "--dataloader_drop_last", "true")
-    one = single(script, *args, "--per_device_train_batch_size", 8, cwd=tmp_path / "one")
+    one = run_script(script, *args, "--per_device_train_batch_size", 8, cwd=tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
     two = launch(script, *args, "--per_device_train_batch_size", 4, cwd=tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
