@@ -5,8 +5,12 @@ model resolution, the offline tiny preset, and the chart of a run's TensorBoard 
 """
 
 import csv
+import dataclasses
+import fcntl
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,10 +25,11 @@ from typing import Literal, get_args
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
-from transformers import AutoTokenizer, GenerationConfig
+from transformers import AutoTokenizer, GenerationConfig, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DATA = ROOT / "data" / "sample.jsonl"
@@ -47,9 +52,32 @@ TENSORBOARD_ROOT = Path("tensorboard")
 IMGS_DIR = Path("imgs")
 
 # A checkpoint is complete when its marker (config.json; adapter_config.json for a LoRA adapter) sits beside these.
-# `staged_save` writes the marker last and removes it first, so a checkpoint cut short never has one.
 CHECKPOINT_MARKERS = ("config.json", "adapter_config.json")
 CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokenizer": ("tokenizer_config.json",)}
+# A save writes <folder>.partial, renames it <folder>.ready once every file is written (one atomic step), then swaps:
+# <folder> -> <folder>.old, <folder>.ready -> <folder>, and deletes <folder>.old. Killed at any instant, it leaves one
+# complete checkpoint, <folder> or <folder>.ready, and the next load or save finishes the swap (`settle_checkpoint`).
+# .<folder>.lock, beside it, is held by the run that writes the folder.
+PARTIAL, READY, OLD, LOCK = ".partial", ".ready", ".old", ".lock"
+PERIODIC_CHECKPOINT = re.compile(r"checkpoint-\d+")  # the Trainer's and train_ppo.py's; kept across a final save
+# What a model folder must be for each role it plays, by its config's architecture (and, for a reward model, a trained
+# score head in its weights: a language model loaded as a reward model gets a random head, silently).
+ROLES = {
+    "language model": ("ForCausalLM",),
+    "reward model": ("ForSequenceClassification",),
+    "critic": ("ForCausalLM", "ForSequenceClassification"),
+    "adapter": (),  # a LoRA adapter: adapter_config.json, no config.json
+}
+SCORE_HEAD = "score.weight"
+_HELD_LOCKS = {}  # this process's output-folder locks, by folder, open until it ends
+# Settings that change neither a run's data, nor its randomness, nor its optimisation: where it writes, what and how
+# often it logs, saves and evaluates. A resumed run may change these, and nothing else.
+RESUMABLE_SETTINGS = re.compile(
+    r"output_dir|overwrite_output_dir|resume_from_checkpoint|run_name|report_to|logging_.*|log_.*|save_.*|eval_.*|"
+    r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
+    r"local_rank"
+)
+RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
 
 REQUIRED_COLUMNS = ("question", "chosen", "rejected")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
@@ -88,13 +116,18 @@ class PipelineError(Exception):
     """A problem the user can fix (bad data, missing checkpoint, wrong flag): shown as one message, no traceback."""
 
 
+class ArgumentError(PipelineError):
+    """A flag or config value that cannot work: shown as one message, exit status 2 (argparse's, for usage errors)."""
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a PipelineError into a one-paragraph message and exit status 1."""
     try:
         yield
     except PipelineError as error:
-        sys.exit(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2 if isinstance(error, ArgumentError) else 1)
 
 
 def parse_args(parser, tiny_preset: dict, args: list[str] | None = None) -> tuple:
@@ -466,76 +499,310 @@ def require_one_process(script: str) -> None:
         )
 
 
-def stage_command(script: str, tiny: bool) -> str:
-    """The command that writes a stage's checkpoint, for the error that asks for it."""
-    return f"python {script} --tiny" if tiny else f"python {script}"
+def command(script: str, tiny: bool, **flags) -> str:
+    """The command line a user runs to make or use a checkpoint: `python script [--tiny] [--flag value ...]`, quoted
+    for a shell. Hints carry the user's own flags, so they work as printed; a flag set to True is written alone, one
+    set to None is left out."""
+    words = ["python", script] + (["--tiny"] if tiny else [])
+    for flag, value in flags.items():
+        if value is True:
+            words.append(f"--{flag}")
+        elif value is not None:
+            words += [f"--{flag}", str(value)]
+    return shlex.join(words)
 
 
-def require_checkpoint(path: str | Path, command: str) -> Path:
-    """Stop with the command to run when a stage's input checkpoint is missing or incomplete."""
-    path = Path(path)
-    partial = staging_dir(path)
+def base_model_remedy(path: str | Path, flag: str) -> str:
+    """What makes a base model folder whole again: a download or tiny build is redone by deleting it and running the
+    same command again; a folder of the user's own is theirs to replace."""
+    if BASE_DIR.resolve() in Path(path).resolve().parents:
+        return f"rm -r {shlex.quote(str(path))} && {shlex.join(['python', *sys.argv])}"
+    return f"pass a complete model folder as --{flag}"
+
+
+def unless_default(path: str | Path, default: str | Path) -> str | None:
+    """`path`, or None where it is the default folder, so that hints stay as short as the README's."""
+    return None if Path(path) == Path(default) else str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: what a folder holds, saves that a kill cannot break, and the output folder of a run
+
+
+def sibling(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why `path` is not a complete, readable checkpoint, or None: a marker beside weights (and a tokenizer for a
+    model), every safetensors file as long as its header says."""
     markers = [marker for marker in CHECKPOINT_MARKERS if (path / marker).is_file()]
     if not markers:
-        interrupted = f" ({partial} is left from an interrupted save)" if partial.exists() else ""
-        raise PipelineError(f"no model at {path}{interrupted}. Run the stage that writes it first: {command}")
+        return "no model"
     missing = [what for what, patterns in CHECKPOINT_FILES.items() if not any(any(path.glob(p)) for p in patterns)]
     if missing:
+        return f"a {markers[0]} but no {' and no '.join(missing)} file"
+    for file in path.glob("*.safetensors"):
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            return f"a damaged {file.name} ({error})"
+    return None
+
+
+def weight_names(path: Path) -> set[str]:
+    """The tensor names of a checkpoint's safetensors files, read from their headers (no weights are loaded)."""
+    names = set()
+    for file in path.glob("*.safetensors"):
+        with safe_open(file, "pt") as handle:
+            names |= set(handle.keys())
+    return names
+
+
+def settle_checkpoint(path: Path) -> None:
+    """Finish a save that was killed before it swapped its complete new checkpoint (<path>.ready) into place, and
+    clear what a finished swap left (<path>.old). Each step repeats safely, so a kill here is settled next time."""
+    ready, old = sibling(path, READY), sibling(path, OLD)
+    if ready.is_dir():
+        # Periodic checkpoints (training states to resume from) belong to the run, not to one saved model.
+        if path.is_dir():
+            for entry in path.iterdir():
+                if PERIODIC_CHECKPOINT.fullmatch(entry.name) and not (ready / entry.name).exists():
+                    os.rename(entry, ready / entry.name)
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(path, old)
+        os.rename(ready, path)
+    elif not path.exists() and old.is_dir():
+        os.rename(old, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+@contextmanager
+def staged_save(path: str | Path) -> Iterator[Path]:
+    """Save a checkpoint into <path>.partial, then swap it in (see `settle_checkpoint`).
+
+    The folder is whole or absent at every instant: <path>.partial is never read; once written it becomes
+    <path>.ready in one rename, which is complete by construction; the swap renames folders only. So a kill at any
+    point leaves the previous checkpoint or the new one complete, and the next load or save settles which.
+    Under several processes every one enters the block (DeepSpeed and FSDP gather weights there, and each process
+    saves its own random state); the main process clears the staging folder before and swaps it in after.
+    """
+    path = Path(path)
+    staging = sibling(path, PARTIAL)
+    state = PartialState()
+    if state.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        settle_checkpoint(path)
+        if staging.exists():
+            shutil.rmtree(staging)  # a save killed while writing: never complete
+    state.wait_for_everyone()
+    yield staging
+    state.wait_for_everyone()
+    if state.is_main_process:
+        os.rename(staging, sibling(path, READY))
+        settle_checkpoint(path)
+
+
+def require_checkpoint(path: str | Path, command: str, role: str | None = None) -> Path:
+    """`path` if it holds a complete checkpoint fit for `role` (see ROLES; None: any model or adapter), after settling
+    a save that was cut short; else a PipelineError that names the folder, the problem and the `command` that writes
+    the right thing."""
+    path = Path(path)
+    if sibling(path, READY).exists() or sibling(path, OLD).exists():
+        lock = try_lock(path)
+        if lock is not None:  # no run is saving here now
+            settle_checkpoint(path)
+            lock.close()
+    problem = checkpoint_problem(path)
+    if problem == "no model":
+        partial = sibling(path, PARTIAL)
+        interrupted = f" ({partial} is left from a save that was killed while writing, and is incomplete)"
+        raise PipelineError(f"no model at {path}{interrupted if partial.exists() else ''}. Make it first: {command}")
+    if problem:
         raise PipelineError(
-            f"the checkpoint at {path} has a {markers[0]} but no {' and no '.join(missing)} file: it was not written "
-            f"completely. Run the stage that writes it again: {command}"
+            f"the checkpoint at {path} has {problem}: it was not written completely, or was damaged since. Write it "
+            f"again: {command}"
         )
+    if role is not None:
+        check_role(path, role, command)
     return path
 
 
-def load_model(model_class, path: str | Path, command: str):
+def check_role(path: Path, role: str, command: str) -> None:
+    """A model folder must be what its role needs: a language model for a policy, a reward model with a trained
+    score head for scoring (a language model loaded as one would score with a random head, silently), a LoRA adapter
+    for PPO's output."""
+    is_adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    if is_adapter != (role == "adapter"):
+        what = "a LoRA adapter (train_ppo.py's output), not a whole model" if is_adapter else "a whole model"
+        raise PipelineError(
+            f"{path} is {what}, so it cannot be the {role}. Pass a {role} folder, such as the one this writes: "
+            f"{command}"
+        )
+    if is_adapter:
+        return
+    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    if not any(name.endswith(suffix) for name in architectures for suffix in ROLES[role]):
+        kind = " / ".join(architectures) or "no architecture"
+        raise PipelineError(
+            f"{path} is a {kind} model, not a {role} (*{' or *'.join(ROLES[role])}). Pass a {role} folder, such as "
+            f"the one this writes: {command}"
+        )
+    if role == "reward model" and SCORE_HEAD not in weight_names(path):
+        raise PipelineError(
+            f"{path} has no trained score head ({SCORE_HEAD} is not in its weights): loaded as a reward model it "
+            f"would score with random weights. Train one: {command}"
+        )
+
+
+def load_model(model_class, path: str | Path, command: str, role: str | None = None):
     """A stage's checkpoint for inference: (model in eval mode, on the GPU if there is one; its tokenizer)."""
-    path = require_checkpoint(path, command)
+    path = require_checkpoint(path, command, role)
     # Not dtype="auto": that loads Qwen's bf16 weights as bf16, many times slower on a CPU without bf16 units.
     dtype = torch.bfloat16 if bf16_available() else torch.float32
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = model_class.from_pretrained(path, dtype=dtype)
-    except (OSError, SafetensorError) as error:  # a truncated or corrupted file
+    except (OSError, SafetensorError) as error:  # a file damaged in a way the header check cannot see
         raise PipelineError(
             f"the checkpoint at {path} could not be loaded ({type(error).__name__}: {error}). It may be damaged or "
-            f"half-copied; run the stage that writes it again: {command}"
+            f"half-copied. Write it again: {command}"
         ) from error
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
 
-def staging_dir(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+def try_lock(path: Path):
+    """An exclusive lock on the output folder `path` (a file beside it, since the folder itself is swapped), or None
+    if another process holds it. The operating system releases it when the process ends, however it ends."""
+    lock_file = sibling(path.parent / f".{path.name}", LOCK)
+    try:
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_file.open("a+")
+    except OSError:
+        return None  # a folder we cannot write to: nothing to settle or lock here
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
-@contextmanager
-def staged_save(path: str | Path) -> Iterator[Path]:
-    """Save a checkpoint into a staging folder, then move its files and folders into `path`, its marker last.
+def prepare_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0) -> Path:
+    """Before anything loads: refuse an output folder that is, holds or sits inside one of the run's `inputs`
+    ({flag: path}), or that holds files other than a checkpoint (a save replaces the whole folder); check that it can
+    be written and has room for `needed_bytes`; and lock it for the run, so a second run on it stops at once."""
+    path = Path(output_dir)
+    where = path.resolve()
+    for flag, value in inputs.items():
+        source = Path(value).resolve()
+        if where == source or where in source.parents or source in where.parents:
+            relation = "is" if where == source else "holds" if where in source.parents else "is inside"
+            raise ArgumentError(
+                f"--output_dir {output_dir} {relation} --{flag} {value}, which this run reads: saving would overwrite "
+                "it. Pass another --output_dir."
+            )
+    if path.is_dir() and checkpoint_problem(path) == "no model":
+        strangers = sorted(
+            e.name for e in path.iterdir() if not (PERIODIC_CHECKPOINT.fullmatch(e.name) or e.name.endswith(LOCK))
+        )
+        if strangers:
+            raise ArgumentError(
+                f"--output_dir {output_dir} holds files that are not a checkpoint ({', '.join(strangers[:5])}"
+                f"{', ...' if len(strangers) > 5 else ''}), and a save replaces the whole folder. Pass a new or empty "
+                "folder, or a checkpoint folder to overwrite."
+            )
+    if not PartialState().is_main_process or where in _HELD_LOCKS:  # only the main process writes and locks
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe")
+        probe.close()
+    except OSError as error:
+        raise PipelineError(
+            f"cannot write beside --output_dir {output_dir} ({error.strerror}: {error.filename}), so the model could "
+            "not be saved after training. Pass an --output_dir on a writable disk."
+        ) from error
+    free = shutil.disk_usage(path.parent).free
+    if free < needed_bytes:
+        raise PipelineError(
+            f"--output_dir {output_dir} is on a disk with {free / 2**30:.1f} GiB free, and saving this run needs "
+            f"about {needed_bytes / 2**30:.1f} GiB. Free some space or pass an --output_dir on another disk."
+        )
+    lock = try_lock(path)
+    if lock is None:
+        owner = sibling(path.parent / f".{path.name}", LOCK).read_text().strip() or "another process"
+        raise PipelineError(
+            f"--output_dir {output_dir} is in use by another run ({owner}). Wait for it to finish, or pass another "
+            "--output_dir."
+        )
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}: {shlex.join(sys.argv)}")
+    lock.flush()
+    _HELD_LOCKS[where] = lock  # held until the process ends
+    return path
 
-    `require_checkpoint` takes the marker (config.json or adapter_config.json) to mean "complete", and the old one is
-    removed before anything new lands, so a save cut short anywhere never leaves a checkpoint that looks complete.
-    Under several processes every one enters the block (DeepSpeed and FSDP gather weights there, and each process
-    saves its own random state); the main process clears the staging folder before and moves it into place after.
-    """
-    path = Path(path)
-    staging = staging_dir(path)
-    state = PartialState()
-    if state.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)
-    state.wait_for_everyone()
-    yield staging
-    state.wait_for_everyone()
-    if not state.is_main_process:
+
+def save_size(model_path: str | Path) -> int:
+    """About the bytes a save of this model takes: twice its weight files on disk, since a bf16 checkpoint trained
+    in fp32 (as on a CPU) saves in fp32. 0 for a model not downloaded or built yet."""
+    path = Path(model_path)
+    return 2 * sum(f.stat().st_size for pattern in CHECKPOINT_FILES["weights"] for f in path.glob(pattern))
+
+
+def run_settings(*configs) -> dict:
+    """Every setting of the run's config dataclasses that a resumed run must keep, as JSON values."""
+    return {
+        f.name: json.loads(json.dumps(getattr(config, f.name), default=str))
+        for config in configs
+        for f in dataclasses.fields(config)
+        if not RESUMABLE_SETTINGS.fullmatch(f.name)
+    }
+
+
+def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
+    """Refuse to resume from `checkpoint` with `settings` other than those it was saved with (no-op without one)."""
+    if checkpoint is None:
         return
-    path.mkdir(parents=True, exist_ok=True)
-    for marker in CHECKPOINT_MARKERS:
-        (path / marker).unlink(missing_ok=True)
-    for entry in sorted(staging.iterdir(), key=lambda entry: entry.name in CHECKPOINT_MARKERS):
-        target = path / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        entry.replace(target)
-    staging.rmdir()
+    file = Path(checkpoint) / RUN_SETTINGS_FILE
+    if not file.is_file():
+        raise PipelineError(
+            f"{checkpoint} holds no {RUN_SETTINGS_FILE}: it is not a checkpoint-<step> folder that this pipeline's "
+            "training saved, so whether this run would continue it with the same settings cannot be checked. "
+            "Resume from one of those, or start a new run."
+        )
+    saved = json.loads(file.read_text())
+    changed = [
+        f"--{key} {saved.get(key)!r} now {settings.get(key)!r}"
+        for key in sorted(saved.keys() | settings.keys())
+        if saved.get(key) != settings.get(key)
+    ]
+    if changed:
+        raise PipelineError(
+            f"{checkpoint} was saved by a run with other settings ({'; '.join(changed[:6])}"
+            f"{f'; and {len(changed) - 6} more' if len(changed) > 6 else ''}). A resumed run must keep every setting "
+            "that changes its data, randomness or optimisation: resume with the settings it was saved with, or start "
+            "a new run."
+        )
+
+
+def write_run_settings(folder: Path, settings: dict) -> None:
+    (folder / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+
+
+class SaveRunSettings(TrainerCallback):
+    """Writes the run's settings into each checkpoint-<step> the Trainer saves, for `check_resume`."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            write_run_settings(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", self.settings)
 
 
 def build_tiny_tokenizer(texts: list[str]):
@@ -593,7 +860,7 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
         fn_kwargs={"system_prompt": DEFAULT_SYSTEM_PROMPT, "answer_column": "rejected"},
         remove_columns=data.column_names,
     )
-    partial = staging_dir(path)
+    partial = sibling(path, PARTIAL)
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
             output_dir=scratch,

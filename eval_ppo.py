@@ -68,16 +68,21 @@ class EvalArguments:
 
 def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
     """The SFT model with the PPO adapter on it (unmerged: disable_adapter() gives back the SFT model)."""
-    common.require_checkpoint(args.model_path, common.stage_command("train_ppo.py", args.tiny))
+    common.require_checkpoint(
+        args.model_path,
+        common.command("train_ppo.py", args.tiny, output_dir=common.unless_default(args.model_path, common.PPO_DIR)),
+        "adapter",
+    )
     trained_on = json.loads((Path(args.model_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
     if Path(trained_on).resolve() != Path(args.sft_model_path).resolve():
         raise common.PipelineError(
             f"the adapter at {args.model_path} was trained on {trained_on}, not on --sft_model_path "
             f"{args.sft_model_path}. Pass --sft_model_path {trained_on}."
         )
-    sft, tokenizer = common.load_model(
-        AutoModelForCausalLM, args.sft_model_path, common.stage_command("train_sft.py", args.tiny)
+    sft_command = common.command(
+        "train_sft.py", args.tiny, output_dir=common.unless_default(args.sft_model_path, common.SFT_DIR)
     )
+    sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command, "language model")
     return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
 
 
@@ -97,8 +102,11 @@ def kl_to_sft(model: PeftModel, batch: dict[str, torch.Tensor], args: EvalArgume
 def compare(args: EvalArguments) -> None:
     """Base, SFT and PPO answers to the same questions, scored by the reward model; a table and a JSON file."""
     dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
+    rm_command = common.command(
+        "train_rm.py", args.tiny, output_dir=common.unless_default(args.reward_model_path, common.RM_DIR)
+    )
     reward_model, rm_tokenizer = common.load_model(
-        AutoModelForSequenceClassification, args.reward_model_path, common.stage_command("train_rm.py", args.tiny)
+        AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
     )
     common.check_pad_token(rm_tokenizer, args.reward_model_path, reward_model)
     ppo, tokenizer = load_ppo(args)
@@ -111,7 +119,9 @@ def compare(args: EvalArguments) -> None:
     # Every model samples from the same seed, so their answers differ by the model alone.
     batches = {}
     base_path = common.resolve_model(args.base_model_path, args.model_source)
-    base, base_tokenizer = common.load_model(AutoModelForCausalLM, base_path, f"a model at {base_path}")
+    base, base_tokenizer = common.load_model(
+        AutoModelForCausalLM, base_path, common.base_model_remedy(base_path, "base_model_path"), "language model"
+    )
     train_ppo.check_same_tokenizer(tokenizer, base_tokenizer, f"the base model ({base_path})", args.sft_model_path)
     set_seed(args.seed)
     batches["base"] = sample(base, tokenizer, prompts, args)

@@ -76,8 +76,10 @@ def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
 
 def main(args: EvalArguments) -> None:
     common.require_one_process("eval_sft.py")
-    command = common.stage_command("train_sft.py", args.tiny)
-    model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, command)
+    command = common.command(
+        "train_sft.py", args.tiny, output_dir=common.unless_default(args.model_path, common.SFT_DIR)
+    )
+    model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, command, "language model")
     set_seed(args.seed)
 
     try:

@@ -361,9 +361,10 @@ def save_checkpoint(
     tokenizer,
     write_more: Callable[[Path], None] | None = None,
     progress: dict | None = None,
+    settings: dict | None = None,
 ) -> None:
     """The policy's adapter and tokenizer, the critic and tokenizer in value/, and what `write_more` writes; given the
-    run's `progress` (counters), also the full training state to resume from."""
+    run's `progress` (counters) and `settings`, also the full training state to resume from."""
     unwrapped = accelerator.unwrap_model(model)
     with common.staged_save(path) as staging:
         if accelerator.is_main_process:
@@ -377,6 +378,7 @@ def save_checkpoint(
             accelerator.save_state(staging / TRAINING_STATE_DIR)  # every process saves its part
             if accelerator.is_main_process:
                 (staging / TRAINING_STATE_DIR / PROGRESS_FILE).write_text(json.dumps(progress))
+                common.write_run_settings(staging, settings)
 
 
 def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | None = None) -> None:
@@ -405,6 +407,17 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     batch_size = local_batch_size * accelerator.num_processes
     mini_batch_size = local_batch_size // config.num_mini_batches
+
+    settings = common.run_settings(script_args, config)
+    common.prepare_output_dir(
+        config.output_dir,
+        {
+            "sft_model_path": script_args.sft_model_path,
+            "reward_model_path": script_args.reward_model_path,
+            "value_model_path": script_args.value_model_path,
+        },
+        common.save_size(script_args.value_model_path),
+    )
 
     # Data first: a bad file fails in a second, before any model is loaded.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
@@ -436,11 +449,24 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 f"--num_processes {accelerator.num_processes}. Resume with the same batch settings, epochs and "
                 "--num_processes."
             )
+        common.check_resume(resume, settings)
         start_update = saved["update"]
+
+    # Every input folder checked for what its role needs before any model loads: a wrong one fails in a second.
+    sft_command = common.command(
+        "train_sft.py", script_args.tiny, output_dir=common.unless_default(script_args.sft_model_path, common.SFT_DIR)
+    )
+    common.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
+    rm_command = common.command(
+        "train_rm.py", script_args.tiny, output_dir=common.unless_default(script_args.reward_model_path, common.RM_DIR)
+    )
+    if reward_fn is None:
+        common.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
+    value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
+    common.require_checkpoint(value_path, common.base_model_remedy(value_path, "value_model_path"), "critic")
 
     # Models. Every one stays in eval mode, and LoRA dropout is 0: with no dropout anywhere, log-probs are
     # deterministic, so the PPO ratio and the KL measure policy change only.
-    common.require_checkpoint(script_args.sft_model_path, common.stage_command("train_sft.py", script_args.tiny))
     tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
     common.check_pad_token(tokenizer, script_args.sft_model_path)
     torch.manual_seed(config.seed)  # the same initial adapter and score head in every process
@@ -453,16 +479,13 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     sft_model = AutoModelForCausalLM.from_pretrained(script_args.sft_model_path, dtype=torch.float32)
     policy = get_peft_model(sft_model, lora)
-    value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
     critic = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1, dtype=torch.float32)
     check_same_tokenizer(
         tokenizer, AutoTokenizer.from_pretrained(value_path), f"the critic ({value_path})", script_args.sft_model_path
     )
     if reward_fn is None:
         reward_model, rm_tokenizer = common.load_model(
-            AutoModelForSequenceClassification,
-            script_args.reward_model_path,
-            common.stage_command("train_rm.py", script_args.tiny),
+            AutoModelForSequenceClassification, script_args.reward_model_path, rm_command, "reward model"
         )
         common.check_pad_token(rm_tokenizer, script_args.reward_model_path, reward_model)
         check_same_tokenizer(
@@ -643,6 +666,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 model,
                 tokenizer,
                 progress=run | {"update": update + 1},
+                settings=settings,
             )
             if accelerator.is_main_process and config.save_total_limit:
                 for old in periodic_checkpoints(Path(config.output_dir))[: -config.save_total_limit]:
@@ -662,9 +686,17 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         chart = common.plot_scalars(
             run_dir, CHART_TAGS, common.IMGS_DIR / "ppo.png", f"PPO: {script_args.sft_model_path}"
         )
+        compare = common.command(
+            "eval_ppo.py",
+            script_args.tiny,
+            compare=True,
+            model_path=common.unless_default(config.output_dir, common.PPO_DIR),
+            sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
+            reward_model_path=common.unless_default(script_args.reward_model_path, common.RM_DIR),
+        )
         print(
             f"Adapter saved to {config.output_dir}, critic to {Path(config.output_dir) / VALUE_DIR}; curves in "
-            f"{chart}. Compare with the SFT model: python eval_ppo.py --compare"
+            f"{chart}. Compare with the SFT model: {compare}"
         )
 
 

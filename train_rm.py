@@ -93,6 +93,14 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     if model_args.use_peft:
         raise common.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
 
+    settings = common.run_settings(script_args, training_args, model_args)
+    common.check_resume(training_args.resume_from_checkpoint, settings)
+    common.prepare_output_dir(
+        training_args.output_dir,
+        {"model_name_or_path": model_args.model_name_or_path},
+        common.save_size(model_args.model_name_or_path),
+    )
+
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
     if script_args.eval_fraction:
@@ -107,6 +115,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         training_args.eval_strategy = "no"
 
     model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
+    common.require_checkpoint(model_path, common.base_model_remedy(model_path, "model_name_or_path"), "language model")
     tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
     tokenizer.eos_token = training_args.eos_token or tokenizer.eos_token
     tokenizer.pad_token = training_args.pad_token or tokenizer.pad_token
@@ -136,6 +145,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         f"Reward model from {model_path} on {len(train_dataset)} pairs of {script_args.dataset_name}, "
         f"{len(eval_dataset) if eval_dataset is not None else 0} held out; TensorBoard: {run_dir}"
     )
+    trainer.add_callback(common.SaveRunSettings(settings))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     with common.staged_save(training_args.output_dir) as staging:
         trainer.save_model(staging)
@@ -145,7 +155,10 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
 
     if trainer.is_world_process_zero():
         chart = common.plot_scalars(run_dir, CHART_TAGS, common.IMGS_DIR / "rm.png", f"Reward model: {model_path}")
-        print(f"Model saved to {training_args.output_dir}; curves in {chart}. Score it: python eval_rm.py")
+        score = common.command(
+            "eval_rm.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.RM_DIR)
+        )
+        print(f"Model saved to {training_args.output_dir}; curves in {chart}. Score it: {score}")
 
 
 def make_parser() -> TrlParser:

@@ -65,6 +65,14 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             "train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft."
         )
 
+    settings = common.run_settings(script_args, training_args, model_args)
+    common.check_resume(training_args.resume_from_checkpoint, settings)
+    common.prepare_output_dir(
+        training_args.output_dir,
+        {"model_name_or_path": model_args.model_name_or_path},
+        common.save_size(model_args.model_name_or_path),
+    )
+
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
     num_rows = int(len(data) * script_args.sft_fraction)
@@ -75,6 +83,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     )
 
     model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
+    common.require_checkpoint(model_path, common.base_model_remedy(model_path, "model_name_or_path"), "language model")
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})
@@ -86,6 +95,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     trainer.accelerator.print(
         f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}; TensorBoard: {run_dir}"
     )
+    trainer.add_callback(common.SaveRunSettings(settings))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     with common.staged_save(training_args.output_dir) as staging:
         trainer.save_model(staging)
@@ -93,7 +103,10 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 
     if trainer.is_world_process_zero():
         chart = common.plot_scalars(run_dir, CHART_TAGS, common.IMGS_DIR / "sft.png", f"SFT: {model_path}")
-        print(f"Model saved to {training_args.output_dir}; curves in {chart}.")
+        chat = common.command(
+            "eval_sft.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.SFT_DIR)
+        )
+        print(f"Model saved to {training_args.output_dir}; curves in {chart}. Chat with it: {chat}")
 
 
 def make_parser() -> TrlParser:

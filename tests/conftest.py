@@ -73,12 +73,13 @@ def rm_run(tiny_base, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
-    """The working folder of one train_ppo.py --tiny run on the session's SFT and reward models, then
-    eval_ppo.py --compare (its table in compare.out)."""
+    """The working folder of one train_ppo.py --tiny run on the session's SFT and reward models (its output in
+    train.out), then eval_ppo.py --compare (its table in compare.out)."""
     workdir = tmp_path_factory.mktemp("ppo_run")
     models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
     result = run_script("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "train.out").write_text(result.stdout)
     result = run_script("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     (workdir / "compare.out").write_text(result.stdout)

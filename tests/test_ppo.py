@@ -366,4 +366,4 @@ def test_saving_over_a_checkpoint_replaces_its_critic_and_keeps_periodic_ones(tm
         (checkpoint / "checkpoint-3").mkdir(exist_ok=True)
     assert (checkpoint / train_ppo.VALUE_DIR / "config.json").read_text() == "new"
     assert (checkpoint / "adapter_config.json").read_text() == "new"
-    assert (checkpoint / "checkpoint-3").is_dir() and not common.staging_dir(checkpoint).exists()
+    assert (checkpoint / "checkpoint-3").is_dir() and not common.sibling(checkpoint, common.PARTIAL).exists()

@@ -80,7 +80,7 @@ def test_an_interrupted_first_save_does_not_look_complete(tmp_path):
         staging.mkdir()
         (staging / "config.json").write_text("{}")
         raise KeyboardInterrupt
-    with pytest.raises(common.PipelineError, match=r"rm.partial is left from an interrupted save"):
+    with pytest.raises(common.PipelineError, match=r"rm.partial is left from a save that was killed while writing"):
         common.require_checkpoint(tmp_path / "rm", "python train_rm.py")
 
 
@@ -203,7 +203,7 @@ def test_eval_on_a_half_written_checkpoint_says_so(rm_run, tmp_path, damage):
         expected = "has a config.json but no weights file"
     else:
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-        expected = "could not be loaded"
+        expected = "has a damaged model.safetensors"
     assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), expected, "python train_rm.py")
 
 
