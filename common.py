@@ -6,6 +6,7 @@ model resolution, the offline tiny preset, and the chart of a run's TensorBoard 
 
 import csv
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -691,10 +692,10 @@ def try_lock(path: Path):
     return handle
 
 
-def prepare_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0) -> Path:
-    """Before anything loads: refuse an output folder that is, holds or sits inside one of the run's `inputs`
-    ({flag: path}), or that holds files other than a checkpoint (a save replaces the whole folder); check that it can
-    be written and has room for `needed_bytes`; and lock it for the run, so a second run on it stops at once."""
+def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0) -> None:
+    """Before anything loads, and without writing anything: refuse an output folder that is, holds or sits inside one
+    of the run's `inputs` ({flag: path}), or that holds files other than a checkpoint (a save replaces the whole
+    folder); check that it can be written and has room for `needed_bytes`."""
     path = Path(output_dir)
     where = path.resolve()
     for flag, value in inputs.items():
@@ -715,23 +716,30 @@ def prepare_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], ne
                 f"{', ...' if len(strangers) > 5 else ''}), and a save replaces the whole folder. Pass a new or empty "
                 "folder, or a checkpoint folder to overwrite."
             )
-    if not PartialState().is_main_process or where in _HELD_LOCKS:  # only the main process writes and locks
-        return path
+    existing = next(folder for folder in where.parents if folder.exists())  # what the save will write into
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe")
-        probe.close()
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as error:
         raise PipelineError(
-            f"cannot write beside --output_dir {output_dir} ({error.strerror}: {error.filename}), so the model could "
-            "not be saved after training. Pass an --output_dir on a writable disk."
+            f"cannot write beside --output_dir {output_dir} ({error.strerror}: {error.filename or existing}), so the "
+            "model could not be saved after training. Pass an --output_dir on a writable disk."
         ) from error
-    free = shutil.disk_usage(path.parent).free
+    free = shutil.disk_usage(existing).free
     if free < needed_bytes:
         raise PipelineError(
             f"--output_dir {output_dir} is on a disk with {free / 2**30:.1f} GiB free, and saving this run needs "
             f"about {needed_bytes / 2**30:.1f} GiB. Free some space or pass an --output_dir on another disk."
         )
+
+
+def lock_output_dir(output_dir: str | Path) -> None:
+    """Hold the output folder for the rest of this run (main process), so that a second run on it stops at once,
+    told which process holds it, before it trains."""
+    path = Path(output_dir)
+    if not PartialState().is_main_process or path.resolve() in _HELD_LOCKS:
+        return
     lock = try_lock(path)
     if lock is None:
         owner = sibling(path.parent / f".{path.name}", LOCK).read_text().strip() or "another process"
@@ -743,8 +751,7 @@ def prepare_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], ne
     lock.truncate()
     lock.write(f"pid {os.getpid()}: {shlex.join(sys.argv)}")
     lock.flush()
-    _HELD_LOCKS[where] = lock  # held until the process ends
-    return path
+    _HELD_LOCKS[path.resolve()] = lock  # held until the process ends
 
 
 def save_size(model_path: str | Path) -> int:

@@ -409,7 +409,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     mini_batch_size = local_batch_size // config.num_mini_batches
 
     settings = common.run_settings(script_args, config)
-    common.prepare_output_dir(
+    common.check_output_dir(
         config.output_dir,
         {
             "sft_model_path": script_args.sft_model_path,
@@ -464,6 +464,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         common.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
     value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
     common.require_checkpoint(value_path, common.base_model_remedy(value_path, "value_model_path"), "critic")
+
+    common.lock_output_dir(config.output_dir)
 
     # Models. Every one stays in eval mode, and LoRA dropout is 0: with no dropout anywhere, log-probs are
     # deterministic, so the PPO ratio and the KL measure policy change only.

@@ -95,7 +95,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
 
     settings = common.run_settings(script_args, training_args, model_args)
     common.check_resume(training_args.resume_from_checkpoint, settings)
-    common.prepare_output_dir(
+    common.check_output_dir(
         training_args.output_dir,
         {"model_name_or_path": model_args.model_name_or_path},
         common.save_size(model_args.model_name_or_path),
@@ -129,6 +129,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})
+    common.lock_output_dir(training_args.output_dir)
     run_dir = common.tensorboard_run("rm")
 
     # From a model path, RewardTrainer builds AutoModelForSequenceClassification with num_labels=1 (a linear score

@@ -194,7 +194,7 @@ def test_an_output_folder_that_overlaps_an_input_is_refused(tmp_path, relation):
     model = fake_checkpoint(tmp_path / "models" / "sft", 1)
     output = {"is": model, "holds": model.parent, "is inside": model / "ppo"}[relation]
     with pytest.raises(common.ArgumentError, match=f"--output_dir {output} {relation} --sft_model_path {model}"):
-        common.prepare_output_dir(output, {"sft_model_path": model})
+        common.check_output_dir(output, {"sft_model_path": model})
     assert version(model) == 1 and not (model / "ppo").exists()
 
 
@@ -212,37 +212,36 @@ def test_ppo_writing_over_its_sft_model_is_refused_and_the_model_kept(sft_run, t
 def test_an_output_folder_of_other_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(common.ArgumentError, match=r"holds files that are not a checkpoint \(notes.txt\)"):
-        common.prepare_output_dir(tmp_path, {})
+        common.check_output_dir(tmp_path, {})
     fake_checkpoint(tmp_path / "out", 1)
     (tmp_path / "out" / "checkpoint-5").mkdir()
-    common.prepare_output_dir(tmp_path / "out", {})  # a checkpoint to overwrite is fine
+    common.check_output_dir(tmp_path / "out", {})  # a checkpoint to overwrite is fine
 
 
 def test_an_output_folder_that_cannot_be_written_or_has_no_room_is_refused(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
     with pytest.raises(common.PipelineError, match="cannot write beside --output_dir"):
-        common.prepare_output_dir(tmp_path / "file" / "sft", {})
+        common.check_output_dir(tmp_path / "file" / "sft", {})
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=2**20))
     with pytest.raises(common.PipelineError, match="0.0 GiB free, and saving this run needs about 1.0 GiB"):
-        common.prepare_output_dir(tmp_path / "sft", {}, needed_bytes=2**30)
+        common.check_output_dir(tmp_path / "sft", {}, needed_bytes=2**30)
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]  # the checks wrote nothing
 
 
 def test_a_second_run_on_the_same_output_folder_is_told_which_process_holds_it(tmp_path):
     output = tmp_path / "sft"
-    hold = (
-        "import sys, time, common; common.prepare_output_dir(sys.argv[1], {}); print('ok', flush=True); time.sleep(60)"
-    )
+    hold = "import sys, time, common; common.lock_output_dir(sys.argv[1]); print('ok', flush=True); time.sleep(60)"
     holder = subprocess.Popen(
         [sys.executable, "-c", hold, str(output)], cwd=common.ROOT, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "ok"
         with pytest.raises(common.PipelineError, match=f"in use by another run \\(pid {holder.pid}: "):
-            common.prepare_output_dir(output, {})
+            common.lock_output_dir(output)
     finally:
         holder.kill()
         holder.wait()
-    common.prepare_output_dir(output, {})  # the lock went with the process that held it
+    common.lock_output_dir(output)  # the lock went with the process that held it
 
 
 # ----------------------------------------------------------------------------------------------------------------
