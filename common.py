@@ -4,7 +4,9 @@ model resolution, the offline tiny preset, and the chart of a run's TensorBoard 
     python -c "import common; print(common.load_preference_data(common.SAMPLE_DATA))"
 """
 
+import codecs
 import csv
+import io
 import json
 import os
 import shutil
@@ -53,6 +55,7 @@ CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokeniz
 
 REQUIRED_COLUMNS = ("question", "chosen", "rejected")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+JSON_WHITESPACE = " \t\r"  # with "\n", the only whitespace JSON allows between values (RFC 8259)
 
 # Qwen's ChatML special tokens, in Qwen's id order. pad must differ from eos: a collator that masks pad in the
 # labels would otherwise also mask the <|im_end|> the model has to learn to stop on.
@@ -196,7 +199,11 @@ def _read_folder(folder: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _read_file(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (position, row) pairs; the position ("line 7", "row 7") is what error messages cite."""
+    """Yield (position, row) pairs; the position ("line 7", "row 7") is what error messages cite.
+
+    Each format goes through its own parser, so text comes back byte for byte: newlines (\n, \r\n) inside quoted
+    CSV fields and every character JSON leaves raw in a string (U+2028, U+2029, U+0085, ...) survive.
+    """
     if path.suffix == ".parquet":
         try:
             dataset = Dataset.from_parquet(str(path))
@@ -204,28 +211,76 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict]]:
             raise PipelineError(f"{path} is not a readable parquet file ({error}).") from error
         yield from _numbered(dataset)
         return
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        for row in reader:
-            yield f"line {reader.line_num}", row
+        yield from _read_csv(text, path)
     elif path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
-            raise PipelineError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}.") from error
+            raise PipelineError(
+                f"{path} is not valid JSON: {_json_problem(error)} at line {error.lineno}, column {error.colno}."
+            ) from error
         yield from _numbered(rows)
     else:  # JSON Lines, under .jsonl or .json
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        # Lines end at "\n" only: str.splitlines() would also split at U+2028, U+0085, \x0c and more, which
+        # json.dumps(ensure_ascii=False) leaves raw inside strings.
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip(JSON_WHITESPACE):
                 continue
             try:
                 yield f"line {number}", json.loads(line)
             except json.JSONDecodeError as error:
                 raise PipelineError(
-                    f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno}). Each line must "
-                    'be one JSON object like {"question": "...", "chosen": "...", "rejected": "..."}.'
+                    f"{path}: line {number} is not valid JSON ({_json_problem(error)} at column {error.colno}). Each "
+                    'line must be one JSON object like {"question": "...", "chosen": "...", "rejected": "..."}.'
                 ) from error
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text, UTF-8 with or without a byte-order mark; any other encoding gets a message on converting it."""
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = bom + error.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise PipelineError(
+            f"{path} is not UTF-8 text: line {line} (byte {offset}) holds the byte 0x{data[offset]:02x}, which UTF-8 "
+            f"does not allow there. Convert the file to UTF-8 first, e.g. from GBK: "
+            f"iconv -f GBK -t UTF-8 {path} > {path.with_stem(path.stem + '.utf8')}"
+        ) from error
+
+
+def _read_csv(text: str, path: Path) -> Iterator[tuple[str, dict]]:
+    """CSV rows as dicts under the header's names, each cited by the line it starts on.
+
+    The csv module reads the text as a file opened with newline="" (the io.StringIO below), the one way it keeps
+    quoted newlines, \r\n included, exactly (Python docs, csv.reader).
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a field can be as long as the file, not 128 KiB
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        start = reader.line_num + 1
+        for values in reader:
+            if values:  # a blank line, as csv.DictReader skips
+                if len(values) != len(header):
+                    raise PipelineError(
+                        f"{path}: line {start} has {len(values)} fields but the header has {len(header)} "
+                        f"({', '.join(header)}). Quote fields that contain commas or newlines."
+                    )
+                yield f"line {start}", dict(zip(header, values))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise PipelineError(f"{path}: line {reader.line_num} is not valid CSV ({error}).") from error
+
+
+def _json_problem(error: json.JSONDecodeError) -> str:
+    """The problem without its trailing "at" ("Unterminated string starting at"), which expects the position after
+    it: the callers add " at column 9" themselves."""
+    return error.msg.removesuffix(" at")
 
 
 def _validate(rows, source) -> Dataset:
