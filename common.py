@@ -115,7 +115,7 @@ class Parser(TrlParser):
     (argparse's documented way to change that is overriding `error`)."""
 
     def error(self, message: str):
-        raise ArgumentError(f"{message}. {HELP_HINT}")
+        raise ArgumentError(f"{message.rstrip('.')}. {HELP_HINT}")
 
 
 HELP_HINT = "Run with --help to list every flag and its default."
@@ -213,9 +213,10 @@ def check_values(namespace: dict) -> None:
         if value is None:
             continue
         low, high = (float(bound) for bound in interval[1:-1].split(","))
-        above = value > low if interval[0] == "(" else value >= low
-        below = value < high if interval[-1] == ")" else value <= high
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (above and below):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        above = number and (value > low if interval[0] == "(" else value >= low)
+        below = number and (value < high if interval[-1] == ")" else value <= high)
+        if not (above and below):
             raise ArgumentError(f"--{name} must be {_describe(interval)}, got {value!r}.")
     if namespace.get("bf16") and not bf16_available():
         where = "its GPU has no bf16 units" if torch.cuda.is_available() else "it has no GPU"
