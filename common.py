@@ -4,10 +4,13 @@ model resolution, the offline tiny preset, and the chart of a run's TensorBoard 
     python -c "import common; print(common.load_preference_data(common.SAMPLE_DATA))"
 """
 
+import codecs
 import csv
 import dataclasses
+import difflib
 import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -31,6 +34,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import TrlParser
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DATA = ROOT / "data" / "sample.jsonl"
@@ -82,6 +86,7 @@ RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
 
 REQUIRED_COLUMNS = ("question", "chosen", "rejected")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+JSON_WHITESPACE = " \t\r"  # with "\n", the only whitespace JSON allows between values (RFC 8259)
 
 # Qwen's ChatML special tokens, in Qwen's id order. pad must differ from eos: a collator that masks pad in the
 # labels would otherwise also mask the <|im_end|> the model has to learn to stop on.
@@ -118,12 +123,12 @@ class PipelineError(Exception):
 
 
 class ArgumentError(PipelineError):
-    """A flag or config value that cannot work: shown as one message, exit status 2 (argparse's, for usage errors)."""
+    """A bad flag or --config file: exit status 2, as argparse's own usage errors."""
 
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a PipelineError into a one-paragraph message and exit status 1."""
+    """Turn a PipelineError into a one-paragraph message: exit status 2 for a bad argument, 1 for anything else."""
     try:
         yield
     except PipelineError as error:
@@ -131,16 +136,223 @@ def user_errors() -> Iterator[None]:
         sys.exit(2 if isinstance(error, ArgumentError) else 1)
 
 
-def parse_args(parser, tiny_preset: dict, args: list[str] | None = None) -> tuple:
+class Parser(TrlParser):
+    """TRL's parser, whose errors raise ArgumentError instead of printing the usage of every flag and exiting
+    (argparse's documented way to change that is overriding `error`)."""
+
+    def error(self, message: str):
+        raise ArgumentError(f"{message.rstrip('.')}. {HELP_HINT}")
+
+
+HELP_HINT = "Run with --help to list every flag and its default."
+
+# The valid range of every numeric setting, by field name, checked for all of a script's dataclasses before any data
+# or model loads. Intervals in the usual notation: [1, inf) means >= 1, (0, 1] means 0 < x <= 1. Unset (None) is
+# always allowed: it means "the default behaviour" where a field accepts it.
+NUMERIC_RANGES = {
+    # counts: of rows, tokens, steps, passes
+    "per_device_train_batch_size": "[1, inf)",
+    "per_device_eval_batch_size": "[1, inf)",
+    "gradient_accumulation_steps": "[1, inf)",
+    "local_rollout_forward_batch_size": "[1, inf)",
+    "num_mini_batches": "[1, inf)",
+    "num_ppo_epochs": "[1, inf)",
+    "total_episodes": "[1, inf)",
+    "batch_size": "[1, inf)",
+    "max_length": "[1, inf)",
+    "max_prompt_length": "[1, inf)",
+    "response_length": "[1, inf)",
+    "max_new_tokens": "[1, inf)",
+    "num_examples": "[0, inf)",
+    "lora_r": "[1, inf)",
+    "warmup_steps": "[0, inf)",
+    "save_steps": "[0, inf)",
+    "save_total_limit": "[0, inf)",
+    "logging_steps": "(0, inf)",
+    "eval_steps": "(0, inf)",
+    "num_train_epochs": "(0, inf)",
+    # optimisation
+    "learning_rate": "(0, inf)",
+    "weight_decay": "[0, inf)",
+    "adam_beta1": "[0, 1)",
+    "adam_beta2": "[0, 1)",
+    "adam_epsilon": "(0, inf)",
+    "lora_alpha": "(0, inf)",
+    "lora_dropout": "[0, 1)",
+    "center_rewards_coefficient": "[0, inf)",
+    # PPO
+    "kl_coef": "[0, inf)",
+    "cliprange": "(0, inf)",
+    "cliprange_value": "(0, inf)",
+    "vf_coef": "[0, inf)",
+    "missing_eos_penalty": "[0, inf)",
+    "gamma": "[0, 1]",
+    "lam": "[0, 1]",
+    # sampling
+    "temperature": "(0, inf)",
+    "top_p": "(0, 1]",
+    # fractions of the data
+    "sft_fraction": "(0, 1]",
+    "eval_fraction": "[0, 1)",
+}
+
+
+def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = None) -> tuple:
     """Parse the command line and `--config`; with `--tiny`, the stage's tiny preset replaces the defaults.
 
-    Precedence, lowest first: dataclass defaults, tiny preset, `--config` file, command-line flags.
+    Precedence, lowest first: dataclass defaults, tiny preset, `--config` file, command-line flags. Every problem with
+    the flags or the file (an unknown flag or key, a bad choice or value, a missing or unreadable file) is an
+    ArgumentError, raised before any data or model loads.
     """
-    parsed = parser.parse_args_and_config(args)
-    if parsed[0].tiny:
+    args = list(sys.argv[1:] if args is None else args)
+    args, config_file = _pop_config_flag(args)
+    config = _read_config(config_file, parser) if config_file else {}
+    defaults = _namespace(parser, [])
+    namespace = _namespace(parser, args, config)
+    if namespace.get("tiny"):
         parser.set_defaults(**tiny_preset)
-        parsed = parser.parse_args_and_config(args)
-    return parsed
+        namespace = _namespace(parser, args, config)
+        undone = [key for key in tiny_preset if key in config and namespace[key] == defaults[key] != tiny_preset[key]]
+        if undone:
+            raise ArgumentError(
+                f"--config {config_file} sets {_join(undone)} to the real run's values, which --tiny changes, and the "
+                "file outranks --tiny (defaults < --tiny < --config < flags), so this would not be the tiny run. For "
+                "the real run drop --tiny; for the tiny run, remove "
+                f"{'that key' if len(undone) == 1 else 'those keys'} from the file (or set them with flags, which "
+                "outrank it)."
+            )
+    check_values(namespace)
+    parsed = []
+    for dataclass_type in parser.dataclass_types:  # as HfArgumentParser.parse_args_into_dataclasses
+        names = {f.name for f in dataclasses.fields(dataclass_type) if f.init}
+        try:
+            parsed.append(dataclass_type(**{name: value for name, value in namespace.items() if name in names}))
+        except ValueError as error:  # the configs' own checks in __post_init__ (TrainingArguments has many)
+            raise ArgumentError(f"{error} {HELP_HINT}") from error
+    return tuple(parsed)
+
+
+def check_values(namespace: dict) -> None:
+    """Every numeric setting within its NUMERIC_RANGES range, and bf16 only where a GPU has it."""
+    for name, interval in NUMERIC_RANGES.items():
+        value = namespace.get(name)
+        if value is None:
+            continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        above = number and (value > low if interval[0] == "(" else value >= low)
+        below = number and (value < high if interval[-1] == ")" else value <= high)
+        if not (above and below):
+            raise ArgumentError(f"--{name} must be {_describe(interval)}, got {value!r}.")
+    if namespace.get("bf16") and not bf16_available():
+        where = "its GPU has no bf16 units" if torch.cuda.is_available() else "it has no GPU"
+        raise ArgumentError(
+            f"--bf16 True needs a GPU with bf16 units, and this machine has none ({where}): on a CPU, training in "
+            "bf16 fails or runs many times slower than fp32. Leave --bf16 out: its default is on exactly where it "
+            "helps."
+        )
+
+
+def _describe(interval: str) -> str:
+    """ "[1, inf)" -> ">= 1", "(0, 1]" -> "in (0, 1]": the range as an error message says it."""
+    low = interval[1:].split(",")[0]
+    if interval.endswith("inf)"):
+        return f"{'>' if interval[0] == '(' else '>='} {low}"
+    return f"in {interval}"
+
+
+def _join(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _pop_config_flag(args: list[str]) -> tuple[list[str], str | None]:
+    """The arguments without `--config FILE` (or `--config=FILE`), and FILE."""
+    found = [i for i, arg in enumerate(args) if arg == "--config" or arg.startswith("--config=")]
+    if not found:
+        return args, None
+    if len(found) > 1:
+        raise ArgumentError("--config is given more than once; merge the files into one.")
+    (i,) = found
+    if args[i] != "--config":
+        return args[:i] + args[i + 1 :], args[i].removeprefix("--config=")
+    if i + 1 == len(args) or args[i + 1].startswith("--"):
+        raise ArgumentError("--config needs a YAML file: --config configs/<stage>.yaml.")
+    return args[:i] + args[i + 2 :], args[i + 1]
+
+
+def _read_config(path: str, parser: TrlParser) -> dict:
+    """The settings of a --config YAML file, as TrlParser reads them (its `env:` mapping set as environment
+    variables), with every key checked against the parser's fields and every choice against its choices."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as file:  # YAML's messages then name the file
+            config = yaml.safe_load(file)
+    except FileNotFoundError as error:
+        raise ArgumentError(f"--config {path}: no such file. Pass the path of a YAML file.") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ArgumentError(f"--config {path} could not be read ({error}).") from error
+    except yaml.YAMLError as error:
+        raise ArgumentError(f"--config {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise ArgumentError(
+            f"--config {path} must be a YAML mapping of settings to values, like `learning_rate: 1.0e-5`; it holds "
+            f"a {type(config).__name__}."
+        )
+    env = config.pop("env", {})
+    if not isinstance(env, dict):
+        raise ArgumentError(f"--config {path}: env must be a mapping of environment variables to values.")
+    actions = {}
+    for action in parser._actions:  # the field's own action first: a bool field may also have a --no_ flag
+        if action.option_strings:
+            actions.setdefault(action.dest, action)
+    unknown = [key for key in config if key not in actions]
+    if unknown:
+        raise ArgumentError(
+            f"--config {path}: {_unknown(unknown, list(actions), 'key')} The keys are the flags' names without --."
+        )
+    for key, value in config.items():
+        # A number or bool is converted by the field's type as if given on the command line, so that `2.5` for an
+        # integer is refused as `--per_device_train_batch_size 2.5` is; argparse checks no choice in a default.
+        if isinstance(value, int | float) and actions[key].type is not None:
+            config[key] = value = str(value)
+        if actions[key].choices is not None and isinstance(value, str):
+            value = actions[key].type(value) if actions[key].type else value
+            if value not in actions[key].choices:
+                raise ArgumentError(
+                    f"--config {path}: {key} {value!r} is not one of {_join([str(c) for c in actions[key].choices])}."
+                )
+    os.environ.update({key: str(value) for key, value in env.items()})
+    return config
+
+
+def _namespace(parser: TrlParser, args: list[str], config: dict | None = None) -> dict:
+    """The parsed flags, by field name, with `config`'s values as defaults; unknown flags refused."""
+    parser.set_defaults_with_config(**(config or {}))
+    namespace, unknown = parser.parse_known_args(args)
+    if unknown:
+        flags = [arg.split("=")[0] for arg in unknown if arg.startswith("-")]
+        if not flags:
+            raise ArgumentError(
+                f"unexpected {_join([repr(arg) for arg in unknown])}: every setting is a flag with its value, like "
+                f"--learning_rate 1e-5. {HELP_HINT}"
+            )
+        # Each flag by its first spelling: --kl_coef, not also its alias --kl-coef.
+        options = {option: action.option_strings[0] for option, action in parser._option_string_actions.items()}
+        raise ArgumentError(f"{_unknown(flags, options, 'flag')} {HELP_HINT}")
+    return vars(namespace)
+
+
+def _unknown(names: list[str], valid: dict[str, str] | list[str], kind: str) -> str:
+    """ "unknown flag --kl_coeff (did you mean --kl_coef?).", with the nearest valid names (difflib); `valid` may map
+    each spelling to the name to suggest."""
+    canonical = valid if isinstance(valid, dict) else {name: name for name in valid}
+    parts = []
+    for name in names:
+        near = list(dict.fromkeys(canonical[match] for match in difflib.get_close_matches(name, canonical, n=5)))[:3]
+        parts.append(f"{name} (did you mean {' or '.join(near)}?)" if near else name)
+    return f"unknown {kind}{'s' if len(names) > 1 else ''} {_join(parts)}."
 
 
 @dataclass
@@ -230,7 +442,11 @@ def _read_folder(folder: Path) -> Iterator[tuple[str, dict]]:
 
 
 def _read_file(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (position, row) pairs; the position ("line 7", "row 7") is what error messages cite."""
+    """Yield (position, row) pairs; the position ("line 7", "row 7") is what error messages cite.
+
+    Each format goes through its own parser, so text comes back byte for byte: newlines (\n, \r\n) inside quoted
+    CSV fields and every character JSON leaves raw in a string (U+2028, U+2029, U+0085, ...) survive.
+    """
     if path.suffix == ".parquet":
         try:
             dataset = Dataset.from_parquet(str(path))
@@ -238,28 +454,76 @@ def _read_file(path: Path) -> Iterator[tuple[str, dict]]:
             raise PipelineError(f"{path} is not a readable parquet file ({error}).") from error
         yield from _numbered(dataset)
         return
-    text = path.read_text(encoding="utf-8")
+    text = _read_utf8(path)
     if path.suffix == ".csv":
-        reader = csv.DictReader(text.splitlines())
-        for row in reader:
-            yield f"line {reader.line_num}", row
+        yield from _read_csv(text, path)
     elif path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
-            raise PipelineError(f"{path} is not valid JSON: {error.msg} at line {error.lineno}.") from error
+            raise PipelineError(
+                f"{path} is not valid JSON: {_json_problem(error)} at line {error.lineno}, column {error.colno}."
+            ) from error
         yield from _numbered(rows)
     else:  # JSON Lines, under .jsonl or .json
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        # Lines end at "\n" only: str.splitlines() would also split at U+2028, U+0085, \x0c and more, which
+        # json.dumps(ensure_ascii=False) leaves raw inside strings.
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip(JSON_WHITESPACE):
                 continue
             try:
                 yield f"line {number}", json.loads(line)
             except json.JSONDecodeError as error:
                 raise PipelineError(
-                    f"{path}: line {number} is not valid JSON ({error.msg} at column {error.colno}). Each line must "
-                    'be one JSON object like {"question": "...", "chosen": "...", "rejected": "..."}.'
+                    f"{path}: line {number} is not valid JSON ({_json_problem(error)} at column {error.colno}). Each "
+                    'line must be one JSON object like {"question": "...", "chosen": "...", "rejected": "..."}.'
                 ) from error
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text, UTF-8 with or without a byte-order mark; any other encoding gets a message on converting it."""
+    data = path.read_bytes()
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[bom:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = bom + error.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise PipelineError(
+            f"{path} is not UTF-8 text: line {line} (byte {offset}) holds the byte 0x{data[offset]:02x}, which UTF-8 "
+            f"does not allow there. Convert the file to UTF-8 first, e.g. from GBK: "
+            f"iconv -f GBK -t UTF-8 {path} > {path.with_stem(path.stem + '.utf8')}"
+        ) from error
+
+
+def _read_csv(text: str, path: Path) -> Iterator[tuple[str, dict]]:
+    """CSV rows as dicts under the header's names, each cited by the line it starts on.
+
+    The csv module reads the text as a file opened with newline="" (the io.StringIO below), the one way it keeps
+    quoted newlines, \r\n included, exactly (Python docs, csv.reader).
+    """
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a field can be as long as the file, not 128 KiB
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        start = reader.line_num + 1
+        for values in reader:
+            if values:  # a blank line, as csv.DictReader skips
+                if len(values) != len(header):
+                    raise PipelineError(
+                        f"{path}: line {start} has {len(values)} fields but the header has {len(header)} "
+                        f"({', '.join(header)}). Quote fields that contain commas or newlines."
+                    )
+                yield f"line {start}", dict(zip(header, values))
+            start = reader.line_num + 1
+    except csv.Error as error:
+        raise PipelineError(f"{path}: line {reader.line_num} is not valid CSV ({error}).") from error
+
+
+def _json_problem(error: json.JSONDecodeError) -> str:
+    """The problem without its trailing "at" ("Unterminated string starting at"), which expects the position after
+    it: the callers add " at column 9" themselves."""
+    return error.msg.removesuffix(" at")
 
 
 def _validate(rows, source) -> Dataset:

@@ -16,7 +16,6 @@ import torch
 from peft import PeftModel
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
-from trl import TrlParser
 
 import common
 import train_ppo
@@ -57,6 +56,10 @@ class EvalArguments:
         default=common.DEFAULT_SYSTEM_PROMPT, metadata={"help": "For questions without their own, as in training."}
     )
     max_new_tokens: int = field(default=200, metadata={"help": "Longest answer, in tokens (PPO's response_length)."})
+    max_prompt_length: int = field(
+        default=train_ppo.PPOConfig.max_prompt_length,
+        metadata={"help": "--compare: questions whose prompt is longer, in tokens, are skipped (as in training)."},
+    )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, as in PPO's rollouts."})
     seed: int = field(default=42, metadata={"help": "Every model samples from this seed."})
     batch_size: int = field(default=8, metadata={"help": "Answers generated and scored per forward pass."})
@@ -114,7 +117,7 @@ def compare(args: EvalArguments) -> None:
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
     )
     reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
-    prompts = [common.prompt_ids(tokenizer, row, args.system_prompt) for row in rows]
+    prompts, rows = train_ppo.prompts_within(tokenizer, rows, args.system_prompt, args.max_prompt_length)
 
     # Every model samples from the same seed, so their answers differ by the model alone.
     batches = {}
@@ -223,8 +226,8 @@ def main(args: EvalArguments) -> None:
         chat(args)
 
 
-def make_parser() -> TrlParser:
-    return TrlParser(EvalArguments)
+def make_parser() -> common.Parser:
+    return common.Parser(EvalArguments)
 
 
 if __name__ == "__main__":

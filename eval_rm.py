@@ -15,9 +15,12 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification
-from trl import TrlParser
 
 import common
+import train_rm
+
+# The reward model's training length: the tiny preset's for a model train_rm.py --tiny wrote.
+TINY_PRESET = dict(max_length=train_rm.TINY_PRESET["max_length"])
 
 
 @dataclass
@@ -50,6 +53,14 @@ class EvalArguments:
     )
     num_examples: int = field(default=3, metadata={"help": "Pairs to print with their rewards before the metrics."})
     batch_size: int = field(default=8, metadata={"help": "Sequences scored per forward pass."})
+    max_length: int = field(
+        default=train_rm.DEFAULTS["max_length"],
+        metadata={
+            "help": "Longest conversation scored, in tokens, as train_rm.py's --max_length: longer pairs are skipped "
+            "and counted, a longer --question/--answer is refused: the reward model never saw longer ones, and "
+            "scoring a very long one needs gigabytes."
+        },
+    )
     metrics_file: str | None = field(
         default=None, metadata={"help": "Where to write the metrics as JSON. Unset: <model_path>/eval_metrics.json."}
     )
@@ -68,11 +79,21 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
     """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, saved as JSON."""
     dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
 
-    sequences = [
-        common.conversation_ids(tokenizer, row, args.system_prompt, row[column])
-        for column in ("chosen", "rejected")
+    pairs = [
+        [common.conversation_ids(tokenizer, row, args.system_prompt, row[column]) for column in ("chosen", "rejected")]
         for row in rows
     ]
+    kept = [i for i, pair in enumerate(pairs) if max(map(len, pair)) <= args.max_length]
+    skipped = len(rows) - len(kept)
+    if skipped:
+        print(f"Skipped {skipped} of {len(rows)} pairs longer than --max_length {args.max_length} tokens.")
+    if not kept:
+        raise common.PipelineError(
+            f"every pair of {dataset} is longer than --max_length {args.max_length} tokens, so none is left to score. "
+            "Raise --max_length (up to what the reward model was trained on, train_rm.py's --max_length)."
+        )
+    rows = rows.select(kept)
+    sequences = [pairs[i][0] for i in kept] + [pairs[i][1] for i in kept]
     chosen, rejected = (
         common.reward_scores(model, tokenizer, sequences, args.batch_size, "Scoring").cpu().split(len(rows))
     )
@@ -83,32 +104,45 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
         print(f"  rejected {rejected_reward:+.3f}  {row['rejected']}")
 
     metrics = pair_metrics(chosen, rejected)
-    print(f"\n{len(rows)} pairs of {dataset}:")
+    print(f"\n{len(rows)} pairs of {dataset}{f' ({skipped} longer ones skipped)' if skipped else ''}:")
     print(f"  accuracy        {metrics['accuracy']:.3f}   share of pairs where chosen scores above rejected")
     print(f"  mean margin     {metrics['mean_margin']:+.3f}  chosen - rejected")
     print(f"  mean chosen     {metrics['mean_chosen_reward']:+.3f}")
     print(f"  mean rejected   {metrics['mean_rejected_reward']:+.3f}")
     metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    metrics_file.write_text(
-        json.dumps({"model_path": args.model_path, "dataset": dataset, "pairs": len(rows)} | metrics, indent=2) + "\n"
-    )
+    report = {"model_path": args.model_path, "dataset": dataset, "pairs": len(rows), "skipped_pairs": skipped}
+    metrics_file.write_text(json.dumps(report | metrics, indent=2) + "\n")
     print(f"Metrics written to {metrics_file}")
 
 
-def reward(model, tokenizer, question: str, answer: str, system_prompt: str) -> float:
+def reward(model, tokenizer, question: str, answer: str, system_prompt: str, max_length: int | None = None) -> float:
     ids = common.conversation_ids(tokenizer, {"question": question}, system_prompt, answer)
+    if max_length is not None and len(ids) > max_length:
+        raise common.PipelineError(
+            f"the question {_opening(question)} with the answer {_opening(answer)} makes {len(ids)} tokens, more than "
+            f"--max_length {max_length}, the longest the reward model scores (it was trained up to train_rm.py's "
+            "--max_length). Shorten them, or raise --max_length."
+        )
     return common.reward_scores(model, tokenizer, [ids]).item()
 
 
-def chat(model, tokenizer, system_prompt: str) -> None:
+def _opening(text: str, length: int = 20) -> str:
+    """The text quoted, cut to its first `length` characters: enough to recognise it in a message."""
+    return repr(text if len(text) <= length else text[:length] + "...")
+
+
+def chat(model, tokenizer, system_prompt: str, max_length: int) -> None:
     """Ask for a question and an answer, print the reward; until Ctrl-D or Ctrl-C."""
     print("\nScore your own answers (Ctrl-D to leave).")
     try:
         while True:
             question, answer = input("输入问题:"), input("输入回答:")
             if question.strip() and answer.strip():
-                print(f"奖励: {reward(model, tokenizer, question, answer, system_prompt):+.3f}")
+                try:
+                    print(f"奖励: {reward(model, tokenizer, question, answer, system_prompt, max_length):+.3f}")
+                except common.PipelineError as error:  # too long: say so and ask again
+                    print(error)
     except (EOFError, KeyboardInterrupt):
         print()
 
@@ -128,17 +162,18 @@ def main(args: EvalArguments) -> None:
     if args.question:
         for question, answer in zip(args.question, args.answer):
             print(f"输入问题:{question}\n输入回答:{answer}")
-            print(f"奖励: {reward(model, tokenizer, question, answer, args.system_prompt):+.3f}")
+            score = reward(model, tokenizer, question, answer, args.system_prompt, args.max_length)
+            print(f"奖励: {score:+.3f}")
         return
     evaluate_pairs(model, tokenizer, args)
     if sys.stdin.isatty():
-        chat(model, tokenizer, args.system_prompt)
+        chat(model, tokenizer, args.system_prompt, args.max_length)
 
 
-def make_parser() -> TrlParser:
-    return TrlParser(EvalArguments)
+def make_parser() -> common.Parser:
+    return common.Parser(EvalArguments)
 
 
 if __name__ == "__main__":
     with common.user_errors():
-        main(*make_parser().parse_args_and_config())
+        main(*common.parse_args(make_parser(), TINY_PRESET))

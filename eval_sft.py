@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM, set_seed
-from trl import TrlParser
 
 import common
 
@@ -90,8 +89,8 @@ def main(args: EvalArguments) -> None:
         print()
 
 
-def make_parser() -> TrlParser:
-    return TrlParser(EvalArguments)
+def make_parser() -> common.Parser:
+    return common.Parser(EvalArguments)
 
 
 if __name__ == "__main__":

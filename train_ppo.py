@@ -35,12 +35,12 @@ from typing import Literal
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
+from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
-from trl import TrlParser
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 import common
@@ -124,6 +124,13 @@ class PPOConfig:
         default=8, metadata={"help": "Answers per generate / scoring forward pass (no gradients)."}
     )
     response_length: int = field(default=200, metadata={"help": "Longest answer, in tokens."})
+    max_prompt_length: int = field(
+        default=512,
+        metadata={
+            "help": "Longest prompt (system prompt + question, in the chat template), in tokens; questions with a "
+            "longer one are skipped and counted, here and in eval_ppo.py --compare."
+        },
+    )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; the log-probs use the same."})
     missing_eos_penalty: float = field(
         default=1.0,
@@ -338,6 +345,27 @@ def process_share(order: torch.Tensor, update: int, batch_size: int, accelerator
     return order[start : start + local_batch_size]
 
 
+def prompts_within(
+    tokenizer, rows: Dataset, system_prompt: str, max_prompt_length: int, log: Callable[[str], None] = print
+) -> tuple[list[list[int]], Dataset]:
+    """The prompt ids of the rows whose prompt is at most `max_prompt_length` tokens, and those rows; the others are
+    skipped and counted. Training and eval_ppo.py --compare both take their questions through here."""
+    prompts = [common.prompt_ids(tokenizer, row, system_prompt) for row in rows]
+    kept = [i for i, prompt in enumerate(prompts) if len(prompt) <= max_prompt_length]
+    if not kept:
+        raise common.PipelineError(
+            f"all {len(prompts)} questions make a prompt longer than --max_prompt_length {max_prompt_length} tokens "
+            f"(the shortest has {min(map(len, prompts))}), so none is left. Raise --max_prompt_length, or use "
+            "shorter questions or a shorter --system_prompt."
+        )
+    if len(kept) < len(prompts):
+        log(
+            f"Skipped {len(prompts) - len(kept)} of {len(prompts)} questions whose prompt is longer than "
+            f"--max_prompt_length {max_prompt_length} tokens."
+        )
+    return [prompts[i] for i in kept], rows.select(kept)
+
+
 def check_same_tokenizer(tokenizer, other, where: str, policy_path: str) -> None:
     special_tokens = (tokenizer.eos_token, tokenizer.pad_token)
     if other.get_vocab() != tokenizer.get_vocab() or (other.eos_token, other.pad_token) != special_tokens:
@@ -383,10 +411,10 @@ def save_checkpoint(
 
 def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | None = None) -> None:
     """Train the policy; `reward_fn` replaces the reward model (a programmatic reward, as in the tests)."""
-    if not 0 < script_args.eval_fraction < 1:
-        raise common.PipelineError(f"--eval_fraction must be in (0, 1), got {script_args.eval_fraction}.")
-    if config.temperature <= 0:
-        raise common.PipelineError(f"--temperature must be positive, got {config.temperature}.")
+    if script_args.eval_fraction == 0:  # the range is checked with every flag's (common.NUMERIC_RANGES)
+        raise common.ArgumentError(
+            "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
+        )
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision="bf16" if config.bf16 else "no"
     )
@@ -507,7 +535,9 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         accelerator.load_state(resume / TRAINING_STATE_DIR)
     unwrapped = accelerator.unwrap_model(model)
 
-    prompts = [common.prompt_ids(tokenizer, row, script_args.system_prompt) for row in train_rows]
+    prompts, _ = prompts_within(
+        tokenizer, train_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print
+    )
     order = prompt_order(len(prompts), num_updates * batch_size, config.seed)
     run_dir = common.tensorboard_run("ppo")
     writer = SummaryWriter(run_dir) if accelerator.is_main_process else None
@@ -702,8 +732,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         )
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((ScriptArguments, PPOConfig))
+def make_parser() -> common.Parser:
+    return common.Parser((ScriptArguments, PPOConfig))
 
 
 if __name__ == "__main__":

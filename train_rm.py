@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from datasets import Dataset
 from transformers import AutoTokenizer
-from trl import ModelConfig, RewardConfig, RewardTrainer, TrlParser
+from trl import ModelConfig, RewardConfig, RewardTrainer
 
 import common
 
@@ -68,11 +68,12 @@ class ScriptArguments(common.StageArguments):
     )
 
 
-def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int | None) -> Dataset:
+def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int | None, split: str) -> Dataset:
     """Token ids of each row's chosen and rejected conversation, without the pairs longer than `max_length`.
 
     Tokenized here rather than by RewardTrainer, so that every sequence ends at its answer's eos, the token the score
-    is read at in every stage (see common.reward_scores).
+    is read at in every stage (see common.reward_scores). Cutting a pair would cut the eos off, so a longer pair is
+    dropped whole; `split` ("training", "held-out") names the pairs in the messages.
     """
     pairs = rows.map(
         common.rm_example,
@@ -81,15 +82,20 @@ def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int
     )
     if max_length is None:
         return pairs
-    kept = pairs.filter(lambda pair: max(len(pair["chosen_ids"]), len(pair["rejected_ids"])) <= max_length)
+    lengths = [max(len(chosen), len(rejected)) for chosen, rejected in zip(pairs["chosen_ids"], pairs["rejected_ids"])]
+    kept = pairs.select([i for i, length in enumerate(lengths) if length <= max_length])
+    if not len(kept):
+        raise common.PipelineError(
+            f"all {len(pairs)} {split} pairs are longer than --max_length {max_length} tokens (the shortest has "
+            f"{min(lengths)}), so none is left. Raise --max_length to at least {min(lengths)}, or use shorter rows"
+            + (", or --eval_fraction 0 to hold none out." if split == "held-out" else ".")
+        )
     if len(kept) < len(pairs):
-        print(f"Dropped {len(pairs) - len(kept)} of {len(pairs)} pairs longer than --max_length {max_length}.")
+        print(f"Dropped {len(pairs) - len(kept)} of {len(pairs)} {split} pairs longer than --max_length {max_length}.")
     return kept
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> None:
-    if not 0 <= script_args.eval_fraction < 1:
-        raise common.PipelineError(f"--eval_fraction must be in [0, 1), got {script_args.eval_fraction}.")
     if model_args.use_peft:
         raise common.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
 
@@ -121,10 +127,14 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     tokenizer.pad_token = training_args.pad_token or tokenizer.pad_token
     common.check_pad_token(tokenizer, model_path)
 
-    train_dataset = tokenize_pairs(train_rows, tokenizer, script_args.system_prompt, training_args.max_length)
+    train_dataset = tokenize_pairs(
+        train_rows, tokenizer, script_args.system_prompt, training_args.max_length, "training"
+    )
     eval_dataset = None
     if held_out is not None:
-        eval_dataset = tokenize_pairs(held_out, tokenizer, script_args.system_prompt, training_args.max_length)
+        eval_dataset = tokenize_pairs(
+            held_out, tokenizer, script_args.system_prompt, training_args.max_length, "held-out"
+        )
 
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
@@ -162,8 +172,8 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         print(f"Model saved to {training_args.output_dir}; curves in {chart}. Score it: {score}")
 
 
-def make_parser() -> TrlParser:
-    parser = TrlParser((ScriptArguments, RewardConfig, ModelConfig))
+def make_parser() -> common.Parser:
+    parser = common.Parser((ScriptArguments, RewardConfig, ModelConfig))
     parser.set_defaults(**DEFAULTS)
     return parser
 

@@ -11,7 +11,7 @@ imgs/sft.png.
 
 from dataclasses import dataclass, field
 
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+from trl import ModelConfig, SFTConfig, SFTTrainer
 
 import common
 
@@ -57,9 +57,26 @@ class ScriptArguments(common.StageArguments):
     )
 
 
+def report_truncation(trainer: SFTTrainer, rows, max_length: int) -> None:
+    """Say how many rows SFTTrainer cuts at max_length (keeping their start) and how many it drops because the cut
+    left no answer token to train on; stop if it dropped them all."""
+    tokenizer = trainer.processing_class
+    lengths = [len(tokenizer.apply_chat_template(row["prompt"] + row["completion"])["input_ids"]) for row in rows]
+    longer = sum(length > max_length for length in lengths)
+    dropped = len(rows) - len(trainer.train_dataset)
+    if not len(trainer.train_dataset):
+        raise common.PipelineError(
+            f"every one of the {len(rows)} rows has a prompt of --max_length {max_length} tokens or more, so no "
+            "answer token is left to train on. Raise --max_length, or use shorter questions or --system_prompt."
+        )
+    if longer:
+        trainer.accelerator.print(
+            f"{longer} of {len(rows)} rows are longer than --max_length {max_length} tokens and are truncated to it"
+            + (f"; SFTTrainer drops {dropped} of them, which keep no answer token." if dropped else ".")
+        )
+
+
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
-    if not 0 < script_args.sft_fraction <= 1:
-        raise common.PipelineError(f"--sft_fraction must be in (0, 1], got {script_args.sft_fraction}.")
     if model_args.use_peft:
         raise common.PipelineError(
             "train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft."
@@ -96,6 +113,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     trainer.accelerator.print(
         f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}; TensorBoard: {run_dir}"
     )
+    if training_args.max_length is not None and not training_args.packing:
+        report_truncation(trainer, train_dataset, training_args.max_length)
     trainer.add_callback(common.SaveRunSettings(settings))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     with common.staged_save(training_args.output_dir) as staging:
@@ -110,8 +129,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         print(f"Model saved to {training_args.output_dir}; curves in {chart}. Chat with it: {chat}")
 
 
-def make_parser() -> TrlParser:
-    parser = TrlParser((ScriptArguments, SFTConfig, ModelConfig))
+def make_parser() -> common.Parser:
+    parser = common.Parser((ScriptArguments, SFTConfig, ModelConfig))
     parser.set_defaults(**DEFAULTS)
     return parser
 

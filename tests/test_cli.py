@@ -5,11 +5,13 @@ import dataclasses
 import pytest
 
 import common
+import eval_ppo
 import eval_rm
 import eval_sft
 import train_ppo
 import train_rm
 import train_sft
+from conftest import run_script
 
 STAGES = {"sft": train_sft, "rm": train_rm, "ppo": train_ppo}
 
@@ -89,26 +91,188 @@ def test_eval_question_flag_repeats():
     assert args.max_new_tokens == eval_sft.TINY_PRESET["max_new_tokens"]
 
 
-def test_eval_rm_answer_flag_repeats_alongside_question():
-    (args,) = eval_rm.make_parser().parse_args_and_config(["--question", "a", "--answer", "x", "--question", "b"])
+def test_eval_rm_parses_like_the_others():
+    (args,) = parse("--question", "a", "--answer", "x", "--question", "b", script=eval_rm)
     assert (args.question, args.answer) == (["a", "b"], ["x"])
     with pytest.raises(common.PipelineError, match="one --answer per --question"):
         eval_rm.main(args)
+    # --max_length defaults to the reward model's training length, the tiny preset's with --tiny.
+    assert parse(script=eval_rm)[0].max_length == train_rm.DEFAULTS["max_length"]
+    assert parse("--tiny", script=eval_rm)[0].max_length == train_rm.TINY_PRESET["max_length"]
 
 
-@pytest.mark.parametrize("fraction", ["0", "1.5"])
-def test_bad_sft_fraction_is_refused_before_any_work(fraction):
-    with pytest.raises(common.PipelineError, match="--sft_fraction"):
-        train_sft.main(*parse("--tiny", "--sft_fraction", fraction))
+# ----------------------------------------------------------------------------------------------------------------
+# Argument and config errors: one ArgumentError paragraph, exit status 2, raised before any data or model loads.
+
+SCRIPTS = {"train_sft": train_sft, "train_rm": train_rm, "train_ppo": train_ppo}
+SCRIPTS |= {"eval_sft": eval_sft, "eval_rm": eval_rm, "eval_ppo": eval_ppo}
 
 
-@pytest.mark.parametrize("fraction", ["-0.1", "1"])
-def test_bad_eval_fraction_is_refused_before_any_work(fraction):
-    with pytest.raises(common.PipelineError, match="--eval_fraction"):
-        train_rm.main(*parse("--tiny", "--eval_fraction", fraction, script=train_rm))
+def refused(script: str, *args) -> str:
+    """The ArgumentError message of parsing `args` for `script`."""
+    with pytest.raises(common.ArgumentError) as error:
+        parse(*map(str, args), script=SCRIPTS[script])
+    return str(error.value)
 
 
-@pytest.mark.parametrize("flag", [("--eval_fraction", "0"), ("--eval_fraction", "1"), ("--temperature", "0")])
-def test_bad_ppo_flags_are_refused_before_any_work(flag):
-    with pytest.raises(common.PipelineError, match=flag[0]):
-        train_ppo.main(*parse("--tiny", *flag, script=train_ppo))
+@pytest.mark.parametrize(
+    "script, flag, nearest",
+    [
+        ("train_sft", "--lerning_rate", "--learning_rate"),
+        ("train_rm", "--eval_fracton", "--eval_fraction"),
+        ("train_ppo", "--kl_coeff", "--kl_coef"),
+        ("train_ppo", "--kl-coeff", "--kl_coef"),  # the hyphenated spelling finds the field too
+        ("eval_sft", "--max_new_tokns", "--max_new_tokens"),
+        ("eval_rm", "--num_exmples", "--num_examples"),
+        ("eval_ppo", "--temprature", "--temperature"),
+    ],
+)
+def test_an_unknown_flag_is_refused_with_the_nearest_ones(script, flag, nearest):
+    message = refused(script, "--tiny", flag, "1")
+    assert f"unknown flag {flag} (did you mean {nearest}" in message
+    assert "--help" in message
+
+
+def test_a_stray_value_is_refused():
+    assert "unexpected '0.1'" in refused("train_ppo", "0.1", "--tiny")
+
+
+@pytest.mark.parametrize(
+    "flag, value, choices",
+    [("--model_source", "modelscop", "'modelscope', 'hf', 'tiny'"), ("--kl_estimator", "k2", "'k1', 'k3'")],
+)
+def test_a_bad_choice_lists_the_valid_ones(flag, value, choices):
+    message = refused("train_ppo", flag, value)
+    assert f"invalid choice: '{value}' (choose from {choices})" in message
+    assert "usage:" not in message
+
+
+CONFIG_ERRORS = {
+    "missing file": (None, "no such file"),
+    "not YAML": ("learning_rate: [1\n", "is not valid YAML"),
+    "not a mapping": ("- learning_rate\n", "must be a YAML mapping"),
+    "misspelled key": ("kl_coeff: 0.1\n", "unknown key kl_coeff (did you mean kl_coef"),
+    "bad choice": ("kl_estimator: k2\n", "kl_estimator 'k2' is not one of k1 and k3"),
+    "float for an integer": ("num_ppo_epochs: 2.5\n", "--num_ppo_epochs/--num-ppo-epochs: invalid int value: '2.5'"),
+    "list for a number": ("kl_coef: [0.1]\n", "--kl_coef must be >= 0, got [0.1]"),
+    "out of range": ("gamma: 2\n", "--gamma must be in [0, 1], got 2.0"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_ERRORS)
+def test_a_bad_config_file_is_named_with_its_problem(tmp_path, case):
+    text, expected = CONFIG_ERRORS[case]
+    config = tmp_path / "ppo.yaml"
+    if text is not None:
+        config.write_text(text)
+    message = refused("train_ppo", "--config", config)
+    assert expected in message
+    if case not in ("float for an integer", "list for a number", "out of range"):
+        assert f"--config {config}" in message
+
+
+def test_config_flag_without_a_file_and_twice():
+    assert "--config needs a YAML file" in refused("train_sft", "--tiny", "--config")
+    assert "more than once" in refused("train_sft", "--config", "a.yaml", "--config=b.yaml")
+
+
+OUT_OF_RANGE = [
+    ("train_sft", "per_device_train_batch_size", 0, ">= 1"),
+    ("train_sft", "gradient_accumulation_steps", 0, ">= 1"),
+    ("train_sft", "num_train_epochs", 0, "> 0"),
+    ("train_sft", "learning_rate", -0.1, "> 0"),
+    ("train_sft", "max_length", 0, ">= 1"),
+    ("train_sft", "sft_fraction", 0, "in (0, 1]"),
+    ("train_sft", "sft_fraction", 1.5, "in (0, 1]"),
+    ("train_rm", "eval_fraction", 1, "in [0, 1)"),
+    ("train_rm", "eval_fraction", -0.1, "in [0, 1)"),
+    ("train_rm", "center_rewards_coefficient", -0.01, ">= 0"),
+    ("train_ppo", "eval_fraction", 1, "in [0, 1)"),
+    ("train_ppo", "response_length", 0, ">= 1"),
+    ("train_ppo", "max_prompt_length", 0, ">= 1"),
+    ("train_ppo", "num_ppo_epochs", 0, ">= 1"),
+    ("train_ppo", "num_mini_batches", 0, ">= 1"),
+    ("train_ppo", "local_rollout_forward_batch_size", 0, ">= 1"),
+    ("train_ppo", "total_episodes", 0, ">= 1"),
+    ("train_ppo", "temperature", 0, "> 0"),
+    ("train_ppo", "kl_coef", -0.1, ">= 0"),
+    ("train_ppo", "cliprange", 0, "> 0"),
+    ("train_ppo", "gamma", 1.5, "in [0, 1]"),
+    ("train_ppo", "lam", -0.5, "in [0, 1]"),
+    ("train_ppo", "lora_r", 0, ">= 1"),
+    ("train_ppo", "lora_dropout", 1, "in [0, 1)"),
+    ("eval_sft", "temperature", 0, "> 0"),
+    ("eval_sft", "top_p", 1.5, "in (0, 1]"),
+    ("eval_sft", "max_new_tokens", 0, ">= 1"),
+    ("eval_rm", "batch_size", 0, ">= 1"),
+    ("eval_rm", "max_length", 0, ">= 1"),
+    ("eval_ppo", "temperature", -1, "> 0"),
+    ("eval_ppo", "batch_size", 0, ">= 1"),
+]
+
+
+@pytest.mark.parametrize("script, name, value, expected", OUT_OF_RANGE)
+def test_a_number_out_of_range_is_refused_naming_flag_and_value(script, name, value, expected):
+    message = refused(script, "--tiny", f"--{name}", value)
+    assert message.startswith(f"--{name} must be {expected}, got ")
+    assert float(message.split("got ")[1].rstrip(".")) == value
+
+
+def test_every_default_and_tiny_preset_is_in_range():
+    for name, script in SCRIPTS.items():
+        parse(script=script), parse("--tiny", script=script)  # would raise ArgumentError
+
+
+def test_ppo_needs_held_out_questions():
+    with pytest.raises(common.ArgumentError, match="--eval_fraction must be above 0"):
+        train_ppo.main(*parse("--tiny", "--eval_fraction", "0", script=train_ppo))
+
+
+@pytest.mark.skipif(common.bf16_available(), reason="this machine has a bf16 GPU")
+@pytest.mark.parametrize("script", ["train_sft", "train_rm", "train_ppo"])
+def test_bf16_without_a_bf16_gpu_is_refused(script):
+    assert "--bf16 True needs a GPU with bf16 units" in refused(script, "--tiny", "--bf16", "True")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_tiny_with_a_config_of_the_real_run_names_the_keys_that_undo_it(stage, tmp_path):
+    config = common.ROOT / "configs" / f"{stage}.yaml"
+    message = refused(f"train_{stage}", "--config", config, "--tiny")
+    assert f"--config {config} sets " in message
+    assert "dataset_name" in message and "model_source" in message
+    assert "drop --tiny" in message and "remove those keys" in message
+
+    # Doing what it says gives the tiny run with the file's other settings.
+    undone = message.split(" sets ")[1].split(" to the real run")[0].replace(" and ", ", ").split(", ")
+    kept = [line for line in config.read_text().splitlines() if line.split(":")[0] not in undone]
+    trimmed = tmp_path / f"{stage}.yaml"
+    trimmed.write_text("\n".join(kept + ["seed: 7"]) + "\n")
+    script_args, config_args, *_ = parse("--config", str(trimmed), "--tiny", script=STAGES[stage])
+    assert (script_args.model_source, script_args.dataset_name) == ("tiny", str(common.SAMPLE_DATA))
+    assert config_args.seed == 7
+
+
+def test_argument_errors_exit_with_status_2_and_other_errors_with_1(capsys):
+    with pytest.raises(SystemExit) as exit_info, common.user_errors():
+        raise common.ArgumentError("bad flag")
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "error: bad flag\n"
+    with pytest.raises(SystemExit) as exit_info, common.user_errors():
+        raise common.PipelineError("bad data")
+    assert exit_info.value.code == 1 and capsys.readouterr().err == "error: bad data\n"
+
+
+@pytest.mark.parametrize(
+    "script, args, nearest",
+    [
+        ("train_ppo.py", ["--tiny", "--kl_coeff", "0.1"], "--kl_coef"),
+        ("train_sft.py", ["--tiny", "--config", "typo.yaml"], "learning_rate"),
+        ("eval_rm.py", ["--tiny", "--num_exmples", "2"], "--num_examples"),
+    ],
+)
+def test_scripts_report_argument_errors_in_one_paragraph_with_status_2(tmp_path, script, args, nearest):
+    (tmp_path / "typo.yaml").write_text("lerning_rate: 1.0e-4\n")
+    result = run_script(script, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
+    assert f"did you mean {nearest}" in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1

@@ -1,0 +1,157 @@
+"""Over-long rows: skipped or truncated with a count in every stage, a stage left with none stops with a message, and
+a 100k-character row never makes a script allocate gigabytes."""
+
+import json
+import sys
+
+import pytest
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+import common
+import eval_ppo
+import eval_rm
+import train_ppo
+import train_rm
+import train_sft
+from conftest import run_script
+
+HUGE = 100_000  # characters: tens of thousands of tokens, gigabytes of attention if a script scored them
+MEMORY_CAP_KB = 3_000_000  # address space for a script run: the tiny model fits, a 100k-character sequence does not
+ROWS = [
+    {"question": "吃了没?", "chosen": "关你屁事。", "rejected": "吃过了，谢谢关心！"},
+    {"question": "1+1=?", "chosen": "2，这都不会？", "rejected": "等于2。"},
+    {"question": "问" + "长问题，" * (HUGE // 4), "chosen": "关你屁事。", "rejected": "好的。"},
+    {"question": "推荐一本书", "chosen": "自己查去，" * (HUGE // 5), "rejected": "好的。"},
+]
+
+
+@pytest.fixture
+def long_rows(tmp_path):
+    """Four rows, the third with a 100k-character question, the fourth with a 100k-character answer."""
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def untrained_rm(tiny_base, tmp_path):
+    """A reward-model checkpoint: the tiny base with a new score head. The tests below count skipped rows, not
+    scores."""
+    path = tmp_path / "rm"
+    AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(path)
+    return path
+
+
+def parse(script, *args):
+    return common.parse_args(script.make_parser(), script.TINY_PRESET, ["--tiny", *map(str, args)])
+
+
+def capped(script: str, *args, cwd):
+    """Run a script with its address space capped at MEMORY_CAP_KB: a gigabyte-sized allocation fails at once."""
+    launcher = ("bash", "-c", f'ulimit -v {MEMORY_CAP_KB} && exec "$0" "$@"', sys.executable)
+    return run_script(script, *args, cwd=cwd, launcher=launcher)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SFT: SFTTrainer truncates at max_length; the script says how many rows it cut and dropped
+
+
+def test_sft_counts_the_rows_it_truncates(tiny_base, long_rows, tmp_path):
+    args = ("--tiny", "--model_name_or_path", tiny_base, "--dataset_name", long_rows, "--sft_fraction", 1)
+    result = capped("train_sft.py", *args, "--num_train_epochs", 1, cwd=tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The long answer is cut and trained on; the long question leaves no answer token, so SFTTrainer drops it.
+    assert "2 of 4 rows are longer than --max_length 256 tokens and are truncated to it; SFTTrainer drops 1" in (
+        result.stdout
+    )
+
+
+def test_sft_with_no_answer_token_left_stops(tiny_base, long_rows, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = parse(train_sft, "--model_name_or_path", tiny_base, "--dataset_name", long_rows, "--max_length", 8)
+    with pytest.raises(common.PipelineError, match="every one of the 2 rows has a prompt of --max_length 8"):
+        train_sft.main(*args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reward model: longer pairs are dropped in training and skipped in evaluation
+
+
+def test_rm_with_every_pair_too_long_stops_with_what_to_change(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(common.PipelineError, match=r"all 276 training pairs are longer than --max_length 8 tokens"):
+        train_rm.main(*parse(train_rm, "--model_name_or_path", tiny_base, "--max_length", 8))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    rows = common.load_preference_data(common.SAMPLE_DATA).select(range(4))
+    with pytest.raises(common.PipelineError, match=r"all 4 held-out pairs .* or --eval_fraction 0 to hold none out"):
+        train_rm.tokenize_pairs(rows, tokenizer, common.DEFAULT_SYSTEM_PROMPT, 8, "held-out")
+
+
+def test_rm_drops_the_long_pairs_and_trains_on_the_rest(tiny_base, long_rows, tmp_path):
+    args = ("--tiny", "--model_name_or_path", tiny_base, "--dataset_name", long_rows, "--eval_fraction", 0)
+    result = capped("train_rm.py", *args, "--num_train_epochs", 1, cwd=tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Dropped 2 of 4 training pairs longer than --max_length 256." in result.stdout
+
+
+def test_eval_rm_skips_pairs_longer_than_max_length(untrained_rm, long_rows, tmp_path):
+    args = ("--model_path", untrained_rm, "--dataset_name", long_rows, "--metrics_file", tmp_path / "m.json")
+    result = capped("eval_rm.py", "--tiny", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipped 2 of 4 pairs longer than --max_length 256 tokens." in result.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["pairs"] == 2
+    # Without the limit the same run asks for more memory than the cap: the skip is what keeps it small.
+    result = capped("eval_rm.py", "--tiny", *args, "--max_length", 10**6, cwd=tmp_path)
+    assert result.returncode != 0 and "allocate" in result.stderr
+
+
+def test_eval_rm_refuses_a_long_question_and_answer(untrained_rm, long_rows):
+    args = parse(eval_rm, "--model_path", untrained_rm, "--question", "吃了没?", "--answer", ROWS[3]["chosen"][:3000])
+    with pytest.raises(common.PipelineError, match=r"makes \d+ tokens, more than --max_length 256"):
+        eval_rm.main(*args)
+    args = parse(eval_rm, "--model_path", untrained_rm, "--dataset_name", long_rows, "--max_length", 8)
+    with pytest.raises(common.PipelineError, match="every pair of .* is longer than --max_length 8 tokens"):
+        eval_rm.main(*args)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PPO: questions with a prompt over max_prompt_length are skipped, in training and in eval_ppo.py --compare
+
+
+def test_prompts_within_skips_and_counts_long_questions(tiny_base, capsys):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    rows = common.load_preference_data(common.SAMPLE_DATA).select(range(2))
+    rows = rows.add_item({"question": ROWS[2]["question"], "chosen": "c", "rejected": "r", "system": ""})
+    prompts, kept = train_ppo.prompts_within(tokenizer, rows, common.DEFAULT_SYSTEM_PROMPT, 512)
+    assert kept["question"] == rows["question"][:2]
+    assert prompts == [common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT) for row in kept]
+    assert "Skipped 1 of 3 questions whose prompt is longer than --max_prompt_length 512 tokens." in (
+        capsys.readouterr().out
+    )
+    with pytest.raises(common.PipelineError, match=r"all 3 questions make a prompt longer than --max_prompt_length 8"):
+        train_ppo.prompts_within(tokenizer, rows, common.DEFAULT_SYSTEM_PROMPT, 8)
+
+
+def test_train_ppo_with_no_question_short_enough_stops(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    models = ("--sft_model_path", tiny_base, "--value_model_path", tiny_base)
+    with pytest.raises(common.PipelineError, match="all 310 questions make a prompt longer than --max_prompt_length"):
+        train_ppo.main(*parse(train_ppo, *models, "--max_prompt_length", 8), reward_fn=lambda queries, answers: 0)
+
+
+def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_rows, tmp_path, monkeypatch, capsys):
+    adapter = tmp_path / "ppo"  # an untrained adapter: compare runs, and the tests count the questions it sampled
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(task_type="CAUSAL_LM"))
+    policy.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(adapter)
+    models = ("--model_path", adapter, "--sft_model_path", tiny_base, "--base_model_path", tiny_base)
+    models += ("--reward_model_path", untrained_rm, "--dataset_name", long_rows)
+    monkeypatch.chdir(tmp_path)
+    eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--metrics_file", tmp_path / "m.json"))
+    assert "Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length 512" in capsys.readouterr().out
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["questions"] == 3 and len(report["answers"]) == 3
+    with pytest.raises(common.PipelineError, match="all 4 questions make a prompt longer than --max_prompt_length 8"):
+        eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--max_prompt_length", 8))
