@@ -20,7 +20,7 @@ def test_training_loss_fell_and_the_curves_were_drawn_beside_the_run(sft_run):
     assert losses[-1] < losses[0]
     assert (run_dir / "sft.png").read_bytes().startswith(b"\x89PNG")
     assert not (sft_run / "imgs").exists()  # the README's charts are not a run's output
-    assert f"curves in {run_dir / 'sft.png'}" in (sft_run / "train.out").read_text()
+    assert f"curves in {(run_dir / 'sft.png').relative_to(sft_run)}" in (sft_run / "train.out").read_text()
 
 
 def test_stdout_has_a_summary_line_and_no_per_step_dict(sft_run):
