@@ -1,11 +1,12 @@
 # make demo: the whole pipeline on the offline tiny preset (CPU, a few minutes). make test: the test suite.
+# make figures: the README's charts in imgs/, from the three tiny training stages run in a temporary folder.
 # Both set up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
 
-.PHONY: demo test clean
+.PHONY: demo test figures clean
 
 demo: $(VENV)/installed
 	$(PYTHON) train_sft.py --tiny
@@ -24,6 +25,16 @@ demo: $(VENV)/installed
 
 test: $(VENV)/installed
 	$(PYTHON) -m pytest
+
+# Runs write their charts beside their TensorBoard scalars (tensorboard/<stage>/<time>/<stage>.png), never into
+# imgs/; this is the one command that does, from a fresh tiny run of its own.
+figures: $(VENV)/installed
+	tmp=$$(mktemp -d) && cd $$tmp && \
+	$(abspath $(PYTHON)) $(CURDIR)/train_sft.py --tiny && \
+	$(abspath $(PYTHON)) $(CURDIR)/train_rm.py --tiny && \
+	$(abspath $(PYTHON)) $(CURDIR)/train_ppo.py --tiny && \
+	for stage in sft rm ppo; do cp tensorboard/$$stage/*/$$stage.png $(CURDIR)/imgs/; done && \
+	rm -rf $$tmp
 
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)

@@ -11,7 +11,10 @@ import difflib
 import errno
 import fcntl
 import io
+import itertools
 import json
+import logging
+import math
 import os
 import re
 import shlex
@@ -28,11 +31,12 @@ from typing import Literal, get_args
 
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 from datasets import Dataset
 from safetensors import SafetensorError, safe_open
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
-from transformers import AutoTokenizer, GenerationConfig, TrainerCallback
+from transformers import AutoTokenizer, GenerationConfig, ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import TrlParser
 
@@ -53,8 +57,13 @@ SFT_DIR = CHECKPOINT_ROOT / "sft"
 RM_DIR = CHECKPOINT_ROOT / "rm"
 PPO_DIR = CHECKPOINT_ROOT / "ppo"
 HELD_OUT_FILE = "held_out.jsonl"  # train_rm.py and train_ppo.py save their held-out rows beside the model
-TENSORBOARD_ROOT = Path("tensorboard")
-IMGS_DIR = Path("imgs")
+TENSORBOARD_ROOT = Path("tensorboard")  # each run's scalars and its chart: tensorboard/<stage>/<time>/<stage>.png
+# Charts: panels of 4 x 3 inches at 100 dpi, 3 a row, so a chart is at most 1200 px wide and reads at README width;
+# the smoothing weight is TensorBoard's default, so the chart looks like the TensorBoard page.
+CHART_COLUMNS = 3
+CHART_PANEL_SIZE = (4, 3)
+CHART_DPI = 100
+CHART_SMOOTHING = 0.6
 
 # A checkpoint is complete when its marker (config.json; adapter_config.json for a LoRA adapter) sits beside these.
 CHECKPOINT_MARKERS = ("config.json", "adapter_config.json")
@@ -382,6 +391,12 @@ class StageArguments:
 def bf16_available() -> bool:
     """bf16 only on a GPU with bf16 units: a CPU without them runs a fallback GEMM many times slower than fp32."""
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def accelerator_available() -> bool:
+    """Whether there is a GPU (or other accelerator) to copy batches to. The Trainer's DataLoader pins memory only
+    then (dataloader_pin_memory): without one, pinning does nothing and torch warns about it at every run."""
+    return torch.accelerator.is_available()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1140,10 +1155,12 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
             activation_checkpointing=False,
             report_to="none",
             save_strategy="no",
-            logging_strategy="no",
+            logging_strategy="epoch",  # the loss in the progress bar, once an epoch
+            dataloader_pin_memory=accelerator_available(),
             **TINY_BASE_TRAINING,
         )
         trainer = SFTTrainer(model=model, args=args, train_dataset=polite, processing_class=tokenizer)
+        compact_progress(trainer)
         trainer.train()
     shutil.rmtree(partial, ignore_errors=True)
     trainer.model.save_pretrained(partial)
@@ -1168,43 +1185,122 @@ def _build_tiny_base_alone(path: Path) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Logging and charts
 
+# What the Trainer's progress bar shows of each log, when the run logged it; every value goes to TensorBoard.
+PROGRESS_POSTFIX = ("loss", "eval_loss", "eval_accuracy")
 
-def tensorboard_run(stage: str) -> Path:
+
+class CompactProgress(ProgressCallback):
+    """The Trainer's progress bar with the latest loss (and held-out accuracy) as its postfix, where the stock
+    callback prints one dict per logging step on stdout (132 of them for train_sft.py --tiny), and one summary line
+    at the end instead of the Trainer's {'train_runtime': ...} dict."""
+
+    def __init__(self):
+        super().__init__()
+        self.postfix = {}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None:
+            return
+        if "train_runtime" in logs:  # the Trainer's last log, of the whole run
+            self.training_bar.write(
+                f"Trained {state.global_step} steps in {logs['train_runtime']:.0f} s, mean training loss "
+                f"{logs['train_loss']:.4g}."
+            )
+            return
+        self.postfix |= {key: f"{logs[key]:.4g}" for key in PROGRESS_POSTFIX if key in logs}
+        self.training_bar.set_postfix(self.postfix, refresh=False)
+
+
+def compact_progress(trainer) -> None:
+    """Swap the Trainer's progress bar for `CompactProgress` (none with --disable_tqdm, which asks for plain logs)."""
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(CompactProgress)
+
+
+def tensorboard_run(stage: str, continued: str | Path | None = None) -> Path:
     """tensorboard/<stage>/<YYYY-mm-dd HH-MM-SS>, one folder per run as the original, and point the Trainer's
     TensorBoard callback at it: transformers 5 reads TENSORBOARD_LOGGING_DIR (TrainingArguments.logging_dir is
-    gone)."""
-    run_dir = TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
+    gone). `continued`, a run folder that exists, is reused instead (a resumed run continues its curves).
+
+    Every process calls this under accelerate launch; the main process creates the folder, exclusively, with a suffix
+    if a run started in the same second already has the name, and every process gets its name.
+    """
+    state = PartialState()
+    run_dir = Path(continued) if continued is not None and Path(continued).is_dir() else None
+    if run_dir is None and state.is_main_process:
+        stamp = TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
+        for attempt in itertools.count(1):
+            run_dir = stamp if attempt == 1 else stamp.with_name(f"{stamp.name}-{attempt}")
+            try:
+                run_dir.mkdir(parents=True)  # fails if the folder exists: two runs never share one
+                break
+            except FileExistsError:
+                continue
+    if state.num_processes > 1:
+        run_dir = Path(broadcast_object_list([run_dir])[0])
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
     return run_dir
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar a TensorBoard run logged, as tag -> [(step, value), ...]."""
+    """Every scalar a TensorBoard run logged, as tag -> [(step, value), ...].
+
+    Points a resumed run replaced (train_ppo.py's purge_step) are left out; the reader's warning that it left them
+    out, worded as if TensorFlow had crashed ("Detected out of order event.step ... Purging expired events"), is
+    filtered here, where that purge is what was asked for.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    def not_a_purge(record: logging.LogRecord) -> bool:
+        return "Purging expired events" not in record.getMessage()
+
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
-    events.Reload()
+    reader_log = logging.getLogger("tensorboard")
+    reader_log.addFilter(not_a_purge)
+    try:
+        events.Reload()
+    finally:
+        reader_log.removeFilter(not_a_purge)
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def plot_scalars(run_dir: str | Path, tags: list[str], out_path: str | Path, title: str) -> Path:
-    """Render the given scalars of a TensorBoard run side by side to a PNG (tags the run lacks are skipped)."""
-    from matplotlib.figure import Figure
+def smoothed(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so that the first points are not pulled
+    towards 0 (tensorboard/plugins/scalar/tf_scalar_dashboard, the "Smoothing" slider)."""
+    average, result = 0.0, []
+    for count, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        result.append(average / (1 - weight**count))
+    return result
 
+
+def plot_scalars(run_dir: str | Path, tags: list[str], title: str, xlabel: str = "step") -> Path:
+    """Chart the given scalars of a TensorBoard run into <run_dir>/<stage>.png, beside the run's events, and return
+    its path (tags the run lacks are skipped). At most CHART_COLUMNS panels a row, so that it reads at README width;
+    each panel draws the raw values faintly and their smoothed line over them."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    run_dir = Path(run_dir)
     scalars = read_scalars(run_dir)
     tags = [tag for tag in tags if tag in scalars]
     if not tags:
         raise PipelineError(f"the TensorBoard run {run_dir} logged none of the scalars to chart.")
-    figure = Figure(figsize=(4 * len(tags), 3.2))
-    for axes, tag in zip(figure.subplots(1, len(tags), squeeze=False)[0], tags):
+    rows = math.ceil(len(tags) / CHART_COLUMNS)
+    columns = math.ceil(len(tags) / rows)  # rows filled evenly: 4 panels are 2 x 2, not 3 + 1
+    figure = Figure(figsize=(CHART_PANEL_SIZE[0] * columns, CHART_PANEL_SIZE[1] * rows), layout="constrained")
+    panels = list(figure.subplots(rows, columns, squeeze=False).flat)
+    for axes, tag in zip(panels, tags):
         steps, values = zip(*scalars[tag])
-        axes.plot(steps, values)
-        axes.set_title(tag)
-        axes.set_xlabel("step")
+        (raw,) = axes.plot(steps, values, alpha=0.3, linewidth=1)
+        axes.plot(steps, smoothed(values), color=raw.get_color(), linewidth=1.8)
+        axes.set_title(tag, fontsize="medium")
+        axes.set_xlabel(xlabel)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and updates are whole numbers
         axes.grid(alpha=0.3)
-    figure.suptitle(title)
-    figure.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out_path, dpi=100)
+    for axes in panels[len(tags) :]:  # the empty places of a last row that is not full
+        axes.remove()
+    figure.suptitle(f"{title}\nfaint: every logged value; solid: smoothed as in TensorBoard ({CHART_SMOOTHING})")
+    out_path = run_dir / f"{run_dir.parent.name}.png"
+    figure.savefig(out_path, dpi=CHART_DPI)
     return out_path

@@ -9,6 +9,7 @@ model exactly as PPO did, and writes the table and every answer to checkpoint/pp
 """
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,10 +90,17 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
     return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
 
 
-def sample(model, tokenizer, prompts: list[list[int]], args: EvalArguments) -> dict[str, torch.Tensor]:
+def sample(
+    model, tokenizer, prompts: list[list[int]], args: EvalArguments, progress: str | None = None
+) -> dict[str, torch.Tensor]:
     return train_ppo.generate(
-        model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.batch_size, model.device
+        model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.batch_size, model.device, progress
     )
+
+
+def one_line(answer: str) -> str:
+    """An answer on one line of the table, its line breaks shown as ⏎ (the JSON file keeps them)."""
+    return re.sub(r"\r\n|\r|\n", "⏎", answer)
 
 
 def kl_to_sft(model: PeftModel, batch: dict[str, torch.Tensor], args: EvalArguments) -> torch.Tensor:
@@ -127,15 +135,15 @@ def compare(args: EvalArguments) -> None:
     )
     train_ppo.check_same_tokenizer(tokenizer, base_tokenizer, f"the base model ({base_path})", args.sft_model_path)
     set_seed(args.seed)
-    batches["base"] = sample(base, tokenizer, prompts, args)
+    batches["base"] = sample(base, tokenizer, prompts, args, "Sampling base")
     del base
     with ppo.disable_adapter():
         set_seed(args.seed)
-        batches["sft"] = sample(ppo, tokenizer, prompts, args)
+        batches["sft"] = sample(ppo, tokenizer, prompts, args, "Sampling sft")
     # Unmerged, unlike in training: on a bf16 GPU, merging and unmerging would round the SFT weights in bf16, and the
     # KL to SFT below needs them exact.
     set_seed(args.seed)
-    batches["ppo"] = sample(ppo, tokenizer, prompts, args)
+    batches["ppo"] = sample(ppo, tokenizer, prompts, args, "Sampling ppo")
 
     results = {}
     for name, batch in tqdm(batches.items(), "Scoring"):
@@ -162,7 +170,7 @@ def compare(args: EvalArguments) -> None:
     for i, row in enumerate(rows.select(range(min(args.num_examples, len(rows))))):
         print(f"问题: {row['question']}")
         for name, result in results.items():
-            print(f"  {name:<5} {result['scores'][i]:+.3f}  {result['answers'][i]}")
+            print(f"  {name:<5} {result['scores'][i]:+.3f}  {one_line(result['answers'][i])}")
     metrics = {
         name: {
             "mean_reward": result["scores"].mean().item(),

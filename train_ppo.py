@@ -10,8 +10,9 @@ arXiv:1707.06347). The implementation details follow "The N+ Implementation Deta
     python train_ppo.py --resume_from_checkpoint checkpoint/ppo/checkpoint-200
 
 Writes the policy's LoRA adapter and tokenizer to checkpoint/ppo, the critic to checkpoint/ppo/value, periodic
-training states to checkpoint/ppo/checkpoint-<update>, TensorBoard scalars to tensorboard/ppo/<time>, curves to
-imgs/ppo.png. Chat with the result or compare it with the base and SFT models: eval_ppo.py.
+training states to checkpoint/ppo/checkpoint-<update>, TensorBoard scalars and their chart to tensorboard/ppo/<time>
+(ppo.png; a resumed run continues its run's folder). Chat with the result or compare it with the base and SFT
+models: eval_ppo.py.
 
 Under N processes each answers its own 1/N of every update's prompts, so N processes with per_device_train_batch_size
 b train on the batch of one process with b and N times the gradient accumulation. Computed over the whole batch:
@@ -23,9 +24,12 @@ the minibatch shuffle, and the token mean inside each micro batch's loss.
 """
 
 import json
+import logging
 import math
+import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +37,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -56,6 +60,19 @@ PROGRESS_FILE = "progress.json"
 VALUE_DIR = "value"  # the critic, inside each PPO checkpoint: TRL's PPOTrainer never saved it (trl#3293)
 WHITEN_EPS = 1e-8
 CHART_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg", "loss/value_avg"]
+
+# Library messages that say nothing a user can act on, silenced by their exact text where they are raised:
+# - peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias in every PeftModel it builds or loads;
+warnings.filterwarnings(
+    "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, "transformers.modeling_utils"
+)
+
+
+# - accelerate's save_state leaves the LM head out of the saved weights because it is the embedding matrix itself
+#   (tie_word_embeddings, as in Qwen2.5-0.5B), and load_state fills both from that one copy: the resume test checks it.
+logging.getLogger("accelerate.utils.other").addFilter(
+    lambda record: not re.search(r"Removed shared tensor \{'[\w.]*lm_head\.weight'\}", record.getMessage())
+)
 
 # A CPU-sized run of the same recipe: short answers, a large learning rate for the tiny model's LoRA and critic, and
 # more updates per batch, so that the reward moves within a minute.
@@ -187,6 +204,43 @@ class PolicyAndValue(nn.Module):
         return common.response_logits(self.policy, inputs, width), critic_values(self.critic, inputs, width)
 
 
+def load_critic(path: str) -> nn.Module:
+    """The critic: the model at `path` with a new, randomly initialised score head (one output), or with its own
+    when `path` is a reward model, in fp32.
+
+    From a causal LM's checkpoint the score head is missing and the LM head unused, which transformers reports in a
+    LOAD REPORT table in terminal colour codes at every start; that expected case is said here in one line. Any other
+    missing, unexpected or mismatched weight still gets a warning. The report is filtered out rather than its logger
+    quietened: transformers 5.24 runs a tensor-parallel check, and warns "layers were not sharded", whenever that
+    logger's level is set to WARNING or above.
+    """
+
+    def not_the_load_report(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+    loader_log = logging.getLogger("transformers.modeling_utils")
+    loader_log.addFilter(not_the_load_report)
+    try:
+        critic, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch.float32, output_loading_info=True
+        )
+    finally:
+        loader_log.removeFilter(not_the_load_report)
+    new_head = sorted(key for key in info["missing_keys"] if key.startswith("score."))
+    unused = {key for key in info["unexpected_keys"] if key.startswith("lm_head.")}
+    surprises = set(info["missing_keys"]) - set(new_head) | set(info["unexpected_keys"]) - unused
+    surprises |= set(map(str, info["mismatched_keys"]))
+    if surprises:
+        warnings.warn(f"the critic from {path} did not load as a causal LM should: {', '.join(sorted(surprises))}")
+    if new_head:
+        PartialState().print(
+            f"The critic: {path} plus a new score head ({', '.join(new_head)}), randomly initialised."
+        )
+    else:
+        PartialState().print(f"The critic: {path}, its score head included.")
+    return critic
+
+
 def critic_values(critic: nn.Module, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
     """V(s_t) for each answer token t: the score head on the hidden state of the token before it."""
     hidden = getattr(critic, critic.base_model_prefix)(**inputs).last_hidden_state[:, -width - 1 : -1]
@@ -274,15 +328,24 @@ def merged(policy: PeftModel) -> Iterator[PeftModel]:
 
 @torch.no_grad()
 def generate(
-    policy, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float, chunk: int, device
+    policy,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    chunk: int,
+    device,
+    progress: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sampled answers to `prompts`, `chunk` at a time, cut after their first stop token, with the left-padded prompts.
+    """Sampled answers to `prompts`, `chunk` at a time, cut after their first stop token, with the left-padded prompts;
+    with a progress bar titled `progress` if given (training has its own bar over the updates).
 
     generate() runs with the KV cache and stops once every answer in the chunk has its stop token.
     """
     generation_config = common.sampling_config(tokenizer, max_new_tokens, temperature)
     queries, query_mask = (tensor.to(device) for tensor in common.padded(prompts, tokenizer.pad_token_id, "left"))
     responses = []
+    bar = tqdm(total=len(prompts), desc=progress, unit="answer", disable=progress is None)
     for i in range(0, len(prompts), chunk):
         output = policy.generate(
             input_ids=queries[i : i + chunk],
@@ -290,6 +353,8 @@ def generate(
             generation_config=generation_config,
         )
         responses.extend(output[:, queries.shape[1] :])
+        bar.update(len(output))
+    bar.close()
     responses = nn.utils.rnn.pad_sequence(responses, batch_first=True, padding_value=tokenizer.pad_token_id)
     responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
@@ -509,7 +574,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     sft_model = AutoModelForCausalLM.from_pretrained(script_args.sft_model_path, dtype=torch.float32)
     policy = get_peft_model(sft_model, lora)
-    critic = AutoModelForSequenceClassification.from_pretrained(value_path, num_labels=1, dtype=torch.float32)
+    critic = load_critic(value_path)
     check_same_tokenizer(
         tokenizer, AutoTokenizer.from_pretrained(value_path), f"the critic ({value_path})", script_args.sft_model_path
     )
@@ -539,8 +604,11 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         tokenizer, train_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print
     )
     order = prompt_order(len(prompts), num_updates * batch_size, config.seed)
-    run_dir = common.tensorboard_run("ppo")
-    writer = SummaryWriter(run_dir) if accelerator.is_main_process else None
+    # A resumed run continues the TensorBoard run its checkpoint names, dropping what that run logged after the
+    # checkpoint (purge_step), so its curves and chart cover every update once.
+    run_dir = common.tensorboard_run("ppo", saved.get("tensorboard_run") if resume else None)
+    purge_step = start_update + 1 if resume else None
+    writer = SummaryWriter(run_dir, purge_step=purge_step) if accelerator.is_main_process else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     accelerator.print(
         f"PPO of {script_args.sft_model_path}: "
@@ -697,7 +765,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 accelerator,
                 model,
                 tokenizer,
-                progress=run | {"update": update + 1},
+                progress=run | {"update": update + 1, "tensorboard_run": str(run_dir)},
                 settings=settings,
             )
             if accelerator.is_main_process and config.save_total_limit:
@@ -715,9 +783,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     if accelerator.is_main_process:
         writer.close()
-        chart = common.plot_scalars(
-            run_dir, CHART_TAGS, common.IMGS_DIR / "ppo.png", f"PPO: {script_args.sft_model_path}"
-        )
+        chart = common.plot_scalars(run_dir, CHART_TAGS, f"PPO: {script_args.sft_model_path}", xlabel="update")
         compare = common.command(
             "eval_ppo.py",
             script_args.tiny,

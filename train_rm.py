@@ -6,8 +6,8 @@ arXiv:2203.02155).
     python train_rm.py                              # Qwen2.5-0.5B-Instruct on btfChinese-DPO-small, on a GPU
     python train_rm.py --config configs/rm.yaml     # every field is settable from YAML as well as the CLI
 
-Writes the model, tokenizer and held-out pairs to checkpoint/rm, TensorBoard scalars to tensorboard/rm/<time>,
-curves to imgs/rm.png. Score it with eval_rm.py.
+Writes the model, tokenizer and held-out pairs to checkpoint/rm, TensorBoard scalars and their chart to
+tensorboard/rm/<time> (rm.png). Score it with eval_rm.py.
 """
 
 import math
@@ -38,6 +38,7 @@ DEFAULTS = dict(
     activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
     ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip DDP's search for unused ones
     bf16=common.bf16_available(),
+    dataloader_pin_memory=common.accelerator_available(),
 )
 # A CPU-sized run of the same recipe: a higher learning rate and smaller steps, so the tiny model separates the styles
 # in seconds; a larger held-out share, so its accuracy is measured on more than a handful of pairs.
@@ -152,6 +153,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
+    common.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"Reward model from {model_path} on {len(train_dataset)} pairs of {script_args.dataset_name}, "
         f"{len(eval_dataset) if eval_dataset is not None else 0} held out; TensorBoard: {run_dir}"
@@ -165,7 +167,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
 
     if trainer.is_world_process_zero():
-        chart = common.plot_scalars(run_dir, CHART_TAGS, common.IMGS_DIR / "rm.png", f"Reward model: {model_path}")
+        chart = common.plot_scalars(run_dir, CHART_TAGS, f"Reward model: {model_path}")
         score = common.command(
             "eval_rm.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.RM_DIR)
         )

@@ -5,8 +5,8 @@ already speaks in the target style before PPO (InstructGPT's SFT step, Ouyang et
     python train_sft.py                             # Qwen2.5-0.5B-Instruct on btfChinese-DPO-small, on a GPU
     python train_sft.py --config configs/sft.yaml   # every field is settable from YAML as well as the CLI
 
-Writes the model and tokenizer to checkpoint/sft, TensorBoard scalars to tensorboard/sft/<time>, curves to
-imgs/sft.png.
+Writes the model and tokenizer to checkpoint/sft, TensorBoard scalars and their chart to tensorboard/sft/<time>
+(sft.png).
 """
 
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ DEFAULTS = dict(
     activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
     ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip DDP's search for unused ones
     bf16=common.bf16_available(),
+    dataloader_pin_memory=common.accelerator_available(),
 )
 # A CPU-sized run of the same recipe: a larger slice and a higher learning rate, so the tiny model learns the style in
 # seconds.
@@ -110,6 +111,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     # Prompt-completion rows make SFTTrainer compute the loss on the answer only (completion_only_loss): Qwen2.5's
     # chat template has no {% generation %} markers, so assistant_only_loss could not find the answer.
     trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=train_dataset)
+    common.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}; TensorBoard: {run_dir}"
     )
@@ -122,7 +124,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
 
     if trainer.is_world_process_zero():
-        chart = common.plot_scalars(run_dir, CHART_TAGS, common.IMGS_DIR / "sft.png", f"SFT: {model_path}")
+        chart = common.plot_scalars(run_dir, CHART_TAGS, f"SFT: {model_path}")
         chat = common.command(
             "eval_sft.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.SFT_DIR)
         )

@@ -52,19 +52,22 @@ def tiny_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sft_run(tiny_base, tmp_path_factory) -> Path:
-    """The working folder of one train_sft.py --tiny run (checkpoint/, tensorboard/ and imgs/ land in it)."""
+    """The working folder of one train_sft.py --tiny run (checkpoint/ and tensorboard/ land in it; its stdout in
+    train.out)."""
     workdir = tmp_path_factory.mktemp("sft_run")
     result = run_script("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "train.out").write_text(result.stdout)
     return workdir
 
 
 @pytest.fixture(scope="session")
 def rm_run(tiny_base, tmp_path_factory) -> Path:
-    """The working folder of one train_rm.py --tiny run followed by eval_rm.py."""
+    """The working folder of one train_rm.py --tiny run (its stdout in train.out) followed by eval_rm.py."""
     workdir = tmp_path_factory.mktemp("rm_run")
     result = run_script("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
+    (workdir / "train.out").write_text(result.stdout)
     result = run_script("eval_rm.py", "--tiny", cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     (workdir / "eval_rm.out").write_text(result.stdout)
@@ -73,14 +76,16 @@ def rm_run(tiny_base, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
-    """The working folder of one train_ppo.py --tiny run on the session's SFT and reward models (its output in
-    train.out), then eval_ppo.py --compare (its table in compare.out)."""
+    """The working folder of one train_ppo.py --tiny run on the session's SFT and reward models (its stdout and
+    stderr in train.out, train.err), then eval_ppo.py --compare (its table in compare.out, stderr in compare.err)."""
     workdir = tmp_path_factory.mktemp("ppo_run")
     models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
     result = run_script("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     (workdir / "train.out").write_text(result.stdout)
+    (workdir / "train.err").write_text(result.stderr)
     result = run_script("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     (workdir / "compare.out").write_text(result.stdout)
+    (workdir / "compare.err").write_text(result.stderr)
     return workdir

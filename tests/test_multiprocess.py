@@ -50,12 +50,12 @@ def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.Comp
 
 
 def outputs(workdir: Path, stage: str) -> dict:
-    """What a run left in `workdir`: its checkpoints, TensorBoard runs (and their scalars) and charts."""
+    """What a run left in `workdir`: its checkpoints, TensorBoard runs (and their scalars) and charts (in the run)."""
     runs = sorted((workdir / common.TENSORBOARD_ROOT / stage).iterdir())
     return {
         "checkpoints": sorted(path.name for path in (workdir / common.CHECKPOINT_ROOT).iterdir()),
         "tensorboard_runs": len(runs),
-        "charts": sorted(path.name for path in (workdir / common.IMGS_DIR).iterdir()),
+        "charts": sorted(path.name for path in runs[0].glob("*.png")),
         "scalars": common.read_scalars(runs[0]),
     }
 

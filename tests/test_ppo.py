@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import common
+import eval_ppo
 import eval_rm
 import train_ppo
 from conftest import run_script
@@ -243,8 +244,10 @@ def test_ppo_raises_a_programmatic_reward(tmp_path, sft_run, tiny_base, monkeypa
     assert first < 1 and last > first + 2, scores
 
 
-def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run, tiny_base, monkeypatch):
-    """Four updates with a checkpoint after two; resuming from it ends with the same weights as the whole run."""
+def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run, tiny_base, monkeypatch, caplog):
+    """Four updates with a checkpoint after two; resuming from it ends with the same weights as the whole run, and
+    continues the whole run's TensorBoard run: every update logged once, updates 3 and 4 replaced by the resumed
+    run's."""
     tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
 
     def answer_length(queries, answers):
@@ -252,35 +255,32 @@ def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run
 
     schedule = ("--total_episodes", 64, "--save_steps", 2)
     whole = run_ppo(
-        tmp_path / "whole",
-        sft_run,
-        tiny_base,
-        *schedule,
-        "--output_dir",
-        tmp_path / "whole" / "ppo",
-        reward_fn=answer_length,
-        monkeypatch=monkeypatch,
-    )
+        tmp_path, sft_run, tiny_base, *schedule, "--output_dir", tmp_path / "whole" / "ppo",
+        reward_fn=answer_length, monkeypatch=monkeypatch,
+    )  # fmt: skip
     checkpoint = tmp_path / "whole" / "ppo" / "checkpoint-2"
     progress = json.loads((checkpoint / train_ppo.TRAINING_STATE_DIR / train_ppo.PROGRESS_FILE).read_text())
-    assert progress == {"batch_size": 16, "num_updates": 4, "processes": 1, "update": 2}
+    (run_dir,) = (tmp_path / common.TENSORBOARD_ROOT / "ppo").iterdir()
+    assert progress == {
+        "batch_size": 16, "num_updates": 4, "processes": 1, "update": 2,
+        "tensorboard_run": str(run_dir.relative_to(tmp_path)),
+    }  # fmt: skip
     assert not (tmp_path / "whole" / "ppo" / "checkpoint-4").exists()  # the last update is the final save
+    # accelerate's note that the tied LM head was left out of the saved state is filtered (train_ppo.py)
+    assert "Removed shared tensor" not in caplog.text
 
     resumed = run_ppo(
-        tmp_path / "resumed",
-        sft_run,
-        tiny_base,
-        *schedule,
-        "--output_dir",
-        tmp_path / "resumed" / "ppo",
-        "--resume_from_checkpoint",
-        checkpoint,
-        reward_fn=answer_length,
-        monkeypatch=monkeypatch,
-    )
+        tmp_path, sft_run, tiny_base, *schedule, "--output_dir", tmp_path / "resumed" / "ppo",
+        "--resume_from_checkpoint", checkpoint, reward_fn=answer_length, monkeypatch=monkeypatch,
+    )  # fmt: skip
+    assert (run_dir / "ppo.png").is_file()  # redrawn over the whole run
+    assert "Purging expired events" not in caplog.text  # TensorBoard's reader on the purge we asked for
     for tag in ("lr", "episode", "objective/scores", "loss/value_avg"):
-        assert [step for step, _ in resumed[tag]] == [3, 4]
-        assert [value for _, value in resumed[tag]] == pytest.approx([value for _, value in whole[tag][2:]], abs=1e-6)
+        assert [step for step, _ in resumed[tag]] == [1, 2, 3, 4]
+        assert resumed[tag][:2] == whole[tag][:2]
+        assert [value for _, value in resumed[tag][2:]] == pytest.approx(
+            [value for _, value in whole[tag][2:]], abs=1e-6
+        )
     # Within rounding: generation merges and unmerges the adapter, which moves the whole run's base weights by an
     # fp32 ulp or so, while the resumed run reloads them exactly. An optimizer state lost on resume would show as a
     # difference of about the learning rate (Adam's first step), 3e-3 here.
@@ -331,7 +331,21 @@ def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").exists()
     common.require_checkpoint(checkpoint / train_ppo.VALUE_DIR, "")
     assert common.load_preference_data(checkpoint / common.HELD_OUT_FILE).num_rows == 35
-    assert (ppo_run / common.IMGS_DIR / "ppo.png").read_bytes().startswith(b"\x89PNG")
+    assert (run_dir / "ppo.png").read_bytes().startswith(b"\x89PNG")
+    assert not (ppo_run / "imgs").exists()
+
+
+def test_ppo_and_compare_print_no_library_noise(ppo_run):
+    """The messages train_ppo.py filters or explains (README, "Messages you will not see") stay out."""
+    train_err, compare_err = (ppo_run / "train.err").read_text(), (ppo_run / "compare.err").read_text()
+    for noise in ("is_gradient_checkpointing", "LOAD REPORT", "\x1b[", "pin_memory", "not sharded"):
+        assert noise not in train_err and noise not in compare_err, noise
+    assert "plus a new score head (score.weight), randomly initialised" in (ppo_run / "train.out").read_text()
+    assert "Sampling ppo" in compare_err  # generation has a progress bar
+
+
+def test_compare_prints_each_answer_on_one_line():
+    assert eval_ppo.one_line("第一行\n第二行\r\n第三行") == "第一行⏎第二行⏎第三行"
 
 
 def test_eval_ppo_answers_questions_from_flags_and_stdin(ppo_run, sft_run):

@@ -137,7 +137,10 @@ def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
     assert len(margins) >= 10
     assert margins[-1] > margins[0] + 1
     assert scalars["train/loss"][-1][1] < scalars["train/loss"][0][1]
-    assert (rm_run / common.IMGS_DIR / "rm.png").read_bytes().startswith(b"\x89PNG")
+    assert (run_dir / "rm.png").read_bytes().startswith(b"\x89PNG")
+    assert not (rm_run / "imgs").exists()
+    printed = (rm_run / "train.out").read_text()
+    assert "{'" not in printed and "Trained 70 steps in " in printed  # no per-step or per-evaluation dict
 
 
 def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):

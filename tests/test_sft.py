@@ -13,12 +13,20 @@ def test_checkpoint_loads_with_its_tokenizer(sft_run):
     assert tokenizer.eos_token == common.EOS_TOKEN
 
 
-def test_training_loss_fell_and_the_curves_were_drawn(sft_run):
+def test_training_loss_fell_and_the_curves_were_drawn_beside_the_run(sft_run):
     (run_dir,) = (sft_run / common.TENSORBOARD_ROOT / "sft").iterdir()
     losses = [value for _, value in common.read_scalars(run_dir)["train/loss"]]
     assert len(losses) > 10
     assert losses[-1] < losses[0]
-    assert (sft_run / common.IMGS_DIR / "sft.png").read_bytes().startswith(b"\x89PNG")
+    assert (run_dir / "sft.png").read_bytes().startswith(b"\x89PNG")
+    assert not (sft_run / "imgs").exists()  # the README's charts are not a run's output
+    assert f"curves in {(run_dir / 'sft.png').relative_to(sft_run)}" in (sft_run / "train.out").read_text()
+
+
+def test_stdout_has_a_summary_line_and_no_per_step_dict(sft_run):
+    printed = (sft_run / "train.out").read_text()
+    assert "{'" not in printed, printed[:2000]  # the Trainer's per-step logs go to TensorBoard only
+    assert "Trained 132 steps in " in printed  # 172 rows, batches of 8, 6 epochs
 
 
 def test_sft_learned_the_chosen_style_on_held_out_questions(sft_run, tiny_base):
