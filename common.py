@@ -1028,7 +1028,7 @@ def lock_output_dir(output_dir: str | Path) -> None:
         )
     lock.seek(0)
     lock.truncate()
-    lock.write(f"pid {os.getpid()}: {shlex.join(sys.argv)}")
+    lock.write(f"pid {os.getpid()}: {shlex.join(['python', *sys.argv])}")
     lock.flush()
     _HELD_LOCKS[path.resolve()] = lock  # held until the process ends
 
