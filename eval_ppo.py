@@ -190,6 +190,8 @@ def compare(args: EvalArguments) -> None:
             f"{name:<5} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['mean_answer_tokens']:13.1f}"
             f" {m['share_finished']:10.3f}   {kl_column}"
         )
+    checks = outcome(metrics)
+    print(" ".join(text for _, text in checks))
     report = {
         "dataset": dataset,
         "questions": len(rows),
@@ -198,6 +200,7 @@ def compare(args: EvalArguments) -> None:
         "max_new_tokens": args.max_new_tokens,
         "models": {"base": args.base_model_path, "sft": args.sft_model_path, "ppo": args.model_path},
         "metrics": metrics,
+        "checks": {text: passed for passed, text in checks},
         "answers": [
             {"question": row["question"]}
             | {name: {"answer": r["answers"][i], "reward": r["scores"][i].item()} for name, r in results.items()}
@@ -208,6 +211,24 @@ def compare(args: EvalArguments) -> None:
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     print(f"Metrics and answers written to {metrics_file}")
+
+
+def outcome(metrics: dict) -> list[tuple[bool, str]]:
+    """What each stage is for, checked on the held-out questions and said in words, so a user can tell whether the
+    run worked: SFT moves the base towards the answers the reward model prefers, PPO moves them further."""
+    base, sft, ppo = (metrics[name]["mean_reward"] for name in ("base", "sft", "ppo"))
+    return [
+        (
+            sft > base,
+            f"SFT {'worked' if sft > base else 'did NOT work'}: its answers score {sft - base:+.2f} against the base "
+            "model's.",
+        ),
+        (
+            ppo >= sft,
+            f"PPO {'worked' if ppo >= sft else 'did NOT work'}: its answers score {ppo - sft:+.2f} against the SFT "
+            f"model's, at a KL of {metrics['ppo']['mean_kl_to_sft']:.2f} nats per answer from it.",
+        ),
+    ]
 
 
 def chat(args: EvalArguments) -> None:

@@ -317,6 +317,10 @@ def test_ppo_scores_at_least_as_well_as_sft_which_beats_base(ppo_run):
     assert metrics["ppo"]["mean_kl_to_sft"] > 0 and "mean_kl_to_sft" not in metrics["sft"]
     assert len(report["answers"]) == 35 and set(report["answers"][0]) == {"question", "base", "sft", "ppo"}
     printed = (ppo_run / "compare.out").read_text()
+    ppo_gain = metrics["ppo"]["mean_reward"] - metrics["sft"]["mean_reward"]
+    assert list(report["checks"].values()) == [True, ppo_gain >= 0]  # said in words, as the metrics say
+    assert "SFT worked: its answers score" in printed
+    assert f"PPO {'worked' if ppo_gain >= 0 else 'did NOT work'}: its answers score {ppo_gain:+.2f}" in printed
     assert printed.count("问题: ") == 3
     assert f"{metrics['ppo']['mean_reward']:+13.3f}" in printed
 
