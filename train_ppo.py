@@ -722,7 +722,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                         stats["value_loss"].append(value_loss)
                         stats["value_clipfrac"].append(masked_mean((clipped_value_losses > value_losses).float(), m))
                         stats["ratio"].append(masked_mean(ratio, m))
-                        stats["entropy"].append(masked_mean(entropy_from_logits(logits.detach()), m))
+                        # of the distribution sampled from, softmax(logits / temperature), as TRL's PPOTrainer
+                        stats["entropy"].append(
+                            masked_mean(entropy_from_logits(logits.detach() / config.temperature), m)
+                        )
         scheduler.step()
         time_optimization = timer(started)
 

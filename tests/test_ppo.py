@@ -104,6 +104,20 @@ def test_kl_estimators():
         assert train_ppo.kl_estimate(logprobs, logprobs, estimator).item() == 0
 
 
+def test_logged_entropy_is_that_of_the_sampled_distribution():
+    """policy/entropy_avg: the entropy of softmax(logits / temperature), the distribution answers are sampled from,
+    against a Monte Carlo estimate, -mean log p, over tokens sampled at that temperature."""
+    torch.manual_seed(0)
+    logits, temperature = torch.randn(4, 50) * 3, 0.7
+    exact = train_ppo.entropy_from_logits(logits / temperature)
+    distribution = torch.distributions.Categorical(logits=logits / temperature)
+    samples = distribution.sample((20000,))
+    estimate = -distribution.log_prob(samples).mean(0)
+    assert exact.tolist() == pytest.approx(estimate.tolist(), abs=0.05)
+    # and the raw logits' entropy, what was logged before, is far off
+    assert (train_ppo.entropy_from_logits(logits) - estimate).abs().min() > 0.2
+
+
 def test_positions_skip_the_left_padding():
     queries, query_mask = common.padded([[7, 8, 9], [7]], PAD, "left")
     inputs = common.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
@@ -191,6 +205,12 @@ def test_the_first_update_starts_at_kl_0_and_ratio_1(tmp_path, sft_run, tiny_bas
     assert scalars["policy/approxkl_avg"][0][1] < 1e-9
     assert scalars["policy/clipfrac_avg"][0][1] == 0
     assert scalars["val/ratio"][0][1] == pytest.approx(1, abs=1e-5)
+    # policy/entropy_avg is the entropy of what was sampled: near the sampled estimate, -log pi per answer token
+    sampled = scalars["objective/entropy"][0][1] / scalars["val/answer_length"][0][1]
+    assert scalars["policy/entropy_avg"][0][1] == pytest.approx(sampled, abs=0.5), (
+        scalars["policy/entropy_avg"],
+        sampled,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
