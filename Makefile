@@ -1,11 +1,12 @@
 # make demo: the whole pipeline on the offline tiny preset (CPU, a few minutes). make test: the test suite.
-# Both set up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
+# make test-fast: the tests that build and train no model (under a minute), for the edit-test loop.
+# Each sets up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast clean
 
 demo: $(VENV)/installed
 	$(PYTHON) train_sft.py --tiny
@@ -24,6 +25,9 @@ demo: $(VENV)/installed
 
 test: $(VENV)/installed
 	$(PYTHON) -m pytest
+
+test-fast: $(VENV)/installed
+	$(PYTHON) -m pytest -m "not slow"
 
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
