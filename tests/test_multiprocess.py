@@ -78,7 +78,9 @@ def outputs(workdir: Path, stage: str) -> dict:
     """What a run left in `workdir`: its checkpoints, TensorBoard runs (and their scalars) and charts."""
     runs = sorted((workdir / common.TENSORBOARD_ROOT / stage).iterdir())
     return {
-        "checkpoints": sorted(path.name for path in (workdir / common.CHECKPOINT_ROOT).iterdir()),
+        "checkpoints": sorted(  # without the .<folder>.lock a run holds beside each folder it writes
+            path.name for path in (workdir / common.CHECKPOINT_ROOT).iterdir() if not path.name.endswith(common.LOCK)
+        ),
         "tensorboard_runs": len(runs),
         "charts": sorted(path.name for path in (workdir / common.IMGS_DIR).iterdir()),
         "scalars": common.read_scalars(runs[0]),
