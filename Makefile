@@ -1,12 +1,13 @@
 # make demo: the whole pipeline on the offline tiny preset (CPU, a few minutes). make test: the test suite.
 # make figures: the README's charts in imgs/, from the three tiny training stages run in a temporary folder.
-# Both set up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
+# make test-fast: the tests that build and train no model (under a minute), for the edit-test loop.
+# Each sets up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
 
-.PHONY: demo test figures clean
+.PHONY: demo test test-fast figures clean
 
 demo: $(VENV)/installed
 	$(PYTHON) train_sft.py --tiny
@@ -35,6 +36,9 @@ figures: $(VENV)/installed
 	$(abspath $(PYTHON)) $(CURDIR)/train_ppo.py --tiny && \
 	for stage in sft rm ppo; do cp tensorboard/$$stage/*/$$stage.png $(CURDIR)/imgs/; done && \
 	rm -rf $$tmp
+
+test-fast: $(VENV)/installed
+	$(PYTHON) -m pytest -m "not slow"
 
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)

@@ -1,3 +1,6 @@
+import os
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -7,24 +10,87 @@ import torch
 
 import common
 
-SCRIPT_TIMEOUT_S = 300
+# A script of the tiny preset takes 10 to 30 s on a quiet 2-core machine and several times that on a busy one (the
+# session fixtures once took over 300 s under load); CI gives the whole suite 90 minutes, so 30 for one script means
+# stuck, not slow.
+SCRIPT_TIMEOUT_S = 1800
+# What makes a test slow, marked `slow` by pytest_collection_modifyitems so that `pytest -m "not slow"` is the fast
+# tier and a new test is sorted by what it uses, with no decorator to forget: a fixture that builds or trains a model,
+# or a call of its own to a script in a new process (importing torch, transformers and TRL takes 5 to 30 s).
+SLOW_FIXTURES = {"tiny_base", "sft_run", "rm_run", "ppo_run"}
+SLOW_CALLS = {"run_script", "run_ok", "subprocess"}
+# A test left in the fast tier that takes longer than this is named at the end of the run, to be marked
+# @pytest.mark.slow (the fast tier's tests take well under a second each; a slow one may start a script indirectly).
+FAST_TEST_LIMIT_S = 10
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        code = getattr(getattr(item, "function", None), "__code__", None)
+        names = code.co_names if code else ()  # the global names and attributes the test's own body uses
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())) or SLOW_CALLS.intersection(names):
+            item.add_marker(pytest.mark.slow)
+
+
+_slow_unmarked = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "slow" not in report.keywords and report.duration > FAST_TEST_LIMIT_S:
+        _slow_unmarked.append(f"{report.nodeid} took {report.duration:.0f} s")
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _slow_unmarked:
+        terminalreporter.section(f"not marked slow, but took over {FAST_TEST_LIMIT_S} s")
+        for line in _slow_unmarked:
+            terminalreporter.write_line(line)
 
 
 def run_script(
     script: str, *args, cwd: Path, stdin: str = "", launcher: tuple = (sys.executable,), env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Run a pipeline script as a user would, in `cwd` (created if missing), with stdin a pipe (never a terminal);
-    `launcher` is the command before the script (python, or accelerate launch and its flags)."""
+    `launcher` is the command before the script (python, or accelerate launch and its flags). A script still running
+    after SCRIPT_TIMEOUT_S is killed with every process it started, and the test fails naming it."""
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [*map(str, launcher), str(common.ROOT / script), *map(str, args)],
-        cwd=cwd,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_TIMEOUT_S,
-        env=env,
-    )
+    command = [*map(str, launcher), str(common.ROOT / script), *map(str, args)]
+    # Its own process group, so that a timeout or Ctrl-C also ends the workers accelerate launch starts.
+    process = subprocess.Popen(
+        command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(stdin, timeout=SCRIPT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(
+            f"{describe(command, cwd)} did not finish within {SCRIPT_TIMEOUT_S} s (SCRIPT_TIMEOUT_S in "
+            f"tests/conftest.py) and was killed. The end of its output:\n{stderr[-3000:]}",
+            pytrace=False,
+        )
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def describe(command: list, cwd: Path) -> str:
+    """The command as one could paste it, the script's path relative to the repository."""
+    return f"`{shlex.join(command).replace(str(common.ROOT) + '/', '')}` (in {cwd})"
+
+
+def run_ok(script: str, *args, **kwargs) -> subprocess.CompletedProcess:
+    """run_script, failing the test with the command and the end of its errors unless it exits with 0."""
+    result = run_script(script, *args, **kwargs)
+    if result.returncode != 0:
+        pytest.fail(
+            f"{describe(result.args, kwargs['cwd'])} exited with status {result.returncode}:\n{result.stderr[-3000:]}",
+            pytrace=False,
+        )
+    return result
 
 
 def answer_log_likelihood(model, tokenizer, rows, column: str) -> float:
@@ -55,8 +121,7 @@ def sft_run(tiny_base, tmp_path_factory) -> Path:
     """The working folder of one train_sft.py --tiny run (checkpoint/ and tensorboard/ land in it; its stdout in
     train.out)."""
     workdir = tmp_path_factory.mktemp("sft_run")
-    result = run_script("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
     (workdir / "train.out").write_text(result.stdout)
     return workdir
 
@@ -65,11 +130,9 @@ def sft_run(tiny_base, tmp_path_factory) -> Path:
 def rm_run(tiny_base, tmp_path_factory) -> Path:
     """The working folder of one train_rm.py --tiny run (its stdout in train.out) followed by eval_rm.py."""
     workdir = tmp_path_factory.mktemp("rm_run")
-    result = run_script("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
     (workdir / "train.out").write_text(result.stdout)
-    result = run_script("eval_rm.py", "--tiny", cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("eval_rm.py", "--tiny", cwd=workdir)
     (workdir / "eval_rm.out").write_text(result.stdout)
     return workdir
 
@@ -80,12 +143,10 @@ def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
     stderr in train.out, train.err), then eval_ppo.py --compare (its table in compare.out, stderr in compare.err)."""
     workdir = tmp_path_factory.mktemp("ppo_run")
     models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
-    result = run_script("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
     (workdir / "train.out").write_text(result.stdout)
     (workdir / "train.err").write_text(result.stderr)
-    result = run_script("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_ok("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
     (workdir / "compare.out").write_text(result.stdout)
     (workdir / "compare.err").write_text(result.stderr)
     return workdir

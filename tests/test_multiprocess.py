@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import common
 import train_ppo
-from conftest import run_script
+from conftest import run_ok
 
 ACCELERATE_CONFIGS = common.ROOT / "configs" / "accelerate"
 CONFIG_TYPES = {
@@ -27,10 +27,35 @@ CONFIG_TYPES = {
     "zero3": DistributedType.DEEPSPEED,
     "fsdp": DistributedType.FSDP,
 }
-# Two processes against one: the same rows in the same global batches, so the runs differ only by rounding. The two
-# halves' gradients are all-reduced and each half is padded to its own longest row, which sums the same numbers in
-# another order (fp32, about 1e-7 relative per step); over 126 steps the loss moved by at most 7e-6 in our runs.
-LOSS_TOLERANCE = 1e-4
+# Two processes against one: the same rows in the same global batches from the same weights, so the runs differ by
+# rounding alone: each process pads its half to its own longest row and the halves' gradients are all-reduced, which
+# adds the same numbers in another order (and in another order again on a CPU with other vector units). How far a run
+# carries that rounding depends on the machine: over 126 SFT steps the losses stayed within 3e-5 on an AVX2 EPYC and
+# parted by up to 0.017 on an AVX-512 EPYC. So the runs are compared step by step only over their first steps, before
+# rounding can grow, and as whole runs by what they learned.
+# 4: steps 1 and 2 run on the starting weights (the warm-up's first learning rate is 0), 3 and 4 after small updates.
+TIGHT_STEPS = 4
+# 1e-4 is ~200 fp32 ulps of an SFT loss near 8 (measured: at most 2, with MKL and ATen forced to SSE4.2 kernels too);
+# processes that never all-reduce their gradients miss at step 3 by 1.8e-2 (SFT loss) and 1.3e-3 (reward model loss).
+STEP_TOLERANCE = 1e-4
+# The whole run: the mean of the last LAST_STEPS steps' values, and the last held-out evaluation.
+LAST_STEPS = 20
+# Each band is 4 times the largest difference between single-process runs with seeds 1, 2 and 42 (another data order,
+# and for the reward model other held-out pairs): about 5 standard deviations of the difference of two runs, so two
+# processes pass wherever rounding carries them, as long as they land where another seed could. Measured on the EPYC:
+WHOLE_RUN_BANDS = {
+    "sft": {
+        "train/loss": 0.15,  # seeds: 3.448 to 3.484; processes that never all-reduce: +0.38
+        "train/mean_token_accuracy": 0.01,  # seeds: 0.3934 to 0.3960; never all-reduced: -0.014
+    },
+    "rm": {
+        "train/loss": 0.16,  # seeds: 0.063 to 0.103
+        "train/margin": 2.7,  # seeds: 3.11 to 3.77
+        "eval/loss": 0.16,  # seeds: 0.070 to 0.109
+        "eval/accuracy": 0.07,  # seeds: 0.984 to 1, a band of 4 of its 64 pairs
+        "eval/margin": 2.7,  # seeds: 3.09 to 3.76
+    },
+}
 
 
 def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
@@ -46,14 +71,16 @@ def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.Comp
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / "ddp.yaml",
         "--num_processes", processes, "--mixed_precision", "no", "--main_process_port", port,
     )  # fmt: skip
-    return run_script(script, *args, cwd=cwd, launcher=launcher, env=os.environ | {"ACCELERATE_USE_CPU": "true"})
+    return run_ok(script, *args, cwd=cwd, launcher=launcher, env=os.environ | {"ACCELERATE_USE_CPU": "true"})
 
 
 def outputs(workdir: Path, stage: str) -> dict:
     """What a run left in `workdir`: its checkpoints, TensorBoard runs (and their scalars) and charts (in the run)."""
     runs = sorted((workdir / common.TENSORBOARD_ROOT / stage).iterdir())
     return {
-        "checkpoints": sorted(path.name for path in (workdir / common.CHECKPOINT_ROOT).iterdir()),
+        "checkpoints": sorted(  # without the .<folder>.lock a run holds beside each folder it writes
+            path.name for path in (workdir / common.CHECKPOINT_ROOT).iterdir() if not path.name.endswith(common.LOCK)
+        ),
         "tensorboard_runs": len(runs),
         "charts": sorted(path.name for path in runs[0].glob("*.png")),
         "scalars": common.read_scalars(runs[0]),
@@ -81,27 +108,28 @@ def test_the_configs_folder_holds_exactly_the_documented_configs():
 
 
 @pytest.mark.parametrize(
-    ("script", "stage", "compared"),
-    [
-        ("train_sft.py", "sft", ["train/loss", "train/mean_token_accuracy"]),
-        ("train_rm.py", "rm", ["train/loss", "train/margin", "eval/loss", "eval/accuracy", "eval/margin"]),
-    ],
+    ("script", "stage", "stepwise"),
+    [("train_sft.py", "sft", ["train/loss"]), ("train_rm.py", "rm", ["train/loss", "train/margin"])],
 )
-def test_two_processes_train_as_one_with_the_same_global_batch(script, stage, compared, tiny_base, tmp_path):
+def test_two_processes_train_as_one_with_the_same_global_batch(script, stage, stepwise, tiny_base, tmp_path):
     """8 rows per step: 8 on one process, 4 on each of two. The last, partial batch of an epoch is dropped in both
     runs: two processes would fill it up with repeated rows (accelerate's even_batches) where one process does not."""
     args = ("--tiny", "--model_name_or_path", tiny_base, "--dataloader_drop_last", "true")
-    one = run_script(script, *args, "--per_device_train_batch_size", 8, cwd=tmp_path / "one")
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = launch(script, *args, "--per_device_train_batch_size", 4, cwd=tmp_path / "two")
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_ok(script, *args, "--per_device_train_batch_size", 8, cwd=tmp_path / "one")
+    launch(script, *args, "--per_device_train_batch_size", 4, cwd=tmp_path / "two")
 
     one, two = outputs(tmp_path / "one", stage), outputs(tmp_path / "two", stage)
     assert two["checkpoints"] == [stage] and two["tensorboard_runs"] == 1 and two["charts"] == [f"{stage}.png"]
     # Tokens seen per step, summed over the processes: the same rows, none twice and none left out.
     assert values(two["scalars"], "train/num_tokens") == values(one["scalars"], "train/num_tokens")
-    for tag in compared:
-        assert values(two["scalars"], tag) == pytest.approx(values(one["scalars"], tag), abs=LOSS_TOLERANCE), tag
+    for tag in stepwise:  # continuous values only: token accuracy counts argmaxes, and rounding can flip a near tie
+        first = [values(run["scalars"], tag)[:TIGHT_STEPS] for run in (one, two)]
+        assert first[1] == pytest.approx(first[0], abs=STEP_TOLERANCE), tag
+    for tag, tolerance in WHOLE_RUN_BANDS[stage].items():
+        series = [values(run["scalars"], tag) for run in (one, two)]
+        # train/ is logged at every step, eval/ at ten held-out evaluations over the run
+        learned = [run[-1] if tag.startswith("eval/") else sum(run[-LAST_STEPS:]) / LAST_STEPS for run in series]
+        assert learned[1] == pytest.approx(learned[0], abs=tolerance), tag
     if stage == "rm":
         held_out = [(tmp_path / run / common.RM_DIR / common.HELD_OUT_FILE).read_text() for run in ("one", "two")]
         assert held_out[0] == held_out[1]
@@ -112,10 +140,16 @@ def test_two_processes_train_as_one_with_the_same_global_batch(script, stage, co
 
 # PPO samples its answers, and each process draws from its own stream (seed + process index), so two processes
 # answer the same prompts with other samples than one process does, even from the same weights: the runs agree in
-# distribution, not number by number. The tolerances are about twice the spread of single-process runs with seeds
-# 1, 2, 3 and 42: mean score over the run 1.94 to 1.99, mean KL to the reference over the second half 1.03 to 1.56.
-PPO_SCORE_TOLERANCE = 0.1
-PPO_KL_FACTOR = 2
+# distribution, not number by number. Over single-process runs with seeds 1, 2, 3 and 42 the mean score over the run
+# spanned 1.94 to 1.99 and the mean KL to the reference over the second half 1.03 to 1.56. Four draws span about 2
+# standard deviations, so the difference of two runs has a standard deviation of about 0.035 in score and 0.3 in log
+# KL. Each band is about 4 of those: whatever a CPU's rounding does, a run that learns passes, and a run that did not
+# learn, or a score summed over the processes where the mean belongs, fails.
+PPO_SCORE_TOLERANCE = 0.15  # 4.3 standard deviations of the difference in mean score
+PPO_KL_FACTOR = 3  # ln 3 = 1.1: 3.9 standard deviations of the difference in log KL
+# Before the first step the policy is the SFT model (LoRA's B starts at 0), so its KL to the reference is 0 up to
+# rounding; summed over an answer's tokens, 1e-3 is what test_ppo.py allows one process.
+PPO_START_KL = 1e-3
 
 
 def fake_accelerator(num_processes: int, process_index: int):
@@ -169,14 +203,14 @@ def ppo_models(sft_run, rm_run, tiny_base) -> tuple:
 def test_ppo_on_two_processes_learns_as_one_with_the_same_global_batch(ppo_run, sft_run, rm_run, tiny_base, tmp_path):
     """16 answers per update: 16 on one process (ppo_run), 8 on each of two."""
     models = ppo_models(sft_run, rm_run, tiny_base)
-    result = launch("train_ppo.py", "--tiny", *models, "--per_device_train_batch_size", 4, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch("train_ppo.py", "--tiny", *models, "--per_device_train_batch_size", 4, cwd=tmp_path)
 
     one, two = outputs(ppo_run, "ppo"), outputs(tmp_path, "ppo")
     assert two["checkpoints"] == ["ppo"] and two["tensorboard_runs"] == 1 and two["charts"] == ["ppo.png"]
     assert not list((tmp_path / common.PPO_DIR).glob(f"{train_ppo.CHECKPOINT_PREFIX}*"))
     for tag in ("episode", "lr"):  # the schedule is the global batch's
         assert values(two["scalars"], tag) == pytest.approx(values(one["scalars"], tag))
+    assert abs(values(two["scalars"], "objective/kl")[0]) < PPO_START_KL  # both processes start from the SFT model
     assert max(values(two["scalars"], "val/num_eos_tokens")) > 8  # counted over both processes' answers
     scores = [sum(values(run["scalars"], "objective/scores")) / 20 for run in (one, two)]
     assert scores[1] == pytest.approx(scores[0], abs=PPO_SCORE_TOLERANCE)
@@ -189,16 +223,14 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
     samples the answers the whole run sampled, so both end with the same weights."""
     args = ("--tiny", *ppo_models(sft_run, rm_run, tiny_base), "--per_device_train_batch_size", 4)
     schedule = ("--total_episodes", 64, "--save_steps", 2)
-    whole = launch("train_ppo.py", *args, *schedule, cwd=tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    launch("train_ppo.py", *args, *schedule, cwd=tmp_path / "whole")
     checkpoint = tmp_path / "whole" / common.PPO_DIR / f"{train_ppo.CHECKPOINT_PREFIX}2"
     state = checkpoint / train_ppo.TRAINING_STATE_DIR
     assert json.loads((state / train_ppo.PROGRESS_FILE).read_text())["processes"] == 2
     assert sorted(path.name for path in state.glob("random_states_*")) == [f"random_states_{i}.pkl" for i in (0, 1)]
 
     resume = ("--resume_from_checkpoint", checkpoint)
-    resumed = launch("train_ppo.py", *args, *schedule, *resume, cwd=tmp_path / "resumed")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    launch("train_ppo.py", *args, *schedule, *resume, cwd=tmp_path / "resumed")
     runs = [outputs(tmp_path / run, "ppo")["scalars"] for run in ("whole", "resumed")]
     for tag in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
         assert [step for step, _ in runs[1][tag]] == [3, 4]
