@@ -779,11 +779,18 @@ def require_one_process(script: str) -> None:
         )
 
 
+def python_command() -> str:
+    """`python`, or the interpreter running this script where it lives under the working folder (make's .venv), so
+    that a printed command works as printed without activating the environment."""
+    interpreter = Path(sys.executable).absolute()
+    return str(interpreter.relative_to(Path.cwd())) if interpreter.is_relative_to(Path.cwd()) else "python"
+
+
 def command(script: str, tiny: bool, **flags) -> str:
     """The command line a user runs to make or use a checkpoint: `python script [--tiny] [--flag value ...]`, quoted
     for a shell. Hints carry the user's own flags, so they work as printed; a flag set to True is written alone, one
     set to None is left out."""
-    words = ["python", script] + (["--tiny"] if tiny else [])
+    words = [python_command(), script] + (["--tiny"] if tiny else [])
     for flag, value in flags.items():
         if value is True:
             words.append(f"--{flag}")
@@ -796,7 +803,7 @@ def base_model_remedy(path: str | Path, flag: str) -> str:
     """What makes a base model folder whole again: a download or tiny build is redone by deleting it and running the
     same command again; a folder of the user's own is theirs to replace."""
     if BASE_DIR.resolve() in Path(path).resolve().parents:
-        return f"rm -r {shlex.quote(str(path))} && {shlex.join(['python', *sys.argv])}"
+        return f"rm -r {shlex.quote(str(path))} && {shlex.join([python_command(), *sys.argv])}"
     return f"pass a complete model folder as --{flag}"
 
 
@@ -1028,7 +1035,7 @@ def lock_output_dir(output_dir: str | Path) -> None:
         )
     lock.seek(0)
     lock.truncate()
-    lock.write(f"pid {os.getpid()}: {shlex.join(['python', *sys.argv])}")
+    lock.write(f"pid {os.getpid()}: {shlex.join([python_command(), *sys.argv])}")
     lock.flush()
     _HELD_LOCKS[path.resolve()] = lock  # held until the process ends
 

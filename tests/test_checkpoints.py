@@ -288,7 +288,8 @@ def hinted_args(script, hint: str) -> list:
     return common.parse_args(script.make_parser(), getattr(script, "TINY_PRESET", {}), words[2:])
 
 
-def test_hints_name_the_users_folders_and_tiny():
+def test_hints_name_the_users_folders_and_tiny(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # away from the repository's .venv, which a hint would name
     hint = common.command(
         "eval_ppo.py", True, compare=True, model_path=common.unless_default("/tmp/my ppo", common.PPO_DIR),
         sft_model_path=common.unless_default(common.SFT_DIR, common.SFT_DIR),
@@ -305,6 +306,14 @@ def test_hints_name_the_users_folders_and_tiny():
     assert args.model_path == "/x" and not args.tiny
     script_args, training_args, _ = hinted_args(train_rm, common.command("train_rm.py", True, output_dir="/tmp/rm"))
     assert script_args.tiny and training_args.output_dir == "/tmp/rm"
+
+
+def test_hints_name_the_environment_they_ran_in(tmp_path, monkeypatch):
+    """make demo runs .venv/bin/python: its hints must work without activating .venv."""
+    monkeypatch.chdir(tmp_path)
+    assert common.command("eval_sft.py", True).startswith("python eval_sft.py")  # pytest's interpreter is elsewhere
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    assert common.command("eval_sft.py", True) == ".venv/bin/python eval_sft.py --tiny"
 
 
 def test_eval_without_a_checkpoint_names_the_users_folder_in_the_command(tmp_path):
