@@ -182,6 +182,7 @@ NUMERIC_RANGES = {
     "num_train_epochs": "(0, inf)",
     # optimisation
     "learning_rate": "(0, inf)",
+    "critic_learning_rate": "(0, inf)",
     "weight_decay": "[0, inf)",
     "adam_beta1": "[0, 1)",
     "adam_beta2": "[0, 1)",

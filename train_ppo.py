@@ -123,22 +123,44 @@ class PPOConfig:
         default=None,
         metadata={"help": "Answers to train on in all; unset: num_train_epochs x the training questions."},
     )
-    learning_rate: float = field(default=5e-6, metadata={"help": "AdamW learning rate, LoRA and critic alike."})
+    learning_rate: float = field(
+        default=5e-6,
+        metadata={"help": "AdamW learning rate of the policy's LoRA adapter (the actor's, in OpenRLHF's words)."},
+    )
+    critic_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "AdamW learning rate of the critic (OpenRLHF's critic_learning_rate); unset: --learning_rate."
+        },
+    )
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay, both models (TRL's default 0; torch's AdamW has 0.01)."}
+    )
     lr_scheduler_type: str = field(default="linear", metadata={"help": "Schedule over the updates (to 0 at the end)."})
     warmup_steps: int = field(default=0, metadata={"help": "Updates of linear warmup."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Clip the global gradient norm to this."})
-    per_device_train_batch_size: int = field(default=2, metadata={"help": "Answers per forward-backward pass."})
-    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Passes per optimizer step."})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip each model's gradient norm (the policy's, the critic's) to this."}
+    )
+    per_device_train_batch_size: int = field(
+        default=2, metadata={"help": "Answers per forward-backward pass (the micro batch)."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=4, metadata={"help": "Micro batches per optimizer step (a minibatch)."}
+    )
     num_mini_batches: int = field(
         default=1,
         metadata={
             "help": "Optimizer steps per pass over a batch. Each update samples per_device_train_batch_size x "
-            "gradient_accumulation_steps x num_mini_batches answers per process."
+            "gradient_accumulation_steps x num_mini_batches answers per process: raise this for large rollouts."
         },
     )
     num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each batch of answers."})
     local_rollout_forward_batch_size: int = field(
-        default=8, metadata={"help": "Answers per generate / scoring forward pass (no gradients)."}
+        default=8,
+        metadata={
+            "help": "Answers per generate / scoring forward pass (no gradients); a divisor of the answers per update "
+            "and process, or at least as many (then one pass)."
+        },
     )
     response_length: int = field(default=200, metadata={"help": "Longest answer, in tokens."})
     max_prompt_length: int = field(
@@ -245,6 +267,145 @@ def critic_values(critic: nn.Module, inputs: dict[str, torch.Tensor], width: int
     """V(s_t) for each answer token t: the score head on the hidden state of the token before it."""
     hidden = getattr(critic, critic.base_model_prefix)(**inputs).last_hidden_state[:, -width - 1 : -1]
     return critic.score(hidden).squeeze(-1).float()
+
+
+@dataclass
+class BatchSizes:
+    """How many answers each part of an update handles, derived from the flags as TRL's PPOTrainer derives them: an
+    update samples `local_batch` answers per process, generates and scores them `rollout_chunk` at a time, and trains
+    on them in minibatches of `mini_batch` (one optimizer step each), each accumulated over micro batches of
+    per_device_train_batch_size. So the rollout's size is set by num_mini_batches, not by the micro batch."""
+
+    local_batch: int  # answers per update, per process
+    batch: int  # answers per update, every process together
+    mini_batch: int  # answers per optimizer step, per process
+    rollout_chunk: int  # answers per generate / scoring pass
+
+
+def exact_div(numerator: int, denominator: int, message: str) -> int:
+    """numerator / denominator when it is whole, else an ArgumentError with `message`: derived sizes are never floored
+    in silence (summarize_from_feedback_details' exact_div, Huang et al. 2024)."""
+    if numerator % denominator:
+        raise common.ArgumentError(f"{message} {common.HELP_HINT}")
+    return numerator // denominator
+
+
+def batch_sizes(config: "PPOConfig", num_processes: int) -> BatchSizes:
+    """The update's sizes (see BatchSizes), each division checked."""
+    micro, accumulation, minibatches = (
+        config.per_device_train_batch_size,
+        config.gradient_accumulation_steps,
+        config.num_mini_batches,
+    )
+    local_batch = micro * accumulation * minibatches
+    product = (
+        f"--per_device_train_batch_size {micro} x --gradient_accumulation_steps {accumulation} x --num_mini_batches "
+        f"{minibatches} = {local_batch}"
+    )
+    chunk = config.local_rollout_forward_batch_size
+    if chunk < local_batch:
+        exact_div(
+            local_batch,
+            chunk,
+            f"--local_rollout_forward_batch_size {chunk} does not divide the {product} answers each process samples "
+            "per update: every generate and scoring pass takes the same number of answers, so that the first pass "
+            f"shows the memory each needs. Pick a divisor of {local_batch} (or at least {local_batch}, for one pass), "
+            "or change the batch flags.",
+        )
+    batch = local_batch * num_processes
+    if config.total_episodes is not None:
+        exact_div(
+            config.total_episodes,
+            batch,
+            f"--total_episodes {config.total_episodes} is not a whole number of updates of {batch} answers ({product} "
+            f"per process, on {num_processes} process(es)). Use a multiple of {batch}.",
+        )
+    return BatchSizes(local_batch, batch, micro * accumulation, min(chunk, local_batch))
+
+
+def count_updates(config: "PPOConfig", sizes: BatchSizes, num_questions: int) -> int:
+    """Updates in the run: --total_episodes / the update's answers (whole: batch_sizes checks it), or num_train_epochs
+    x the questions rounded up to whole updates, the last completing its batch from the next epoch's shuffle (as TRL's
+    num_total_batches)."""
+    if config.total_episodes is None:
+        return math.ceil(config.num_train_epochs * num_questions / sizes.batch)
+    return config.total_episodes // sizes.batch
+
+
+def make_optimizer(policy: nn.Module, critic: nn.Module, config: "PPOConfig") -> torch.optim.AdamW:
+    """One AdamW over two parameter groups, the policy's adapter at learning_rate and the critic at
+    critic_learning_rate (OpenRLHF's actor and critic rates), weight decay as set (TRL's 0 by default). One
+    optimizer, so that one scheduler, one accelerate.prepare and one saved state cover both."""
+    groups = [
+        ("policy", policy, config.learning_rate),
+        ("critic", critic, config.critic_learning_rate or config.learning_rate),
+    ]
+    return torch.optim.AdamW(
+        [
+            {"name": name, "params": [p for p in model.parameters() if p.requires_grad], "lr": lr}
+            for name, model, lr in groups
+        ],
+        weight_decay=config.weight_decay,
+    )
+
+
+PROMPT_KEYS = ("queries", "query_mask")  # left-padded: their padding is on the left
+ANSWER_KEYS = ("responses", "mask", "logprobs", "values", "advantages", "returns")  # one column per answer token
+PPO_STATS = ("approxkl", "clipfrac", "policy_loss", "value_loss", "value_clipfrac", "ratio", "entropy")
+
+
+def trimmed(rollout: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The rollout's `rows`, cut to their longest prompt and longest answer instead of the whole batch's.
+
+    The columns cut are padding in every one of these rows: left of every prompt (position ids count real tokens
+    only) or right of every answer (no real token attends to a later one). So each real token's log-prob, value and
+    loss term is the same, to float rounding (a test checks the loss), and the passes are shorter.
+    """
+    part = {key: value[rows] for key, value in rollout.items()}
+    first = int(part["query_mask"].any(0).int().argmax())  # the first column with a prompt token in any row
+    width = int(part["lengths"].max())
+    return (
+        part
+        | {key: part[key][:, first:] for key in PROMPT_KEYS if key in part}
+        | {key: part[key][:, :width] for key in ANSWER_KEYS if key in part}
+    )
+
+
+def ppo_loss(
+    model: PolicyAndValue, micro: dict[str, torch.Tensor], config: "PPOConfig"
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO loss of a micro batch of the rollout, policy loss + vf_coef x value loss, and its statistics."""
+    m, advantages, old_values, returns = micro["mask"], micro["advantages"], micro["values"], micro["returns"]
+    inputs = common.sequence_inputs(micro["queries"], micro["query_mask"], micro["responses"], micro["lengths"])
+    logits, new_values = model(inputs, micro["responses"].shape[1])
+    new_logprobs = selective_log_softmax(logits, micro["responses"], config.temperature)
+
+    # Clipped surrogate objective (Schulman et al. 2017, eq. 7).
+    log_ratio = (new_logprobs - micro["logprobs"]) * m
+    ratio = log_ratio.exp()
+    policy_losses = -advantages * ratio
+    clipped_losses = -advantages * ratio.clamp(1 - config.cliprange, 1 + config.cliprange)
+    policy_loss = masked_mean(torch.max(policy_losses, clipped_losses), m)
+
+    # Clipped value loss: the new value may move at most cliprange_value from the rollout's (the N+ details, #11;
+    # CleanRL ppo.py).
+    clipped_values = old_values + (new_values - old_values).clamp(-config.cliprange_value, config.cliprange_value)
+    value_losses = (new_values - returns) ** 2
+    clipped_value_losses = (clipped_values - returns) ** 2
+    value_loss = 0.5 * masked_mean(torch.max(value_losses, clipped_value_losses), m)
+
+    with torch.no_grad():
+        stats = {
+            "approxkl": 0.5 * masked_mean(log_ratio**2, m),
+            "clipfrac": masked_mean((clipped_losses > policy_losses).float(), m),
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "value_clipfrac": masked_mean((clipped_value_losses > value_losses).float(), m),
+            "ratio": masked_mean(ratio, m),
+            # of the distribution sampled from, softmax(logits / temperature), as TRL's PPOTrainer
+            "entropy": masked_mean(entropy_from_logits(logits.detach() / config.temperature), m),
+        }
+    return policy_loss + config.vf_coef * value_loss, stats
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -369,23 +530,25 @@ def forward_rollout(
     The log-probs come from a forward pass, not from generate()'s processed scores, so they are those of the plain
     temperature-scaled softmax that the training pass computes too.
     """
-    responses, width = batch["responses"], batch["responses"].shape[1]
+    sequences = {key: batch[key] for key in ("queries", "query_mask", "responses", "lengths")}
+    num_answers, width = batch["responses"].shape
     logprobs, ref_logprobs, values = [], [], []
-    for i in range(0, len(responses), chunk):
-        part = slice(i, i + chunk)
-        inputs = common.sequence_inputs(
-            batch["queries"][part], batch["query_mask"][part], responses[part], batch["lengths"][part]
-        )
-        logits = common.response_logits(policy, inputs, width)
-        logprobs.append(selective_log_softmax(logits, responses[part], temperature))
+    for rows in torch.arange(num_answers).split(chunk):
+        part = trimmed(sequences, rows)  # each output padded back to the batch's width with zeros
+        responses, part_width = part["responses"], part["responses"].shape[1]
+        inputs = common.sequence_inputs(part["queries"], part["query_mask"], responses, part["lengths"])
+        logits = common.response_logits(policy, inputs, part_width)
+        logprobs.append(selective_log_softmax(logits, responses, temperature))
         with policy.disable_adapter():  # the reference: the same weights without the adapter
-            ref_logits = common.response_logits(policy, inputs, width)
-        ref_logprobs.append(selective_log_softmax(ref_logits, responses[part], temperature))
+            ref_logits = common.response_logits(policy, inputs, part_width)
+        ref_logprobs.append(selective_log_softmax(ref_logits, responses, temperature))
         if critic is not None:
-            values.append(critic_values(critic, inputs, width))
-    return {"logprobs": torch.cat(logprobs), "ref_logprobs": torch.cat(ref_logprobs)} | (
-        {"values": torch.cat(values)} if values else {}
-    )
+            values.append(critic_values(critic, inputs, part_width))
+    outputs = {"logprobs": logprobs, "ref_logprobs": ref_logprobs} | ({"values": values} if values else {})
+    return {
+        key: torch.cat([nn.functional.pad(piece, (0, width - piece.shape[1])) for piece in pieces])
+        for key, pieces in outputs.items()
+    }
 
 
 def timer(start: float) -> float:
@@ -495,11 +658,11 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
         deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
         deepspeed_config["gradient_clipping"] = config.max_grad_norm
-    local_batch_size = (
-        config.per_device_train_batch_size * config.gradient_accumulation_steps * config.num_mini_batches
-    )
-    batch_size = local_batch_size * accelerator.num_processes
-    mini_batch_size = local_batch_size // config.num_mini_batches
+    # DeepSpeed clips the global norm of both models itself (gradient_clipping) and holds the gradients in shards, so
+    # each model's norm is clipped and logged on its own only under DDP and on one process.
+    per_model_clipping = accelerator.distributed_type != DistributedType.DEEPSPEED
+    sizes = batch_sizes(config, accelerator.num_processes)
+    batch_size = sizes.batch
 
     settings = common.run_settings(script_args, config)
     common.check_output_dir(
@@ -520,8 +683,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         )
     split = data.train_test_split(test_size=script_args.eval_fraction, seed=config.seed)
     train_rows, held_out = split["train"], split["test"]
-    total_episodes = config.total_episodes or int(config.num_train_epochs * len(train_rows))
-    num_updates = math.ceil(total_episodes / batch_size)
+    num_updates = count_updates(config, sizes, len(train_rows))
 
     resume = Path(config.resume_from_checkpoint) if config.resume_from_checkpoint else None
     run = {"batch_size": batch_size, "num_updates": num_updates, "processes": accelerator.num_processes}
@@ -587,10 +749,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
             tokenizer, rm_tokenizer, f"the reward model ({script_args.reward_model_path})", script_args.sft_model_path
         )
         reward_model.to(accelerator.device)
-        reward_fn = reward_model_fn(reward_model, tokenizer, config.local_rollout_forward_batch_size)
+        reward_fn = reward_model_fn(reward_model, tokenizer, sizes.rollout_chunk)
 
     model = PolicyAndValue(policy, critic).eval()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    optimizer = make_optimizer(policy, critic, config)
     # Stepped once per update, outside accelerate (its wrapper would step once per process).
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer, config.warmup_steps, num_updates)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -636,7 +798,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 batch_prompts,
                 config.response_length,
                 config.temperature,
-                config.local_rollout_forward_batch_size,
+                sizes.rollout_chunk,
                 accelerator.device,
             )
         responses, lengths = batch["responses"], batch["lengths"]
@@ -658,7 +820,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 config.missing_eos_penalty,
             )
             batch |= forward_rollout(
-                unwrapped.policy, unwrapped.critic, batch, config.temperature, config.local_rollout_forward_batch_size
+                unwrapped.policy, unwrapped.critic, batch, config.temperature, sizes.rollout_chunk
             )
         time_scoring = timer(started)
 
@@ -676,56 +838,28 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         advantages = masked_whiten(advantages, mask, lambda total: accelerator.reduce(total, reduction="sum"))
 
         # 5. Update: num_ppo_epochs passes over the batch in num_mini_batches shuffled minibatches; one optimizer
-        #    step per minibatch, accumulated over micro batches of per_device_train_batch_size.
+        #    step per minibatch, accumulated over micro batches of per_device_train_batch_size, each cut to its
+        #    longest prompt and answer; each model's gradient norm clipped on its own (as OpenRLHF's actor and critic).
         started = time.perf_counter()
-        stats = {
-            key: []
-            for key in ("approxkl", "clipfrac", "policy_loss", "value_loss", "value_clipfrac", "ratio", "entropy")
-        }
+        rollout = {
+            "queries": batch["queries"], "query_mask": batch["query_mask"], "responses": responses, "lengths": lengths,
+            "mask": mask, "logprobs": logprobs, "values": values, "advantages": advantages, "returns": returns,
+        }  # fmt: skip
+        stats = {key: [] for key in (*PPO_STATS, "policy_grad_norm", "critic_grad_norm")}
         for _ in range(config.num_ppo_epochs):
-            for mini_batch in torch.randperm(local_batch_size).split(mini_batch_size):
-                for micro in mini_batch.split(config.per_device_train_batch_size):
+            for mini_batch in torch.randperm(sizes.local_batch).split(sizes.mini_batch):
+                for rows in mini_batch.split(config.per_device_train_batch_size):
                     with accelerator.accumulate(model):
-                        m = mask[micro]
-                        inputs = common.sequence_inputs(
-                            batch["queries"][micro], batch["query_mask"][micro], responses[micro], lengths[micro]
-                        )
-                        logits, new_values = model(inputs, responses.shape[1])
-                        new_logprobs = selective_log_softmax(logits, responses[micro], config.temperature)
-
-                        # Clipped surrogate objective (Schulman et al. 2017, eq. 7).
-                        log_ratio = (new_logprobs - logprobs[micro]) * m
-                        ratio = log_ratio.exp()
-                        policy_losses = -advantages[micro] * ratio
-                        clipped_losses = -advantages[micro] * ratio.clamp(1 - config.cliprange, 1 + config.cliprange)
-                        policy_loss = masked_mean(torch.max(policy_losses, clipped_losses), m)
-
-                        # Clipped value loss: the new value may move at most cliprange_value from the rollout's
-                        # (the N+ details, #11; CleanRL ppo.py).
-                        clipped_values = values[micro] + (new_values - values[micro]).clamp(
-                            -config.cliprange_value, config.cliprange_value
-                        )
-                        value_losses = (new_values - returns[micro]) ** 2
-                        clipped_value_losses = (clipped_values - returns[micro]) ** 2
-                        value_loss = 0.5 * masked_mean(torch.max(value_losses, clipped_value_losses), m)
-
-                        accelerator.backward(policy_loss + config.vf_coef * value_loss)
-                        if accelerator.sync_gradients:
-                            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                        loss, micro_stats = ppo_loss(model, trimmed(rollout, rows), config)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and per_model_clipping:
+                            for name, part in (("policy", unwrapped.policy), ("critic", unwrapped.critic)):
+                                norm = accelerator.clip_grad_norm_(part.parameters(), config.max_grad_norm)
+                                stats[f"{name}_grad_norm"].append(norm)
                         optimizer.step()
                         optimizer.zero_grad()
-
-                    with torch.no_grad():
-                        stats["approxkl"].append(0.5 * masked_mean(log_ratio**2, m))
-                        stats["clipfrac"].append(masked_mean((clipped_losses > policy_losses).float(), m))
-                        stats["policy_loss"].append(policy_loss)
-                        stats["value_loss"].append(value_loss)
-                        stats["value_clipfrac"].append(masked_mean((clipped_value_losses > value_losses).float(), m))
-                        stats["ratio"].append(masked_mean(ratio, m))
-                        # of the distribution sampled from, softmax(logits / temperature), as TRL's PPOTrainer
-                        stats["entropy"].append(
-                            masked_mean(entropy_from_logits(logits.detach() / config.temperature), m)
-                        )
+                    for key, value in micro_stats.items():
+                        stats[key].append(value)
         scheduler.step()
         time_optimization = timer(started)
 
@@ -744,6 +878,14 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
             "loss/value_avg": torch.stack(stats["value_loss"]).mean(),
             "val/clipfrac_avg": torch.stack(stats["value_clipfrac"]).mean(),
             "val/ratio": torch.stack(stats["ratio"]).mean(),
+            **(
+                {
+                    "policy/grad_norm": torch.stack(stats["policy_grad_norm"]).mean(),
+                    "val/grad_norm": torch.stack(stats["critic_grad_norm"]).mean(),
+                }
+                if per_model_clipping
+                else {}
+            ),
             "val/answer_length": lengths.float().mean(),
             "time/generation": torch.tensor(time_generation),
             "time/scoring": torch.tensor(time_scoring),

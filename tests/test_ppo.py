@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
 
 import common
 import eval_ppo
@@ -135,6 +135,146 @@ def test_check_same_tokenizer_refuses_another_vocabulary(tiny_base):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Batch arithmetic, the two optimisers' settings, and trimmed micro batches, on small random models
+
+
+def random_models(seed=0):
+    """A two-layer random Qwen2 with the default LoRA adapter as the policy, and a random critic: no checkpoint."""
+    torch.manual_seed(seed)
+    shape = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=PAD, num_labels=1,
+    )  # fmt: skip
+    config = train_ppo.PPOConfig()
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules)
+    policy = get_peft_model(AutoModelForCausalLM.from_config(shape), lora).eval()
+    return policy, AutoModelForSequenceClassification.from_config(shape).eval()
+
+
+def test_batch_sizes_decouple_the_rollout_from_the_micro_batch():
+    """64 answers per update on each of 2 processes, generated 32 at a time, 8 optimizer steps of 4 micro batches."""
+    config = ppo_args(
+        "--per_device_train_batch_size", 2, "--gradient_accumulation_steps", 4, "--num_mini_batches", 8,
+        "--local_rollout_forward_batch_size", 32, "--total_episodes", 256,
+    )[1]  # fmt: skip
+    assert train_ppo.batch_sizes(config, num_processes=2) == train_ppo.BatchSizes(64, 128, 8, 32)
+    assert train_ppo.count_updates(config, train_ppo.batch_sizes(config, 2), num_questions=1000) == 2
+    config.local_rollout_forward_batch_size = 100  # more than the update's answers: one pass
+    assert train_ppo.batch_sizes(config, num_processes=1).rollout_chunk == 64
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ("--local_rollout_forward_batch_size", 6),
+            "--local_rollout_forward_batch_size 6 does not divide the --per_device_train_batch_size 8 x "
+            "--gradient_accumulation_steps 1 x --num_mini_batches 2 = 16 answers",
+        ),
+        (
+            ("--total_episodes", 20, "--per_device_train_batch_size", 4),
+            "--total_episodes 20 is not a whole number of updates of 8 answers",
+        ),
+    ],
+)
+def test_inexact_batch_divisions_stop_before_anything_loads(tmp_path, monkeypatch, flags, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(common.ArgumentError) as error:
+        train_ppo.main(*ppo_args(*flags))
+    assert message in str(error.value) and common.HELP_HINT in str(error.value)
+    assert not any(tmp_path.iterdir())  # nothing written, nothing loaded
+
+
+def test_actor_and_critic_learning_rates_reach_their_parameter_groups():
+    policy, critic = random_models()
+    _, config = ppo_args("--learning_rate", 1e-4, "--critic_learning_rate", 3e-5)
+    optimizer = train_ppo.make_optimizer(policy, critic, config)
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    assert {name: group["lr"] for name, group in groups.items()} == {"policy": 1e-4, "critic": 3e-5}
+    assert {name: group["weight_decay"] for name, group in groups.items()} == {"policy": 0.0, "critic": 0.0}
+    lora = {id(p) for name, p in policy.named_parameters() if "lora_" in name}
+    assert {id(p) for p in groups["policy"]["params"]} == lora  # the adapter only: the SFT weights stay frozen
+    assert {id(p) for p in groups["critic"]["params"]} == {id(p) for p in critic.parameters()}
+
+    # Adam's first step moves every parameter with a gradient by about its group's rate.
+    before = {id(p): p.detach().clone() for group in optimizer.param_groups for p in group["params"]}
+    ids = torch.randint(3, 64, (2, 6))
+    (policy(input_ids=ids).logits.sum() + critic(input_ids=ids).logits.sum()).backward()
+    optimizer.step()
+    for name, rate in (("policy", 1e-4), ("critic", 3e-5)):
+        moved = torch.cat([(p.detach() - before[id(p)]).abs().flatten() for p in groups[name]["params"]])
+        assert moved.max().item() == pytest.approx(rate, rel=0.01), name
+
+    # Unset, the critic takes the policy's rate, as the original's one rate for both; weight decay is settable.
+    _, config = ppo_args("--learning_rate", 2e-5, "--weight_decay", 0.1)
+    optimizer = train_ppo.make_optimizer(policy, critic, config)
+    assert [(group["lr"], group["weight_decay"]) for group in optimizer.param_groups] == [(2e-5, 0.1)] * 2
+
+
+# Prompts of 7, 3, 4 and 6 tokens; answers of 13, 3, 5 and 5 tokens (the last cut before its stop token).
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15, 16, 17]]
+ANSWERS = [[20] * 12 + [STOP], [21, 22, STOP], [23, 24, 25, 26, STOP], [27, 28, 29, 30, 31]]
+
+
+def rollout_of(policy, critic, prompts, answers, seed=0):
+    """A rollout's tensors for these prompt and answer ids, with random advantages and returns, and old log-probs and
+    values off the models' own, so that both clips act."""
+    queries, query_mask = common.padded(prompts, PAD, "left")
+    responses, lengths = common.cut_after_stop(common.padded(answers, PAD, "right")[0], STOP, PAD)
+    batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
+    batch |= train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=len(prompts))
+    mask = common.answer_mask(lengths, responses.shape[1]).float()
+    generator = torch.Generator().manual_seed(seed)
+    noise = [torch.randn(responses.shape, generator=generator) for _ in range(4)]
+    return batch | {
+        "mask": mask,
+        "logprobs": (batch["logprobs"] + 0.2 * noise[0]) * mask,
+        "values": (batch["values"] + noise[1]) * mask,
+        "advantages": noise[2] * mask,
+        "returns": (batch["values"] + noise[3]) * mask,
+    }
+
+
+def test_trimmed_and_untrimmed_micro_batches_give_the_same_loss():
+    """A micro batch cut to its longest prompt and answer gives the loss, statistics and gradients of the same rows at
+    the whole batch's width."""
+    policy, critic = random_models()
+    model = train_ppo.PolicyAndValue(policy, critic)
+    rollout = rollout_of(policy, critic, PROMPTS, ANSWERS)
+    rows = torch.tensor([1, 2])  # prompts of 3 and 4 tokens in a batch padded to 7, answers of 3 and 5 of 13
+    micro = train_ppo.trimmed(rollout, rows)
+    assert micro["queries"].shape == (2, 4) and micro["responses"].shape == (2, 5)
+    _, config = ppo_args()
+    results = []
+    for part in (micro, {key: value[rows] for key, value in rollout.items()}):
+        model.zero_grad()
+        loss, stats = train_ppo.ppo_loss(model, part, config)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), {key: value.item() for key, value in stats.items()}, grads))
+    (loss, stats, grads), (full_loss, full_stats, full_grads) = results
+    assert stats["clipfrac"] > 0 and stats["value_clipfrac"] > 0  # both clips act
+    assert loss == pytest.approx(full_loss, rel=1e-6, abs=1e-7)
+    assert stats == pytest.approx(full_stats, rel=1e-5, abs=1e-6)
+    assert grads.keys() == full_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_the_rollout_forward_trims_each_chunk_without_changing_a_log_prob():
+    policy, critic = random_models()
+    queries, query_mask = common.padded(PROMPTS, PAD, "left")
+    responses, lengths = common.cut_after_stop(common.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
+    batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
+    whole = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=4)  # one pass at the batch's width
+    chunked = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=2)  # the second pass is trimmed
+    mask = common.answer_mask(lengths, responses.shape[1])
+    for key in ("logprobs", "ref_logprobs", "values"):
+        assert chunked[key].shape == responses.shape
+        torch.testing.assert_close(chunked[key][mask], whole[key][mask], rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Sampling and identity at the start, on the tiny SFT model with a fresh adapter
 
 
@@ -244,6 +384,27 @@ def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
     )
     expected = common.reward_scores(model, tokenizer, [prompt + answer_ids[1][:5]]).item() - 1.0
     assert not stopped.item() and cut_scores.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_critic_from_the_reward_model_starts_at_its_scores(rm_run, capsys):
+    """--value_model_path checkpoint/rm (OpenRLHF; the N+ details): the critic keeps the reward model's score head, so
+    its first value of each answer prefix is the reward model's score of that prefix."""
+    path = rm_run / common.RM_DIR
+    critic = train_ppo.load_critic(str(path)).eval()
+    assert f"The critic: {path}, its score head included." in capsys.readouterr().out
+    reward_model, tokenizer = common.load_model(AutoModelForSequenceClassification, path, "")
+    torch.testing.assert_close(critic.score.weight, reward_model.score.weight)
+    question = {"question": "吃了没?"}
+    (prompt,) = prompts(tokenizer, [question["question"]])
+    answer = common.conversation_ids(tokenizer, question, common.DEFAULT_SYSTEM_PROMPT, "关你屁事,自己吃去。")
+    answer = answer[len(prompt) :]
+    queries, query_mask = common.padded([prompt], tokenizer.pad_token_id, "left")
+    inputs = common.sequence_inputs(queries, query_mask, torch.tensor([answer]), torch.tensor([len(answer)]))
+    with torch.no_grad():
+        values = train_ppo.critic_values(critic, inputs, len(answer))[0]
+    prefixes = [prompt + answer[:t] for t in range(len(answer))]  # V(s_t): the text before answer token t
+    expected = common.reward_scores(reward_model, tokenizer, prefixes)
+    assert values.tolist() == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------------------------
