@@ -113,8 +113,9 @@ class PPOConfig:
     """PPO's hyperparameters, named as in TRL's PPOConfig so that its users find the same flags.
 
     Defaults are the original run's (learning rate, batch 2 x 4, rollout batch 8, cliprange 0.1 and 0.5, vf_coef 0.5,
-    2 PPO epochs, 200-token answers, the LoRA) and TRL's where it kept TRL's (kl_coef, gamma, lam, temperature).
-    Two differ on purpose: LoRA dropout 0 (was 0.05) and missing_eos_penalty 1.0 (was unset).
+    2 PPO epochs, 200-token answers, the LoRA) and TRL's where it kept TRL's (kl_coef, gamma, lam, temperature,
+    weight decay 0). Three differ on purpose: LoRA dropout 0 (was 0.05), missing_eos_penalty 1.0 (was unset), and
+    max_grad_norm clipping each model's gradient on its own (TRL clipped the two together).
     """
 
     output_dir: str = field(default=str(common.PPO_DIR), metadata={"help": "Where the adapter and critic are saved."})
