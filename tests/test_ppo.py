@@ -345,6 +345,7 @@ def test_the_first_update_starts_at_kl_0_and_ratio_1(tmp_path, sft_run, tiny_bas
     assert scalars["policy/approxkl_avg"][0][1] < 1e-9
     assert scalars["policy/clipfrac_avg"][0][1] == 0
     assert scalars["val/ratio"][0][1] == pytest.approx(1, abs=1e-5)
+    assert scalars["policy/grad_norm"][0][1] > 0 and scalars["val/grad_norm"][0][1] > 0  # each model's, logged
     # policy/entropy_avg is the entropy of what was sampled: near the sampled estimate, -log pi per answer token
     sampled = scalars["objective/entropy"][0][1] / scalars["val/answer_length"][0][1]
     assert scalars["policy/entropy_avg"][0][1] == pytest.approx(sampled, abs=0.5), (
