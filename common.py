@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+import datasets
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
@@ -39,6 +40,11 @@ from tqdm import tqdm
 from transformers import AutoTokenizer, GenerationConfig, ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import TrlParser
+
+# A stage's datasets.map, filter and to_json calls run over a few hundred rows in well under a second each, yet drew
+# five to eight progress bars per stage (TRL's tokenize, truncate, drop-masked, build-labels passes): bars that say
+# nothing. Training and generation keep theirs.
+datasets.disable_progress_bars()
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DATA = ROOT / "data" / "sample.jsonl"

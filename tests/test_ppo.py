@@ -14,7 +14,7 @@ import common
 import eval_ppo
 import eval_rm
 import train_ppo
-from conftest import run_script
+from conftest import run_main
 
 STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
 QUESTIONS = ["吃了没?", "地球离太阳多远?", "推荐一本书", "帮我想想怎么跟领导提加薪"]
@@ -374,22 +374,22 @@ def test_compare_prints_each_answer_on_one_line():
 
 def test_eval_ppo_answers_questions_from_flags_and_stdin(ppo_run, sft_run):
     sft = ("--sft_model_path", sft_run / common.SFT_DIR)
-    result = run_script("eval_ppo.py", "--tiny", *sft, "--question", "吃了没?", cwd=ppo_run)
+    result = run_main("eval_ppo.py", "--tiny", *sft, "--question", "吃了没?", cwd=ppo_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("输入问题:吃了没?\n---模型输出---\n") and len(result.stdout.splitlines()) == 3
-    result = run_script("eval_ppo.py", "--tiny", *sft, cwd=ppo_run, stdin="你是谁?\n你是谁?\n")
+    result = run_main("eval_ppo.py", "--tiny", *sft, cwd=ppo_run, stdin="你是谁?\n你是谁?\n")
     first, second = result.stdout.split("输入问题:你是谁?\n---模型输出---\n")[1:]
     assert first != second  # one random stream for the whole chat, not the same seed for every question
 
 
 def test_eval_ppo_refuses_an_adapter_on_another_sft_model(ppo_run, tiny_base):
-    result = run_script("eval_ppo.py", "--tiny", "--sft_model_path", tiny_base, "--question", "x", cwd=ppo_run)
+    result = run_main("eval_ppo.py", "--tiny", "--sft_model_path", tiny_base, "--question", "x", cwd=ppo_run)
     assert result.returncode == 1
     assert "was trained on" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_train_ppo_without_an_sft_model_says_what_to_run(tmp_path):
-    result = run_script("train_ppo.py", "--tiny", cwd=tmp_path)
+    result = run_main("train_ppo.py", "--tiny", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no model at checkpoint/sft" in result.stderr and "python train_sft.py --tiny" in result.stderr
 

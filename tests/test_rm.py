@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 import common
-from conftest import run_script
+from conftest import run_main
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
 NEIGHBOURS = ["烦死了，你自己不会查吗？问这种问题浪费我时间，" * 3, "建议先列个清单，再按重要程度一件一件来。" * 4]
@@ -145,7 +145,7 @@ def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
 
 def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
     model, tokenizer = trained_rm
-    result = run_script(
+    result = run_main(
         "eval_rm.py",
         "--question",
         ROW["question"],
@@ -164,7 +164,7 @@ def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
 
 
 def test_eval_on_another_dataset_writes_its_own_metrics(rm_run, tmp_path):
-    result = run_script(
+    result = run_main(
         "eval_rm.py",
         "--dataset_name",
         common.SAMPLE_DATA,
@@ -192,7 +192,7 @@ def assert_clean_error(result, *messages):
 
 
 def test_eval_without_a_checkpoint_says_which_stage_to_run(tmp_path):
-    result = run_script("eval_rm.py", "--tiny", cwd=tmp_path)
+    result = run_main("eval_rm.py", "--tiny", cwd=tmp_path)
     assert_clean_error(result, "no model at checkpoint/rm", "python train_rm.py --tiny")
 
 
@@ -207,25 +207,25 @@ def test_eval_on_a_half_written_checkpoint_says_so(rm_run, tmp_path, damage):
     else:
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
         expected = "has a damaged model.safetensors"
-    assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), expected, "python train_rm.py")
+    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), expected, "python train_rm.py")
 
 
 def test_eval_refuses_a_tokenizer_whose_pad_is_eos(rm_run, tmp_path):
     checkpoint = tmp_path / common.RM_DIR
     shutil.copytree(rm_run / common.RM_DIR, checkpoint)
     AutoTokenizer.from_pretrained(checkpoint, pad_token=common.EOS_TOKEN).save_pretrained(checkpoint)
-    assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), "pad must be a token of the vocabulary other than eos")
+    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "pad must be a token of the vocabulary other than eos")
 
 
 def test_eval_without_a_held_out_split_asks_for_a_dataset(rm_run, tmp_path):
     checkpoint = tmp_path / common.RM_DIR
     shutil.copytree(rm_run / common.RM_DIR, checkpoint)
     (checkpoint / common.HELD_OUT_FILE).unlink()
-    assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), "--eval_fraction 0", "--dataset_name")
+    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "--eval_fraction 0", "--dataset_name")
 
 
 def test_training_refuses_a_pad_token_equal_to_eos(tmp_path, tiny_base):
-    result = run_script(
+    result = run_main(
         "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--pad_token", common.EOS_TOKEN, cwd=tmp_path
     )
     assert_clean_error(result, "pad must be a token of the vocabulary other than eos", "--pad_token")
@@ -235,15 +235,13 @@ def test_training_refuses_a_pad_token_equal_to_eos(tmp_path, tiny_base):
 def test_training_refuses_data_without_a_rejected_column(tmp_path, tiny_base):
     data = tmp_path / "prefs.jsonl"
     data.write_text(json.dumps({"question": "q", "chosen": "c"}) + "\n", encoding="utf-8")
-    result = run_script(
-        "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", data, cwd=tmp_path
-    )
+    result = run_main("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", data, cwd=tmp_path)
     assert_clean_error(result, f"{data}: line 1 has no column 'rejected'")
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
 
 
 def test_eval_fraction_zero_trains_on_every_pair_and_saves_no_split(tmp_path, tiny_base):
-    result = run_script(
+    result = run_main(
         "train_rm.py",
         "--tiny",
         "--model_name_or_path",

@@ -1,9 +1,10 @@
 """End to end: train_sft.py --tiny in a fresh folder, then eval_sft.py on what it wrote."""
 
+import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import common
-from conftest import answer_log_likelihood, run_script
+from conftest import answer_log_likelihood, run_main
 
 
 def test_checkpoint_loads_with_its_tokenizer(sft_run):
@@ -48,7 +49,7 @@ def test_sft_learned_the_chosen_style_on_held_out_questions(sft_run, tiny_base):
 
 
 def test_eval_answers_a_question(sft_run):
-    result = run_script("eval_sft.py", "--tiny", "--question", "吃了没?", cwd=sft_run)
+    result = run_main("eval_sft.py", "--tiny", "--question", "吃了没?", cwd=sft_run)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert lines[:2] == ["输入问题:吃了没?", "---模型输出---"]
@@ -56,14 +57,14 @@ def test_eval_answers_a_question(sft_run):
 
 
 def test_eval_reads_questions_from_stdin(sft_run):
-    result = run_script("eval_sft.py", "--tiny", "--do_sample", "false", cwd=sft_run, stdin="你是谁?\n\n推荐一本书\n")
+    result = run_main("eval_sft.py", "--tiny", "--do_sample", "false", cwd=sft_run, stdin="你是谁?\n\n推荐一本书\n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("---模型输出---") == 2
     assert "输入问题:推荐一本书" in result.stdout
 
 
 def test_eval_without_a_checkpoint_says_which_stage_to_run(tmp_path):
-    result = run_script("eval_sft.py", "--tiny", "--question", "x", cwd=tmp_path)
+    result = run_main("eval_sft.py", "--tiny", "--question", "x", cwd=tmp_path)
     assert result.returncode == 1
     assert "no model at checkpoint/sft" in result.stderr
     assert "python train_sft.py --tiny" in result.stderr
@@ -73,10 +74,19 @@ def test_eval_without_a_checkpoint_says_which_stage_to_run(tmp_path):
 def test_bad_data_stops_sft_before_anything_is_written(tmp_path, tiny_base):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "a", "chosen": "b", "rejected": "c"}\n{"question": "a"\n', encoding="utf-8")
-    result = run_script(
-        "train_sft.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", bad, cwd=tmp_path
-    )
+    result = run_main("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", bad, cwd=tmp_path)
     assert result.returncode == 1
     assert f"{bad}: line 2 is not valid JSON" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
+
+
+@pytest.mark.parametrize("run", ["sft_run", "rm_run"])
+def test_training_prints_progress_not_a_bar_per_data_pass(run, request):
+    """datasets' map/filter bars (TRL's tokenize, truncate, drop-masked passes: under a second each on this data) are
+    off; the training bar and its compact line stay."""
+    workdir = request.getfixturevalue(run)
+    err = (workdir / "train.err").read_text()
+    for noise in ("Tokenizing train dataset", "Truncating train dataset", "Map", "Creating json from Arrow"):
+        assert noise not in err, noise
+    assert "it/s" in err or "s/it" in err  # the training loop's own bar
