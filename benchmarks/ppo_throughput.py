@@ -228,7 +228,7 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
 
     def timed(name, function):
         def wrapper(*args, **kwargs):
-            marks.setdefault(name, time.perf_counter())
+            marks.setdefault(name, (time.perf_counter(), time.process_time()))
             return function(*args, **kwargs)
 
         return wrapper
@@ -248,7 +248,8 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
     scalars = common.read_scalars(run_dir)
     return {
         "episodes": int(scalars["episode"][-1][1]),
-        "seconds": marks["end"] - marks["start"],
+        "seconds": marks["end"][0] - marks["start"][0],
+        "cpu_seconds": marks["end"][1] - marks["start"][1],
         "phase_seconds": {phase: sum(value for _, value in scalars[f"time/{phase}"]) for phase in PHASES},
         "answer_length": sum(value for _, value in scalars["val/answer_length"]) / len(scalars["val/answer_length"]),
         "peak_memory_gib": peak_memory_gib(),
@@ -279,6 +280,8 @@ def summarise(run: dict, flops: dict[str, float], peak_tflops: float | None, ans
         "seconds": run["seconds"],
         "episodes_per_s": episodes / run["seconds"],
         "phase_episodes_per_s": {phase: episodes / seconds for phase, seconds in phases.items()},
+        # CPU time of every thread of the process: on a machine shared with other jobs, steadier than wall time
+        "cpu_seconds_per_episode": run["cpu_seconds"] / episodes,
         "tokens_per_s": episodes * answer / run["seconds"],
         "generation_tokens_per_s": episodes * answer / phases["generation"] if "generation" in phases else None,
         "peak_memory_gib": run["peak_memory_gib"],
@@ -295,6 +298,7 @@ def table(results: dict) -> str:
     rows.append(("episodes/s", *(cell(r["episodes_per_s"], ".2f") for r in results.values())))
     for phase in PHASES:
         rows.append((f"  {phase}", *(cell(r["phase_episodes_per_s"].get(phase), ".2f") for r in results.values())))
+    rows.append(("CPU s / episode", *(cell(r["cpu_seconds_per_episode"], ".2f") for r in results.values())))
     rows.append(("generated tokens/s", *(cell(r["tokens_per_s"], ".1f") for r in results.values())))
     rows.append(("  in generation", *(cell(r["generation_tokens_per_s"], ".1f") for r in results.values())))
     rows.append(("peak memory GiB", *(cell(r["peak_memory_gib"], ".2f") for r in results.values())))

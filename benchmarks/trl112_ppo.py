@@ -59,17 +59,19 @@ class Clock(TrainerCallback):
     """The phases' wall time per update: the marks the wrapped TRL functions and the callbacks set."""
 
     def __init__(self):
-        self.start = self.end = None
+        self.start = self.end = self.cpu_start = self.cpu_end = None
         self.phase_seconds = {"generation": 0.0, "scoring": 0.0, "optimization": 0.0}
         self.generated = self.training = None
         self.answer_widths = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = now()
+        self.cpu_start = time.process_time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "episode" in logs:  # one per update, after its optimisation
             self.end = now()
+            self.cpu_end = time.process_time()
             self.phase_seconds["optimization"] += self.end - self.training
             self.training = None
 
@@ -155,6 +157,7 @@ def main(spec_path: str, result_path: str) -> None:
     result = {
         "episodes": trainer.state.episode,
         "seconds": clock.end - clock.start,
+        "cpu_seconds": clock.cpu_end - clock.cpu_start,
         "phase_seconds": clock.phase_seconds,
         "peak_memory_gib": peak,
     }

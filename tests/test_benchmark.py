@@ -41,7 +41,7 @@ def test_tiny_benchmark_prints_table_and_json(tmp_path):
     assert "episodes/s" in stdout and "generated tokens/s" in stdout and "peak memory GiB" in stdout
     ours = report["results"]["hf-ppo"]
     assert ours["episodes"] == report["settings"]["episodes"] == 16
-    assert ours["episodes_per_s"] > 0 and ours["peak_memory_gib"] > 0
+    assert ours["episodes_per_s"] > 0 and ours["peak_memory_gib"] > 0 and ours["cpu_seconds_per_episode"] > 0
     assert set(ours["phase_episodes_per_s"]) == {"generation", "scoring", "optimization"}
     assert all(rate > 0 for rate in ours["phase_episodes_per_s"].values())
     # each phase takes part of the loop's time, so it runs more episodes per second than the whole loop
