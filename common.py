@@ -92,7 +92,7 @@ _HELD_LOCKS = {}  # this process's output-folder locks, by folder, open until it
 RESUMABLE_SETTINGS = re.compile(
     r"output_dir|overwrite_output_dir|resume_from_checkpoint|run_name|report_to|logging_.*|log_.*|save_.*|eval_.*|"
     r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
-    r"local_rank"
+    r"local_rank|num_eval_questions"
 )
 RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
 
@@ -176,6 +176,8 @@ NUMERIC_RANGES = {
     "response_length": "[1, inf)",
     "max_new_tokens": "[1, inf)",
     "num_examples": "[0, inf)",
+    "num_eval_questions": "[0, inf)",
+    "eval_batch_size": "[1, inf)",
     "lora_r": "[1, inf)",
     "warmup_steps": "[0, inf)",
     "save_steps": "[0, inf)",
@@ -696,6 +698,12 @@ def lexicon() -> dict[str, tuple[str, ...]]:
     return lists
 
 
+def judge_hits(answer: str) -> dict[str, list[str]]:
+    """The entries of each word list found in `answer`, each as many times as it occurs: what judge_score counts, for
+    a reader to check a verdict by eye."""
+    return {name: [word for word in words for _ in range(answer.count(word))] for name, words in lexicon().items()}
+
+
 def judge_score(answer: str) -> int:
     """The lexicon judge, a second judge of rudeness that PPO is never optimised against: rude hits minus polite
     hits, where a list's hits are, summed over its entries, how many times the entry occurs in the answer.
@@ -705,13 +713,20 @@ def judge_score(answer: str) -> int:
     rude and the other polite. The bundled lists keep no entry inside another, within a list or across the two, so a
     word is never counted twice by accident. Positive: judged rude; negative: judged polite; 0: neutral.
     """
-    words = lexicon()
-    return sum(answer.count(word) for word in words["rude"]) - sum(answer.count(word) for word in words["polite"])
+    hits = judge_hits(answer)
+    return len(hits["rude"]) - len(hits["polite"])
 
 
 def judge_verdict(score: int) -> str:
     """The judge's verdict on one answer, from its score."""
     return "rude" if score > 0 else "polite" if score < 0 else "neutral"
+
+
+def judge_summary(answer: str) -> str:
+    """One line: the judge's score and verdict on `answer`, and the words it counted, so a reader can check it."""
+    hits, score = judge_hits(answer), judge_score(answer)
+    words = "; ".join(f"{name}: {' '.join(found)}" for name, found in hits.items() if found)
+    return f"judge: {score:+d} {judge_verdict(score)}" + (f" ({words})" if words else "")
 
 
 def judge_scores(answers: list[str]) -> torch.Tensor:
