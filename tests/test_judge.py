@@ -1,8 +1,11 @@
 """The lexicon judge (common.judge_score): rude hits minus polite hits, against counts made by hand."""
 
 import pytest
+import torch
 
 import common
+import eval_ppo
+import eval_rm
 
 
 @pytest.fixture
@@ -61,3 +64,47 @@ def test_a_missing_or_empty_list_is_named(word_lists, tmp_path):
     word_lists("滚\n", "# only a comment\n\n")
     with pytest.raises(common.PipelineError, match=r"polite word list .*polite\.txt has no entry"):
         common.judge_score("滚")
+
+
+def test_hits_list_what_the_score_counts():
+    assert common.judge_hits("滚，烦死了，谢谢，滚。") == {"rude": ["滚", "滚", "烦"], "polite": ["谢谢"]}
+    assert common.judge_summary("滚，烦死了，谢谢，滚。") == "judge: +2 rude (rude: 滚 滚 烦; polite: 谢谢)"
+    assert common.judge_summary("地球") == "judge: +0 neutral"
+
+
+def test_eval_rm_reports_the_judge_beside_the_reward_model():
+    """Four pairs by hand: the judge ranks pairs 1 and 2 right, ties pair 3 and gets pair 4 wrong; of the three it
+    ranks, the reward model ranks 1 and 4 the same way and 2 the other way."""
+    tensor = torch.tensor
+    metrics = eval_rm.pair_metrics(
+        tensor([1.0, 2.0, -1.0, 0.0]),
+        tensor([0.0, 3.0, -2.0, 1.0]),
+        tensor([2.0, 1.0, 0.0, 0.0]),
+        tensor([0.0, 0.0, 0.0, 1.0]),
+    )
+    assert metrics["accuracy"] == 0.5
+    assert (metrics["judge_accuracy"], metrics["judge_ties"]) == (0.5, 0.25)
+    assert metrics["judge_ranked_pairs"] == 3 and metrics["judge_rm_agreement"] == pytest.approx(2 / 3)
+    assert (metrics["judge_mean_chosen"], metrics["judge_mean_rejected"]) == (0.75, 0.25)
+    every_tie = eval_rm.pair_metrics(tensor([1.0]), tensor([0.0]), tensor([1.0]), tensor([1.0]))
+    assert every_tie["judge_rm_agreement"] is None and every_tie["judge_ties"] == 1
+
+
+def test_compare_counts_agreement_on_which_answer_is_ruder():
+    """Four questions: the judge ties question 3; of the other three the reward model prefers the answer the judge
+    finds ruder on 1 and 4, and the other one on 2."""
+    later = {"scores": torch.tensor([2.0, 0.0, 1.0, -1.0]), "judge": torch.tensor([3.0, 2.0, 1.0, 0.0])}
+    earlier = {"scores": torch.tensor([1.0, 1.0, 0.0, 0.0]), "judge": torch.tensor([0.0, 0.0, 1.0, 2.0])}
+    assert eval_ppo.judge_agreement(later, earlier) == {"agreement": pytest.approx(2 / 3), "questions": 3, "ties": 1}
+
+
+def test_the_verdict_line_says_what_the_judge_says():
+    def model(reward, judge, rude):
+        return {"mean_reward": reward, "judge_mean_score": judge, "judge_share_rude": rude}
+
+    metrics = {"base": model(-1.5, -0.5, 0.1), "sft": model(1.8, 2.0, 0.9), "ppo": model(2.0, 1.5, 0.8)}
+    metrics["ppo"]["mean_kl_to_sft"] = 1.0
+    checks = eval_ppo.outcome(metrics)
+    assert [passed for passed, _ in checks] == [True, True, True, False]
+    assert checks[1][1] == "The judge agrees: +2.50 in its score, judged rude 0.10 -> 0.90."
+    assert checks[3][1] == "The judge does NOT agree: -0.50 in its score, judged rude 0.90 -> 0.80."
