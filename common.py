@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import errno
 import fcntl
+import functools
 import io
 import itertools
 import json
@@ -62,6 +63,8 @@ TINY_BASE_DIR = BASE_DIR / "tiny"
 SFT_DIR = CHECKPOINT_ROOT / "sft"
 RM_DIR = CHECKPOINT_ROOT / "rm"
 PPO_DIR = CHECKPOINT_ROOT / "ppo"
+# The lexicon judge's word lists (see judge_score): rude and polite markers, one a line, `#` starts a comment line.
+LEXICON_FILES = {"rude": ROOT / "data" / "lexicon" / "rude.txt", "polite": ROOT / "data" / "lexicon" / "polite.txt"}
 HELD_OUT_FILE = "held_out.jsonl"  # train_rm.py and train_ppo.py save their held-out rows beside the model
 TENSORBOARD_ROOT = Path("tensorboard")  # each run's scalars and its chart: tensorboard/<stage>/<time>/<stage>.png
 # Charts: panels of 4 x 3 inches at 100 dpi, 3 a row, so a chart is at most 1200 px wide and reads at README width;
@@ -95,7 +98,7 @@ _HELD_LOCKS = {}  # this process's output-folder locks, by folder, open until it
 RESUMABLE_SETTINGS = re.compile(
     r"output_dir|overwrite_output_dir|resume_from_checkpoint|run_name|report_to|logging_.*|log_.*|save_.*|eval_.*|"
     r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
-    r"local_rank"
+    r"local_rank|num_eval_questions"
 )
 RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
 
@@ -179,6 +182,8 @@ NUMERIC_RANGES = {
     "response_length": "[1, inf)",
     "max_new_tokens": "[1, inf)",
     "num_examples": "[0, inf)",
+    "num_eval_questions": "[0, inf)",
+    "eval_batch_size": "[1, inf)",
     "lora_r": "[1, inf)",
     "warmup_steps": "[0, inf)",
     "save_steps": "[0, inf)",
@@ -674,6 +679,65 @@ def reward_scores(
         logits = model(input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
         scores.append(logits[:, 0].float())
     return torch.cat(scores)
+
+
+@functools.cache
+def lexicon() -> dict[str, tuple[str, ...]]:
+    """The lexicon judge's word lists, {"rude": (...), "polite": (...)}, read once from LEXICON_FILES: one word or
+    phrase a line, blank lines and lines starting with `#` skipped, the rest taken as written (no case folding)."""
+    lists = {}
+    for name, path in LEXICON_FILES.items():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise PipelineError(
+                f"the lexicon judge's {name} word list {path} cannot be read ({reason}). Restore it from the "
+                "repository (git checkout -- data/lexicon), or write one word or phrase a line, in UTF-8."
+            ) from None
+        lists[name] = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+        if not lists[name]:
+            raise PipelineError(
+                f"the lexicon judge's {name} word list {path} has no entry (every line is blank or a # comment). "
+                "Put one word or phrase a line, or restore it: git checkout -- data/lexicon"
+            )
+    return lists
+
+
+def judge_hits(answer: str) -> dict[str, list[str]]:
+    """The entries of each word list found in `answer`, each as many times as it occurs: what judge_score counts, for
+    a reader to check a verdict by eye."""
+    return {name: [word for word in words for _ in range(answer.count(word))] for name, words in lexicon().items()}
+
+
+def judge_score(answer: str) -> int:
+    """The lexicon judge, a second judge of rudeness that PPO is never optimised against: rude hits minus polite
+    hits, where a list's hits are, summed over its entries, how many times the entry occurs in the answer.
+
+    Each entry is counted on its own with `str.count`: its non-overlapping occurrences, left to right. So text that
+    two entries share counts once for each (不会自己查 holds both 不会自己 and 自己查: two rude hits), also when one is
+    rude and the other polite. The bundled lists keep no entry inside another, within a list or across the two, so a
+    word is never counted twice by accident. Positive: judged rude; negative: judged polite; 0: neutral.
+    """
+    hits = judge_hits(answer)
+    return len(hits["rude"]) - len(hits["polite"])
+
+
+def judge_verdict(score: int) -> str:
+    """The judge's verdict on one answer, from its score."""
+    return "rude" if score > 0 else "polite" if score < 0 else "neutral"
+
+
+def judge_summary(answer: str) -> str:
+    """One line: the judge's score and verdict on `answer`, and the words it counted, so a reader can check it."""
+    hits, score = judge_hits(answer), judge_score(answer)
+    words = "; ".join(f"{name}: {' '.join(found)}" for name, found in hits.items() if found)
+    return f"judge: {score:+d} {judge_verdict(score)}" + (f" ({words})" if words else "")
+
+
+def judge_scores(answers: list[str]) -> torch.Tensor:
+    """judge_score of each answer, as a float tensor to sit beside the reward model's scores."""
+    return torch.tensor([judge_score(answer) for answer in answers], dtype=torch.float)
 
 
 def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:

@@ -106,6 +106,31 @@ def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
     assert printed.count("问题: ") == 3 and f"accuracy        {metrics['accuracy']:.3f}" in printed
 
 
+def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm):
+    """The judge's accuracy and ties, recounted here from the held-out text, and its agreement with the reward model's
+    ranking over the pairs it does not tie, recomputed from the model's scores."""
+    model, tokenizer = trained_rm
+    metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
+    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
+    judge = [(common.judge_score(row["chosen"]), common.judge_score(row["rejected"])) for row in held_out]
+    assert metrics["judge_accuracy"] == pytest.approx(sum(c > r for c, r in judge) / len(judge))
+    assert metrics["judge_ties"] == pytest.approx(sum(c == r for c, r in judge) / len(judge))
+    assert metrics["judge_accuracy"] > 0.5  # the word lists do mark the sample's rude answers
+    rm_chosen, rm_rejected = (
+        common.reward_scores(
+            model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[col]) for row in held_out]
+        )
+        for col in ("chosen", "rejected")
+    )
+    ranked = [i for i, (c, r) in enumerate(judge) if c != r]
+    agree = [(rm_chosen[i] > rm_rejected[i]) == (judge[i][0] > judge[i][1]) for i in ranked]
+    assert metrics["judge_ranked_pairs"] == len(ranked)
+    assert metrics["judge_rm_agreement"] == pytest.approx(sum(agree) / len(agree))
+    printed = (rm_run / "eval_rm.out").read_text()
+    assert f"judge accuracy  {metrics['judge_accuracy']:.3f}" in printed
+    assert f"agreement       {metrics['judge_rm_agreement']:.3f}   of the {len(ranked)} pairs" in printed
+
+
 def test_held_out_pairs_carry_the_system_prompt_they_were_trained_with(rm_run):
     held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
     assert set(held_out["system"]) == {common.DEFAULT_SYSTEM_PROMPT}
@@ -161,6 +186,8 @@ def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
     printed = [float(line.removeprefix("奖励: ")) for line in result.stdout.splitlines() if line.startswith("奖励: ")]
     expected = common.reward_scores(model, tokenizer, [ids(tokenizer, ROW["chosen"]), ids(tokenizer, ROW["rejected"])])
     assert printed == pytest.approx(expected.tolist(), abs=1e-3)
+    judged = [line for line in result.stdout.splitlines() if line.startswith("judge: ")]
+    assert judged == [common.judge_summary(ROW["chosen"]), common.judge_summary(ROW["rejected"])]
 
 
 def test_eval_on_another_dataset_writes_its_own_metrics(rm_run, tmp_path):
