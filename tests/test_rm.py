@@ -96,7 +96,7 @@ def trained_rm(rm_run):
 def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
     metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
     held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
-    assert metrics["pairs"] == len(held_out) == 69  # 20% of the 345 rows, the tiny preset's --eval_fraction
+    assert metrics["pairs"] == len(held_out) == 35  # 10% of the 345 rows, --eval_fraction's default
     assert metrics["accuracy"] >= 0.9
     assert metrics["mean_chosen_reward"] > 0 > metrics["mean_rejected_reward"]
     assert metrics["mean_margin"] == pytest.approx(
@@ -120,7 +120,7 @@ def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
     held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
     for longer_is_rude in (True, False):
         rows = [row for row in held_out if (len(row["chosen"]) > len(row["rejected"])) == longer_is_rude]
-        assert len(rows) >= 20
+        assert len(rows) >= 15  # of the 35 held-out pairs
         chosen, rejected = (
             common.reward_scores(
                 model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[column]) for row in rows]
