@@ -120,9 +120,13 @@ TINY_MODEL_CONFIG = dict(
 # Qwen2.5-Instruct's generation_config.json, so the tiny model carries the same sampling defaults as the real one.
 QWEN_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
 # Random weights babble; the real base answers politely. A short SFT on the polite (`rejected`) answers gives the
-# tiny base that starting point, so the demo shows what the real run shows.
+# tiny base that starting point, so the demo shows what the real run shows. Short on purpose: the reward model starts
+# from this base, and after 10 epochs the base had memorised the polite answers, which the reward model then told
+# apart as "text the base knows" rather than by style. With 4 it builds in under half the time and the reward model
+# ranks data/style_pairs.jsonl (pairs in styles the sample lacks) no worse: 0.75 against 0.73, means over seeds on one
+# machine (data/README.md, with the sweep).
 TINY_BASE_TRAINING = dict(
-    num_train_epochs=10,
+    num_train_epochs=4,
     learning_rate=3e-3,
     per_device_train_batch_size=8,
     lr_scheduler_type="cosine",
