@@ -107,10 +107,6 @@ class ScriptArguments(common.StageArguments):
         default=common.DEFAULT_MODEL,
         metadata={"help": "The critic's starting point: this model plus a new score head, all parameters trained."},
     )
-    eval_fraction: float = field(
-        default=0.1,
-        metadata={"help": "Fraction of the questions held out (random, --seed) for eval_ppo.py --compare."},
-    )
 
 
 @dataclass
@@ -623,12 +619,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
 
     # Data first: a bad file fails in a second, before any model is loaded.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
-    if math.ceil(len(data) * script_args.eval_fraction) >= len(data):
-        raise common.PipelineError(
-            f"--eval_fraction {script_args.eval_fraction} of {len(data)} rows leaves none to train on."
-        )
-    split = data.train_test_split(test_size=script_args.eval_fraction, seed=config.seed)
-    train_rows, held_out = split["train"], split["test"]
+    # The questions held out for eval_ppo.py --compare: the rows SFT and the reward model held out too.
+    train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)
     total_episodes = config.total_episodes or int(config.num_train_epochs * len(train_rows))
     num_updates = math.ceil(total_episodes / batch_size)
     eval_every = math.ceil(config.eval_steps * num_updates) if config.eval_steps < 1 else int(config.eval_steps)
@@ -665,6 +657,13 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     if reward_fn is None:
         common.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
+    # A policy or reward model that trained on this run's held-out questions would flatter the comparison on them.
+    saved_as = Path(config.output_dir) / common.HELD_OUT_FILE
+    common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
+    if reward_fn is None:
+        common.check_same_held_out(
+            held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
+        )
     value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
     common.require_checkpoint(value_path, common.base_model_remedy(value_path, "value_model_path"), "critic")
 

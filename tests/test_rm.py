@@ -12,6 +12,11 @@ import common
 from conftest import run_main
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
+STYLE_PAIRS = common.ROOT / "data" / "style_pairs.jsonl"
+# What the tiny reward model reaches on any CPU, with margin: its accuracy moves by up to 0.2 between seeds and between
+# CPUs (README, Stage 2), since 310 pairs are few for it; length alone scores 1 on one half of the pairs and 0 on the
+# other.
+HELD_OUT_ACCURACY, LENGTH_HALF_ACCURACY, STYLE_ACCURACY = 0.65, 0.6, 0.6
 NEIGHBOURS = ["烦死了，你自己不会查吗？问这种问题浪费我时间，" * 3, "建议先列个清单，再按重要程度一件一件来。" * 4]
 
 
@@ -96,8 +101,9 @@ def trained_rm(rm_run):
 def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
     metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
     held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
-    assert metrics["pairs"] == len(held_out) == 69  # 20% of the 345 rows, the tiny preset's --eval_fraction
-    assert metrics["accuracy"] >= 0.9
+    assert metrics["pairs"] == len(held_out) == 35  # 10% of the 345 rows, --eval_fraction's default
+    # 0.71 to 0.89 over seeds and CPUs (README): not 0.97 to 1 as when the tiny base had read the held-out answers
+    assert metrics["accuracy"] >= HELD_OUT_ACCURACY
     assert metrics["mean_chosen_reward"] > 0 > metrics["mean_rejected_reward"]
     assert metrics["mean_margin"] == pytest.approx(
         metrics["mean_chosen_reward"] - metrics["mean_rejected_reward"], abs=1e-4
@@ -145,14 +151,30 @@ def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
     held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
     for longer_is_rude in (True, False):
         rows = [row for row in held_out if (len(row["chosen"]) > len(row["rejected"])) == longer_is_rude]
-        assert len(rows) >= 20
+        assert len(rows) >= 15  # of the 35 held-out pairs
         chosen, rejected = (
             common.reward_scores(
                 model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[column]) for row in rows]
             )
             for column in ("chosen", "rejected")
         )
-        assert (chosen > rejected).float().mean() >= 0.9, longer_is_rude
+        assert (chosen > rejected).float().mean() >= LENGTH_HALF_ACCURACY, longer_is_rude
+
+
+def test_the_reward_model_ranks_styles_the_sample_does_not_use(trained_rm):
+    """data/style_pairs.jsonl: hand-written pairs in other styles (mock praise, cold refusals, slang, ...), never
+    trained on. 0.59 to 0.90 over seeds and CPUs, 0.69 and 0.90 for seed 42 (README); 0.5 is chance."""
+    model, tokenizer = trained_rm
+    pairs = common.load_preference_data(STYLE_PAIRS)
+    chosen, rejected = (
+        common.reward_scores(
+            model,
+            tokenizer,
+            [common.conversation_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT, row[column]) for row in pairs],
+        )
+        for column in ("chosen", "rejected")
+    )
+    assert len(pairs) == 71 and (chosen > rejected).float().mean() >= STYLE_ACCURACY
 
 
 def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
@@ -165,7 +187,8 @@ def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
     assert (run_dir / "rm.png").read_bytes().startswith(b"\x89PNG")
     assert not (rm_run / "imgs").exists()
     printed = (rm_run / "train.out").read_text()
-    assert "{'" not in printed and "Trained 70 steps in " in printed  # no per-step or per-evaluation dict
+    # no per-step or per-evaluation dict; 310 pairs, batches of 8, 2 epochs
+    assert "{'" not in printed and "Trained 78 steps in " in printed
 
 
 def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
