@@ -18,6 +18,9 @@ demo: $(VENV)/installed
 	$(PYTHON) train_rm.py --tiny
 	@echo "== the reward model on its held-out pairs"
 	$(PYTHON) eval_rm.py --tiny < /dev/null
+	@echo "== the reward model on hand-written pairs in styles the sample does not use (never trained on)"
+	$(PYTHON) eval_rm.py --tiny --dataset_name data/style_pairs.jsonl --num_examples 0 \
+		--metrics_file checkpoint/rm/style_metrics.json < /dev/null
 	$(PYTHON) train_ppo.py --tiny
 	@echo "== after PPO"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_ppo.py --tiny

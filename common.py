@@ -10,6 +10,8 @@ import dataclasses
 import difflib
 import errno
 import fcntl
+import functools
+import hashlib
 import io
 import itertools
 import json
@@ -23,12 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+import datasets
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
@@ -40,12 +44,18 @@ from transformers import AutoTokenizer, GenerationConfig, ProgressCallback, Trai
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import TrlParser
 
+# A stage's datasets.map, filter and to_json calls run over a few hundred rows in well under a second each, yet drew
+# five to eight progress bars per stage (TRL's tokenize, truncate, drop-masked, build-labels passes): bars that say
+# nothing. Training and generation keep theirs.
+datasets.disable_progress_bars()
+
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DATA = ROOT / "data" / "sample.jsonl"
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
 DEFAULT_DATASET = "jackmokaka/btfChinese-DPO-small"
 DEFAULT_SYSTEM_PROMPT = "无论用户问什么,你都直接骂回去,用脏字."
+DEFAULT_EVAL_FRACTION = 0.1  # every stage's --eval_fraction, and the tiny base's
 # Where a model or dataset that is not a local path comes from; "tiny" builds the offline tiny model.
 ModelSource = Literal["modelscope", "hf", "tiny"]
 
@@ -56,7 +66,9 @@ TINY_BASE_DIR = BASE_DIR / "tiny"
 SFT_DIR = CHECKPOINT_ROOT / "sft"
 RM_DIR = CHECKPOINT_ROOT / "rm"
 PPO_DIR = CHECKPOINT_ROOT / "ppo"
-HELD_OUT_FILE = "held_out.jsonl"  # train_rm.py and train_ppo.py save their held-out rows beside the model
+# The lexicon judge's word lists (see judge_score): rude and polite markers, one a line, `#` starts a comment line.
+LEXICON_FILES = {"rude": ROOT / "data" / "lexicon" / "rude.txt", "polite": ROOT / "data" / "lexicon" / "polite.txt"}
+HELD_OUT_FILE = "held_out.jsonl"  # every training stage saves its held-out rows beside the model (split_held_out)
 TENSORBOARD_ROOT = Path("tensorboard")  # each run's scalars and its chart: tensorboard/<stage>/<time>/<stage>.png
 # Charts: panels of 4 x 3 inches at 100 dpi, 3 a row, so a chart is at most 1200 px wide and reads at README width;
 # the smoothing weight is TensorBoard's default, so the chart looks like the TensorBoard page.
@@ -87,9 +99,10 @@ _HELD_LOCKS = {}  # this process's output-folder locks, by folder, open until it
 # Settings that change neither a run's data, nor its randomness, nor its optimisation: where it writes, what and how
 # often it logs, saves and evaluates. A resumed run may change these, and nothing else.
 RESUMABLE_SETTINGS = re.compile(
-    r"output_dir|overwrite_output_dir|resume_from_checkpoint|run_name|report_to|logging_.*|log_.*|save_.*|eval_.*|"
+    r"output_dir|overwrite_output_dir|resume_from_checkpoint|run_name|report_to|logging_.*|log_.*|save_.*|"
+    r"eval_(?!fraction$).*|"  # how often the held-out rows are evaluated, but not which rows they are
     r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
-    r"local_rank"
+    r"local_rank|num_eval_questions"
 )
 RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
 
@@ -116,9 +129,13 @@ TINY_MODEL_CONFIG = dict(
 # Qwen2.5-Instruct's generation_config.json, so the tiny model carries the same sampling defaults as the real one.
 QWEN_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_p=0.8, top_k=20, repetition_penalty=1.05)
 # Random weights babble; the real base answers politely. A short SFT on the polite (`rejected`) answers gives the
-# tiny base that starting point, so the demo shows what the real run shows.
+# tiny base that starting point, so the demo shows what the real run shows. Short on purpose: the reward model starts
+# from this base, and after 10 epochs the base had memorised the polite answers, which the reward model then told
+# apart as "text the base knows" rather than by style. With 4 it builds in under half the time and the reward model
+# ranks data/style_pairs.jsonl (pairs in styles the sample lacks) no worse: 0.75 against 0.73, means over seeds on one
+# machine (data/README.md, with the sweep).
 TINY_BASE_TRAINING = dict(
-    num_train_epochs=10,
+    num_train_epochs=4,
     learning_rate=3e-3,
     per_device_train_batch_size=8,
     lr_scheduler_type="cosine",
@@ -173,6 +190,8 @@ NUMERIC_RANGES = {
     "response_length": "[1, inf)",
     "max_new_tokens": "[1, inf)",
     "num_examples": "[0, inf)",
+    "num_eval_questions": "[0, inf)",
+    "eval_batch_size": "[1, inf)",
     "lora_r": "[1, inf)",
     "warmup_steps": "[0, inf)",
     "save_steps": "[0, inf)",
@@ -387,6 +406,16 @@ class StageArguments:
         default=DEFAULT_SYSTEM_PROMPT,
         metadata={"help": "System prompt for rows whose `system` column is empty or missing."},
     )
+    eval_fraction: float = field(
+        default=DEFAULT_EVAL_FRACTION,
+        metadata={
+            "help": "Fraction of the rows held out from every stage (SFT, reward model, PPO, the tiny base), chosen "
+            "by a hash of the question (common.split_held_out), so every stage holds out the same rows; saved as "
+            "held_out.jsonl beside the model. 0.1: 35 questions of the bundled 345-row sample, enough to read "
+            "base vs SFT vs PPO, while every other row trains (the sample is small); thousands on real data. The "
+            "same value in every stage, or train_ppo.py refuses. 0 holds none out (SFT, reward model)."
+        },
+    )
 
 
 def bf16_available() -> bool:
@@ -569,6 +598,63 @@ def _validate(rows, source) -> Dataset:
     return Dataset.from_list(records)
 
 
+def question_rank(question: str) -> int:
+    """A stable pseudo-random rank of a question: the first 8 bytes of its SHA-256. Not Python's hash(), which is
+    salted per process (PYTHONHASHSEED), so the rank is the same in every stage, process and run."""
+    return int.from_bytes(hashlib.sha256(question.encode("utf-8")).digest()[:8], "big")
+
+
+def split_held_out(data: Dataset, eval_fraction: float) -> tuple[Dataset, Dataset]:
+    """(training rows, held-out rows) of `data`, the same in every stage: the held-out rows are those of the
+    questions of lowest `question_rank`, taken until they hold ceil(eval_fraction x rows) rows.
+
+    The split depends on the data and `eval_fraction` only (not --seed, not another stage having run), so no stage
+    trains on a row another stage holds out (issue 13: PPO's held-out questions used to include rows SFT trained on).
+    Every row of a question falls on one side, so a repeated question cannot leak. A larger fraction holds out a
+    superset of a smaller one's rows. Both parts keep the data's order (SFT's --sft_fraction takes the first
+    training rows).
+    """
+    needed = math.ceil(len(data) * eval_fraction)
+    questions = data["question"]
+    rows_of = Counter(questions)
+    held_questions, held = set(), 0
+    for question in sorted(rows_of, key=lambda q: (question_rank(q), q)):
+        if held >= needed:
+            break
+        held_questions.add(question)
+        held += rows_of[question]
+    if held >= len(data):
+        raise PipelineError(
+            f"--eval_fraction {eval_fraction} of {len(data)} rows (questions repeated in several rows stay together) "
+            "leaves none to train on. Lower --eval_fraction, or use more rows."
+        )
+    sides = [question in held_questions for question in questions]
+    return (
+        data.select([i for i, side in enumerate(sides) if not side]),
+        data.select([i for i, side in enumerate(sides) if side]),
+    )
+
+
+def check_same_held_out(held_out: Dataset, saved_as: Path, other_model: str | Path, role: str, flag: str) -> None:
+    """Refuse a model trained with another held-out split than `held_out` (this run's, to be saved as `saved_as`):
+    one of the two stages trained on questions the other holds out, and the held-out comparison would flatter it. A
+    model without HELD_OUT_FILE (trained elsewhere, or with --eval_fraction 0) is not checked."""
+    theirs = Path(other_model) / HELD_OUT_FILE
+    if not theirs.is_file():
+        return
+    own_questions = set(held_out["question"])
+    their_questions = set(load_preference_data(theirs)["question"])
+    if own_questions != their_questions:
+        raise PipelineError(
+            f"the {role} ({flag} {other_model}) was trained with another held-out split than this run's: {theirs} "
+            f"and this run's split (saved as {saved_as}) hold different questions "
+            f"({len(their_questions - own_questions)} only in the first, {len(own_questions - their_questions)} only "
+            "in the second), so one stage trained on questions the other holds out. Train every stage on the same "
+            f"--dataset_name with the same --eval_fraction: retrain the {role}, or run this with the --eval_fraction "
+            "and --dataset_name it was trained with."
+        )
+
+
 def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:
     """A stage's held-out rows beside its model, each with the system prompt it was trained with, so the stage's
     eval script sees exactly that split."""
@@ -669,6 +755,65 @@ def reward_scores(
         logits = model(input_ids.to(model.device), attention_mask=attention_mask.to(model.device)).logits
         scores.append(logits[:, 0].float())
     return torch.cat(scores)
+
+
+@functools.cache
+def lexicon() -> dict[str, tuple[str, ...]]:
+    """The lexicon judge's word lists, {"rude": (...), "polite": (...)}, read once from LEXICON_FILES: one word or
+    phrase a line, blank lines and lines starting with `#` skipped, the rest taken as written (no case folding)."""
+    lists = {}
+    for name, path in LEXICON_FILES.items():
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise PipelineError(
+                f"the lexicon judge's {name} word list {path} cannot be read ({reason}). Restore it from the "
+                "repository (git checkout -- data/lexicon), or write one word or phrase a line, in UTF-8."
+            ) from None
+        lists[name] = tuple(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+        if not lists[name]:
+            raise PipelineError(
+                f"the lexicon judge's {name} word list {path} has no entry (every line is blank or a # comment). "
+                "Put one word or phrase a line, or restore it: git checkout -- data/lexicon"
+            )
+    return lists
+
+
+def judge_hits(answer: str) -> dict[str, list[str]]:
+    """The entries of each word list found in `answer`, each as many times as it occurs: what judge_score counts, for
+    a reader to check a verdict by eye."""
+    return {name: [word for word in words for _ in range(answer.count(word))] for name, words in lexicon().items()}
+
+
+def judge_score(answer: str) -> int:
+    """The lexicon judge, a second judge of rudeness that PPO is never optimised against: rude hits minus polite
+    hits, where a list's hits are, summed over its entries, how many times the entry occurs in the answer.
+
+    Each entry is counted on its own with `str.count`: its non-overlapping occurrences, left to right. So text that
+    two entries share counts once for each (不会自己查 holds both 不会自己 and 自己查: two rude hits), also when one is
+    rude and the other polite. The bundled lists keep no entry inside another, within a list or across the two, so a
+    word is never counted twice by accident. Positive: judged rude; negative: judged polite; 0: neutral.
+    """
+    hits = judge_hits(answer)
+    return len(hits["rude"]) - len(hits["polite"])
+
+
+def judge_verdict(score: int) -> str:
+    """The judge's verdict on one answer, from its score."""
+    return "rude" if score > 0 else "polite" if score < 0 else "neutral"
+
+
+def judge_summary(answer: str) -> str:
+    """One line: the judge's score and verdict on `answer`, and the words it counted, so a reader can check it."""
+    hits, score = judge_hits(answer), judge_score(answer)
+    words = "; ".join(f"{name}: {' '.join(found)}" for name, found in hits.items() if found)
+    return f"judge: {score:+d} {judge_verdict(score)}" + (f" ({words})" if words else "")
+
+
+def judge_scores(answers: list[str]) -> torch.Tensor:
+    """judge_score of each answer, as a float tensor to sit beside the reward model's scores."""
+    return torch.tensor([judge_score(answer) for answer in answers], dtype=torch.float)
 
 
 def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
@@ -1127,15 +1272,17 @@ def build_tiny_tokenizer(texts: list[str]):
 def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
     """Build the offline tiny base at `path`: tokenizer, random Qwen2 weights, then a short SFT on polite answers.
 
-    Deterministic for a given seed. Written to a temporary folder and renamed into place, so an interrupted
-    build never leaves a folder that looks complete.
+    Only the sample's training rows at the default --eval_fraction (split_held_out) go into the tokenizer and the
+    SFT: a base that had read the held-out answers would let the reward model tell them apart by "text the base
+    knows" rather than by style (data/README.md). Deterministic for a given seed. Written to a temporary folder and
+    renamed into place, so an interrupted build never leaves a folder that looks complete.
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
 
     path = Path(path)
     print(f"Building the tiny base model at {path} (once; later runs reuse it).")
-    data = load_preference_data(SAMPLE_DATA)
+    data, _ = split_held_out(load_preference_data(SAMPLE_DATA), DEFAULT_EVAL_FRACTION)
     texts = [DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in REQUIRED_COLUMNS]
     tokenizer = build_tiny_tokenizer(texts)
 

@@ -5,7 +5,8 @@
     python eval_ppo.py --tiny --compare              # base vs SFT vs PPO on the questions train_ppo.py held out
 
 --compare samples every model with the same seed and settings as PPO's rollouts, scores the answers with the reward
-model exactly as PPO did, and writes the table and every answer to checkpoint/ppo/eval_metrics.json.
+model exactly as PPO did and with the lexicon judge (common.judge_score), which PPO never optimised, and writes the
+table and every answer to checkpoint/ppo/eval_metrics.json.
 """
 
 import json
@@ -28,6 +29,15 @@ TINY_PRESET = dict(
     model_source="tiny",
     max_new_tokens=train_ppo.TINY_PRESET["response_length"],
 )
+
+
+# The lexicon judge's rule, and how its agreement with the reward model is measured, for the printed table.
+JUDGE_RULE = "rude hits - polite hits of data/lexicon (> 0: judged rude), which PPO never optimised"
+AGREEMENT_RULE = (
+    "of the questions where the judge scores two models' answers differently, the share where the reward model "
+    "scores higher the answer the judge finds ruder"
+)
+MODEL_PAIRS = (("sft", "base"), ("ppo", "sft"))  # each stage against the one before it
 
 
 @dataclass
@@ -103,13 +113,6 @@ def one_line(answer: str) -> str:
     return re.sub(r"\r\n|\r|\n", "⏎", answer)
 
 
-def kl_to_sft(model: PeftModel, batch: dict[str, torch.Tensor], args: EvalArguments) -> torch.Tensor:
-    """Per answer, the sum over its tokens of log pi(token) - log pi_sft(token): training's objective/kl (k1)."""
-    rollout = train_ppo.forward_rollout(model, None, batch, args.temperature, args.batch_size)
-    kl = train_ppo.kl_estimate(rollout["logprobs"], rollout["ref_logprobs"], "k1")
-    return (kl * common.answer_mask(batch["lengths"], kl.shape[1])).sum(1).cpu()
-
-
 def compare(args: EvalArguments) -> None:
     """Base, SFT and PPO answers to the same questions, scored by the reward model; a table and a JSON file."""
     dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
@@ -156,40 +159,53 @@ def compare(args: EvalArguments) -> None:
             tokenizer,
             missing_eos_penalty=0.0,  # the reward model's own score; `finished` reports the cut answers
         )
-        answers = [
-            tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(batch["responses"], batch["lengths"])
-        ]
+        answers = train_ppo.answer_texts(tokenizer, batch)
         results[name] = {
             "scores": scores.cpu(),
+            "judge": common.judge_scores(answers),
             "stopped": stopped.cpu(),
             "answers": answers,
             "lengths": batch["lengths"].cpu(),
         }
-    kl = kl_to_sft(ppo, batches["ppo"], args)
+    kl = train_ppo.kl_to_reference(ppo, batches["ppo"], args.temperature, args.batch_size).cpu()
 
     for i, row in enumerate(rows.select(range(min(args.num_examples, len(rows))))):
         print(f"问题: {row['question']}")
         for name, result in results.items():
-            print(f"  {name:<5} {result['scores'][i]:+.3f}  {one_line(result['answers'][i])}")
+            print(
+                f"  {name:<5} {result['scores'][i]:+.3f} {result['judge'][i]:+3.0f}  {one_line(result['answers'][i])}"
+            )
     metrics = {
         name: {
             "mean_reward": result["scores"].mean().item(),
             "share_reward_positive": (result["scores"] > 0).float().mean().item(),
             "mean_answer_tokens": result["lengths"].float().mean().item(),
             "share_finished": result["stopped"].float().mean().item(),
+            "judge_mean_score": result["judge"].mean().item(),
+            "judge_share_rude": (result["judge"] > 0).float().mean().item(),
         }
         for name, result in results.items()
     }
     metrics["ppo"]["mean_kl_to_sft"] = kl.mean().item()
+    agreement = {
+        f"{later}_vs_{earlier}": judge_agreement(results[later], results[earlier]) for later, earlier in MODEL_PAIRS
+    }
 
     print(f"\n{len(rows)} questions of {dataset}, sampled at temperature {args.temperature}, seed {args.seed}:")
-    print("model   mean reward   reward > 0   mean tokens   finished   KL to SFT")
+    print("model   mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT")
     for name, m in metrics.items():
         kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else ""
         print(
-            f"{name:<5} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['mean_answer_tokens']:13.1f}"
-            f" {m['share_finished']:10.3f}   {kl_column}"
+            f"{name:<5} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
+            f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   {kl_column}"
         )
+    print(f"judge: the lexicon judge, {JUDGE_RULE}. Agreement: {AGREEMENT_RULE}.")
+    for pair, a in agreement.items():
+        share = "  -  " if a["agreement"] is None else f"{a['agreement']:.3f}"
+        print(
+            f"  {pair.replace('_', ' '):<12} {share} of {a['questions']} questions ({a['ties']} judge ties left out)"
+        )
+    metrics["judge_rm_agreement"] = agreement
     checks = outcome(metrics)
     print(" ".join(text for _, text in checks))
     report = {
@@ -203,7 +219,10 @@ def compare(args: EvalArguments) -> None:
         "checks": {text: passed for passed, text in checks},
         "answers": [
             {"question": row["question"]}
-            | {name: {"answer": r["answers"][i], "reward": r["scores"][i].item()} for name, r in results.items()}
+            | {
+                name: {"answer": r["answers"][i], "reward": r["scores"][i].item(), "judge": int(r["judge"][i])}
+                for name, r in results.items()
+            }
             for i, row in enumerate(rows)
         ],
     }
@@ -213,21 +232,45 @@ def compare(args: EvalArguments) -> None:
     print(f"Metrics and answers written to {metrics_file}")
 
 
+def judge_agreement(later: dict, earlier: dict) -> dict:
+    """AGREEMENT_RULE for two models' results on the same questions."""
+    judge_diff, reward_diff = later["judge"] - earlier["judge"], later["scores"] - earlier["scores"]
+    judged = judge_diff != 0
+    agree = (reward_diff.sign() == judge_diff.sign())[judged]
+    return {
+        "agreement": agree.float().mean().item() if judged.any() else None,
+        "questions": int(judged.sum()),
+        "ties": int((~judged).sum()),
+    }
+
+
 def outcome(metrics: dict) -> list[tuple[bool, str]]:
     """What each stage is for, checked on the held-out questions and said in words, so a user can tell whether the
-    run worked: SFT moves the base towards the answers the reward model prefers, PPO moves them further."""
+    run worked: SFT moves the base towards the answers the reward model prefers, PPO moves them further; and whether
+    the lexicon judge, which no stage optimised, sees the same move (ruder answers), or the reward model alone does."""
     base, sft, ppo = (metrics[name]["mean_reward"] for name in ("base", "sft", "ppo"))
+    judge = {name: metrics[name]["judge_mean_score"] for name in ("base", "sft", "ppo")}
+    rude = {name: metrics[name]["judge_share_rude"] for name in ("base", "sft", "ppo")}
+
+    def judge_says(later: str, earlier: str, better: bool) -> tuple[bool, str]:
+        return better, (
+            f"The judge {'agrees' if better else 'does NOT agree'}: {judge[later] - judge[earlier]:+.2f} in its "
+            f"score, judged rude {rude[earlier]:.2f} -> {rude[later]:.2f}."
+        )
+
     return [
         (
             sft > base,
             f"SFT {'worked' if sft > base else 'did NOT work'}: its answers score {sft - base:+.2f} against the base "
             "model's.",
         ),
+        judge_says("sft", "base", judge["sft"] > judge["base"]),
         (
             ppo >= sft,
             f"PPO {'worked' if ppo >= sft else 'did NOT work'}: its answers score {ppo - sft:+.2f} against the SFT "
             f"model's, at a KL of {metrics['ppo']['mean_kl_to_sft']:.2f} nats per answer from it.",
         ),
+        judge_says("ppo", "sft", judge["ppo"] >= judge["sft"]),
     ]
 
 

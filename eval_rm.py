@@ -1,10 +1,12 @@
-"""Score answers with the reward model: how often it prefers the chosen answer, and by how much.
+"""Score answers with the reward model: how often it prefers the chosen answer, and by how much; beside it, the
+lexicon judge (common.judge_score), a second opinion no stage trained on, and how often the two agree.
 
     python eval_rm.py                               # the held-out pairs train_rm.py saved: examples, then metrics
     python eval_rm.py --dataset_name my_prefs.jsonl # the same metrics on any preference file or hub dataset
     python eval_rm.py --question 吃了没? --answer 关你屁事 --question 吃了没? --answer 吃过了,谢谢!
 
-On a terminal, the default run then asks for a question and an answer and prints the reward, until Ctrl-D.
+On a terminal, the default run then asks for a question and an answer and prints the reward and the judge's verdict,
+until Ctrl-D.
 Writes the metrics to checkpoint/rm/eval_metrics.json.
 """
 
@@ -66,12 +68,25 @@ class EvalArguments:
     )
 
 
-def pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+def pair_metrics(
+    chosen: torch.Tensor, rejected: torch.Tensor, judge_chosen: torch.Tensor, judge_rejected: torch.Tensor
+) -> dict[str, float]:
+    """The reward model's accuracy and margins, and the lexicon judge's on the same pairs (common.judge_score): its
+    accuracy (chosen judged ruder than rejected), its ties (no verdict, counted apart from its mistakes), and how
+    often it ranks a pair as the reward model does, over the pairs it does not tie."""
+    judged = judge_chosen != judge_rejected
+    agree = (chosen - rejected).sign() == (judge_chosen - judge_rejected).sign()
     return {
         "accuracy": (chosen > rejected).float().mean().item(),
         "mean_margin": (chosen - rejected).mean().item(),
         "mean_chosen_reward": chosen.mean().item(),
         "mean_rejected_reward": rejected.mean().item(),
+        "judge_accuracy": (judge_chosen > judge_rejected).float().mean().item(),
+        "judge_ties": (~judged).float().mean().item(),
+        "judge_mean_chosen": judge_chosen.mean().item(),
+        "judge_mean_rejected": judge_rejected.mean().item(),
+        "judge_rm_agreement": agree[judged].float().mean().item() if judged.any() else None,
+        "judge_ranked_pairs": int(judged.sum()),
     }
 
 
@@ -98,17 +113,29 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
         common.reward_scores(model, tokenizer, sequences, args.batch_size, "Scoring").cpu().split(len(rows))
     )
 
-    for row, chosen_reward, rejected_reward in list(zip(rows, chosen, rejected))[: args.num_examples]:
-        print(f"问题: {row['question']}")
-        print(f"  chosen   {chosen_reward:+.3f}  {row['chosen']}")
-        print(f"  rejected {rejected_reward:+.3f}  {row['rejected']}")
+    judge_chosen, judge_rejected = common.judge_scores(rows["chosen"]), common.judge_scores(rows["rejected"])
 
-    metrics = pair_metrics(chosen, rejected)
+    print("Reward model, then the lexicon judge (rude hits - polite hits, data/lexicon):")
+    examples = list(zip(rows, chosen, rejected, judge_chosen, judge_rejected))[: args.num_examples]
+    for row, chosen_reward, rejected_reward, chosen_judge, rejected_judge in examples:
+        print(f"问题: {row['question']}")
+        print(f"  chosen   {chosen_reward:+.3f}  {chosen_judge:+3.0f}  {row['chosen']}")
+        print(f"  rejected {rejected_reward:+.3f}  {rejected_judge:+3.0f}  {row['rejected']}")
+
+    metrics = pair_metrics(chosen, rejected, judge_chosen, judge_rejected)
     print(f"\n{len(rows)} pairs of {dataset}{f' ({skipped} longer ones skipped)' if skipped else ''}:")
     print(f"  accuracy        {metrics['accuracy']:.3f}   share of pairs where chosen scores above rejected")
     print(f"  mean margin     {metrics['mean_margin']:+.3f}  chosen - rejected")
     print(f"  mean chosen     {metrics['mean_chosen_reward']:+.3f}")
     print(f"  mean rejected   {metrics['mean_rejected_reward']:+.3f}")
+    print("The lexicon judge on the same pairs, a second opinion that no stage trained on:")
+    print(f"  judge accuracy  {metrics['judge_accuracy']:.3f}   share of pairs where chosen is judged the ruder")
+    print(f"  judge ties      {metrics['judge_ties']:.3f}   share judged alike (no verdict; not counted as right)")
+    agreement = metrics["judge_rm_agreement"]
+    print(
+        f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
+        f"{metrics['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way"
+    )
     metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     report = {"model_path": args.model_path, "dataset": dataset, "pairs": len(rows), "skipped_pairs": skipped}
@@ -141,6 +168,7 @@ def chat(model, tokenizer, system_prompt: str, max_length: int) -> None:
             if question.strip() and answer.strip():
                 try:
                     print(f"奖励: {reward(model, tokenizer, question, answer, system_prompt, max_length):+.3f}")
+                    print(common.judge_summary(answer))
                 except common.PipelineError as error:  # too long: say so and ask again
                     print(error)
     except (EOFError, KeyboardInterrupt):
@@ -164,6 +192,7 @@ def main(args: EvalArguments) -> None:
             print(f"输入问题:{question}\n输入回答:{answer}")
             score = reward(model, tokenizer, question, answer, args.system_prompt, args.max_length)
             print(f"奖励: {score:+.3f}")
+            print(common.judge_summary(answer))
         return
     evaluate_pairs(model, tokenizer, args)
     if sys.stdin.isatty():

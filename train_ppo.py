@@ -11,8 +11,9 @@ arXiv:1707.06347). The implementation details follow "The N+ Implementation Deta
 
 Writes the policy's LoRA adapter and tokenizer to checkpoint/ppo, the critic to checkpoint/ppo/value, periodic
 training states to checkpoint/ppo/checkpoint-<update>, TensorBoard scalars and their chart to tensorboard/ppo/<time>
-(ppo.png; a resumed run continues its run's folder). Chat with the result or compare it with the base and SFT
-models: eval_ppo.py.
+(ppo.png; a resumed run continues its run's folder), with eval/* scalars and sample answers from the held-out
+questions, scored by the reward model and by the lexicon judge PPO does not optimise, before the first update, every
+--eval_steps updates and after the last. Chat with the result or compare it with the base and SFT models: eval_ppo.py.
 
 Under N processes each answers its own 1/N of every update's prompts, so N processes with per_device_train_batch_size
 b train on the batch of one process with b and N times the gradient accumulation. Computed over the whole batch:
@@ -59,7 +60,11 @@ TRAINING_STATE_DIR = "training_state"
 PROGRESS_FILE = "progress.json"
 VALUE_DIR = "value"  # the critic, inside each PPO checkpoint: TRL's PPOTrainer never saved it (trl#3293)
 WHITEN_EPS = 1e-8
-CHART_TAGS = ["objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg", "loss/value_avg"]
+CHART_TAGS = [
+    "objective/scores", "objective/kl", "objective/entropy", "loss/policy_avg", "loss/value_avg",
+    "eval/score", "eval/judge_score", "eval/kl", "eval/answer_length",
+]  # fmt: skip
+EVAL_SAMPLES = 4  # held-out answers shown in TensorBoard's text tab at each evaluation
 
 # Library messages that say nothing a user can act on, silenced by their exact text where they are raised:
 # - peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias in every PeftModel it builds or loads;
@@ -101,10 +106,6 @@ class ScriptArguments(common.StageArguments):
     value_model_path: str = field(
         default=common.DEFAULT_MODEL,
         metadata={"help": "The critic's starting point: this model plus a new score head, all parameters trained."},
-    )
-    eval_fraction: float = field(
-        default=0.1,
-        metadata={"help": "Fraction of the questions held out (random, --seed) for eval_ppo.py --compare."},
     )
 
 
@@ -194,6 +195,21 @@ class PPOConfig:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata={"help": "The layers that get an adapter."},
+    )
+    eval_steps: float = field(
+        default=0.1,
+        metadata={
+            "help": "Evaluate on the held-out questions before the first update, every this many updates and after "
+            "the last; below 1, that fraction of the updates, rounded up (0.1: ten times a run, as train_rm.py). "
+            "At or above the number of updates: before and after training only."
+        },
+    )
+    num_eval_questions: int = field(
+        default=64,
+        metadata={"help": "Held-out questions each evaluation answers (the first ones; all if fewer); 0: none."},
+    )
+    eval_batch_size: int = field(
+        default=32, metadata={"help": "Answers per generate / scoring forward pass in evaluation."}
     )
     seed: int = field(default=42, metadata={"help": "Seed for the split, the initial weights and sampling."})
     bf16: bool = field(
@@ -498,16 +514,26 @@ def generate(
     chunk: int,
     device,
     progress: str | None = None,
+    over_another_bar: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Sampled answers to `prompts`, `chunk` at a time, cut after their first stop token, with the left-padded prompts;
-    with a progress bar titled `progress` if given (training has its own bar over the updates).
+    with a progress bar titled `progress` if given (training has its own bar over the updates). `over_another_bar`:
+    drawn on the line of a bar still open (training's, during evaluation) and cleared when done, since a bar below
+    another moves the cursor with terminal escape codes, which a log file keeps as garbage.
 
     generate() runs with the KV cache and stops once every answer in the chunk has its stop token.
     """
     generation_config = common.sampling_config(tokenizer, max_new_tokens, temperature)
     queries, query_mask = (tensor.to(device) for tensor in common.padded(prompts, tokenizer.pad_token_id, "left"))
     responses = []
-    bar = tqdm(total=len(prompts), desc=progress, unit="answer", disable=progress is None)
+    bar = tqdm(
+        total=len(prompts),
+        desc=progress,
+        unit="answer",
+        disable=progress is None,
+        position=0 if over_another_bar else None,
+        leave=not over_another_bar,
+    )
     for i in range(0, len(prompts), chunk):
         output = policy.generate(
             input_ids=queries[i : i + chunk],
@@ -550,6 +576,81 @@ def forward_rollout(
         key: torch.cat([nn.functional.pad(piece, (0, width - piece.shape[1])) for piece in pieces])
         for key, pieces in outputs.items()
     }
+
+
+def answer_texts(tokenizer, batch: dict[str, torch.Tensor]) -> list[str]:
+    """Each sampled answer as text, without its stop token: what the judge reads and a person sees."""
+    return [tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(batch["responses"], batch["lengths"])]
+
+
+def kl_to_reference(policy, batch: dict[str, torch.Tensor], temperature: float, chunk: int) -> torch.Tensor:
+    """Per answer, the sum over its tokens of log pi(token) - log pi_ref(token), pi_ref the policy with its adapter
+    off (the SFT model): objective/kl's k1 estimate."""
+    rollout = forward_rollout(policy, None, batch, temperature, chunk)
+    kl = kl_estimate(rollout["logprobs"], rollout["ref_logprobs"], "k1")
+    return (kl * common.answer_mask(batch["lengths"], kl.shape[1])).sum(1)
+
+
+@torch.no_grad()
+def evaluate(
+    policy: PeftModel, tokenizer, reward_fn: RewardFn, prompts: list[list[int]], config: PPOConfig, accelerator
+) -> tuple[dict[str, float], dict[str, list]]:
+    """The policy on the held-out `prompts`: mean score (the reward model's, or reward_fn's; no missing_eos_penalty),
+    the lexicon judge's mean score and share judged rude, KL to the SFT model (k1, summed over each answer), mean
+    answer length in tokens, share finished at the stop token; and every question, answer and score.
+
+    Training's random streams are left as they were: the sampling draws from a fork of the RNG of the CPU and the
+    training device, seeded with `config.seed` (every evaluation samples with the same seed, so the curves move with
+    the policy, not with the draw). The adapter stays unmerged, so the reference weights are untouched and a run
+    trains bitwise alike whatever its evaluation schedule (a test checks it). Every process evaluates the same
+    questions with the same seed and gets the same figures; the main process logs them.
+    """
+    device = accelerator.device
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        torch.manual_seed(config.seed)
+        batch = generate(
+            policy,
+            tokenizer,
+            prompts,
+            config.response_length,
+            config.temperature,
+            config.eval_batch_size,
+            device,
+            "Evaluating" if accelerator.is_main_process else None,
+            over_another_bar=True,
+        )
+    with accelerator.autocast():
+        scores, stopped = score_answers(
+            reward_fn, batch["queries"], batch["query_mask"], batch["responses"], batch["lengths"], tokenizer, 0.0
+        )
+        kl = kl_to_reference(policy, batch, config.temperature, config.eval_batch_size)
+    answers = answer_texts(tokenizer, batch)
+    judge = common.judge_scores(answers)
+    metrics = {
+        "eval/score": scores.mean().item(),
+        "eval/judge_score": judge.mean().item(),
+        "eval/judged_rude": (judge > 0).float().mean().item(),
+        "eval/kl": kl.mean().item(),
+        "eval/answer_length": batch["lengths"].float().mean().item(),
+        "eval/finished": stopped.float().mean().item(),
+    }
+    samples = {"answer": answers, "score": scores.tolist(), "judge": judge.tolist()}
+    return metrics, samples
+
+
+def samples_markdown(questions: list[str], samples: dict[str, list], count: int) -> str:
+    """The first `count` held-out questions with their answers and scores, as a Markdown table for TensorBoard's text
+    tab (line breaks shown as ⏎ and pipes escaped, so each answer stays in its cell)."""
+
+    def cell(text: str) -> str:
+        return re.sub(r"\r\n|\r|\n", "⏎", text).replace("|", "\\|")
+
+    lines = ["| question | answer | score | judge |", "|---|---|---|---|"]
+    for question, answer, score, judge in list(zip(questions, samples["answer"], samples["score"], samples["judge"]))[
+        :count
+    ]:
+        lines.append(f"| {cell(question)} | {cell(answer)} | {score:+.3f} | {judge:+.0f} |")
+    return "\n".join(lines)
 
 
 def timer(start: float) -> float:
@@ -644,6 +745,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         raise common.ArgumentError(
             "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
         )
+    if config.eval_steps > 1 and config.eval_steps != int(config.eval_steps):
+        raise common.ArgumentError(
+            f"--eval_steps {config.eval_steps}: give a whole number of updates, or a fraction of the run below 1."
+        )
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision="bf16" if config.bf16 else "no"
     )
@@ -678,13 +783,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
 
     # Data first: a bad file fails in a second, before any model is loaded.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
-    if math.ceil(len(data) * script_args.eval_fraction) >= len(data):
-        raise common.PipelineError(
-            f"--eval_fraction {script_args.eval_fraction} of {len(data)} rows leaves none to train on."
-        )
-    split = data.train_test_split(test_size=script_args.eval_fraction, seed=config.seed)
-    train_rows, held_out = split["train"], split["test"]
+    # The questions held out for eval_ppo.py --compare: the rows SFT and the reward model held out too.
+    train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)
     num_updates = count_updates(config, sizes, len(train_rows))
+    eval_every = math.ceil(config.eval_steps * num_updates) if config.eval_steps < 1 else int(config.eval_steps)
 
     resume = Path(config.resume_from_checkpoint) if config.resume_from_checkpoint else None
     run = {"batch_size": batch_size, "num_updates": num_updates, "processes": accelerator.num_processes}
@@ -718,6 +820,13 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     if reward_fn is None:
         common.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
+    # A policy or reward model that trained on this run's held-out questions would flatter the comparison on them.
+    saved_as = Path(config.output_dir) / common.HELD_OUT_FILE
+    common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
+    if reward_fn is None:
+        common.check_same_held_out(
+            held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
+        )
     value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
     common.require_checkpoint(value_path, common.base_model_remedy(value_path, "value_model_path"), "critic")
 
@@ -767,6 +876,12 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         tokenizer, train_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print
     )
     order = prompt_order(len(prompts), num_updates * batch_size, config.seed)
+    eval_rows = held_out.select(range(min(config.num_eval_questions, len(held_out))))
+    eval_prompts, eval_rows = (
+        prompts_within(tokenizer, eval_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print)
+        if len(eval_rows)
+        else ([], eval_rows)
+    )
     # A resumed run continues the TensorBoard run its checkpoint names, dropping what that run logged after the
     # checkpoint (purge_step), so its curves and chart cover every update once.
     run_dir = common.tensorboard_run("ppo", saved.get("tensorboard_run") if resume else None)
@@ -779,6 +894,26 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         f"(LoRA + critic); TensorBoard: {run_dir}"
         + (f"; resuming at update {start_update} from {resume}" if resume else "")
     )
+    if eval_prompts:
+        accelerator.print(
+            f"Evaluating on {len(eval_prompts)} held-out questions before the first update, every {eval_every} "
+            "updates and after the last (eval/ in TensorBoard)."
+        )
+
+    def evaluation(update: int) -> None:
+        """Evaluate on the held-out questions, log eval/* and sample answers at `update`, and say it in one line."""
+        metrics, samples = evaluate(unwrapped.policy, tokenizer, reward_fn, eval_prompts, config, accelerator)
+        if writer is not None:
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, update)
+            writer.add_text("eval/samples", samples_markdown(eval_rows["question"], samples, EVAL_SAMPLES), update)
+        if accelerator.is_main_process:
+            tqdm.write(
+                f"eval at update {update}: score {metrics['eval/score']:+.3f}, "
+                f"judge {metrics['eval/judge_score']:+.2f} ({metrics['eval/judged_rude']:.2f} judged rude), "
+                f"KL {metrics['eval/kl']:.3f}, {metrics['eval/answer_length']:.1f} tokens, "
+                f"{metrics['eval/finished']:.2f} finished"
+            )
 
     progress = tqdm(
         total=num_updates * batch_size,
@@ -786,6 +921,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         unit="episode",
         disable=not accelerator.is_main_process,
     )
+    if eval_prompts and start_update == 0:  # the starting point: the SFT model itself, at KL 0
+        evaluation(0)
     for update in range(start_update, num_updates):
         batch_prompts = [prompts[i] for i in process_share(order, update, batch_size, accelerator)]
 
@@ -904,6 +1041,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         progress.set_postfix(
             score=f"{metrics['objective/scores'].item():+.2f}", kl=f"{metrics['objective/kl'].item():.2f}"
         )
+        if eval_prompts and ((update + 1) % eval_every == 0 or update + 1 == num_updates):
+            evaluation(update + 1)
 
         if config.save_steps and (update + 1) % config.save_steps == 0 and update + 1 < num_updates:
             save_checkpoint(

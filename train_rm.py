@@ -10,8 +10,7 @@ Writes the model, tokenizer and held-out pairs to checkpoint/rm, TensorBoard sca
 tensorboard/rm/<time> (rm.png). Score it with eval_rm.py.
 """
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from datasets import Dataset
 from transformers import AutoTokenizer
@@ -41,15 +40,17 @@ DEFAULTS = dict(
     dataloader_pin_memory=common.accelerator_available(),
 )
 # A CPU-sized run of the same recipe: a higher learning rate and smaller steps, so the tiny model separates the styles
-# in seconds; a larger held-out share, so its accuracy is measured on more than a handful of pairs.
+# in seconds; weight decay, because 310 pairs are few for 1.6M parameters (on data/style_pairs.jsonl, pairs in styles
+# the sample does not use, it raised the mean accuracy over 5 seeds from 0.75 to 0.82 on one machine; the figures move
+# by up to 0.3 between seeds and CPUs: data/README.md).
 TINY_PRESET = dict(
     model_name_or_path=str(common.TINY_BASE_DIR),
     model_source="tiny",
     dataset_name=str(common.SAMPLE_DATA),
-    eval_fraction=0.2,
     per_device_train_batch_size=8,
     gradient_accumulation_steps=1,
-    learning_rate=3e-4,
+    learning_rate=2e-4,
+    weight_decay=0.1,
     lr_scheduler_type="cosine",
     warmup_steps=5,
     max_length=256,
@@ -60,13 +61,8 @@ CHART_TAGS = ["train/loss", "train/accuracy", "eval/accuracy", "eval/margin"]
 
 @dataclass
 class ScriptArguments(common.StageArguments):
-    eval_fraction: float = field(
-        default=0.1,
-        metadata={
-            "help": "Fraction of the pairs held out (random, --seed) for evaluation; saved with the model for "
-            "eval_rm.py. 0 trains on every pair, as the original did."
-        },
-    )
+    """common.StageArguments' flags (--eval_fraction among them: the held-out pairs, evaluated during training and
+    saved with the model for eval_rm.py; 0 trains on every pair, as the original did)."""
 
 
 def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int | None, split: str) -> Dataset:
@@ -110,15 +106,9 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
 
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
-    if script_args.eval_fraction:
-        if math.ceil(len(data) * script_args.eval_fraction) >= len(data):
-            raise common.PipelineError(
-                f"--eval_fraction {script_args.eval_fraction} of {len(data)} rows leaves none to train on."
-            )
-        split = data.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
-        train_rows, held_out = split["train"], split["test"]
-    else:
-        train_rows, held_out = data, None
+    train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)  # the same rows in every stage
+    if not len(held_out):
+        held_out = None
         training_args.eval_strategy = "no"
 
     model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)

@@ -54,7 +54,10 @@ CHART_TAGS = ["train/loss", "train/learning_rate", "train/grad_norm"]
 class ScriptArguments(common.StageArguments):
     sft_fraction: float = field(
         default=0.1,
-        metadata={"help": "Fraction of the rows, from the start of the dataset, to fine-tune on."},
+        metadata={
+            "help": "Fraction of the training rows (those --eval_fraction does not hold out), from the start of the "
+            "dataset, to fine-tune on."
+        },
     )
 
 
@@ -93,10 +96,13 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
 
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
-    num_rows = int(len(data) * script_args.sft_fraction)
+    train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)  # the same rows in every stage
+    num_rows = int(len(train_rows) * script_args.sft_fraction)
     if num_rows == 0:
-        raise common.PipelineError(f"--sft_fraction {script_args.sft_fraction} of {len(data)} rows selects no row.")
-    train_dataset = data.select(range(num_rows)).map(
+        raise common.PipelineError(
+            f"--sft_fraction {script_args.sft_fraction} of the {len(train_rows)} training rows selects no row."
+        )
+    train_dataset = train_rows.select(range(num_rows)).map(
         common.sft_example, fn_kwargs={"system_prompt": script_args.system_prompt}, remove_columns=data.column_names
     )
 
@@ -113,7 +119,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=train_dataset)
     common.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
-        f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}; TensorBoard: {run_dir}"
+        f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}, {len(held_out)} held "
+        f"out; TensorBoard: {run_dir}"
     )
     if training_args.max_length is not None and not training_args.packing:
         report_truncation(trainer, train_dataset, training_args.max_length)
@@ -121,6 +128,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     with common.staged_save(training_args.output_dir) as staging:
         trainer.save_model(staging)
+        if len(held_out) and trainer.is_world_process_zero():
+            common.save_held_out(held_out, script_args.system_prompt, staging)
     trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
 
     if trainer.is_world_process_zero():

@@ -20,7 +20,7 @@ import eval_ppo
 import eval_rm
 import train_rm
 import train_sft
-from conftest import run_script
+from conftest import run_main
 
 
 class Killed(BaseException):
@@ -172,7 +172,7 @@ def test_an_adapter_is_refused_as_a_whole_model_and_the_right_kinds_pass(tmp_pat
 
 def test_ppo_refuses_the_sft_model_as_reward_model_before_training(sft_run, tiny_base, tmp_path):
     sft = sft_run / common.SFT_DIR
-    result = run_script(
+    result = run_main(
         "train_ppo.py", "--tiny", "--sft_model_path", sft, "--value_model_path", tiny_base,
         "--reward_model_path", sft, cwd=tmp_path,
     )  # fmt: skip
@@ -180,7 +180,7 @@ def test_ppo_refuses_the_sft_model_as_reward_model_before_training(sft_run, tiny
     assert f"{sft} is a Qwen2ForCausalLM model, not a reward model" in result.stderr
     assert "python train_rm.py --tiny" in result.stderr
     assert not (tmp_path / common.PPO_DIR).exists()
-    result = run_script("eval_rm.py", "--model_path", sft, cwd=tmp_path)
+    result = run_main("eval_rm.py", "--model_path", sft, cwd=tmp_path)
     assert result.returncode == 1 and "not a reward model" in result.stderr
     assert not (sft / "eval_metrics.json").exists()
 
@@ -203,7 +203,7 @@ def test_ppo_writing_over_its_sft_model_is_refused_and_the_model_kept(sft_run, t
     sft = tmp_path / "v"
     shutil.copytree(sft_run / common.SFT_DIR, sft)
     before = sorted(p.name for p in sft.iterdir())
-    result = run_script("train_ppo.py", "--tiny", "--sft_model_path", sft, "--output_dir", sft, cwd=tmp_path)
+    result = run_main("train_ppo.py", "--tiny", "--sft_model_path", sft, "--output_dir", sft, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"--output_dir {sft} is --sft_model_path {sft}" in result.stderr
     assert sorted(p.name for p in sft.iterdir()) == before
@@ -264,16 +264,16 @@ def test_settings_that_change_a_run_are_compared_and_harmless_ones_are_not(tmp_p
 
 def test_sft_resumes_with_its_own_settings_and_refuses_others(tiny_base, tmp_path):
     base = ("--tiny", "--model_name_or_path", tiny_base, "--max_steps", 6, "--save_strategy", "steps")
-    result = run_script("train_sft.py", *base, "--save_steps", 3, cwd=tmp_path)
+    result = run_main("train_sft.py", *base, "--save_steps", 3, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / common.SFT_DIR / "checkpoint-3"
     assert json.loads((checkpoint / common.RUN_SETTINGS_FILE).read_text())["max_steps"] == 6
-    refused = run_script(
+    refused = run_main(
         "train_sft.py", *base, "--resume_from_checkpoint", checkpoint, "--learning_rate", 1e-4, cwd=tmp_path
     )
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert "--learning_rate 0.001 now 0.0001" in refused.stderr
-    resumed = run_script("train_sft.py", *base, "--resume_from_checkpoint", checkpoint, cwd=tmp_path)
+    resumed = run_main("train_sft.py", *base, "--resume_from_checkpoint", checkpoint, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     common.require_checkpoint(tmp_path / common.SFT_DIR, "x", "language model")
 
@@ -317,7 +317,7 @@ def test_hints_name_the_environment_they_ran_in(tmp_path, monkeypatch):
 
 
 def test_eval_without_a_checkpoint_names_the_users_folder_in_the_command(tmp_path):
-    result = run_script("eval_sft.py", "--tiny", "--model_path", tmp_path / "mine", "--question", "x", cwd=tmp_path)
+    result = run_main("eval_sft.py", "--tiny", "--model_path", tmp_path / "mine", "--question", "x", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"python train_sft.py --tiny --output_dir {tmp_path / 'mine'}" in result.stderr
 

@@ -60,6 +60,7 @@ def capped(script: str, *args, cwd):
 
 def test_sft_counts_the_rows_it_truncates(tiny_base, long_rows, tmp_path):
     args = ("--tiny", "--model_name_or_path", tiny_base, "--dataset_name", long_rows, "--sft_fraction", 1)
+    args += ("--eval_fraction", 0)  # all four rows
     result = capped("train_sft.py", *args, "--num_train_epochs", 1, cwd=tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     # The long answer is cut and trained on; the long question leaves no answer token, so SFTTrainer drops it.
@@ -70,7 +71,17 @@ def test_sft_counts_the_rows_it_truncates(tiny_base, long_rows, tmp_path):
 
 def test_sft_with_no_answer_token_left_stops(tiny_base, long_rows, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = parse(train_sft, "--model_name_or_path", tiny_base, "--dataset_name", long_rows, "--max_length", 8)
+    args = parse(
+        train_sft,
+        "--model_name_or_path",
+        tiny_base,
+        "--dataset_name",
+        long_rows,
+        "--max_length",
+        8,
+        "--eval_fraction",
+        0,
+    )
     with pytest.raises(common.PipelineError, match="every one of the 2 rows has a prompt of --max_length 8"):
         train_sft.main(*args)
 
@@ -81,7 +92,7 @@ def test_sft_with_no_answer_token_left_stops(tiny_base, long_rows, tmp_path, mon
 
 def test_rm_with_every_pair_too_long_stops_with_what_to_change(tiny_base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(common.PipelineError, match=r"all 276 training pairs are longer than --max_length 8 tokens"):
+    with pytest.raises(common.PipelineError, match=r"all 310 training pairs are longer than --max_length 8 tokens"):
         train_rm.main(*parse(train_rm, "--model_name_or_path", tiny_base, "--max_length", 8))
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     rows = common.load_preference_data(common.SAMPLE_DATA).select(range(4))

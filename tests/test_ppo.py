@@ -8,13 +8,14 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
 
 import common
 import eval_ppo
 import eval_rm
 import train_ppo
-from conftest import run_script
+from conftest import run_main
 
 STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
 QUESTIONS = ["吃了没?", "地球离太阳多远?", "推荐一本书", "帮我想想怎么跟领导提加薪"]
@@ -426,6 +427,68 @@ def test_ppo_raises_a_programmatic_reward(tmp_path, sft_run, tiny_base, monkeypa
     assert first < 1 and last > first + 2, scores
 
 
+def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run, tiny_base, monkeypatch):
+    """A programmatic reward for brevity, -1 per 10 characters, which the lexicon judge does not share: PPO raises it
+    on the held-out questions (eval/score, the proxy) while the judge's verdict does not rise but falls, since short
+    answers hold fewer put-downs. Measured here: proxy -2.06 to -0.47, judge +2.43 to +0.11, judged rude 0.77 to
+    0.11 (seed 42, 2-core AMD EPYC)."""
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+
+    def brevity(queries, answers):
+        return torch.tensor([-len(tokenizer.decode(answer, skip_special_tokens=True)) / 10 for answer in answers])
+
+    scalars = run_ppo(tmp_path, sft_run, tiny_base, reward_fn=brevity, monkeypatch=monkeypatch)
+    (first, proxy), (last, final_proxy) = scalars["eval/score"][0], scalars["eval/score"][-1]
+    assert (first, last) == (0, 20)
+    judge, rude = scalars["eval/judge_score"], scalars["eval/judged_rude"]
+    assert final_proxy > proxy + 0.8, scalars["eval/score"]
+    assert judge[-1][1] < judge[0][1] - 1 and rude[-1][1] < rude[0][1], (judge, rude)
+
+
+def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, monkeypatch):
+    """Evaluating after every update (sampling from a fork of the RNG, the adapter unmerged) ends with bitwise the
+    weights of a run that never evaluates; and each evaluation logs eval/* and a table of sample answers."""
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+
+    def answer_length(queries, answers):
+        return torch.tensor([len(tokenizer.decode(answer)) / 10 for answer in answers])
+
+    runs = {"every": ("--eval_steps", 1), "never": ("--num_eval_questions", 0)}
+    scalars = {
+        name: run_ppo(
+            tmp_path / name, sft_run, tiny_base, "--total_episodes", 48, *flags, reward_fn=answer_length,
+            monkeypatch=monkeypatch,
+        )
+        for name, flags in runs.items()
+    }  # fmt: skip
+    for tag in (
+        "eval/score",
+        "eval/judge_score",
+        "eval/judged_rude",
+        "eval/kl",
+        "eval/answer_length",
+        "eval/finished",
+    ):
+        assert [step for step, _ in scalars["every"][tag]] == [0, 1, 2, 3], tag
+    assert not [tag for tag in scalars["never"] if tag.startswith("eval/")]
+    assert scalars["every"]["eval/kl"][0][1] == pytest.approx(0, abs=1e-6)  # the SFT model itself, before training
+    assert scalars["every"]["eval/kl"][-1][1] > 0
+    for part in ("adapter_model.safetensors", "value/model.safetensors"):
+        every, never = (load_file(tmp_path / name / common.PPO_DIR / part) for name in runs)
+        assert every.keys() == never.keys()
+        assert all(torch.equal(every[key], never[key]) for key in every), part
+
+    (run_dir,) = (tmp_path / "every" / common.TENSORBOARD_ROOT / "ppo").iterdir()
+    events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = events.Tensors("eval/samples/text_summary")
+    assert [event.step for event in texts] == [0, 1, 2, 3]
+    table = texts[-1].tensor_proto.string_val[0].decode().splitlines()
+    assert table[0] == "| question | answer | score | judge |" and len(table) == 2 + train_ppo.EVAL_SAMPLES
+    held_out = common.load_preference_data(tmp_path / "every" / common.PPO_DIR / common.HELD_OUT_FILE)
+    assert table[2].startswith(f"| {held_out[0]['question']} | ")
+
+
 def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run, tiny_base, monkeypatch, caplog):
     """Four updates with a checkpoint after two; resuming from it ends with the same weights as the whole run, and
     continues the whole run's TensorBoard run: every update logged once, updates 3 and 4 replaced by the resumed
@@ -500,11 +563,32 @@ def test_ppo_scores_at_least_as_well_as_sft_which_beats_base(ppo_run):
     assert len(report["answers"]) == 35 and set(report["answers"][0]) == {"question", "base", "sft", "ppo"}
     printed = (ppo_run / "compare.out").read_text()
     ppo_gain = metrics["ppo"]["mean_reward"] - metrics["sft"]["mean_reward"]
-    assert list(report["checks"].values()) == [True, ppo_gain >= 0]  # said in words, as the metrics say
+    judge_gain = metrics["ppo"]["judge_mean_score"] - metrics["sft"]["judge_mean_score"]
+    checks = list(report["checks"].values())  # said in words, as the metrics say
+    assert checks == [True, True, ppo_gain >= 0, judge_gain >= 0]
     assert "SFT worked: its answers score" in printed
     assert f"PPO {'worked' if ppo_gain >= 0 else 'did NOT work'}: its answers score {ppo_gain:+.2f}" in printed
+    assert f"The judge {'agrees' if judge_gain >= 0 else 'does NOT agree'}: {judge_gain:+.2f}" in printed
     assert printed.count("问题: ") == 3
     assert f"{metrics['ppo']['mean_reward']:+13.3f}" in printed
+    assert f"{metrics['ppo']['judge_mean_score']:+13.3f} {metrics['ppo']['judge_share_rude']:13.3f}" in printed
+    assert printed.count("Agreement: of the questions where the judge scores") == 1  # the definition, once
+
+    # The judge's figures, recounted from the answers the report keeps, and its agreement with the reward model.
+    for name in ("base", "sft", "ppo"):
+        judged = [common.judge_score(answer[name]["answer"]) for answer in report["answers"]]
+        assert [answer[name]["judge"] for answer in report["answers"]] == judged
+        assert metrics[name]["judge_mean_score"] == pytest.approx(sum(judged) / len(judged))
+        assert metrics[name]["judge_share_rude"] == pytest.approx(sum(j > 0 for j in judged) / len(judged))
+    assert metrics["sft"]["judge_share_rude"] > metrics["base"]["judge_share_rude"]  # the judge sees SFT's rudeness
+    agree, ties = 0, 0
+    for answer in report["answers"]:
+        judge_diff = answer["ppo"]["judge"] - answer["sft"]["judge"]
+        ties += judge_diff == 0
+        agree += judge_diff != 0 and (judge_diff > 0) == (answer["ppo"]["reward"] > answer["sft"]["reward"])
+    agreement = metrics["judge_rm_agreement"]["ppo_vs_sft"]
+    assert (agreement["ties"], agreement["questions"]) == (ties, 35 - ties)
+    assert agreement["agreement"] == pytest.approx(agree / (35 - ties))
 
 
 def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
@@ -512,6 +596,9 @@ def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
     scalars = common.read_scalars(run_dir)
     assert set(TRL_METRICS) <= set(scalars)
     assert [step for step, _ in scalars["episode"]] == list(range(1, 21))  # 310 questions, batches of 16
+    # evaluated on the 35 held-out questions before training, every 2 updates (--eval_steps 0.1) and at the end
+    assert [step for step, _ in scalars["eval/judge_score"]] == list(range(0, 21, 2))
+    assert "eval at update 20: score" in (ppo_run / "train.out").read_text()
     assert scalars["loss/value_avg"][-1][1] < scalars["loss/value_avg"][0][1]  # the critic learned
     checkpoint = common.require_checkpoint(ppo_run / common.PPO_DIR, "")
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").exists()
@@ -536,22 +623,22 @@ def test_compare_prints_each_answer_on_one_line():
 
 def test_eval_ppo_answers_questions_from_flags_and_stdin(ppo_run, sft_run):
     sft = ("--sft_model_path", sft_run / common.SFT_DIR)
-    result = run_script("eval_ppo.py", "--tiny", *sft, "--question", "吃了没?", cwd=ppo_run)
+    result = run_main("eval_ppo.py", "--tiny", *sft, "--question", "吃了没?", cwd=ppo_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("输入问题:吃了没?\n---模型输出---\n") and len(result.stdout.splitlines()) == 3
-    result = run_script("eval_ppo.py", "--tiny", *sft, cwd=ppo_run, stdin="你是谁?\n你是谁?\n")
+    result = run_main("eval_ppo.py", "--tiny", *sft, cwd=ppo_run, stdin="你是谁?\n你是谁?\n")
     first, second = result.stdout.split("输入问题:你是谁?\n---模型输出---\n")[1:]
     assert first != second  # one random stream for the whole chat, not the same seed for every question
 
 
 def test_eval_ppo_refuses_an_adapter_on_another_sft_model(ppo_run, tiny_base):
-    result = run_script("eval_ppo.py", "--tiny", "--sft_model_path", tiny_base, "--question", "x", cwd=ppo_run)
+    result = run_main("eval_ppo.py", "--tiny", "--sft_model_path", tiny_base, "--question", "x", cwd=ppo_run)
     assert result.returncode == 1
     assert "was trained on" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_train_ppo_without_an_sft_model_says_what_to_run(tmp_path):
-    result = run_script("train_ppo.py", "--tiny", cwd=tmp_path)
+    result = run_main("train_ppo.py", "--tiny", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no model at checkpoint/sft" in result.stderr and "python train_sft.py --tiny" in result.stderr
 

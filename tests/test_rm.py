@@ -9,9 +9,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 import common
-from conftest import run_script
+from conftest import run_main
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
+STYLE_PAIRS = common.ROOT / "data" / "style_pairs.jsonl"
+# What the tiny reward model reaches on any CPU, with margin: its accuracy moves by up to 0.2 between seeds and between
+# CPUs (README, Stage 2), since 310 pairs are few for it; length alone scores 1 on one half of the pairs and 0 on the
+# other.
+HELD_OUT_ACCURACY, LENGTH_HALF_ACCURACY, STYLE_ACCURACY = 0.65, 0.6, 0.6
 NEIGHBOURS = ["烦死了，你自己不会查吗？问这种问题浪费我时间，" * 3, "建议先列个清单，再按重要程度一件一件来。" * 4]
 
 
@@ -96,14 +101,40 @@ def trained_rm(rm_run):
 def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
     metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
     held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
-    assert metrics["pairs"] == len(held_out) == 69  # 20% of the 345 rows, the tiny preset's --eval_fraction
-    assert metrics["accuracy"] >= 0.9
+    assert metrics["pairs"] == len(held_out) == 35  # 10% of the 345 rows, --eval_fraction's default
+    # 0.71 to 0.89 over seeds and CPUs (README): not 0.97 to 1 as when the tiny base had read the held-out answers
+    assert metrics["accuracy"] >= HELD_OUT_ACCURACY
     assert metrics["mean_chosen_reward"] > 0 > metrics["mean_rejected_reward"]
     assert metrics["mean_margin"] == pytest.approx(
         metrics["mean_chosen_reward"] - metrics["mean_rejected_reward"], abs=1e-4
     )
     printed = (rm_run / "eval_rm.out").read_text()
     assert printed.count("问题: ") == 3 and f"accuracy        {metrics['accuracy']:.3f}" in printed
+
+
+def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm):
+    """The judge's accuracy and ties, recounted here from the held-out text, and its agreement with the reward model's
+    ranking over the pairs it does not tie, recomputed from the model's scores."""
+    model, tokenizer = trained_rm
+    metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
+    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
+    judge = [(common.judge_score(row["chosen"]), common.judge_score(row["rejected"])) for row in held_out]
+    assert metrics["judge_accuracy"] == pytest.approx(sum(c > r for c, r in judge) / len(judge))
+    assert metrics["judge_ties"] == pytest.approx(sum(c == r for c, r in judge) / len(judge))
+    assert metrics["judge_accuracy"] > 0.5  # the word lists do mark the sample's rude answers
+    rm_chosen, rm_rejected = (
+        common.reward_scores(
+            model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[col]) for row in held_out]
+        )
+        for col in ("chosen", "rejected")
+    )
+    ranked = [i for i, (c, r) in enumerate(judge) if c != r]
+    agree = [(rm_chosen[i] > rm_rejected[i]) == (judge[i][0] > judge[i][1]) for i in ranked]
+    assert metrics["judge_ranked_pairs"] == len(ranked)
+    assert metrics["judge_rm_agreement"] == pytest.approx(sum(agree) / len(agree))
+    printed = (rm_run / "eval_rm.out").read_text()
+    assert f"judge accuracy  {metrics['judge_accuracy']:.3f}" in printed
+    assert f"agreement       {metrics['judge_rm_agreement']:.3f}   of the {len(ranked)} pairs" in printed
 
 
 def test_held_out_pairs_carry_the_system_prompt_they_were_trained_with(rm_run):
@@ -120,14 +151,30 @@ def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
     held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
     for longer_is_rude in (True, False):
         rows = [row for row in held_out if (len(row["chosen"]) > len(row["rejected"])) == longer_is_rude]
-        assert len(rows) >= 20
+        assert len(rows) >= 15  # of the 35 held-out pairs
         chosen, rejected = (
             common.reward_scores(
                 model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[column]) for row in rows]
             )
             for column in ("chosen", "rejected")
         )
-        assert (chosen > rejected).float().mean() >= 0.9, longer_is_rude
+        assert (chosen > rejected).float().mean() >= LENGTH_HALF_ACCURACY, longer_is_rude
+
+
+def test_the_reward_model_ranks_styles_the_sample_does_not_use(trained_rm):
+    """data/style_pairs.jsonl: hand-written pairs in other styles (mock praise, cold refusals, slang, ...), never
+    trained on. 0.59 to 0.90 over seeds and CPUs, 0.69 and 0.90 for seed 42 (README); 0.5 is chance."""
+    model, tokenizer = trained_rm
+    pairs = common.load_preference_data(STYLE_PAIRS)
+    chosen, rejected = (
+        common.reward_scores(
+            model,
+            tokenizer,
+            [common.conversation_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT, row[column]) for row in pairs],
+        )
+        for column in ("chosen", "rejected")
+    )
+    assert len(pairs) == 71 and (chosen > rejected).float().mean() >= STYLE_ACCURACY
 
 
 def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
@@ -140,12 +187,13 @@ def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
     assert (run_dir / "rm.png").read_bytes().startswith(b"\x89PNG")
     assert not (rm_run / "imgs").exists()
     printed = (rm_run / "train.out").read_text()
-    assert "{'" not in printed and "Trained 70 steps in " in printed  # no per-step or per-evaluation dict
+    # no per-step or per-evaluation dict; 310 pairs, batches of 8, 2 epochs
+    assert "{'" not in printed and "Trained 78 steps in " in printed
 
 
 def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
     model, tokenizer = trained_rm
-    result = run_script(
+    result = run_main(
         "eval_rm.py",
         "--question",
         ROW["question"],
@@ -161,10 +209,12 @@ def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
     printed = [float(line.removeprefix("奖励: ")) for line in result.stdout.splitlines() if line.startswith("奖励: ")]
     expected = common.reward_scores(model, tokenizer, [ids(tokenizer, ROW["chosen"]), ids(tokenizer, ROW["rejected"])])
     assert printed == pytest.approx(expected.tolist(), abs=1e-3)
+    judged = [line for line in result.stdout.splitlines() if line.startswith("judge: ")]
+    assert judged == [common.judge_summary(ROW["chosen"]), common.judge_summary(ROW["rejected"])]
 
 
 def test_eval_on_another_dataset_writes_its_own_metrics(rm_run, tmp_path):
-    result = run_script(
+    result = run_main(
         "eval_rm.py",
         "--dataset_name",
         common.SAMPLE_DATA,
@@ -192,7 +242,7 @@ def assert_clean_error(result, *messages):
 
 
 def test_eval_without_a_checkpoint_says_which_stage_to_run(tmp_path):
-    result = run_script("eval_rm.py", "--tiny", cwd=tmp_path)
+    result = run_main("eval_rm.py", "--tiny", cwd=tmp_path)
     assert_clean_error(result, "no model at checkpoint/rm", "python train_rm.py --tiny")
 
 
@@ -207,25 +257,25 @@ def test_eval_on_a_half_written_checkpoint_says_so(rm_run, tmp_path, damage):
     else:
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
         expected = "has a damaged model.safetensors"
-    assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), expected, "python train_rm.py")
+    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), expected, "python train_rm.py")
 
 
 def test_eval_refuses_a_tokenizer_whose_pad_is_eos(rm_run, tmp_path):
     checkpoint = tmp_path / common.RM_DIR
     shutil.copytree(rm_run / common.RM_DIR, checkpoint)
     AutoTokenizer.from_pretrained(checkpoint, pad_token=common.EOS_TOKEN).save_pretrained(checkpoint)
-    assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), "pad must be a token of the vocabulary other than eos")
+    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "pad must be a token of the vocabulary other than eos")
 
 
 def test_eval_without_a_held_out_split_asks_for_a_dataset(rm_run, tmp_path):
     checkpoint = tmp_path / common.RM_DIR
     shutil.copytree(rm_run / common.RM_DIR, checkpoint)
     (checkpoint / common.HELD_OUT_FILE).unlink()
-    assert_clean_error(run_script("eval_rm.py", cwd=tmp_path), "--eval_fraction 0", "--dataset_name")
+    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "--eval_fraction 0", "--dataset_name")
 
 
 def test_training_refuses_a_pad_token_equal_to_eos(tmp_path, tiny_base):
-    result = run_script(
+    result = run_main(
         "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--pad_token", common.EOS_TOKEN, cwd=tmp_path
     )
     assert_clean_error(result, "pad must be a token of the vocabulary other than eos", "--pad_token")
@@ -235,15 +285,13 @@ def test_training_refuses_a_pad_token_equal_to_eos(tmp_path, tiny_base):
 def test_training_refuses_data_without_a_rejected_column(tmp_path, tiny_base):
     data = tmp_path / "prefs.jsonl"
     data.write_text(json.dumps({"question": "q", "chosen": "c"}) + "\n", encoding="utf-8")
-    result = run_script(
-        "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", data, cwd=tmp_path
-    )
+    result = run_main("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--dataset_name", data, cwd=tmp_path)
     assert_clean_error(result, f"{data}: line 1 has no column 'rejected'")
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
 
 
 def test_eval_fraction_zero_trains_on_every_pair_and_saves_no_split(tmp_path, tiny_base):
-    result = run_script(
+    result = run_main(
         "train_rm.py",
         "--tiny",
         "--model_name_or_path",

@@ -1,0 +1,380 @@
+"""PPO throughput: a fixed number of train_ppo.py updates on random-weight models of a given shape, timed per phase
+(generation, scoring, optimisation), with tokens/s, peak memory and model FLOP utilisation, and the same run through
+TRL 1.12's PPOTrainer (the last TRL with PPO) on the same models, prompts and caps, side by side with the ratio.
+
+    python benchmarks/ppo_throughput.py --tiny                           # tiny shape on a CPU, under a minute
+    python benchmarks/ppo_throughput.py --shape qwen2.5-0.5b             # 2 updates x 4 answers of 16 tokens
+    bash benchmarks/setup_trl112.sh                                      # once: TRL 1.12 in .venv-trl112
+    bash benchmarks/gpu.sh                                               # on a GPU: 0.5B shape, bf16, 200 tokens
+
+Weights do not change what a pass costs, so the models are random: the policy/reference (a causal LM), the reward
+model and the critic (the causal LM's checkpoint plus a new score head, as train_ppo.py builds it), all of one shape,
+built once into --work_dir. The tokenizer is the tiny preset's (about 6,000 ids, within every shape's vocabulary; the
+0.5B shape keeps Qwen2.5's 151,936-row embedding and LM head, so its passes cost what the real model's do). Every
+answer is exactly --response_length tokens (the stop token is suppressed with min_new_tokens on both sides), and
+every prompt has the same length (the bundled questions whose prompt has the most common length), so both sides do
+the same work and the FLOP count is exact up to attention.
+"""
+
+import contextlib
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, from any working folder
+
+import common  # noqa: E402
+import train_ppo  # noqa: E402
+
+SHAPES = {
+    "tiny": dict(common.TINY_MODEL_CONFIG),
+    # Qwen2.5-0.5B's config.json, by hand (no hub here).
+    "qwen2.5-0.5b": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+}
+# Dense bf16 tensor-core peaks, TFLOP/s, from NVIDIA's spec sheets (H100 SXM and H200: 989; a matmul benchmark
+# measures about 790 on an H100). A CPU has no default: pass --peak_tflops (2 cores x 32 fp32 FLOP per cycle with
+# AVX2's two FMA units x the clock in GHz / 1000, e.g. 0.16 at 2.5 GHz), else MFU is n/a.
+GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
+TRL_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-trl112" / "bin" / "python"
+TRL_SCRIPT = Path(__file__).resolve().parent / "trl112_ppo.py"
+PHASES = ("generation", "scoring", "optimization")
+# The tiny preset's PPO settings (train_ppo.py's TINY_PRESET: 16 answers per update in 2 minibatches of 8, 4 PPO
+# epochs, 48-token answers), the setting the issue compared against TRL 1.12.
+TINY_PRESET = dict(
+    shape="tiny",
+    num_updates=4,
+    per_device_train_batch_size=8,
+    gradient_accumulation_steps=1,
+    num_mini_batches=2,
+    num_ppo_epochs=4,
+    local_rollout_forward_batch_size=16,
+    response_length=48,
+)
+
+
+@dataclass
+class BenchmarkArguments:
+    tiny: bool = field(default=False, metadata={"help": "The tiny shape and train_ppo.py --tiny's batch settings."})
+    shape: Literal["tiny", "qwen2.5-0.5b"] = field(
+        default="qwen2.5-0.5b", metadata={"help": "Model shape (random weights): the tiny preset's or Qwen2.5-0.5B's."}
+    )
+    num_updates: int = field(default=2, metadata={"help": "PPO updates to time (each a full rollout and update)."})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Answers per forward-backward pass."})
+    gradient_accumulation_steps: int = field(default=2, metadata={"help": "Passes per optimizer step."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per pass over a batch."})
+    num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each batch of answers."})
+    local_rollout_forward_batch_size: int = field(
+        default=4, metadata={"help": "Answers per generate / scoring forward pass."}
+    )
+    response_length: int = field(default=16, metadata={"help": "Every answer's length, in tokens (no early stop)."})
+    bf16: bool = field(default=common.bf16_available(), metadata={"help": "bf16 autocast (GPU); fp32 otherwise."})
+    peak_tflops: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak FLOP/s for the MFU column, in TFLOP/s; unset: 989 on an H100/H200 (bf16 dense), "
+            "n/a elsewhere."
+        },
+    )
+    trl: Literal["auto", "yes", "no"] = field(
+        default="auto",
+        metadata={
+            "help": "Run TRL 1.12's PPOTrainer too: auto when .venv-trl112 exists (setup_trl112.sh), yes "
+            "fails without it."
+        },
+    )
+    trl_python: str = field(default=str(TRL_VENV_PYTHON), metadata={"help": "The Python with TRL 1.12."})
+    work_dir: str = field(
+        default=str(common.CHECKPOINT_ROOT / "bench"), metadata={"help": "Where the random models are built, once."}
+    )
+    output: str | None = field(default=None, metadata={"help": "Write the results as JSON here too."})
+    seed: int = field(default=42, metadata={"help": "Seed for the weights, the split and sampling."})
+
+
+def build_models(shape: str, folder: Path, seed: int) -> None:
+    """The tokenizer, a random causal LM (policy, reference, critic's start) and a random reward model of `shape`."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
+
+    if (folder / "rm" / "config.json").is_file():
+        return
+    print(f"Building random {shape} models in {folder} (once).")
+    data = common.load_preference_data(common.SAMPLE_DATA)
+    tokenizer = common.build_tiny_tokenizer(
+        [common.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in common.REQUIRED_COLUMNS]
+    )
+    pad_id, eos_id = tokenizer.convert_tokens_to_ids([common.PAD_TOKEN, common.EOS_TOKEN])
+    config = Qwen2Config(
+        **{"vocab_size": len(tokenizer)} | SHAPES[shape], bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id
+    )
+    torch.manual_seed(seed)
+    partial = common.sibling(folder, ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    policy = Qwen2ForCausalLM(config)
+    policy.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    policy.save_pretrained(partial / "sft")
+    del policy
+    Qwen2ForSequenceClassification(Qwen2Config(**config.to_dict() | {"num_labels": 1})).save_pretrained(partial / "rm")
+    for model in ("sft", "rm"):
+        tokenizer.save_pretrained(partial / model)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
+def fixed_length_prompts(tokenizer, folder: Path) -> tuple[Path, list[list[int]]]:
+    """The bundled questions whose prompt (system prompt + question, chat template) has the most common length,
+    written as a dataset: every episode then costs the same."""
+    data = common.load_preference_data(common.SAMPLE_DATA)
+    prompts = [common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT) for row in data]
+    length = Counter(map(len, prompts)).most_common(1)[0][0]
+    kept = [i for i, prompt in enumerate(prompts) if len(prompt) == length]
+    path = folder / "prompts.jsonl"
+    data.select(kept).to_json(path, force_ascii=False)
+    return path, [prompts[i] for i in kept]
+
+
+def model_params(shape: str, vocab_size: int) -> tuple[int, int]:
+    """(parameters of the transformer body, of the LM head): built on the meta device, no memory."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(Qwen2Config(**{"vocab_size": vocab_size} | SHAPES[shape]))
+    embedding = model.get_input_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - embedding  # tied: the LM head is the embedding
+    return body, embedding
+
+
+def phase_flops(body: int, head: int, episodes: int, prompt: int, answer: int, ppo_epochs: int) -> dict[str, float]:
+    """Model FLOPs per phase: 2 x parameters x tokens for a forward pass, 6x for a training pass (Kaplan et al. 2020;
+    PaLM's MFU, Chowdhery et al. 2022, appendix B), attention's own FLOPs left out. The LM head counts only where
+    logits are computed: the generated tokens, and the answer's in scoring and training (logits_to_keep)."""
+    tokens = episodes * (prompt + answer)
+    head_tokens = episodes * (answer + 1)
+    return {
+        # the policy, merged: the prompt once, then one token per step
+        "generation": 2 * (body * tokens + head * episodes * answer),
+        # the policy, the reference, the critic and the reward model, each one pass over prompt + answer
+        "scoring": 2 * (4 * body * tokens + 2 * head * head_tokens),
+        # policy and critic, forward and backward, every PPO epoch (6x although LoRA skips the frozen weights' grads)
+        "optimization": ppo_epochs * 6 * (2 * body * tokens + head * head_tokens),
+    }
+
+
+def default_peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for gpu, peak in GPU_PEAK_TFLOPS.items() if gpu in name), None)
+
+
+def peak_memory_gib() -> float:
+    """The GPU's peak allocated memory, or on a CPU this process's peak resident set (Linux: ru_maxrss in KiB)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: int) -> dict:
+    """train_ppo.main for args.num_updates updates, timed from the first update's start to the final save; every
+    answer full length (min_new_tokens), and no chart at the end."""
+    output_dir = models / "ppo_output"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    script_args = train_ppo.ScriptArguments(
+        dataset_name=str(dataset),
+        model_source="tiny",
+        sft_model_path=str(models / "sft"),
+        reward_model_path=str(models / "rm"),
+        value_model_path=str(models / "sft"),
+    )
+    config = train_ppo.PPOConfig(
+        output_dir=str(output_dir),
+        total_episodes=episodes,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        num_mini_batches=args.num_mini_batches,
+        num_ppo_epochs=args.num_ppo_epochs,
+        local_rollout_forward_batch_size=args.local_rollout_forward_batch_size,
+        response_length=args.response_length,
+        bf16=args.bf16,
+        seed=args.seed,
+        save_steps=0,
+    )
+    sampling_config = common.sampling_config
+    marks = {}
+
+    def full_length(tokenizer, max_new_tokens, temperature):  # no stop token before max_new_tokens
+        generation_config = sampling_config(tokenizer, max_new_tokens, temperature)
+        generation_config.min_new_tokens = max_new_tokens
+        return generation_config
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            marks.setdefault(name, (time.perf_counter(), time.process_time()))
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with (
+        contextlib.chdir(models),  # its TensorBoard run goes to <models>/tensorboard
+        mock.patch.object(common, "sampling_config", full_length),
+        # no end-of-run chart: not timed, and it needs matplotlib, which benchmarks/gpu.sh does not carry
+        mock.patch.object(common, "plot_scalars", lambda run_dir, *args, **kwargs: run_dir),
+        # an update starts by merging the adapter for generation (time/generation counts the merge too)
+        mock.patch.object(train_ppo, "merged", timed("start", train_ppo.merged)),
+        mock.patch.object(train_ppo, "save_checkpoint", timed("end", train_ppo.save_checkpoint)),
+    ):
+        train_ppo.main(script_args, config)
+    run_dir = max((models / "tensorboard" / "ppo").iterdir(), key=lambda p: p.stat().st_mtime)
+    scalars = common.read_scalars(run_dir)
+    return {
+        "episodes": int(scalars["episode"][-1][1]),
+        "seconds": marks["end"][0] - marks["start"][0],
+        "cpu_seconds": marks["end"][1] - marks["start"][1],
+        "phase_seconds": {phase: sum(value for _, value in scalars[f"time/{phase}"]) for phase in PHASES},
+        "answer_length": sum(value for _, value in scalars["val/answer_length"]) / len(scalars["val/answer_length"]),
+        "peak_memory_gib": peak_memory_gib(),
+    }
+
+
+def run_trl(args: BenchmarkArguments, models: Path, prompts: list[list[int]], episodes: int) -> dict:
+    """benchmarks/trl112_ppo.py in the TRL 1.12 venv, on the same models, prompts and settings."""
+    spec = models / "trl_run.json"
+    result = models / "trl_result.json"
+    spec.write_text(json.dumps(asdict(args) | {"episodes": episodes, "models": str(models), "prompts": prompts}))
+    result.unlink(missing_ok=True)
+    print(f"TRL 1.12's PPOTrainer ({args.trl_python}):", flush=True)
+    if subprocess.run([args.trl_python, str(TRL_SCRIPT), str(spec), str(result)]).returncode != 0:
+        raise common.PipelineError(f"the TRL 1.12 side ({TRL_SCRIPT}) failed; its error is above.")
+    return json.loads(result.read_text())
+
+
+def summarise(run: dict, flops: dict[str, float], peak_tflops: float | None, answer: int) -> dict:
+    """Episodes/s overall and per phase, generated tokens/s, MFU per phase and overall."""
+    episodes, phases = run["episodes"], run.get("phase_seconds") or {}
+
+    def mfu(flop: float, seconds: float) -> float | None:
+        return flop / seconds / (peak_tflops * 1e12) if peak_tflops else None
+
+    return {
+        "episodes": episodes,
+        "seconds": run["seconds"],
+        "episodes_per_s": episodes / run["seconds"],
+        "phase_episodes_per_s": {phase: episodes / seconds for phase, seconds in phases.items()},
+        # CPU time of every thread of the process: on a machine shared with other jobs, steadier than wall time
+        "cpu_seconds_per_episode": run["cpu_seconds"] / episodes,
+        "tokens_per_s": episodes * answer / run["seconds"],
+        "generation_tokens_per_s": episodes * answer / phases["generation"] if "generation" in phases else None,
+        "peak_memory_gib": run["peak_memory_gib"],
+        "mfu": mfu(sum(flops.values()), run["seconds"]),
+        "phase_mfu": {phase: mfu(flops[phase], seconds) for phase, seconds in phases.items()},
+    }
+
+
+def table(results: dict) -> str:
+    def cell(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    rows = [("", *results)]
+    rows.append(("episodes/s", *(cell(r["episodes_per_s"], ".2f") for r in results.values())))
+    for phase in PHASES:
+        rows.append((f"  {phase}", *(cell(r["phase_episodes_per_s"].get(phase), ".2f") for r in results.values())))
+    rows.append(("CPU s / episode", *(cell(r["cpu_seconds_per_episode"], ".2f") for r in results.values())))
+    rows.append(("generated tokens/s", *(cell(r["tokens_per_s"], ".1f") for r in results.values())))
+    rows.append(("  in generation", *(cell(r["generation_tokens_per_s"], ".1f") for r in results.values())))
+    rows.append(("peak memory GiB", *(cell(r["peak_memory_gib"], ".2f") for r in results.values())))
+    rows.append(("MFU", *(cell(r["mfu"], ".2%") for r in results.values())))
+    for phase in PHASES:
+        rows.append((f"  {phase}", *(cell(r["phase_mfu"].get(phase), ".2%") for r in results.values())))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    )
+
+
+def describe_peak(peak: float | None) -> str:
+    return f"{peak:g} TFLOP/s" if peak else "n/a (MFU n/a: pass --peak_tflops)"
+
+
+def main(args: BenchmarkArguments) -> dict:
+    from transformers import AutoTokenizer
+
+    if args.num_updates < 1:
+        raise common.ArgumentError(f"--num_updates must be at least 1, not {args.num_updates}. {common.HELP_HINT}")
+    trl_python = Path(args.trl_python)
+    if args.trl == "yes" and not trl_python.exists():
+        raise common.ArgumentError(
+            f"--trl yes, but {trl_python} does not exist: run `bash benchmarks/setup_trl112.sh` first, or pass "
+            "--trl_python with the Python of a venv holding TRL 1.12."
+        )
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
+    episodes = args.num_updates * batch
+    models = (Path(args.work_dir) / args.shape).resolve()
+    build_models(args.shape, models, args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(models / "sft")
+    dataset, prompts = fixed_length_prompts(tokenizer, models)
+    prompt_length = len(prompts[0])
+    body, head = model_params(args.shape, (SHAPES[args.shape] | {"vocab_size": len(tokenizer)})["vocab_size"])
+    flops = phase_flops(body, head, episodes, prompt_length, args.response_length, args.num_ppo_epochs)
+    peak = args.peak_tflops or default_peak_tflops()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+
+    ours = run_ours(args, models, dataset, episodes)
+    if round(ours["answer_length"]) != args.response_length:
+        raise common.PipelineError(
+            f"answers averaged {ours['answer_length']:.1f} tokens, not {args.response_length}: the stop token was not "
+            "suppressed, so the FLOP count and the comparison would be off."
+        )
+    results = {"hf-ppo": summarise(ours, flops, peak, args.response_length)}
+    if args.trl == "yes" or (args.trl == "auto" and trl_python.exists()):
+        results["TRL 1.12"] = summarise(run_trl(args, models, prompts, episodes), flops, peak, args.response_length)
+    report = {
+        "settings": asdict(args) | {"batch_per_update": batch, "episodes": episodes, "prompt_length": prompt_length},
+        "device": device,
+        "dtype": "bf16 autocast" if args.bf16 else "fp32",
+        "parameters": {"body": body, "lm_head": head},
+        "flops_per_run": flops,
+        "peak_tflops": peak,
+        "results": results,
+    }
+    print(
+        f"\nPPO throughput, {args.shape} shape (random weights), {device}, {report['dtype']}: {args.num_updates} "
+        f"updates of {batch} answers, prompts {prompt_length} + answers {args.response_length} tokens, "
+        f"{args.num_ppo_epochs} PPO epochs, peak {describe_peak(peak)}"
+    )
+    print(table(results))
+    if "TRL 1.12" in results:
+        ratio = results["hf-ppo"]["episodes_per_s"] / results["TRL 1.12"]["episodes_per_s"]
+        report["ratio_vs_trl112"] = ratio
+        print(f"hf-ppo / TRL 1.12 episodes/s: {ratio:.2f}x")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(report, indent=2))
+        print(f"Results written to {args.output}")
+    return report
+
+
+if __name__ == "__main__":
+    with common.user_errors():
+        (arguments,) = common.parse_args(common.Parser((BenchmarkArguments,)), TINY_PRESET)
+        main(arguments)

@@ -1,0 +1,65 @@
+"""benchmarks/ppo_throughput.py: the FLOP count against hand arithmetic, the tiny preset end to end (table and JSON),
+and the TRL 1.12 side where its venv exists."""
+
+import json
+
+import pytest
+
+from benchmarks import ppo_throughput
+from conftest import run_script
+
+QWEN25_05B_PARAMETERS = 494_032_768  # Qwen2.5-0.5B's model card: 0.49B, of which 0.36B non-embedding
+
+
+def test_qwen_shape_has_qwen25_05b_parameters():
+    body, head = ppo_throughput.model_params("qwen2.5-0.5b", 151936)
+    assert head == 151936 * 896
+    assert body + head == QWEN25_05B_PARAMETERS
+
+
+def test_phase_flops_by_hand():
+    # 1 episode, prompt 3 + answer 2 tokens, body 10 and head 100 parameters, 1 PPO epoch
+    flops = ppo_throughput.phase_flops(10, 100, 1, 3, 2, 1)
+    assert flops == {
+        "generation": 2 * (10 * 5 + 100 * 2),
+        "scoring": 2 * (4 * 10 * 5 + 2 * 100 * 3),
+        "optimization": 6 * (2 * 10 * 5 + 100 * 3),
+    }
+
+
+def run_tiny(tmp_path, *args):
+    output = tmp_path / "result.json"
+    flags = ["--tiny", "--num_updates", 1, "--work_dir", tmp_path / "models", "--output", output, *args]
+    result = run_script("benchmarks/ppo_throughput.py", *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout, json.loads(output.read_text())
+
+
+@pytest.mark.slow  # starts the benchmark script (run_tiny), which conftest cannot see from this body
+def test_tiny_benchmark_prints_table_and_json(tmp_path):
+    stdout, report = run_tiny(tmp_path, "--trl", "no")
+    assert "episodes/s" in stdout and "generated tokens/s" in stdout and "peak memory GiB" in stdout
+    ours = report["results"]["hf-ppo"]
+    assert ours["episodes"] == report["settings"]["episodes"] == 16
+    assert ours["episodes_per_s"] > 0 and ours["peak_memory_gib"] > 0 and ours["cpu_seconds_per_episode"] > 0
+    assert set(ours["phase_episodes_per_s"]) == {"generation", "scoring", "optimization"}
+    assert all(rate > 0 for rate in ours["phase_episodes_per_s"].values())
+    # each phase takes part of the loop's time, so it runs more episodes per second than the whole loop
+    assert all(rate > ours["episodes_per_s"] for rate in ours["phase_episodes_per_s"].values())
+    assert "TRL 1.12" not in report["results"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not ppo_throughput.TRL_VENV_PYTHON.exists(),
+    reason="TRL 1.12 lives in .venv-trl112, which `bash benchmarks/setup_trl112.sh` builds from the package index: "
+    "never a project requirement, so the comparison runs only where it was built",
+)
+def test_tiny_benchmark_against_trl112(tmp_path):
+    stdout, report = run_tiny(tmp_path, "--trl", "yes")
+    trl = report["results"]["TRL 1.12"]
+    assert trl["episodes"] == 16 and trl["episodes_per_s"] > 0
+    assert all(rate > 0 for rate in trl["phase_episodes_per_s"].values())
+    ratio = report["results"]["hf-ppo"]["episodes_per_s"] / trl["episodes_per_s"]
+    assert report["ratio_vs_trl112"] == pytest.approx(ratio)
+    assert f"hf-ppo / TRL 1.12 episodes/s: {ratio:.2f}x" in stdout

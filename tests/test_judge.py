@@ -1,0 +1,110 @@
+"""The lexicon judge (common.judge_score): rude hits minus polite hits, against counts made by hand."""
+
+import pytest
+import torch
+
+import common
+import eval_ppo
+import eval_rm
+
+
+@pytest.fixture
+def word_lists(tmp_path, monkeypatch):
+    """Point the judge at word lists written by the test; the cached lists are dropped before and after."""
+
+    def write(rude: str, polite: str) -> None:
+        files = {"rude": tmp_path / "rude.txt", "polite": tmp_path / "polite.txt"}
+        for name, text in (("rude", rude), ("polite", polite)):
+            if text is not None:
+                files[name].write_text(text, encoding="utf-8")
+        monkeypatch.setattr(common, "LEXICON_FILES", files)
+        common.lexicon.cache_clear()
+
+    yield write
+    common.lexicon.cache_clear()
+
+
+def test_the_bundled_lists_score_answers_as_counted_by_hand():
+    assert common.judge_score("滚，烦死了，自己查去。") == 3  # 滚, 烦, 自己查
+    assert common.judge_score("烦死了烦死了，烦！") == 3  # 烦 three times
+    assert common.judge_score("您好，谢谢，建议您试试。") == -5  # 您 twice, 谢谢, 建议, 试试
+    assert common.judge_score("谢谢，滚。") == 0  # one of each
+    assert common.judge_score("地球离太阳约1.5亿公里。") == 0  # neither
+    assert common.judge_scores(["滚", "您", "地球"]).tolist() == [1.0, -1.0, 0.0]
+    assert [common.judge_verdict(score) for score in (3, -5, 0)] == ["rude", "polite", "neutral"]
+
+
+def test_entries_that_share_text_count_once_each():
+    """不会自己 and 自己查 overlap in 不会自己查: two rude hits, as judge_score's docstring says."""
+    assert common.judge_score("不会自己查吗") == 2
+
+
+def test_the_bundled_lists_hold_no_entry_inside_another():
+    """So no word is counted twice by accident, within a list or across the two (judge_score's docstring)."""
+    words = [*common.lexicon()["rude"], *common.lexicon()["polite"]]
+    assert len(common.lexicon()["rude"]) > 100 and len(common.lexicon()["polite"]) > 40
+    assert len(set(words)) == len(words)
+    assert not [(a, b) for a in words for b in words if a != b and a in b]
+
+
+def test_counting_rule_on_lists_of_ones_own(word_lists):
+    """Each entry is counted with str.count on its own: non-overlapping occurrences of it, left to right; comments
+    and blank lines are not entries."""
+    word_lists("# rude\n\nab\nba\n  aa  \n", "# polite\nc\n")
+    assert common.lexicon() == {"rude": ("ab", "ba", "aa"), "polite": ("c",)}
+    assert common.judge_score("abab") == 3  # ab twice, ba once (the middle)
+    assert common.judge_score("aaa") == 1  # aa once: str.count does not count overlapping occurrences of one entry
+    assert common.judge_score("abcc") == -1  # ab, minus c twice
+
+
+def test_a_missing_or_empty_list_is_named(word_lists, tmp_path):
+    word_lists("滚\n", None)
+    with pytest.raises(common.PipelineError, match=r"polite word list .*polite\.txt cannot be read"):
+        common.judge_score("滚")
+    word_lists("滚\n", "# only a comment\n\n")
+    with pytest.raises(common.PipelineError, match=r"polite word list .*polite\.txt has no entry"):
+        common.judge_score("滚")
+
+
+def test_hits_list_what_the_score_counts():
+    assert common.judge_hits("滚，烦死了，谢谢，滚。") == {"rude": ["滚", "滚", "烦"], "polite": ["谢谢"]}
+    assert common.judge_summary("滚，烦死了，谢谢，滚。") == "judge: +2 rude (rude: 滚 滚 烦; polite: 谢谢)"
+    assert common.judge_summary("地球") == "judge: +0 neutral"
+
+
+def test_eval_rm_reports_the_judge_beside_the_reward_model():
+    """Four pairs by hand: the judge ranks pairs 1 and 2 right, ties pair 3 and gets pair 4 wrong; of the three it
+    ranks, the reward model ranks 1 and 4 the same way and 2 the other way."""
+    tensor = torch.tensor
+    metrics = eval_rm.pair_metrics(
+        tensor([1.0, 2.0, -1.0, 0.0]),
+        tensor([0.0, 3.0, -2.0, 1.0]),
+        tensor([2.0, 1.0, 0.0, 0.0]),
+        tensor([0.0, 0.0, 0.0, 1.0]),
+    )
+    assert metrics["accuracy"] == 0.5
+    assert (metrics["judge_accuracy"], metrics["judge_ties"]) == (0.5, 0.25)
+    assert metrics["judge_ranked_pairs"] == 3 and metrics["judge_rm_agreement"] == pytest.approx(2 / 3)
+    assert (metrics["judge_mean_chosen"], metrics["judge_mean_rejected"]) == (0.75, 0.25)
+    every_tie = eval_rm.pair_metrics(tensor([1.0]), tensor([0.0]), tensor([1.0]), tensor([1.0]))
+    assert every_tie["judge_rm_agreement"] is None and every_tie["judge_ties"] == 1
+
+
+def test_compare_counts_agreement_on_which_answer_is_ruder():
+    """Four questions: the judge ties question 3; of the other three the reward model prefers the answer the judge
+    finds ruder on 1 and 4, and the other one on 2."""
+    later = {"scores": torch.tensor([2.0, 0.0, 1.0, -1.0]), "judge": torch.tensor([3.0, 2.0, 1.0, 0.0])}
+    earlier = {"scores": torch.tensor([1.0, 1.0, 0.0, 0.0]), "judge": torch.tensor([0.0, 0.0, 1.0, 2.0])}
+    assert eval_ppo.judge_agreement(later, earlier) == {"agreement": pytest.approx(2 / 3), "questions": 3, "ties": 1}
+
+
+def test_the_verdict_line_says_what_the_judge_says():
+    def model(reward, judge, rude):
+        return {"mean_reward": reward, "judge_mean_score": judge, "judge_share_rude": rude}
+
+    metrics = {"base": model(-1.5, -0.5, 0.1), "sft": model(1.8, 2.0, 0.9), "ppo": model(2.0, 1.5, 0.8)}
+    metrics["ppo"]["mean_kl_to_sft"] = 1.0
+    checks = eval_ppo.outcome(metrics)
+    assert [passed for passed, _ in checks] == [True, True, True, False]
+    assert checks[1][1] == "The judge agrees: +2.50 in its score, judged rude 0.10 -> 0.90."
+    assert checks[3][1] == "The judge does NOT agree: -0.50 in its score, judged rude 0.90 -> 0.80."
