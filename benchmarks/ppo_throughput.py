@@ -217,6 +217,7 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
         bf16=args.bf16,
         seed=args.seed,
         save_steps=0,
+        num_eval_questions=0,  # evaluation on held-out questions is not training throughput (TRL 1.12 has none)
     )
     sampling_config = common.sampling_config
     marks = {}
