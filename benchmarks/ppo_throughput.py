@@ -375,7 +375,10 @@ def main(args: BenchmarkArguments) -> dict:
     return report
 
 
+def make_parser() -> common.Parser:
+    return common.Parser((BenchmarkArguments,))
+
+
 if __name__ == "__main__":
     with common.user_errors():
-        (arguments,) = common.parse_args(common.Parser((BenchmarkArguments,)), TINY_PRESET)
-        main(arguments)
+        main(*common.parse_args(make_parser(), TINY_PRESET))

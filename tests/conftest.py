@@ -101,7 +101,7 @@ def run_main(script: str, *args, cwd: Path, stdin: str = "") -> subprocess.Compl
     the 5 to 30 s a new process spends importing torch, transformers and TRL. For what a script prints and the status
     it exits with, not for library noise (transformers' and TRL's loggers keep the stderr they started with); one
     test per script still runs it as a user would (run_script)."""
-    module = importlib.import_module(Path(script).stem)
+    module = importlib.import_module(script.removesuffix(".py").replace("/", "."))  # benchmarks/x.py: benchmarks.x
     cwd.mkdir(parents=True, exist_ok=True)
     stdout, stderr, old_cwd, old_stdin = io.StringIO(), io.StringIO(), Path.cwd(), sys.stdin
     returncode = 0

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from benchmarks import ppo_throughput
-from conftest import run_script
+from conftest import run_main
 
 QWEN25_05B_PARAMETERS = 494_032_768  # Qwen2.5-0.5B's model card: 0.49B, of which 0.36B non-embedding
 
@@ -30,12 +30,12 @@ def test_phase_flops_by_hand():
 def run_tiny(tmp_path, *args):
     output = tmp_path / "result.json"
     flags = ["--tiny", "--num_updates", 1, "--work_dir", tmp_path / "models", "--output", output, *args]
-    result = run_script("benchmarks/ppo_throughput.py", *flags, cwd=tmp_path)
+    result = run_main("benchmarks/ppo_throughput.py", *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout, json.loads(output.read_text())
 
 
-@pytest.mark.slow  # starts the benchmark script (run_tiny), which conftest cannot see from this body
+@pytest.mark.slow  # builds and trains models through run_tiny, which conftest cannot see from this body
 def test_tiny_benchmark_prints_table_and_json(tmp_path):
     stdout, report = run_tiny(tmp_path, "--trl", "no")
     assert "episodes/s" in stdout and "generated tokens/s" in stdout and "peak memory GiB" in stdout

@@ -222,7 +222,8 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
     """Four updates with a checkpoint after two; resuming from it, each process restores its own random stream and
     samples the answers the whole run sampled, so both end with the same weights."""
     args = ("--tiny", *ppo_models(sft_run, rm_run, tiny_base), "--per_device_train_batch_size", 4)
-    schedule = ("--total_episodes", 64, "--save_steps", 2)
+    # No held-out evaluation (the learning test above runs it on two processes): at 4 updates it would run after each.
+    schedule = ("--total_episodes", 64, "--save_steps", 2, "--num_eval_questions", 0)
     launch("train_ppo.py", *args, *schedule, cwd=tmp_path / "whole")
     checkpoint = tmp_path / "whole" / common.PPO_DIR / f"{train_ppo.CHECKPOINT_PREFIX}2"
     state = checkpoint / train_ppo.TRAINING_STATE_DIR

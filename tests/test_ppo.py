@@ -17,6 +17,7 @@ import eval_rm
 import train_ppo
 from conftest import run_main
 
+EVAL_QUESTIONS = train_ppo.PPOConfig.num_eval_questions  # the default: every held-out question of the tiny preset
 STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
 QUESTIONS = ["吃了没?", "地球离太阳多远?", "推荐一本书", "帮我想想怎么跟领导提加薪"]
 TRL_METRICS = [
@@ -31,11 +32,14 @@ def ppo_args(*args):
 
 
 def run_ppo(workdir, sft_run, tiny_base, *args, reward_fn=None, monkeypatch):
-    """train_ppo.main in `workdir` on the session's tiny SFT model, critic from the tiny base; its scalars."""
+    """train_ppo.main in `workdir` on the session's tiny SFT model, critic from the tiny base; its scalars. No
+    evaluation on held-out questions unless `args` ask for it (--num_eval_questions): it leaves training as it is (a
+    test checks that) and would add a fifth to each run."""
     workdir.mkdir(exist_ok=True)
     monkeypatch.chdir(workdir)
+    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--value_model_path", tiny_base)
     train_ppo.main(
-        *ppo_args("--sft_model_path", sft_run / common.SFT_DIR, "--value_model_path", tiny_base, *args),
+        *ppo_args(*models, "--num_eval_questions", 0, *args),
         reward_fn=reward_fn,
     )
     (run_dir,) = (workdir / common.TENSORBOARD_ROOT / "ppo").iterdir()
@@ -437,7 +441,9 @@ def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run,
     def brevity(queries, answers):
         return torch.tensor([-len(tokenizer.decode(answer, skip_special_tokens=True)) / 10 for answer in answers])
 
-    scalars = run_ppo(tmp_path, sft_run, tiny_base, reward_fn=brevity, monkeypatch=monkeypatch)
+    # evaluated before the first update and after the last (the 20th)
+    evaluation = ("--num_eval_questions", EVAL_QUESTIONS, "--eval_steps", 20)
+    scalars = run_ppo(tmp_path, sft_run, tiny_base, *evaluation, reward_fn=brevity, monkeypatch=monkeypatch)
     (first, proxy), (last, final_proxy) = scalars["eval/score"][0], scalars["eval/score"][-1]
     assert (first, last) == (0, 20)
     judge, rude = scalars["eval/judge_score"], scalars["eval/judged_rude"]
@@ -453,7 +459,7 @@ def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, 
     def answer_length(queries, answers):
         return torch.tensor([len(tokenizer.decode(answer)) / 10 for answer in answers])
 
-    runs = {"every": ("--eval_steps", 1), "never": ("--num_eval_questions", 0)}
+    runs = {"every": ("--num_eval_questions", EVAL_QUESTIONS, "--eval_steps", 1), "never": ()}
     scalars = {
         name: run_ppo(
             tmp_path / name, sft_run, tiny_base, "--total_episodes", 48, *flags, reward_fn=answer_length,
