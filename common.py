@@ -1346,8 +1346,8 @@ PROGRESS_POSTFIX = ("loss", "eval_loss", "eval_accuracy")
 
 class CompactProgress(ProgressCallback):
     """The Trainer's progress bar with the latest loss (and held-out accuracy) as its postfix, where the stock
-    callback prints one dict per logging step on stdout (132 of them for train_sft.py --tiny), and one summary line
-    at the end instead of the Trainer's {'train_runtime': ...} dict."""
+    callback prints one dict per logging step on stdout (132 of them for train_sft.py --tiny) and draws a second bar
+    for each evaluation, and one summary line at the end instead of the Trainer's {'train_runtime': ...} dict."""
 
     def __init__(self):
         super().__init__()
@@ -1364,6 +1364,12 @@ class CompactProgress(ProgressCallback):
             return
         self.postfix |= {key: f"{logs[key]:.4g}" for key in PROGRESS_POSTFIX if key in logs}
         self.training_bar.set_postfix(self.postfix, refresh=False)
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        """No second bar for an evaluation during training: its result joins the training bar's postfix, and a bar
+        drawn below another moves the cursor with terminal escape codes ("\x1b[A"), garbage in a log file."""
+        if self.training_bar is None:
+            super().on_prediction_step(args, state, control, **kwargs)
 
 
 def compact_progress(trainer) -> None:

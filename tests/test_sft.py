@@ -80,10 +80,16 @@ def test_bad_data_stops_sft_before_anything_is_written(tmp_path, tiny_base):
 
 
 def test_training_prints_progress_not_a_bar_per_data_pass(sft_run, rm_run):
-    """datasets' map/filter bars (TRL's tokenize, truncate, drop-masked passes: under a second each on this data) are
-    off; the training bar and its compact line stay."""
+    """datasets' map/filter bars (TRL's tokenize, truncate, drop-masked passes: under a second each on this data) and
+    the Trainer's second bar for each evaluation (terminal escape codes in a log) are off; the training bar stays."""
     for workdir in (sft_run, rm_run):
         err = (workdir / "train.err").read_text()
-        for noise in ("Tokenizing train dataset", "Truncating train dataset", "Map", "Creating json from Arrow"):
+        for noise in (
+            "Tokenizing train dataset",
+            "Truncating train dataset",
+            "Map",
+            "Creating json from Arrow",
+            "\x1b[",
+        ):
             assert noise not in err, (workdir.name, noise)
         assert "it/s" in err or "s/it" in err  # the training loop's own bar
