@@ -1229,6 +1229,20 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
         )
 
 
+def check_trainer_run(script_args, training_args, model_args) -> dict:
+    """What train_sft.py and train_rm.py check before any data or model loads, in this order: a resumed run has the
+    settings its checkpoint was saved with (check_resume), and the output folder can take the model
+    (check_output_dir). The run's settings, for SaveRunSettings."""
+    settings = run_settings(script_args, training_args, model_args)
+    check_resume(training_args.resume_from_checkpoint, settings)
+    check_output_dir(
+        training_args.output_dir,
+        {"model_name_or_path": model_args.model_name_or_path},
+        save_size(model_args.model_name_or_path),
+    )
+    return settings
+
+
 def write_run_settings(folder: Path, settings: dict) -> None:
     (folder / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 

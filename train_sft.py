@@ -86,13 +86,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             "train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft."
         )
 
-    settings = common.run_settings(script_args, training_args, model_args)
-    common.check_resume(training_args.resume_from_checkpoint, settings)
-    common.check_output_dir(
-        training_args.output_dir,
-        {"model_name_or_path": model_args.model_name_or_path},
-        common.save_size(model_args.model_name_or_path),
-    )
+    settings = common.check_trainer_run(script_args, training_args, model_args)
 
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
