@@ -66,6 +66,17 @@ TINY_BASE_DIR = BASE_DIR / "tiny"
 SFT_DIR = CHECKPOINT_ROOT / "sft"
 RM_DIR = CHECKPOINT_ROOT / "rm"
 PPO_DIR = CHECKPOINT_ROOT / "ppo"
+PPO_BASE_DIR = CHECKPOINT_ROOT / "ppo_base"  # train_ppo.py --from_base: PPO with the base model as its start
+DPO_DIR = CHECKPOINT_ROOT / "dpo"
+GRPO_DIR = CHECKPOINT_ROOT / "grpo"
+# The LoRA adapter each RL method trains on its starting model (PPO, DPO, GRPO): the same rank, scale and layers, so
+# that the methods change the model through the same parameters and compare on equal terms. The original's PPO values.
+LORA_R = 32
+LORA_ALPHA = 8
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Every training stage writes its wall time and throughput here beside its model (the name and keys of the Trainer's
+# save_metrics("train", ...)), for eval_ppo.py --compare.
+TRAIN_RESULTS_FILE = "train_results.json"
 # The lexicon judge's word lists (see judge_score): rude and polite markers, one a line, `#` starts a comment line.
 LEXICON_FILES = {"rude": ROOT / "data" / "lexicon" / "rude.txt", "polite": ROOT / "data" / "lexicon" / "polite.txt"}
 HELD_OUT_FILE = "held_out.jsonl"  # every training stage saves its held-out rows beside the model (split_held_out)
@@ -660,6 +671,12 @@ def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:
     eval script sees exactly that split."""
     rows = rows.map(lambda row: {"system": row["system"] or system_prompt})
     rows.to_json(folder / HELD_OUT_FILE, force_ascii=False)
+
+
+def save_train_results(folder: Path, runtime_s: float, samples_per_second: float) -> None:
+    """The run's wall time and examples per second, as the Trainer's train_results.json names them."""
+    results = {"train_runtime": runtime_s, "train_samples_per_second": samples_per_second}
+    (Path(folder) / TRAIN_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def evaluation_data(dataset_name: str | None, model_path: str | Path, source: ModelSource) -> tuple[str, Dataset]:

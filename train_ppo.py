@@ -187,13 +187,15 @@ class PPOConfig:
     vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss against the policy loss."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE's lambda."})
-    lora_r: int = field(default=32, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=8, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
+    lora_r: int = field(default=common.LORA_R, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(
+        default=common.LORA_ALPHA, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."}
+    )
     lora_dropout: float = field(
         default=0.0, metadata={"help": "0, so that log-probs are deterministic and the ratio measures policy change."}
     )
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        default_factory=lambda: list(common.LORA_TARGET_MODULES),
         metadata={"help": "The layers that get an adapter."},
     )
     eval_steps: float = field(
@@ -923,6 +925,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     )
     if eval_prompts and start_update == 0:  # the starting point: the SFT model itself, at KL 0
         evaluation(0)
+    run_started = time.perf_counter()
     for update in range(start_update, num_updates):
         batch_prompts = [prompts[i] for i in process_share(order, update, batch_size, accelerator)]
 
@@ -1057,15 +1060,13 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 for old in periodic_checkpoints(Path(config.output_dir))[: -config.save_total_limit]:
                     shutil.rmtree(old)
     progress.close()
+    runtime = time.perf_counter() - run_started
 
-    # The held-out questions, for eval_ppo.py --compare.
-    save_checkpoint(
-        Path(config.output_dir),
-        accelerator,
-        model,
-        tokenizer,
-        write_more=lambda folder: common.save_held_out(held_out, script_args.system_prompt, folder),
-    )
+    def held_out_and_results(folder: Path) -> None:  # for eval_ppo.py --compare
+        common.save_held_out(held_out, script_args.system_prompt, folder)
+        common.save_train_results(folder, runtime, (num_updates - start_update) * batch_size / runtime)
+
+    save_checkpoint(Path(config.output_dir), accelerator, model, tokenizer, write_more=held_out_and_results)
     if accelerator.is_main_process:
         writer.close()
         chart = common.plot_scalars(run_dir, CHART_TAGS, f"PPO: {script_args.sft_model_path}", xlabel="update")
