@@ -37,10 +37,11 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
 from datasets import Dataset
+from peft import PeftModel
 from safetensors import SafetensorError, safe_open
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
-from transformers import AutoTokenizer, GenerationConfig, ProgressCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import TrlParser
 
@@ -69,6 +70,15 @@ PPO_DIR = CHECKPOINT_ROOT / "ppo"
 PPO_BASE_DIR = CHECKPOINT_ROOT / "ppo_base"  # train_ppo.py --from_base: PPO with the base model as its start
 DPO_DIR = CHECKPOINT_ROOT / "dpo"
 GRPO_DIR = CHECKPOINT_ROOT / "grpo"
+# Every trained policy that eval_ppo.py --compare and chat_web.py look for, in the pipeline's order: its default folder
+# and the script (with flags) that writes it. The base model, before any stage, is found by its own flag.
+POLICIES = {
+    "sft": (SFT_DIR, "train_sft.py", {}),
+    "ppo": (PPO_DIR, "train_ppo.py", {}),
+    "ppo_base": (PPO_BASE_DIR, "train_ppo.py", {"from_base": True}),
+    "dpo": (DPO_DIR, "train_dpo.py", {}),
+    "grpo": (GRPO_DIR, "train_grpo.py", {}),
+}
 # The LoRA adapter each RL method trains on its starting model (PPO, DPO, GRPO): the same rank, scale and layers, so
 # that the methods change the model through the same parameters and compare on equal terms. The original's PPO values.
 LORA_R = 32
@@ -1122,6 +1132,21 @@ def load_model(model_class, path: str | Path, command: str, role: str | None = N
             f"half-copied. Write it again: {command}"
         ) from error
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+
+
+def load_policy(path: str | Path, maker: str, tiny: bool):
+    """A trained policy for inference, (model, tokenizer): a whole causal LM, or a LoRA adapter on the model its
+    adapter_config.json names, left unmerged so that disable_adapter() gives that model back (the reference).
+    `maker` is the command that writes `path`; `tiny` goes into the hint for a missing model under the adapter."""
+    path = require_checkpoint(path, maker)
+    if not (path / "adapter_config.json").is_file():
+        return load_model(AutoModelForCausalLM, path, maker, "language model")
+    trained_on = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    makers = {folder.resolve(): (script, flags) for folder, script, flags in POLICIES.values()}
+    script, flags = makers.get(Path(trained_on).resolve(), (None, {}))
+    remedy = command(script, tiny, **flags) if script else base_model_remedy(trained_on, "base_model_path")
+    model, tokenizer = load_model(AutoModelForCausalLM, trained_on, remedy, "language model")
+    return PeftModel.from_pretrained(model, path).eval(), tokenizer
 
 
 def try_lock(path: Path):
