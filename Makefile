@@ -28,7 +28,7 @@ demo: $(VENV)/installed
 	$(PYTHON) eval_ppo.py --tiny --compare
 
 test: $(VENV)/installed
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n auto
 
 # Runs write their charts beside their TensorBoard scalars (tensorboard/<stage>/<time>/<stage>.png), never into
 # imgs/; this is the one command that does, from a fresh tiny run of its own.

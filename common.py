@@ -858,8 +858,8 @@ def sampling_config(tokenizer, max_new_tokens: int, temperature: float) -> Gener
     PPO computes log-probs under exactly this distribution, so every sampling warper a checkpoint's
     generation_config.json may turn on is set off here: generate() fills each field left unset from that file, and
     Qwen2.5-Instruct's sets top_k 20, top_p 0.8 and repetition_penalty 1.05. Inherited, they make the sampled
-    distribution differ from the policy's (TRL 1.12's PPO on transformers 5 reports a KL to the reference of 16.8 for
-    Qwen 0.5B before its first step, where it must be 0).
+    distribution differ from the policy's, and the KL to the reference is no longer 0 before the first step (README,
+    Stage 3: why not TRL's PPOTrainer).
     """
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -880,40 +880,6 @@ def padded(sequences: list[list[int]], pad_token_id: int, side: Literal["left", 
     ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id, padding_side=side)
     mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True, padding_side=side)
     return ids, mask
-
-
-def answer_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """True at each answer's tokens, False at the padding after them (answers of `lengths`, padded to `width`)."""
-    return torch.arange(width, device=lengths.device) < lengths[:, None]
-
-
-def cut_after_stop(
-    responses: torch.Tensor, stop_token_id: int, pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad everything after each answer's first stop token; return (answers, lengths including the stop token).
-
-    Answers that never stopped keep their full width. Lengths, not the pad id, say where an answer ends: the model
-    may sample the pad token itself mid-answer.
-    """
-    is_stop = responses == stop_token_id
-    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, responses.shape[1])
-    return responses.masked_fill(~answer_mask(lengths, responses.shape[1]), pad_token_id), lengths
-
-
-def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.Tensor]:
-    """Model inputs for left-padded prompts followed by their answers, with position ids that skip the padding."""
-    attention_mask = torch.cat([query_mask, answer_mask(lengths, responses.shape[1]).long()], dim=1)
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    return {
-        "input_ids": torch.cat([queries, responses], dim=1),
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-    }
-
-
-def response_logits(model, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
-    """The logits that predict each of the last `width` tokens (the answer), without computing the prompt's."""
-    return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1132,6 +1098,20 @@ def load_model(model_class, path: str | Path, command: str, role: str | None = N
             f"half-copied. Write it again: {command}"
         ) from error
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+
+
+def find_policies(paths: dict[str, str | Path], tiny: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """Of `paths` ({method of POLICIES: its folder}): ({method: folder} of those holding a model, in POLICIES' order;
+    {method: the command that makes it} of the others). A damaged checkpoint counts as found, so that loading it
+    says what is wrong."""
+    found, missing = {}, {}
+    for name, (default, script, flags) in POLICIES.items():
+        path = Path(paths[name])
+        if checkpoint_problem(path) != "no model" or sibling(path, READY).exists() or sibling(path, OLD).exists():
+            found[name] = str(path)
+        else:
+            missing[name] = command(script, tiny, **flags, output_dir=unless_default(path, default))
+    return found, missing
 
 
 def load_policy(path: str | Path, maker: str, tiny: bool):

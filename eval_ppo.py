@@ -1,22 +1,24 @@
-"""Chat with the PPO model, or compare the base, SFT and PPO models on held-out questions.
+"""Chat with the PPO model, or compare every method on held-out questions: the base, SFT, PPO, and PPO from the base,
+DPO and GRPO where their checkpoints exist.
 
     python eval_ppo.py --tiny                        # interactive: 输入问题: ... until Ctrl-D / Ctrl-C
     python eval_ppo.py --tiny --question 吃了没?     # one or more --question, then exit (or one per stdin line)
-    python eval_ppo.py --tiny --compare              # base vs SFT vs PPO on the questions train_ppo.py held out
+    python eval_ppo.py --tiny --compare              # every method on the questions every stage held out
 
 --compare samples every model with the same seed and settings as PPO's rollouts, scores the answers with the reward
-model exactly as PPO did and with the lexicon judge (common.judge_score), which PPO never optimised, and writes the
-table and every answer to checkpoint/ppo/eval_metrics.json.
+model exactly as PPO did and with the lexicon judge (common.judge_score), which no stage optimised, measures each
+one's KL to the SFT model on its own answers, reads each run's training time (train_results.json), and writes the
+table and every answer to checkpoint/ppo/eval_metrics.json and the chart beside it (methods.png).
 """
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import PeftModel
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
 import common
@@ -32,12 +34,29 @@ TINY_PRESET = dict(
 
 
 # The lexicon judge's rule, and how its agreement with the reward model is measured, for the printed table.
-JUDGE_RULE = "rude hits - polite hits of data/lexicon (> 0: judged rude), which PPO never optimised"
+JUDGE_RULE = "rude hits - polite hits of data/lexicon (> 0: judged rude), which no stage optimised"
 AGREEMENT_RULE = (
     "of the questions where the judge scores two models' answers differently, the share where the reward model "
     "scores higher the answer the judge finds ruder"
 )
-MODEL_PAIRS = (("sft", "base"), ("ppo", "sft"))  # each stage against the one before it
+# Every method --compare knows: its name in words, the model it starts from (its gain and the judge's agreement are
+# measured against that one), and the flag that names its folder (--model_path: the PPO adapter, which the chat uses).
+LABELS = {"base": "base", "sft": "SFT", "ppo": "PPO", "ppo_base": "PPO from the base", "dpo": "DPO", "grpo": "GRPO"}
+STARTS = {"sft": "base", "ppo": "sft", "ppo_base": "base", "dpo": "sft", "grpo": "sft"}
+POLICY_FLAGS = {
+    "sft": "sft_model_path",
+    "ppo": "model_path",
+    "ppo_base": "ppo_base_model_path",
+    "dpo": "dpo_model_path",
+    "grpo": "grpo_model_path",
+}
+CHART_FILE = "methods.png"  # beside the metrics file
+CHART_METRICS = {
+    "mean_reward": "reward model score",
+    "judge_mean_score": "lexicon judge score",
+    "mean_kl_to_sft": "KL to the SFT model (nats / answer)",
+    "mean_answer_tokens": "answer length (tokens)",
+}
 
 
 @dataclass
@@ -48,12 +67,25 @@ class EvalArguments:
     )
     base_model_path: str = field(default=common.DEFAULT_MODEL, metadata={"help": "--compare: the model before SFT."})
     reward_model_path: str = field(default=str(common.RM_DIR), metadata={"help": "--compare: the reward model."})
+    ppo_base_model_path: str = field(
+        default=str(common.PPO_BASE_DIR),
+        metadata={"help": "--compare: PPO from the base model (train_ppo.py --from_base), if it exists."},
+    )
+    dpo_model_path: str = field(
+        default=str(common.DPO_DIR), metadata={"help": "--compare: the DPO adapter (train_dpo.py), if it exists."}
+    )
+    grpo_model_path: str = field(
+        default=str(common.GRPO_DIR), metadata={"help": "--compare: the GRPO adapter (train_grpo.py), if it exists."}
+    )
     tiny: bool = field(default=False, metadata={"help": "Tiny preset: the models the --tiny stages wrote."})
     model_source: common.ModelSource = field(
         default="modelscope", metadata={"help": "Where a base model or dataset that is not a local path comes from."}
     )
     compare: bool = field(
-        default=False, metadata={"help": "Compare base, SFT and PPO on held-out questions instead of chatting."}
+        default=False,
+        metadata={
+            "help": "Compare every method found (base, SFT, PPO, ...) on held-out questions instead of chatting."
+        },
     )
     dataset_name: str | None = field(
         default=None,
@@ -114,7 +146,8 @@ def one_line(answer: str) -> str:
 
 
 def compare(args: EvalArguments) -> None:
-    """Base, SFT and PPO answers to the same questions, scored by the reward model; a table and a JSON file."""
+    """Every method's answers to the same held-out questions, scored by the reward model and the lexicon judge, with
+    each one's KL to the SFT model and its training time; a table, a chart and a JSON file with every answer."""
     dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
     rm_command = common.command(
         "train_rm.py", args.tiny, output_dir=common.unless_default(args.reward_model_path, common.RM_DIR)
@@ -123,98 +156,104 @@ def compare(args: EvalArguments) -> None:
         AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
     )
     common.check_pad_token(rm_tokenizer, args.reward_model_path, reward_model)
-    ppo, tokenizer = load_ppo(args)
+    found, missing = common.find_policies(
+        {name: getattr(args, flag) for name, flag in POLICY_FLAGS.items()}, args.tiny
+    )
+    for name in ("sft", "ppo"):  # the SFT model is every KL's reference; the PPO run holds the questions out
+        if name in missing:
+            raise common.PipelineError(
+                f"no model at {getattr(args, POLICY_FLAGS[name])}. Make it first: {missing[name]}"
+            )
+    sft_command = common.command(
+        "train_sft.py", args.tiny, output_dir=common.unless_default(args.sft_model_path, common.SFT_DIR)
+    )
+    sft, tokenizer = common.load_policy(found["sft"], sft_command, args.tiny)
     train_ppo.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
     )
     reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
     prompts, rows = train_ppo.prompts_within(tokenizer, rows, args.system_prompt, args.max_prompt_length)
-
-    # Every model samples from the same seed, so their answers differ by the model alone.
-    batches = {}
+    held_out_file = Path(args.model_path) / common.HELD_OUT_FILE
     base_path = common.resolve_model(args.base_model_path, args.model_source)
-    base, base_tokenizer = common.load_model(
-        AutoModelForCausalLM, base_path, common.base_model_remedy(base_path, "base_model_path"), "language model"
-    )
-    train_ppo.check_same_tokenizer(tokenizer, base_tokenizer, f"the base model ({base_path})", args.sft_model_path)
-    set_seed(args.seed)
-    batches["base"] = sample(base, tokenizer, prompts, args, "Sampling base")
-    del base
-    with ppo.disable_adapter():
-        set_seed(args.seed)
-        batches["sft"] = sample(ppo, tokenizer, prompts, args, "Sampling sft")
-    # Unmerged, unlike in training: on a bf16 GPU, merging and unmerging would round the SFT weights in bf16, and the
-    # KL to SFT below needs them exact.
-    set_seed(args.seed)
-    batches["ppo"] = sample(ppo, tokenizer, prompts, args, "Sampling ppo")
+    paths = {"base": base_path} | found
 
+    # Every method samples from the same seed, so their answers differ by the model alone; one model loaded at a time
+    # beside the SFT model, the reference of each KL.
     results = {}
-    for name, batch in tqdm(batches.items(), "Scoring"):
-        scores, stopped = train_ppo.score_answers(
-            reward_fn,
-            batch["queries"],
-            batch["query_mask"],
-            batch["responses"],
-            batch["lengths"],
-            tokenizer,
-            missing_eos_penalty=0.0,  # the reward model's own score; `finished` reports the cut answers
-        )
-        answers = train_ppo.answer_texts(tokenizer, batch)
-        results[name] = {
-            "scores": scores.cpu(),
-            "judge": common.judge_scores(answers),
-            "stopped": stopped.cpu(),
-            "answers": answers,
-            "lengths": batch["lengths"].cpu(),
-        }
-    kl = train_ppo.kl_to_reference(ppo, batches["ppo"], args.temperature, args.batch_size).cpu()
+    for name, path in paths.items():
+        if name == "base":
+            model, other_tokenizer = common.load_model(
+                AutoModelForCausalLM, path, common.base_model_remedy(path, "base_model_path"), "language model"
+            )
+        elif name == "sft":
+            model, other_tokenizer = sft, tokenizer
+        else:
+            script, flags = common.POLICIES[name][1:]
+            model, other_tokenizer = common.load_policy(
+                path, common.command(script, args.tiny, **flags, output_dir=path), args.tiny
+            )
+            if args.dataset_name is None:  # a method that trained on these questions would be flattered by them
+                common.check_same_held_out(rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
+        train_ppo.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
+        set_seed(args.seed)
+        batch = sample(model, tokenizer, prompts, args, f"Sampling {name}")
+        results[name] = score(batch, reward_fn, tokenizer)
+        if name != "sft":
+            results[name]["kl"] = train_ppo.kl_to_reference(
+                model, batch, args.temperature, args.batch_size, reference=sft
+            ).cpu()
+        del model
 
     for i, row in enumerate(rows.select(range(min(args.num_examples, len(rows))))):
         print(f"问题: {row['question']}")
         for name, result in results.items():
             print(
-                f"  {name:<5} {result['scores'][i]:+.3f} {result['judge'][i]:+3.0f}  {one_line(result['answers'][i])}"
+                f"  {name:<8} {result['scores'][i]:+.3f} {result['judge'][i]:+3.0f}  {one_line(result['answers'][i])}"
             )
-    metrics = {
-        name: {
-            "mean_reward": result["scores"].mean().item(),
-            "share_reward_positive": (result["scores"] > 0).float().mean().item(),
-            "mean_answer_tokens": result["lengths"].float().mean().item(),
-            "share_finished": result["stopped"].float().mean().item(),
-            "judge_mean_score": result["judge"].mean().item(),
-            "judge_share_rude": (result["judge"] > 0).float().mean().item(),
-        }
-        for name, result in results.items()
-    }
-    metrics["ppo"]["mean_kl_to_sft"] = kl.mean().item()
+    metrics = {name: method_metrics(result, paths[name]) for name, result in results.items()}
     agreement = {
-        f"{later}_vs_{earlier}": judge_agreement(results[later], results[earlier]) for later, earlier in MODEL_PAIRS
+        f"{name}_vs_{STARTS[name]}": judge_agreement(results[name], results[STARTS[name]])
+        for name in results
+        if STARTS.get(name) in results
     }
 
     print(f"\n{len(rows)} questions of {dataset}, sampled at temperature {args.temperature}, seed {args.seed}:")
-    print("model   mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT")
+    print(
+        "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
+        "   train s   examples/s"
+    )
     for name, m in metrics.items():
-        kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else ""
-        print(
-            f"{name:<5} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
-            f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   {kl_column}"
+        kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else " " * 9
+        time_columns = (
+            f"{m['train_runtime_s']:9.1f} {m['train_samples_per_second']:12.2f}" if "train_runtime_s" in m else ""
         )
+        print(
+            f"{name:<8} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
+            f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   "
+            f"{kl_column} {time_columns}"
+        )
+    for name, command in missing.items():
+        print(f"{name:<8} not found: {command}")
     print(f"judge: the lexicon judge, {JUDGE_RULE}. Agreement: {AGREEMENT_RULE}.")
     for pair, a in agreement.items():
         share = "  -  " if a["agreement"] is None else f"{a['agreement']:.3f}"
         print(
-            f"  {pair.replace('_', ' '):<12} {share} of {a['questions']} questions ({a['ties']} judge ties left out)"
+            f"  {pair.replace('_vs_', ' vs '):<16} {share} of {a['questions']} questions ({a['ties']} judge ties "
+            "left out)"
         )
     metrics["judge_rm_agreement"] = agreement
     checks = outcome(metrics)
-    print(" ".join(text for _, text in checks))
+    print("\n".join(text for _, text in checks))
+    metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
+    chart = plot_methods(metrics, metrics_file.with_name(CHART_FILE))
     report = {
         "dataset": dataset,
         "questions": len(rows),
         "seed": args.seed,
         "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
-        "models": {"base": args.base_model_path, "sft": args.sft_model_path, "ppo": args.model_path},
+        "models": {"reward": args.reward_model_path} | paths,
+        "missing": missing,
         "metrics": metrics,
         "checks": {text: passed for passed, text in checks},
         "answers": [
@@ -226,10 +265,69 @@ def compare(args: EvalArguments) -> None:
             for i, row in enumerate(rows)
         ],
     }
-    metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     metrics_file.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
-    print(f"Metrics and answers written to {metrics_file}")
+    print(f"Metrics and answers written to {metrics_file}; chart: {chart}")
+
+
+def score(batch: dict[str, torch.Tensor], reward_fn, tokenizer) -> dict:
+    """A method's answers, scored by the reward model as PPO scores them (without missing_eos_penalty: `stopped`
+    reports the cut answers) and by the lexicon judge."""
+    scores, stopped = train_ppo.score_answers(
+        reward_fn, batch["queries"], batch["query_mask"], batch["responses"], batch["lengths"], tokenizer, 0.0
+    )
+    answers = train_ppo.answer_texts(tokenizer, batch)
+    return {
+        "scores": scores.cpu(),
+        "judge": common.judge_scores(answers),
+        "stopped": stopped.cpu(),
+        "answers": answers,
+        "lengths": batch["lengths"].cpu(),
+    }
+
+
+def method_metrics(result: dict, path: str) -> dict:
+    """The table's row of one method, with the training time its run logged (train_results.json) if it has one."""
+    metrics = {
+        "mean_reward": result["scores"].mean().item(),
+        "share_reward_positive": (result["scores"] > 0).float().mean().item(),
+        "mean_answer_tokens": result["lengths"].float().mean().item(),
+        "share_finished": result["stopped"].float().mean().item(),
+        "judge_mean_score": result["judge"].mean().item(),
+        "judge_share_rude": (result["judge"] > 0).float().mean().item(),
+    }
+    if "kl" in result:
+        metrics["mean_kl_to_sft"] = result["kl"].mean().item()
+    train_results = Path(path) / common.TRAIN_RESULTS_FILE
+    if train_results.is_file():
+        logged = json.loads(train_results.read_text())
+        metrics |= {
+            "train_runtime_s": logged["train_runtime"],
+            "train_samples_per_second": logged["train_samples_per_second"],
+        }
+    return metrics
+
+
+def plot_methods(metrics: dict, path: Path) -> Path:
+    """The methods side by side, one bar each, in one panel per figure of the table."""
+    from matplotlib.figure import Figure
+
+    names = [name for name in metrics if name in LABELS]
+    rows = math.ceil(len(CHART_METRICS) / common.CHART_COLUMNS)
+    columns = math.ceil(len(CHART_METRICS) / rows)  # as common.plot_scalars: rows filled evenly
+    size = (common.CHART_PANEL_SIZE[0] * columns, common.CHART_PANEL_SIZE[1] * rows)
+    figure = Figure(figsize=size, layout="constrained")
+    for axes, (key, title) in zip(figure.subplots(rows, columns).flat, CHART_METRICS.items()):
+        shown = [name for name in names if key in metrics[name]]
+        axes.bar(shown, [metrics[name][key] for name in shown], color=[f"C{names.index(n)}" for n in shown])
+        axes.set_title(title, fontsize="medium")
+        axes.axhline(0, color="black", linewidth=0.8)
+        axes.tick_params(axis="x", labelrotation=45)
+        axes.grid(axis="y", alpha=0.3)
+    figure.suptitle("Every method on the same held-out questions, same seed and sampling")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=common.CHART_DPI)
+    return path
 
 
 def judge_agreement(later: dict, earlier: dict) -> dict:
@@ -245,33 +343,41 @@ def judge_agreement(later: dict, earlier: dict) -> dict:
 
 
 def outcome(metrics: dict) -> list[tuple[bool, str]]:
-    """What each stage is for, checked on the held-out questions and said in words, so a user can tell whether the
-    run worked: SFT moves the base towards the answers the reward model prefers, PPO moves them further; and whether
-    the lexicon judge, which no stage optimised, sees the same move (ruder answers), or the reward model alone does."""
-    base, sft, ppo = (metrics[name]["mean_reward"] for name in ("base", "sft", "ppo"))
-    judge = {name: metrics[name]["judge_mean_score"] for name in ("base", "sft", "ppo")}
-    rude = {name: metrics[name]["judge_share_rude"] for name in ("base", "sft", "ppo")}
-
-    def judge_says(later: str, earlier: str, better: bool) -> tuple[bool, str]:
-        return better, (
-            f"The judge {'agrees' if better else 'does NOT agree'}: {judge[later] - judge[earlier]:+.2f} in its "
-            f"score, judged rude {rude[earlier]:.2f} -> {rude[later]:.2f}."
-        )
-
-    return [
-        (
-            sft > base,
-            f"SFT {'worked' if sft > base else 'did NOT work'}: its answers score {sft - base:+.2f} against the base "
-            "model's.",
-        ),
-        judge_says("sft", "base", judge["sft"] > judge["base"]),
-        (
-            ppo >= sft,
-            f"PPO {'worked' if ppo >= sft else 'did NOT work'}: its answers score {ppo - sft:+.2f} against the SFT "
-            f"model's, at a KL of {metrics['ppo']['mean_kl_to_sft']:.2f} nats per answer from it.",
-        ),
-        judge_says("ppo", "sft", judge["ppo"] >= judge["sft"]),
-    ]
+    """What each method is for, checked on the held-out questions and said in words, so a user can tell whether a run
+    worked: each moves its starting point (STARTS) towards the answers the reward model prefers; whether the lexicon
+    judge, which no stage optimised, sees the same move (ruder answers) or the reward model alone does; and, given
+    PPO from the base, whether the original's claim holds that PPO without SFT first gains less."""
+    reward = {name: m["mean_reward"] for name, m in metrics.items() if name in LABELS}
+    judge = {name: m["judge_mean_score"] for name, m in metrics.items() if name in LABELS}
+    rude = {name: m["judge_share_rude"] for name, m in metrics.items() if name in LABELS}
+    checks = []
+    for name, start in STARTS.items():
+        if name not in reward or start not in reward:
+            continue
+        # SFT must move the base; an RL method must at least keep its start's score
+        gain, judge_gain = reward[name] - reward[start], judge[name] - judge[start]
+        worked = gain > 0 if name == "sft" else gain >= 0
+        agrees = judge_gain > 0 if name == "sft" else judge_gain >= 0
+        kl = f", at a KL of {metrics[name]['mean_kl_to_sft']:.2f} nats per answer from it" if start == "sft" else ""
+        checks.append((
+            worked,
+            f"{LABELS[name]} {'worked' if worked else 'did NOT work'}: its answers score {gain:+.2f} against the "
+            f"{LABELS[start]} model's{kl}.",
+        ))  # fmt: skip
+        checks.append((
+            agrees,
+            f"The judge {'agrees' if agrees else 'does NOT agree'}: {judge_gain:+.2f} in its score, judged rude "
+            f"{rude[start]:.2f} -> {rude[name]:.2f}.",
+        ))  # fmt: skip
+    if {"base", "ppo", "ppo_base"} <= reward.keys():
+        from_base, after_sft = reward["ppo_base"] - reward["base"], reward["ppo"] - reward["base"]
+        holds = from_base < after_sft
+        checks.append((
+            holds,
+            f"The original's claim {'holds' if holds else 'does NOT hold'} here: PPO from the base model gains "
+            f"{from_base:+.2f} over the base, PPO after SFT {after_sft:+.2f}.",
+        ))  # fmt: skip
+    return checks
 
 
 def chat(args: EvalArguments) -> None:

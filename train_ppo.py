@@ -84,6 +84,7 @@ logging.getLogger("accelerate.utils.other").addFilter(
 TINY_PRESET = dict(
     dataset_name=str(common.SAMPLE_DATA),
     model_source="tiny",
+    base_model_path=str(common.TINY_BASE_DIR),
     value_model_path=str(common.TINY_BASE_DIR),
     response_length=48,
     learning_rate=3e-3,
@@ -103,6 +104,15 @@ class ScriptArguments(common.StageArguments):
         default=str(common.SFT_DIR), metadata={"help": "The SFT model: the policy's frozen base and the reference."}
     )
     reward_model_path: str = field(default=str(common.RM_DIR), metadata={"help": "The reward model, frozen."})
+    from_base: bool = field(
+        default=False,
+        metadata={
+            "help": "Start the policy and its reference from --base_model_path instead of the SFT model, writing "
+            "checkpoint/ppo_base unless --output_dir is given: the test of the original's claim that PPO without SFT "
+            "hardly converges."
+        },
+    )
+    base_model_path: str = field(default=common.DEFAULT_MODEL, metadata={"help": "--from_base: the model before SFT."})
     value_model_path: str = field(
         default=common.DEFAULT_MODEL,
         metadata={"help": "The critic's starting point: this model plus a new score head, all parameters trained."},
@@ -242,7 +252,7 @@ class PolicyAndValue(nn.Module):
         self.critic = critic
 
     def forward(self, inputs: dict[str, torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return common.response_logits(self.policy, inputs, width), critic_values(self.critic, inputs, width)
+        return response_logits(self.policy, inputs, width), critic_values(self.critic, inputs, width)
 
 
 def load_critic(path: str) -> nn.Module:
@@ -395,7 +405,7 @@ def ppo_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO loss of a micro batch of the rollout, policy loss + vf_coef x value loss, and its statistics."""
     m, advantages, old_values, returns = micro["mask"], micro["advantages"], micro["values"], micro["returns"]
-    inputs = common.sequence_inputs(micro["queries"], micro["query_mask"], micro["responses"], micro["lengths"])
+    inputs = sequence_inputs(micro["queries"], micro["query_mask"], micro["responses"], micro["lengths"])
     logits, new_values = model(inputs, micro["responses"].shape[1])
     new_logprobs = selective_log_softmax(logits, micro["responses"], config.temperature)
 
@@ -486,14 +496,48 @@ def score_answers(reward_fn: RewardFn, queries, query_mask, responses, lengths, 
     return scores - missing_eos_penalty * (~stopped).float(), stopped
 
 
+def answer_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """True at each answer's tokens, False at the padding after them (answers of `lengths`, padded to `width`)."""
+    return torch.arange(width, device=lengths.device) < lengths[:, None]
+
+
+def cut_after_stop(
+    responses: torch.Tensor, stop_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad everything after each answer's first stop token; return (answers, lengths including the stop token).
+
+    Answers that never stopped keep their full width. Lengths, not the pad id, say where an answer ends: the model
+    may sample the pad token itself mid-answer.
+    """
+    is_stop = responses == stop_token_id
+    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, responses.shape[1])
+    return responses.masked_fill(~answer_mask(lengths, responses.shape[1]), pad_token_id), lengths
+
+
+def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.Tensor]:
+    """Model inputs for left-padded prompts followed by their answers, with position ids that skip the padding."""
+    attention_mask = torch.cat([query_mask, answer_mask(lengths, responses.shape[1]).long()], dim=1)
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return {
+        "input_ids": torch.cat([queries, responses], dim=1),
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+    }
+
+
+def response_logits(model, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
+    """The logits that predict each of the last `width` tokens (the answer), without computing the prompt's."""
+    return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+
+
 @contextmanager
 def merged(policy: PeftModel) -> Iterator[PeftModel]:
     """The adapter folded into the weights while generating, then taken out again.
 
-    Unmerged, every adapted layer runs two extra small matmuls per token, and generation is bound by kernel launches:
-    at the Qwen2.5-0.5B shape on an H100, 8 answers of 200 tokens took 11.6 s with the adapter unmerged and 5.2 s
-    for the model without adapter layers, which is what merged weights run. Each merge and unmerge rounds the fp32
-    base weights (the reference) by about one unit in the last place, 6e-8 relative: far below what moves a log-prob.
+    Unmerged, every adapted layer runs two extra small matmuls per token, and generation is bound by kernel launches
+    (on an H100, 11.6 s against 5.2 s for 8 answers of 200 tokens: README, Stage 3). Each merge and unmerge rounds
+    the fp32 base weights (the reference) by about one unit in the last place, 6e-8 relative: far below what moves a
+    log-prob.
     Weights held in bf16 (DeepSpeed casts them) would round by 4e-3 and drift, so those generate unmerged.
     """
     if policy.get_base_model().dtype != torch.float32:
@@ -546,15 +590,21 @@ def generate(
         bar.update(len(output))
     bar.close()
     responses = nn.utils.rnn.pad_sequence(responses, batch_first=True, padding_value=tokenizer.pad_token_id)
-    responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    responses, lengths = cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
 
 
 @torch.no_grad()
 def forward_rollout(
-    policy, critic: nn.Module | None, batch: dict[str, torch.Tensor], temperature: float, chunk: int
+    policy,
+    critic: nn.Module | None,
+    batch: dict[str, torch.Tensor],
+    temperature: float,
+    chunk: int,
+    reference: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """For each answer token: the policy's and the reference's log-probs and, given a critic, its value.
+    """For each answer token: the policy's log-probs, the reference's (its adapter off) unless `reference` is False,
+    and, given a critic, its value.
 
     The log-probs come from a forward pass, not from generate()'s processed scores, so they are those of the plain
     temperature-scaled softmax that the training pass computes too.
@@ -565,15 +615,17 @@ def forward_rollout(
     for rows in torch.arange(num_answers).split(chunk):
         part = trimmed(sequences, rows)  # each output padded back to the batch's width with zeros
         responses, part_width = part["responses"], part["responses"].shape[1]
-        inputs = common.sequence_inputs(part["queries"], part["query_mask"], responses, part["lengths"])
-        logits = common.response_logits(policy, inputs, part_width)
+        inputs = sequence_inputs(part["queries"], part["query_mask"], responses, part["lengths"])
+        logits = response_logits(policy, inputs, part_width)
         logprobs.append(selective_log_softmax(logits, responses, temperature))
-        with policy.disable_adapter():  # the reference: the same weights without the adapter
-            ref_logits = common.response_logits(policy, inputs, part_width)
-        ref_logprobs.append(selective_log_softmax(ref_logits, responses, temperature))
+        if reference:
+            with policy.disable_adapter():  # the reference: the same weights without the adapter
+                ref_logits = response_logits(policy, inputs, part_width)
+            ref_logprobs.append(selective_log_softmax(ref_logits, responses, temperature))
         if critic is not None:
             values.append(critic_values(critic, inputs, part_width))
-    outputs = {"logprobs": logprobs, "ref_logprobs": ref_logprobs} | ({"values": values} if values else {})
+    outputs = {"logprobs": logprobs} | ({"ref_logprobs": ref_logprobs} if reference else {})
+    outputs |= {"values": values} if values else {}
     return {
         key: torch.cat([nn.functional.pad(piece, (0, width - piece.shape[1])) for piece in pieces])
         for key, pieces in outputs.items()
@@ -585,12 +637,19 @@ def answer_texts(tokenizer, batch: dict[str, torch.Tensor]) -> list[str]:
     return [tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(batch["responses"], batch["lengths"])]
 
 
-def kl_to_reference(policy, batch: dict[str, torch.Tensor], temperature: float, chunk: int) -> torch.Tensor:
-    """Per answer, the sum over its tokens of log pi(token) - log pi_ref(token), pi_ref the policy with its adapter
-    off (the SFT model): objective/kl's k1 estimate."""
-    rollout = forward_rollout(policy, None, batch, temperature, chunk)
-    kl = kl_estimate(rollout["logprobs"], rollout["ref_logprobs"], "k1")
-    return (kl * common.answer_mask(batch["lengths"], kl.shape[1])).sum(1)
+def kl_to_reference(
+    policy, batch: dict[str, torch.Tensor], temperature: float, chunk: int, reference=None
+) -> torch.Tensor:
+    """Per answer, the sum over its tokens of log pi(token) - log pi_ref(token): objective/kl's k1 estimate. pi_ref
+    is `reference` if given (another model: eval_ppo.py --compare's SFT model), else the policy, adapter off."""
+    if reference is None:
+        rollout = forward_rollout(policy, None, batch, temperature, chunk)
+        logprobs, ref_logprobs = rollout["logprobs"], rollout["ref_logprobs"]
+    else:
+        logprobs = forward_rollout(policy, None, batch, temperature, chunk, reference=False)["logprobs"]
+        ref_logprobs = forward_rollout(reference, None, batch, temperature, chunk, reference=False)["logprobs"]
+    kl = kl_estimate(logprobs, ref_logprobs, "k1")
+    return (kl * answer_mask(batch["lengths"], kl.shape[1])).sum(1)
 
 
 @torch.no_grad()
@@ -741,9 +800,13 @@ def save_checkpoint(
                 common.write_run_settings(staging, settings)
 
 
-def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | None = None) -> None:
-    """Train the policy; `reward_fn` replaces the reward model (a programmatic reward, as in the tests)."""
-    if script_args.eval_fraction == 0:  # the range is checked with every flag's (common.NUMERIC_RANGES)
+# ----------------------------------------------------------------------------------------------------------------
+# Set-up: the phases of main before the update loop
+
+
+def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
+    """The checks no flag's range expresses (those are common.NUMERIC_RANGES'); --from_base's own output folder."""
+    if script_args.eval_fraction == 0:
         raise common.ArgumentError(
             "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
         )
@@ -751,6 +814,14 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         raise common.ArgumentError(
             f"--eval_steps {config.eval_steps}: give a whole number of updates, or a fraction of the run below 1."
         )
+    if script_args.from_base and Path(config.output_dir) == common.PPO_DIR:
+        config.output_dir = str(common.PPO_BASE_DIR)  # never over the PPO run it is compared with
+
+
+def make_accelerator(config: PPOConfig) -> tuple[Accelerator, bool]:
+    """The accelerator (DDP or DeepSpeed ZeRO-1/2), and whether each model's gradient norm is clipped on its own:
+    DeepSpeed clips the global norm of both models itself (gradient_clipping) and holds the gradients in shards, so
+    only under DDP and on one process."""
     accelerator = Accelerator(
         gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision="bf16" if config.bf16 else "no"
     )
@@ -766,78 +837,80 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
         deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
         deepspeed_config["gradient_clipping"] = config.max_grad_norm
-    # DeepSpeed clips the global norm of both models itself (gradient_clipping) and holds the gradients in shards, so
-    # each model's norm is clipped and logged on its own only under DDP and on one process.
-    per_model_clipping = accelerator.distributed_type != DistributedType.DEEPSPEED
-    sizes = batch_sizes(config, accelerator.num_processes)
-    batch_size = sizes.batch
+    return accelerator, accelerator.distributed_type != DistributedType.DEEPSPEED
 
-    settings = common.run_settings(script_args, config)
-    common.check_output_dir(
-        config.output_dir,
-        {
-            "sft_model_path": script_args.sft_model_path,
-            "reward_model_path": script_args.reward_model_path,
-            "value_model_path": script_args.value_model_path,
-        },
-        common.save_size(script_args.value_model_path),
-    )
 
-    # Data first: a bad file fails in a second, before any model is loaded.
-    data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
-    # The questions held out for eval_ppo.py --compare: the rows SFT and the reward model held out too.
-    train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)
-    num_updates = count_updates(config, sizes, len(train_rows))
-    eval_every = math.ceil(config.eval_steps * num_updates) if config.eval_steps < 1 else int(config.eval_steps)
+def resume_point(resume: Path | None, run: dict, settings: dict) -> dict:
+    """The counters saved in the checkpoint to resume from (update, TensorBoard run), after checking that it was
+    saved by a run of these settings and batch shape; {} for a new run."""
+    if resume is None:
+        return {}
+    progress_file = resume / TRAINING_STATE_DIR / PROGRESS_FILE
+    if not progress_file.is_file():
+        raise common.PipelineError(
+            f"{resume} holds no training state ({TRAINING_STATE_DIR}/{PROGRESS_FILE}): only the checkpoint-<update> "
+            "folders that --save_steps writes can be resumed from (the final checkpoint holds the model only)."
+        )
+    saved = json.loads(progress_file.read_text())
+    if {key: saved[key] for key in run} != run:
+        raise common.PipelineError(
+            f"{resume} was saved by a run of {saved['num_updates']} updates of {saved['batch_size']} answers with "
+            f"--num_processes {saved['processes']}; this one has {run['num_updates']} of {run['batch_size']} with "
+            f"--num_processes {run['processes']}. Resume with the same batch settings, epochs and --num_processes."
+        )
+    common.check_resume(resume, settings)
+    return saved
 
-    resume = Path(config.resume_from_checkpoint) if config.resume_from_checkpoint else None
-    run = {"batch_size": batch_size, "num_updates": num_updates, "processes": accelerator.num_processes}
-    start_update = 0
-    if resume is not None:
-        progress_file = resume / TRAINING_STATE_DIR / PROGRESS_FILE
-        if not progress_file.is_file():
-            raise common.PipelineError(
-                f"{resume} holds no training state ({TRAINING_STATE_DIR}/{PROGRESS_FILE}): only the "
-                "checkpoint-<update> folders that --save_steps writes can be resumed from (the final checkpoint holds "
-                "the model only)."
-            )
-        saved = json.loads(progress_file.read_text())
-        if {key: saved[key] for key in run} != run:
-            raise common.PipelineError(
-                f"{resume} was saved by a run of {saved['num_updates']} updates of {saved['batch_size']} answers "
-                f"with --num_processes {saved['processes']}; this one has {num_updates} of {batch_size} with "
-                f"--num_processes {accelerator.num_processes}. Resume with the same batch settings, epochs and "
-                "--num_processes."
-            )
-        common.check_resume(resume, settings)
-        start_update = saved["update"]
 
-    # Every input folder checked for what its role needs before any model loads: a wrong one fails in a second.
-    sft_command = common.command(
-        "train_sft.py", script_args.tiny, output_dir=common.unless_default(script_args.sft_model_path, common.SFT_DIR)
-    )
-    common.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
-    rm_command = common.command(
+@dataclass
+class Inputs:
+    """The input models' folders, checked for their roles, and the commands that make each."""
+
+    policy: str  # the policy's starting point and reference: the SFT model, or the base with --from_base
+    policy_role: str  # what the policy starts from, in words
+    policy_command: str
+    value: str
+    reward: str
+    reward_command: str
+
+
+def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: str, own_reward: bool) -> Inputs:
+    """Every input folder checked for what its role needs before any model loads, so a wrong one fails in a second;
+    and none may have trained on this run's held-out questions, which would flatter the comparison on them."""
+    if script_args.from_base:
+        policy = common.resolve_model(script_args.base_model_path, script_args.model_source)
+        policy_role, flag = "base model", "--base_model_path"
+        policy_command = common.base_model_remedy(policy, "base_model_path")
+    else:
+        policy, policy_role, flag = script_args.sft_model_path, "SFT model", "--sft_model_path"
+        policy_command = common.command(
+            "train_sft.py", script_args.tiny, output_dir=common.unless_default(policy, common.SFT_DIR)
+        )
+    common.require_checkpoint(policy, policy_command, "language model")
+    reward_command = common.command(
         "train_rm.py", script_args.tiny, output_dir=common.unless_default(script_args.reward_model_path, common.RM_DIR)
     )
-    if reward_fn is None:
-        common.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
-    # A policy or reward model that trained on this run's held-out questions would flatter the comparison on them.
-    saved_as = Path(config.output_dir) / common.HELD_OUT_FILE
-    common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
-    if reward_fn is None:
+    saved_as = Path(output_dir) / common.HELD_OUT_FILE
+    common.check_same_held_out(held_out, saved_as, policy, policy_role, flag)
+    if not own_reward:
+        common.require_checkpoint(script_args.reward_model_path, reward_command, "reward model")
         common.check_same_held_out(
             held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
         )
-    value_path = common.resolve_model(script_args.value_model_path, script_args.model_source)
-    common.require_checkpoint(value_path, common.base_model_remedy(value_path, "value_model_path"), "critic")
+    value = common.resolve_model(script_args.value_model_path, script_args.model_source)
+    common.require_checkpoint(value, common.base_model_remedy(value, "value_model_path"), "critic")
+    return Inputs(policy, policy_role, policy_command, value, script_args.reward_model_path, reward_command)
 
-    common.lock_output_dir(config.output_dir)
 
-    # Models. Every one stays in eval mode, and LoRA dropout is 0: with no dropout anywhere, log-probs are
-    # deterministic, so the PPO ratio and the KL measure policy change only.
-    tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
-    common.check_pad_token(tokenizer, script_args.sft_model_path)
+def load_models(
+    inputs: Inputs, config: PPOConfig, reward_fn: RewardFn | None, device, rollout_chunk: int
+) -> tuple[object, PeftModel, nn.Module, RewardFn]:
+    """(tokenizer, policy, critic, reward function): the policy's starting point with a new LoRA adapter (adapter
+    off: the reference), the critic, and the reward model's scores unless `reward_fn` is given. All three models must
+    share the policy's tokenizer. Every model stays in eval mode and LoRA dropout is 0: with no dropout anywhere,
+    log-probs are deterministic, so the PPO ratio and the KL measure policy change only."""
+    tokenizer = AutoTokenizer.from_pretrained(inputs.policy)
+    common.check_pad_token(tokenizer, inputs.policy)
     torch.manual_seed(config.seed)  # the same initial adapter and score head in every process
     lora = LoraConfig(
         r=config.lora_r,
@@ -846,23 +919,106 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         target_modules=config.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    sft_model = AutoModelForCausalLM.from_pretrained(script_args.sft_model_path, dtype=torch.float32)
-    policy = get_peft_model(sft_model, lora)
-    critic = load_critic(value_path)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32), lora)
+    critic = load_critic(inputs.value)
     check_same_tokenizer(
-        tokenizer, AutoTokenizer.from_pretrained(value_path), f"the critic ({value_path})", script_args.sft_model_path
+        tokenizer, AutoTokenizer.from_pretrained(inputs.value), f"the critic ({inputs.value})", inputs.policy
     )
     if reward_fn is None:
         reward_model, rm_tokenizer = common.load_model(
-            AutoModelForSequenceClassification, script_args.reward_model_path, rm_command, "reward model"
+            AutoModelForSequenceClassification, inputs.reward, inputs.reward_command, "reward model"
         )
-        common.check_pad_token(rm_tokenizer, script_args.reward_model_path, reward_model)
-        check_same_tokenizer(
-            tokenizer, rm_tokenizer, f"the reward model ({script_args.reward_model_path})", script_args.sft_model_path
-        )
-        reward_model.to(accelerator.device)
-        reward_fn = reward_model_fn(reward_model, tokenizer, sizes.rollout_chunk)
+        common.check_pad_token(rm_tokenizer, inputs.reward, reward_model)
+        check_same_tokenizer(tokenizer, rm_tokenizer, f"the reward model ({inputs.reward})", inputs.policy)
+        reward_fn = reward_model_fn(reward_model.to(device), tokenizer, rollout_chunk)
+    return tokenizer, policy, critic, reward_fn
 
+
+def update_metrics(
+    scores, stopped, kl, non_score_reward, logprobs, lengths, stats: dict[str, list], times: dict[str, float]
+) -> dict[str, torch.Tensor]:
+    """One update's figures, under TRL's PPOTrainer names, on this process (main averages them over processes)."""
+
+    def mean_of(key: str) -> torch.Tensor:
+        return torch.stack(stats[key]).mean()
+
+    grad_norms = (
+        {"policy/grad_norm": mean_of("policy_grad_norm"), "val/grad_norm": mean_of("critic_grad_norm")}
+        if stats["policy_grad_norm"]
+        else {}
+    )
+    return {
+        "objective/kl": kl.sum(1).mean(),
+        "objective/entropy": (-logprobs).sum(1).mean(),
+        "objective/non_score_reward": non_score_reward.sum(1).mean(),
+        "objective/rlhf_reward": (scores + non_score_reward.sum(1)).mean(),
+        "objective/scores": scores.mean(),
+        "policy/approxkl_avg": mean_of("approxkl"),
+        "policy/clipfrac_avg": mean_of("clipfrac"),
+        "policy/entropy_avg": mean_of("entropy"),
+        "loss/policy_avg": mean_of("policy_loss"),
+        "loss/value_avg": mean_of("value_loss"),
+        "val/clipfrac_avg": mean_of("value_clipfrac"),
+        "val/ratio": mean_of("ratio"),
+        **grad_norms,
+        "val/answer_length": lengths.float().mean(),
+        **{f"time/{phase}": torch.tensor(seconds) for phase, seconds in times.items()},
+    }
+
+
+def evaluate_and_log(
+    update: int, policy, tokenizer, reward_fn, prompts, rows: Dataset, config: PPOConfig, accelerator, writer
+) -> None:
+    """Evaluate on the held-out questions, log eval/* and sample answers at `update`, and say it in one line."""
+    metrics, samples = evaluate(policy, tokenizer, reward_fn, prompts, config, accelerator)
+    if writer is None:
+        return
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, update)
+    writer.add_text("eval/samples", samples_markdown(rows["question"], samples, EVAL_SAMPLES), update)
+    tqdm.write(
+        f"eval at update {update}: score {metrics['eval/score']:+.3f}, judge {metrics['eval/judge_score']:+.2f} "
+        f"({metrics['eval/judged_rude']:.2f} judged rude), KL {metrics['eval/kl']:.3f}, "
+        f"{metrics['eval/answer_length']:.1f} tokens, {metrics['eval/finished']:.2f} finished"
+    )
+
+
+def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | None = None) -> None:
+    """Train the policy; `reward_fn` replaces the reward model (a programmatic reward, as in the tests)."""
+    # Arguments, the accelerator and the update's sizes; every division exact.
+    check_arguments(script_args, config)
+    accelerator, per_model_clipping = make_accelerator(config)
+    sizes = batch_sizes(config, accelerator.num_processes)
+    batch_size = sizes.batch
+    settings = common.run_settings(script_args, config)
+    input_flags = ("sft_model_path", "reward_model_path", "value_model_path") + ("base_model_path",) * bool(
+        script_args.from_base
+    )
+    common.check_output_dir(
+        config.output_dir,
+        {flag: getattr(script_args, flag) for flag in input_flags},
+        common.save_size(script_args.value_model_path),
+    )
+
+    # Data first: a bad file fails in a second, before any model is loaded. The held-out questions are the rows SFT
+    # and the reward model held out too.
+    data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
+    train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)
+    num_updates = count_updates(config, sizes, len(train_rows))
+    eval_every = math.ceil(config.eval_steps * num_updates) if config.eval_steps < 1 else int(config.eval_steps)
+
+    # Resume, inputs, the output folder's lock.
+    resume = Path(config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+    run = {"batch_size": batch_size, "num_updates": num_updates, "processes": accelerator.num_processes}
+    saved = resume_point(resume, run, settings)
+    start_update = saved.get("update", 0)
+    inputs = check_inputs(script_args, held_out, config.output_dir, own_reward=reward_fn is not None)
+    common.lock_output_dir(config.output_dir)
+
+    # Models, optimizer, schedule.
+    tokenizer, policy, critic, reward_fn = load_models(
+        inputs, config, reward_fn, accelerator.device, sizes.rollout_chunk
+    )
     model = PolicyAndValue(policy, critic).eval()
     optimizer = make_optimizer(policy, critic, config)
     # Stepped once per update, outside accelerate (its wrapper would step once per process).
@@ -874,6 +1030,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         accelerator.load_state(resume / TRAINING_STATE_DIR)
     unwrapped = accelerator.unwrap_model(model)
 
+    # Prompts, in one shuffled order per epoch for the whole run; the held-out ones for evaluation.
     prompts, _ = prompts_within(
         tokenizer, train_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print
     )
@@ -884,16 +1041,17 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         if len(eval_rows)
         else ([], eval_rows)
     )
-    # A resumed run continues the TensorBoard run its checkpoint names, dropping what that run logged after the
-    # checkpoint (purge_step), so its curves and chart cover every update once.
-    run_dir = common.tensorboard_run("ppo", saved.get("tensorboard_run") if resume else None)
+
+    # Logging. A resumed run continues the TensorBoard run its checkpoint names, dropping what that run logged after
+    # the checkpoint (purge_step), so its curves and chart cover every update once.
+    stage = "ppo_base" if script_args.from_base else "ppo"
+    run_dir = common.tensorboard_run(stage, saved.get("tensorboard_run"))
     purge_step = start_update + 1 if resume else None
     writer = SummaryWriter(run_dir, purge_step=purge_step) if accelerator.is_main_process else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     accelerator.print(
-        f"PPO of {script_args.sft_model_path}: "
-        f"{len(prompts)} questions, {num_updates} updates of {batch_size} answers, {trainable:,} trained parameters "
-        f"(LoRA + critic); TensorBoard: {run_dir}"
+        f"PPO of {inputs.policy}: {len(prompts)} questions, {num_updates} updates of {batch_size} answers, "
+        f"{trainable:,} trained parameters (LoRA + critic); TensorBoard: {run_dir}"
         + (f"; resuming at update {start_update} from {resume}" if resume else "")
     )
     if eval_prompts:
@@ -901,30 +1059,15 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
             f"Evaluating on {len(eval_prompts)} held-out questions before the first update, every {eval_every} "
             "updates and after the last (eval/ in TensorBoard)."
         )
-
-    def evaluation(update: int) -> None:
-        """Evaluate on the held-out questions, log eval/* and sample answers at `update`, and say it in one line."""
-        metrics, samples = evaluate(unwrapped.policy, tokenizer, reward_fn, eval_prompts, config, accelerator)
-        if writer is not None:
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, update)
-            writer.add_text("eval/samples", samples_markdown(eval_rows["question"], samples, EVAL_SAMPLES), update)
-        if accelerator.is_main_process:
-            tqdm.write(
-                f"eval at update {update}: score {metrics['eval/score']:+.3f}, "
-                f"judge {metrics['eval/judge_score']:+.2f} ({metrics['eval/judged_rude']:.2f} judged rude), "
-                f"KL {metrics['eval/kl']:.3f}, {metrics['eval/answer_length']:.1f} tokens, "
-                f"{metrics['eval/finished']:.2f} finished"
-            )
-
+    evaluation = (unwrapped.policy, tokenizer, reward_fn, eval_prompts, eval_rows, config, accelerator, writer)
     progress = tqdm(
         total=num_updates * batch_size,
         initial=start_update * batch_size,
         unit="episode",
         disable=not accelerator.is_main_process,
     )
-    if eval_prompts and start_update == 0:  # the starting point: the SFT model itself, at KL 0
-        evaluation(0)
+    if eval_prompts and start_update == 0:  # the starting point itself, at KL 0
+        evaluate_and_log(0, *evaluation)
     run_started = time.perf_counter()
     for update in range(start_update, num_updates):
         batch_prompts = [prompts[i] for i in process_share(order, update, batch_size, accelerator)]
@@ -943,7 +1086,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 accelerator.device,
             )
         responses, lengths = batch["responses"], batch["lengths"]
-        mask = common.answer_mask(lengths, responses.shape[1]).float()
+        mask = answer_mask(lengths, responses.shape[1]).float()
         time_generation = timer(started)
 
         # 2. Score: the reward model reads each answer at its last token; an answer cut before its stop token loses
@@ -965,8 +1108,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
             )
         time_scoring = timer(started)
 
-        # 3. KL: a per-token penalty -kl_coef * KL(pi || pi_ref) keeps the policy near the SFT model, and the score
-        #    is added at the answer's last token (Ziegler et al. 2019, arXiv:1909.08593).
+        # 3. KL: a per-token penalty -kl_coef * KL(pi || pi_ref) keeps the policy near its starting point, and the
+        #    score is added at the answer's last token (Ziegler et al. 2019, arXiv:1909.08593).
         logprobs, ref_logprobs, values = batch["logprobs"] * mask, batch["ref_logprobs"] * mask, batch["values"] * mask
         kl = kl_estimate(logprobs, ref_logprobs, config.kl_estimator) * mask
         non_score_reward = -config.kl_coef * kl
@@ -1004,48 +1147,23 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         scheduler.step()
         time_optimization = timer(started)
 
-        # Log the update, averaged over the processes, under TRL's PPOTrainer names.
-        episode = (update + 1) * batch_size
-        metrics = {
-            "objective/kl": kl.sum(1).mean(),
-            "objective/entropy": (-logprobs).sum(1).mean(),
-            "objective/non_score_reward": non_score_reward.sum(1).mean(),
-            "objective/rlhf_reward": (scores + non_score_reward.sum(1)).mean(),
-            "objective/scores": scores.mean(),
-            "policy/approxkl_avg": torch.stack(stats["approxkl"]).mean(),
-            "policy/clipfrac_avg": torch.stack(stats["clipfrac"]).mean(),
-            "policy/entropy_avg": torch.stack(stats["entropy"]).mean(),
-            "loss/policy_avg": torch.stack(stats["policy_loss"]).mean(),
-            "loss/value_avg": torch.stack(stats["value_loss"]).mean(),
-            "val/clipfrac_avg": torch.stack(stats["value_clipfrac"]).mean(),
-            "val/ratio": torch.stack(stats["ratio"]).mean(),
-            **(
-                {
-                    "policy/grad_norm": torch.stack(stats["policy_grad_norm"]).mean(),
-                    "val/grad_norm": torch.stack(stats["critic_grad_norm"]).mean(),
-                }
-                if per_model_clipping
-                else {}
-            ),
-            "val/answer_length": lengths.float().mean(),
-            "time/generation": torch.tensor(time_generation),
-            "time/scoring": torch.tensor(time_scoring),
-            "time/optimization": torch.tensor(time_optimization),
-        }
+        # Log the update, averaged over the processes (val/num_eos_tokens summed: a count).
+        times = {"generation": time_generation, "scoring": time_scoring, "optimization": time_optimization}
+        metrics = update_metrics(scores, stopped, kl, non_score_reward, logprobs, lengths, stats, times)
         metrics = {key: value.detach().float().to(accelerator.device) for key, value in metrics.items()}
         metrics = accelerator.reduce(metrics, reduction="mean")
-        metrics["val/num_eos_tokens"] = accelerator.reduce(stopped.float().sum(), reduction="sum")  # a count
+        metrics["val/num_eos_tokens"] = accelerator.reduce(stopped.float().sum(), reduction="sum")
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(key, value.item(), update + 1)
             writer.add_scalar("lr", scheduler.get_last_lr()[0], update + 1)
-            writer.add_scalar("episode", episode, update + 1)
+            writer.add_scalar("episode", (update + 1) * batch_size, update + 1)
         progress.update(batch_size)
         progress.set_postfix(
             score=f"{metrics['objective/scores'].item():+.2f}", kl=f"{metrics['objective/kl'].item():.2f}"
         )
         if eval_prompts and ((update + 1) % eval_every == 0 or update + 1 == num_updates):
-            evaluation(update + 1)
+            evaluate_and_log(update + 1, *evaluation)
 
         if config.save_steps and (update + 1) % config.save_steps == 0 and update + 1 < num_updates:
             save_checkpoint(
@@ -1069,18 +1187,21 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     save_checkpoint(Path(config.output_dir), accelerator, model, tokenizer, write_more=held_out_and_results)
     if accelerator.is_main_process:
         writer.close()
-        chart = common.plot_scalars(run_dir, CHART_TAGS, f"PPO: {script_args.sft_model_path}", xlabel="update")
+        chart = common.plot_scalars(run_dir, CHART_TAGS, f"PPO: {inputs.policy}", xlabel="update")
+        flag, default = (
+            ("ppo_base_model_path", common.PPO_BASE_DIR) if script_args.from_base else ("model_path", common.PPO_DIR)
+        )
         compare = common.command(
             "eval_ppo.py",
             script_args.tiny,
             compare=True,
-            model_path=common.unless_default(config.output_dir, common.PPO_DIR),
+            **{flag: common.unless_default(config.output_dir, default)},
             sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
             reward_model_path=common.unless_default(script_args.reward_model_path, common.RM_DIR),
         )
         print(
             f"Adapter saved to {config.output_dir}, critic to {Path(config.output_dir) / VALUE_DIR}; curves in "
-            f"{chart}. Compare with the SFT model: {compare}"
+            f"{chart}. Compare it with every other method: {compare}"
         )
 
 

@@ -3,6 +3,7 @@ import importlib
 import io
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,8 +11,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 import common
+
+# `make test` runs the suite in one pytest-xdist worker per core: the tiny models' passes are too small to use a second
+# core, so two tests at a time finish sooner than one test on two cores. Each worker then gets its share of the
+# cores (an OpenMP thread pool per process on 2 cores would thrash: README, Tests), and so does every script it starts.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+BUILT = ".built"  # in a session fixture's folder once it is complete
 
 # A script of the tiny preset takes 10 to 30 s on a quiet 2-core machine and several times that on a busy one (the
 # session fixtures once took over 300 s under load); CI gives the whole suite 90 minutes, so 30 for one script means
@@ -133,48 +144,69 @@ def answer_log_likelihood(model, tokenizer, rows, column: str) -> float:
     return total / count
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, filled by `build(folder)` once for the whole test session. Under pytest-xdist every worker
+    has a session of its own; the first to need the folder builds it under a lock, and the others wait and reuse it.
+    A build that failed is tried again by the next worker that needs it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's own folder, above the workers' (basetemp/popen-gw0, ...)
+    folder = root / name
+    with FileLock(root / f"{name}.lock"):
+        if not (folder / BUILT).exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / BUILT).touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """The tiny base model, built once per test session (about a minute on two cores)."""
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    common.build_tiny_base(path)
-    return path
+    return built_once(tmp_path_factory, "base", lambda folder: common.build_tiny_base(folder / "tiny")) / "tiny"
 
 
 @pytest.fixture(scope="session")
 def sft_run(tiny_base, tmp_path_factory) -> Path:
     """The working folder of one train_sft.py --tiny run (checkpoint/ and tensorboard/ land in it; its stdout and
     stderr in train.out, train.err)."""
-    workdir = tmp_path_factory.mktemp("sft_run")
-    result = run_ok("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
-    (workdir / "train.out").write_text(result.stdout)
-    (workdir / "train.err").write_text(result.stderr)
-    return workdir
+
+    def train(workdir: Path) -> None:
+        result = run_ok("train_sft.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
+        (workdir / "train.out").write_text(result.stdout)
+        (workdir / "train.err").write_text(result.stderr)
+
+    return built_once(tmp_path_factory, "sft_run", train)
 
 
 @pytest.fixture(scope="session")
 def rm_run(tiny_base, tmp_path_factory) -> Path:
     """The working folder of one train_rm.py --tiny run (its stdout and stderr in train.out, train.err) followed by
     eval_rm.py."""
-    workdir = tmp_path_factory.mktemp("rm_run")
-    result = run_ok("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
-    (workdir / "train.out").write_text(result.stdout)
-    (workdir / "train.err").write_text(result.stderr)
-    result = run_ok("eval_rm.py", "--tiny", cwd=workdir)
-    (workdir / "eval_rm.out").write_text(result.stdout)
-    return workdir
+
+    def train(workdir: Path) -> None:
+        result = run_ok("train_rm.py", "--tiny", "--model_name_or_path", tiny_base, cwd=workdir)
+        (workdir / "train.out").write_text(result.stdout)
+        (workdir / "train.err").write_text(result.stderr)
+        result = run_ok("eval_rm.py", "--tiny", cwd=workdir)
+        (workdir / "eval_rm.out").write_text(result.stdout)
+
+    return built_once(tmp_path_factory, "rm_run", train)
 
 
 @pytest.fixture(scope="session")
 def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
     """The working folder of one train_ppo.py --tiny run on the session's SFT and reward models (its stdout and
     stderr in train.out, train.err), then eval_ppo.py --compare (its table in compare.out, stderr in compare.err)."""
-    workdir = tmp_path_factory.mktemp("ppo_run")
     models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
-    result = run_ok("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
-    (workdir / "train.out").write_text(result.stdout)
-    (workdir / "train.err").write_text(result.stderr)
-    result = run_ok("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
-    (workdir / "compare.out").write_text(result.stdout)
-    (workdir / "compare.err").write_text(result.stderr)
-    return workdir
+
+    def train(workdir: Path) -> None:
+        result = run_ok("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
+        (workdir / "train.out").write_text(result.stdout)
+        (workdir / "train.err").write_text(result.stderr)
+        result = run_ok("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
+        (workdir / "compare.out").write_text(result.stdout)
+        (workdir / "compare.err").write_text(result.stderr)
+
+    return built_once(tmp_path_factory, "ppo_run", train)

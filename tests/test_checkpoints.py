@@ -324,7 +324,7 @@ def test_eval_without_a_checkpoint_names_the_users_folder_in_the_command(tmp_pat
 
 def test_train_ppo_prints_a_compare_command_with_its_flags(ppo_run):
     printed = (ppo_run / "train.out").read_text()
-    hint = printed.split("Compare with the SFT model: ")[1].strip()
+    hint = printed.split("Compare it with every other method: ")[1].strip()
     (args,) = hinted_args(eval_ppo, hint)
     assert args.tiny and args.compare
     # the fixture trained on its own SFT and reward models, and the hint names them

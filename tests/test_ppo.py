@@ -88,7 +88,7 @@ def test_masked_whitening_uses_the_real_tokens_only():
 
 def test_answers_are_cut_after_their_first_stop_token():
     responses = torch.tensor([[5, 7, STOP, 9, STOP], [5, 6, 7, 8, 9], [STOP, 3, 3, 3, 3], [5, PAD, 6, STOP, 3]])
-    cut, lengths = common.cut_after_stop(responses, STOP, PAD)
+    cut, lengths = train_ppo.cut_after_stop(responses, STOP, PAD)
     assert lengths.tolist() == [3, 5, 1, 4]
     assert cut.tolist() == [
         [5, 7, STOP, PAD, PAD],
@@ -125,7 +125,7 @@ def test_logged_entropy_is_that_of_the_sampled_distribution():
 
 def test_positions_skip_the_left_padding():
     queries, query_mask = common.padded([[7, 8, 9], [7]], PAD, "left")
-    inputs = common.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
+    inputs = train_ppo.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
     assert inputs["input_ids"].tolist() == [[7, 8, 9, 4, STOP], [PAD, PAD, 7, 4, STOP]]
     assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
     assert inputs["position_ids"][:, :4].tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
@@ -225,10 +225,10 @@ def rollout_of(policy, critic, prompts, answers, seed=0):
     """A rollout's tensors for these prompt and answer ids, with random advantages and returns, and old log-probs and
     values off the models' own, so that both clips act."""
     queries, query_mask = common.padded(prompts, PAD, "left")
-    responses, lengths = common.cut_after_stop(common.padded(answers, PAD, "right")[0], STOP, PAD)
+    responses, lengths = train_ppo.cut_after_stop(common.padded(answers, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
     batch |= train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=len(prompts))
-    mask = common.answer_mask(lengths, responses.shape[1]).float()
+    mask = train_ppo.answer_mask(lengths, responses.shape[1]).float()
     generator = torch.Generator().manual_seed(seed)
     noise = [torch.randn(responses.shape, generator=generator) for _ in range(4)]
     return batch | {
@@ -269,11 +269,11 @@ def test_trimmed_and_untrimmed_micro_batches_give_the_same_loss():
 def test_the_rollout_forward_trims_each_chunk_without_changing_a_log_prob():
     policy, critic = random_models()
     queries, query_mask = common.padded(PROMPTS, PAD, "left")
-    responses, lengths = common.cut_after_stop(common.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
+    responses, lengths = train_ppo.cut_after_stop(common.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
     whole = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=4)  # one pass at the batch's width
     chunked = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=2)  # the second pass is trimmed
-    mask = common.answer_mask(lengths, responses.shape[1])
+    mask = train_ppo.answer_mask(lengths, responses.shape[1])
     for key in ("logprobs", "ref_logprobs", "values"):
         assert chunked[key].shape == responses.shape
         torch.testing.assert_close(chunked[key][mask], whole[key][mask], rtol=1e-5, atol=1e-6)
@@ -327,7 +327,7 @@ def test_rollout_training_pass_and_reference_agree_before_the_first_step(fresh_p
 
     model = train_ppo.PolicyAndValue(policy, critic)
     for micro in torch.arange(len(mask)).split(2):  # the training pass's micro batches, with gradients
-        inputs = common.sequence_inputs(
+        inputs = train_ppo.sequence_inputs(
             batch["queries"][micro], batch["query_mask"][micro], batch["responses"][micro], batch["lengths"][micro]
         )
         logits, values = model(inputs, batch["responses"].shape[1])
@@ -372,7 +372,7 @@ def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
         for text in (answer, longer)
     ]
     responses = torch.nn.utils.rnn.pad_sequence([torch.tensor(a) for a in answer_ids], True, tokenizer.pad_token_id)
-    responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    responses, lengths = train_ppo.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     queries, query_mask = common.padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id, "left")
     reward_fn = train_ppo.reward_model_fn(model, tokenizer, batch_size=8)
     scores, stopped = train_ppo.score_answers(reward_fn, queries, query_mask, responses, lengths, tokenizer, 1.0)
@@ -405,7 +405,7 @@ def test_a_critic_from_the_reward_model_starts_at_its_scores(rm_run, capsys):
     answer = common.conversation_ids(tokenizer, question, common.DEFAULT_SYSTEM_PROMPT, "关你屁事,自己吃去。")
     answer = answer[len(prompt) :]
     queries, query_mask = common.padded([prompt], tokenizer.pad_token_id, "left")
-    inputs = common.sequence_inputs(queries, query_mask, torch.tensor([answer]), torch.tensor([len(answer)]))
+    inputs = train_ppo.sequence_inputs(queries, query_mask, torch.tensor([answer]), torch.tensor([len(answer)]))
     with torch.no_grad():
         values = train_ppo.critic_values(critic, inputs, len(answer))[0]
     prefixes = [prompt + answer[:t] for t in range(len(answer))]  # V(s_t): the text before answer token t
@@ -449,6 +449,29 @@ def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run,
     judge, rude = scalars["eval/judge_score"], scalars["eval/judged_rude"]
     assert final_proxy > proxy + 0.8, scalars["eval/score"]
     assert judge[-1][1] < judge[0][1] and rude[-1][1] <= rude[0][1], (judge, rude)
+
+
+def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_path, sft_run, tiny_base, monkeypatch):
+    """--from_base: the policy and its reference start from the base model, not the SFT model (which is not even
+    read), the run writes checkpoint/ppo_base and tensorboard/ppo_base, so it never overwrites the PPO run it is
+    compared with, and eval_ppo.py finds it as the ppo_base method."""
+    monkeypatch.chdir(tmp_path)
+    flags = ("--from_base", "--base_model_path", tiny_base, "--sft_model_path", tmp_path / "no-sft")
+    flags += ("--value_model_path", tiny_base, "--num_eval_questions", 0, "--total_episodes", 32)
+    train_ppo.main(*ppo_args(*flags), reward_fn=lambda queries, answers: torch.zeros(len(answers)))
+    adapter = tmp_path / common.PPO_BASE_DIR
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_base)
+    assert not (tmp_path / common.PPO_DIR).exists()
+    (run_dir,) = (tmp_path / common.TENSORBOARD_ROOT / "ppo_base").iterdir()
+    first_kl = common.read_scalars(run_dir)["objective/kl"][0][1]
+    assert abs(first_kl) < 1e-4  # the reference is the base itself: the adapter starts at zero
+    assert (run_dir / "ppo_base.png").is_file()
+    results = json.loads((adapter / common.TRAIN_RESULTS_FILE).read_text())
+    assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0
+    found, missing = common.find_policies(
+        {name: getattr(eval_ppo.EvalArguments(), flag) for name, flag in eval_ppo.POLICY_FLAGS.items()}, tiny=True
+    )
+    assert list(found) == ["ppo_base"] and missing["sft"] == "python train_sft.py --tiny"
 
 
 def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, monkeypatch):
