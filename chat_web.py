@@ -40,6 +40,7 @@ TINY_PRESET = dict(
 )
 # Hosts that only this machine reaches.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_PORT = 65535  # a TCP port is 16 bits
 # Questions offered when the SFT model saved no held-out rows: the README's demo questions.
 FALLBACK_QUESTIONS = ("吃了没?", "地球离太阳多远?", "推荐一本书")
 # What each column is, under its name.
@@ -135,7 +136,9 @@ class Models:
 
 
 def check_host(args: WebArguments) -> None:
-    """Refuse an address other machines can reach unless --allow_remote says that is meant."""
+    """Refuse an address other machines can reach unless --allow_remote says that is meant, and a port that is none."""
+    if not 1 <= args.port <= MAX_PORT:
+        raise common.ArgumentError(f"--port must be in [1, {MAX_PORT}], got {args.port}.")
     if args.host not in LOCAL_HOSTS and not args.allow_remote:
         raise common.ArgumentError(
             f"--host {args.host} would let every machine that reaches this one's port {args.port} use the page, and "
@@ -368,8 +371,8 @@ def main(args: WebArguments) -> None:
         page.queue().launch(server_name=args.host, server_port=args.port, share=False, quiet=True)
     except OSError as error:
         raise common.PipelineError(
-            f"cannot serve on {args.host}:{args.port} ({error}): another program uses the port. Pass --port with "
-            "another one."
+            f"cannot serve on {args.host}:{args.port}: another program probably uses that port (Gradio says: "
+            f"{error}). Pass --port with another one, such as --port {args.port + 1}."
         ) from error
 
 

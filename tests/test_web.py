@@ -68,6 +68,18 @@ def test_refuses_remote_host_without_flag(tmp_path):
     for host in chat_web.LOCAL_HOSTS:
         chat_web.check_host(chat_web.WebArguments(host=host))
     chat_web.check_host(chat_web.WebArguments(host="0.0.0.0", allow_remote=True))
+    with pytest.raises(common.ArgumentError, match="--port must be in"):
+        chat_web.check_host(chat_web.WebArguments(port=70000))
+
+
+def test_port_in_use_is_one_clear_error(tiny_base, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_main("chat_web.py", "--tiny", "--base_model_path", tiny_base, "--port", port, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr and f"--port {port + 1}" in result.stderr
 
 
 def test_missing_checkpoints_listed_and_answers_without_reward_model(tiny_base):
