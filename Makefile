@@ -7,7 +7,7 @@ PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
 
-.PHONY: demo test test-fast figures clean
+.PHONY: demo test test-fast figures browser clean
 
 demo: $(VENV)/installed
 	$(PYTHON) train_sft.py --tiny
@@ -27,8 +27,21 @@ demo: $(VENV)/installed
 	@echo "== base vs SFT vs PPO on the questions PPO held out"
 	$(PYTHON) eval_ppo.py --tiny --compare
 
-test: $(VENV)/installed
+test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto
+
+# tests/test_web.py drives the chat page in Debian's Chromium and its chromedriver (pip's browser downloads need
+# hosts CI cannot reach). Installed here when missing and apt-get can run (root, or sudo without a password);
+# otherwise that one test skips and says why.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	else echo "No Chromium, and no root or sudo to install it: the browser test of tests/test_web.py will skip."; \
+		exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "No Chromium and no apt-get: the browser test will skip."; exit 0; fi; \
+	echo "Installing Chromium and chromedriver for the browser test (apt-get)"; \
+	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver \
+		|| echo "Installing Chromium failed (above): the browser test will skip."
 
 # Runs write their charts beside their TensorBoard scalars (tensorboard/<stage>/<time>/<stage>.png), never into
 # imgs/; this is the one command that does, from a fresh tiny run of its own.

@@ -1,0 +1,385 @@
+"""A local web page to ask every stage the same question and read their answers side by side, each scored by the
+reward model and the lexicon judge.
+
+    python chat_web.py --tiny                 # the tiny preset's checkpoints: open http://127.0.0.1:7863
+    python chat_web.py                        # the real run's checkpoint/ folders and Qwen/Qwen2.5-0.5B-Instruct
+    python chat_web.py --tiny --port 7870 --dpo_model_path /tmp/my_dpo
+
+One column per model found: the base model (before SFT), then every policy of common.POLICIES whose folder holds a
+checkpoint; the others are listed on the page with the command that makes them. The page is served on 127.0.0.1
+only: anyone who can reach the port can make this machine run the models, so another --host needs --allow_remote.
+"""
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Gradio reports usage to its servers unless told not to, and reads this when it is imported; the page must make
+# no request outside this machine (the Blocks' analytics_enabled=False below says it again).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    TextIteratorStreamer,
+    set_seed,
+)
+
+import common  # noqa: E402
+import train_ppo  # noqa: E402
+
+# The models the --tiny stages write, and PPO's tiny answer length.
+TINY_PRESET = dict(
+    base_model_path=str(common.TINY_BASE_DIR),
+    model_source="tiny",
+    max_new_tokens=train_ppo.TINY_PRESET["response_length"],
+)
+# Hosts that only this machine reaches.
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_PORT = 65535  # a TCP port is 16 bits
+# Questions offered when the SFT model saved no held-out rows: the README's demo questions.
+FALLBACK_QUESTIONS = ("吃了没?", "地球离太阳多远?", "推荐一本书")
+# What each column is, under its name.
+DESCRIPTIONS = {
+    "base": "the model before SFT",
+    "sft": "after SFT on the chosen answers",
+    "ppo": "PPO (LoRA) on the SFT model",
+    "ppo_base": "PPO (LoRA) on the base model",
+    "dpo": "DPO on the SFT model",
+    "grpo": "GRPO on the SFT model",
+}
+ANSWER_LINES = 6  # the height of an answer box; longer answers scroll
+
+
+@dataclass
+class WebArguments:
+    tiny: bool = field(default=False, metadata={"help": "Tiny preset: the models the --tiny stages wrote."})
+    base_model_path: str = field(
+        default=common.DEFAULT_MODEL,
+        metadata={"help": "The model before SFT, the first column: a local folder, or a model id to download."},
+    )
+    model_source: common.ModelSource = field(
+        default="modelscope", metadata={"help": "Where a base model that is not a local folder comes from."}
+    )
+    sft_model_path: str = field(default=str(common.SFT_DIR), metadata={"help": "train_sft.py's output."})
+    ppo_model_path: str = field(default=str(common.PPO_DIR), metadata={"help": "train_ppo.py's output (an adapter)."})
+    ppo_base_model_path: str = field(
+        default=str(common.PPO_BASE_DIR), metadata={"help": "train_ppo.py --from_base's output (an adapter)."}
+    )
+    dpo_model_path: str = field(default=str(common.DPO_DIR), metadata={"help": "train_dpo.py's output."})
+    grpo_model_path: str = field(default=str(common.GRPO_DIR), metadata={"help": "train_grpo.py's output."})
+    reward_model_path: str = field(
+        default=str(common.RM_DIR), metadata={"help": "The reward model that scores every answer, as in PPO."}
+    )
+    system_prompt: str = field(
+        default=common.DEFAULT_SYSTEM_PROMPT, metadata={"help": "The page's system prompt at start (editable there)."}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature at start, as in PPO's rollouts."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Longest answer at start, in tokens (PPO's)."})
+    seed: int = field(default=42, metadata={"help": "Seed at start; every column samples from it, so each repeats."})
+    num_examples: int = field(
+        default=5, metadata={"help": "Example questions on the page, from the SFT model's held-out rows."}
+    )
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "Address to serve on. Anything but this machine's own needs --allow_remote."},
+    )
+    port: int = field(
+        default=7863,
+        metadata={
+            "help": "Port to serve on: near Gradio's 7860 but not it, which another Gradio app takes first, and clear "
+            "of TensorBoard (6006), Jupyter (8888) and the usual development servers (3000, 5000, 8000, 8080)."
+        },
+    )
+    allow_remote: bool = field(
+        default=False,
+        metadata={"help": "Serve on a --host other machines can reach: anyone who reaches it can run the models."},
+    )
+
+
+@dataclass
+class Column:
+    """A model on the page: its name, where it came from, and what generates."""
+
+    name: str
+    path: str
+    model: torch.nn.Module
+    tokenizer: object
+    reward_problem: str | None = None  # why its answers get no reward-model score, or None
+
+
+@dataclass
+class Answer:
+    """One column's answer to a question: its text and token ids, and the scores once it is done."""
+
+    text: str = ""
+    prompt_ids: list[int] = field(default_factory=list)
+    answer_ids: list[int] = field(default_factory=list)
+    finished: bool = False  # stopped at its end-of-turn token, not cut at max_new_tokens
+    reward: float | None = None
+    done: bool = False
+
+
+@dataclass
+class Models:
+    """Everything the page serves, loaded once at start."""
+
+    columns: list[Column]
+    missing: dict[str, str]  # name -> why it has no column: the error, with the command that makes it
+    reward_model: torch.nn.Module | None
+    reward_tokenizer: object | None
+    examples: list[str]
+
+
+def check_host(args: WebArguments) -> None:
+    """Refuse an address other machines can reach unless --allow_remote says that is meant, and a port that is none."""
+    if not 1 <= args.port <= MAX_PORT:
+        raise common.ArgumentError(f"--port must be in [1, {MAX_PORT}], got {args.port}.")
+    if args.host not in LOCAL_HOSTS and not args.allow_remote:
+        raise common.ArgumentError(
+            f"--host {args.host} would let every machine that reaches this one's port {args.port} use the page, and "
+            "the page runs the models for whoever asks (it has no login): the page serves on 127.0.0.1 unless told "
+            f"otherwise. To reach it from your own computer, forward the port (ssh -L {args.port}:127.0.0.1:"
+            f"{args.port} this-machine) and open http://127.0.0.1:{args.port}; to serve it to your network anyway, "
+            f"add --allow_remote."
+        )
+
+
+def policy_path(args: WebArguments, name: str) -> str:
+    return getattr(args, f"{name}_model_path")
+
+
+def maker(args: WebArguments, name: str) -> str:
+    """The command that writes the policy `name` where this page looks for it."""
+    folder, script, flags = common.POLICIES[name]
+    return common.command(
+        script, args.tiny, **flags, output_dir=common.unless_default(policy_path(args, name), folder)
+    )
+
+
+def load_models(args: WebArguments) -> Models:
+    """The base model, every policy of common.POLICIES that exists, the reward model and the example questions.
+    A model that is missing or cannot be loaded is listed with the reason, and the page goes on without it."""
+    columns, missing = [], {}
+
+    print(f"Loading base: {args.base_model_path}", flush=True)
+    try:
+        base_path = common.resolve_model(args.base_model_path, args.model_source)
+        remedy = common.base_model_remedy(base_path, "base_model_path")
+        columns.append(Column("base", base_path, *common.load_model(AutoModelForCausalLM, base_path, remedy)))
+    except common.PipelineError as error:
+        missing["base"] = str(error)
+
+    for name in common.POLICIES:
+        path = policy_path(args, name)
+        if not Path(path).exists() and not common.sibling(Path(path), common.READY).exists():
+            missing[name] = f"no model at {path}. Make it first: {maker(args, name)}"
+            continue
+        print(f"Loading {name}: {path}", flush=True)
+        try:
+            model, tokenizer = common.load_policy(path, maker(args, name), args.tiny)
+        except common.PipelineError as error:
+            missing[name] = str(error)
+            continue
+        # An adapter comes back unmerged on a model of its own (load_policy loads its base afresh for each), so
+        # merging changes no other column; merged, it generates as fast as a plain model (train_ppo.merged).
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        columns.append(Column(name, path, model, tokenizer))
+
+    reward_model = reward_tokenizer = reward_problem = None
+    rm_command = common.command(
+        "train_rm.py", args.tiny, output_dir=common.unless_default(args.reward_model_path, common.RM_DIR)
+    )
+    print(f"Loading the reward model: {args.reward_model_path}", flush=True)
+    try:
+        reward_model, reward_tokenizer = common.load_model(
+            AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
+        )
+        common.check_pad_token(reward_tokenizer, args.reward_model_path, reward_model)
+    except common.PipelineError as error:
+        reward_model = reward_tokenizer = None
+        reward_problem = f"no reward-model score: {error}"
+    for column in columns:
+        column.reward_problem = reward_problem
+        try:  # the reward model reads the policy's token ids, as in PPO: one tokenizer for both
+            if reward_tokenizer is not None:
+                where = f"the reward model ({args.reward_model_path})"
+                train_ppo.check_same_tokenizer(column.tokenizer, reward_tokenizer, where, column.path)
+        except common.PipelineError as error:
+            column.reward_problem = f"no reward-model score: {error}"
+
+    return Models(columns, missing, reward_model, reward_tokenizer, example_questions(args))
+
+
+def example_questions(args: WebArguments) -> list[str]:
+    """The first questions the SFT model held out (common.HELD_OUT_FILE): none of the stages trained on them."""
+    held_out = Path(args.sft_model_path) / common.HELD_OUT_FILE
+    if not held_out.is_file():
+        return list(FALLBACK_QUESTIONS[: args.num_examples])
+    _, rows = common.evaluation_data(None, args.sft_model_path, args.model_source)
+    return list(dict.fromkeys(rows["question"]))[: args.num_examples]
+
+
+def stream_answer(
+    column: Column,
+    question: str,
+    system_prompt: str,
+    answer: Answer,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+) -> Iterator[Answer]:
+    """Sample `column`'s answer as PPO's rollouts do (common.sampling_config, from `seed`), yielding `answer` as its
+    text grows; its ids are filled in once generation ends."""
+    tokenizer = column.tokenizer
+    answer.prompt_ids = common.prompt_ids(tokenizer, {"question": question}, system_prompt)
+    input_ids = torch.tensor([answer.prompt_ids], device=column.model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    output = {}
+
+    def generate():
+        set_seed(seed)  # in the thread that samples, right before it: the column's answer depends on the seed alone
+        try:
+            output["ids"] = column.model.generate(
+                input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                generation_config=common.sampling_config(tokenizer, max_new_tokens, temperature),
+                streamer=streamer,
+            )
+        except BaseException as error:  # raised again below; ending the stream stops the loop that waits on it
+            output["error"] = error
+            streamer.end()
+
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    for piece in streamer:
+        answer.text += piece
+        yield answer
+    thread.join()
+    if "error" in output:
+        raise output["error"]
+    responses, lengths = common.cut_after_stop(
+        output["ids"][:, input_ids.shape[1] :], tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    answer.answer_ids = responses[0, : lengths[0]].tolist()
+    answer.finished = bool(answer.answer_ids) and answer.answer_ids[-1] == tokenizer.eos_token_id
+    # The text as PPO's answer_texts decodes it: the answer up to its stop token, without special tokens.
+    answer.text = tokenizer.decode(answer.answer_ids, skip_special_tokens=True)
+
+
+def score(models: Models, column: Column, answer: Answer) -> None:
+    """The reward model's score of prompt + answer ids, read at the answer's last token as PPO reads it
+    (train_ppo.reward_model_fn: common.reward_scores), without PPO's penalty for an answer cut short."""
+    if column.reward_problem is None:
+        reward_fn = train_ppo.reward_model_fn(models.reward_model, models.reward_tokenizer, batch_size=1)
+        answer.reward = reward_fn([answer.prompt_ids], [answer.answer_ids])[0].item()
+    answer.done = True
+
+
+def ask(
+    models: Models, question: str, system_prompt: str, temperature: float, max_new_tokens: int, seed: int
+) -> Iterator[list[Answer]]:
+    """Every column's answer to `question`, one column after another (the models share the CPU or GPU, and one
+    global random generator: answers sampled at once would take each other's random numbers). Yields all the answers
+    each time one grows."""
+    answers = [Answer() for _ in models.columns]
+    for column, answer in zip(models.columns, answers):
+        for _ in stream_answer(column, question, system_prompt, answer, temperature, max_new_tokens, seed):
+            yield answers
+        score(models, column, answer)
+        yield answers
+
+
+def score_text(column: Column, answer: Answer) -> str:
+    """The line under an answer: the reward model's score and the lexicon judge's verdict, once it is done."""
+    if not answer.done:
+        return "…" if answer.text else ""
+    reward = f"reward **{answer.reward:+.3f}**" if answer.reward is not None else column.reward_problem
+    cut = "" if answer.finished else " · cut at max new tokens"
+    return f"{reward} · {common.judge_summary(answer.text)}{cut}"
+
+
+def missing_text(models: Models) -> str:
+    if not models.missing:
+        return ""
+    lines = "\n".join(f"- **{name}**: {why}" for name, why in models.missing.items())
+    return f"Not on the page (no checkpoint, or one that could not be loaded):\n\n{lines}"
+
+
+def build_page(models: Models, args: WebArguments) -> gr.Blocks:
+    with gr.Blocks(title="hf-ppo: every stage side by side", analytics_enabled=False) as page:
+        gr.Markdown(
+            "## hf-ppo: every stage side by side\nEach column samples an answer as PPO's rollouts do (temperature "
+            "only, from the same seed), scored by the reward model (as PPO scores) and the lexicon judge "
+            "(rude hits − polite hits of data/lexicon, which no stage trained on)."
+        )
+        with gr.Row():
+            question = gr.Textbox(label="Question", placeholder="输入问题", scale=4, elem_id="question")
+            button = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+        gr.Examples([[q] for q in models.examples], inputs=[question], label="Held-out questions")
+        with gr.Accordion("System prompt and sampling", open=False):
+            system_prompt = gr.Textbox(value=args.system_prompt, label="System prompt", elem_id="system_prompt")
+            with gr.Row():
+                temperature = gr.Number(value=args.temperature, label="Temperature", minimum=0.01)
+                max_new_tokens = gr.Number(value=args.max_new_tokens, label="Max new tokens", minimum=1, precision=0)
+                seed = gr.Number(value=args.seed, label="Seed", precision=0)
+        outputs = []
+        with gr.Row():
+            for column in models.columns:
+                with gr.Column(min_width=200):
+                    outputs.append(
+                        gr.Textbox(
+                            label=f"{column.name}: {DESCRIPTIONS.get(column.name, column.path)}",
+                            lines=ANSWER_LINES,
+                            interactive=False,
+                            elem_id=f"answer-{column.name}",
+                        )
+                    )
+                    outputs.append(gr.Markdown(elem_id=f"score-{column.name}"))
+        gr.Markdown(missing_text(models), elem_id="missing")
+
+        def on_ask(question, system_prompt, temperature, max_new_tokens, seed):
+            if not question.strip():
+                raise gr.Error("Type a question first, or click one of the held-out questions.")
+            for answers in ask(models, question, system_prompt, temperature, int(max_new_tokens), int(seed)):
+                yield [
+                    value
+                    for column, answer in zip(models.columns, answers)
+                    for value in (answer.text, score_text(column, answer))
+                ]
+
+        inputs = [question, system_prompt, temperature, max_new_tokens, seed]
+        # One question at a time, from whichever tab or event: every request shares the models and the seeded
+        # random generator (see `ask`); Gradio's queue holds the others until it is their turn.
+        for event in (button.click, question.submit):
+            event(on_ask, inputs, outputs, concurrency_limit=1, concurrency_id="models")
+    return page
+
+
+def main(args: WebArguments) -> None:
+    check_host(args)
+    common.require_one_process("chat_web.py")
+    models = load_models(args)
+    page = build_page(models, args)
+    print(f"Serving {', '.join(c.name for c in models.columns)} on http://{args.host}:{args.port} (Ctrl-C stops).")
+    try:
+        page.queue().launch(server_name=args.host, server_port=args.port, share=False, quiet=True)
+    except OSError as error:
+        raise common.PipelineError(
+            f"cannot serve on {args.host}:{args.port}: another program probably uses that port (Gradio says: "
+            f"{error}). Pass --port with another one, such as --port {args.port + 1}."
+        ) from error
+
+
+def make_parser() -> common.Parser:
+    return common.Parser(WebArguments)
+
+
+if __name__ == "__main__":
+    with common.user_errors():
+        main(*common.parse_args(make_parser(), TINY_PRESET))

@@ -1,0 +1,206 @@
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import set_seed
+
+import chat_web
+import common
+import train_ppo
+from conftest import run_main
+
+QUESTION = "吃了没?"
+MAX_NEW_TOKENS = 16  # a few words are enough to read a column; fewer tokens keep the tests short
+SERVER_START_S = 600  # loading torch, gradio and five tiny models; minutes on a busy 2-core machine
+ANSWERS_S = 120
+BROWSER, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
+
+
+def tiny_args(tiny_base, **paths) -> chat_web.WebArguments:
+    """The page's settings with the tiny preset, every policy folder pointed at `paths` or at a folder that does not
+    exist."""
+    args = dataclasses.replace(chat_web.WebArguments(), **chat_web.TINY_PRESET)
+    nowhere = {f"{name}_model_path": f"/nonexistent/{name}" for name in common.POLICIES}
+    return dataclasses.replace(
+        args,
+        tiny=True,
+        base_model_path=str(tiny_base),
+        reward_model_path=str(paths.pop("reward_model_path", "/nonexistent/rm")),
+        max_new_tokens=MAX_NEW_TOKENS,
+        **nowhere | {key: str(value) for key, value in paths.items()},
+    )
+
+
+def final(models: chat_web.Models, args: chat_web.WebArguments, seed: int = 42) -> list[chat_web.Answer]:
+    for answers in chat_web.ask(models, QUESTION, args.system_prompt, args.temperature, args.max_new_tokens, seed):
+        pass
+    return answers
+
+
+@pytest.fixture(scope="module")
+def models_dir(sft_run, rm_run, ppo_run, tmp_path_factory) -> dict:
+    """The fixtures' SFT, reward and PPO models, and a copy of the PPO adapter as a DPO checkpoint: a second adapter
+    column, which samples exactly as the PPO column does."""
+    dpo = tmp_path_factory.mktemp("web") / "dpo"
+    shutil.copytree(ppo_run / common.PPO_DIR, dpo)
+    return {
+        "sft_model_path": sft_run / common.SFT_DIR,
+        "ppo_model_path": ppo_run / common.PPO_DIR,
+        "dpo_model_path": dpo,
+        "reward_model_path": rm_run / common.RM_DIR,
+    }
+
+
+def test_refuses_remote_host_without_flag(tmp_path):
+    result = run_main("chat_web.py", "--tiny", "--host", "0.0.0.0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--allow_remote" in result.stderr and "0.0.0.0" in result.stderr
+    assert not (tmp_path / "checkpoint").exists()  # refused before any model was looked for or built
+    for host in chat_web.LOCAL_HOSTS:
+        chat_web.check_host(chat_web.WebArguments(host=host))
+    chat_web.check_host(chat_web.WebArguments(host="0.0.0.0", allow_remote=True))
+    with pytest.raises(common.ArgumentError, match="--port must be in"):
+        chat_web.check_host(chat_web.WebArguments(port=70000))
+
+
+def test_port_in_use_is_one_clear_error(tiny_base, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_main("chat_web.py", "--tiny", "--base_model_path", tiny_base, "--port", port, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"cannot serve on 127.0.0.1:{port}" in result.stderr and f"--port {port + 1}" in result.stderr
+
+
+def test_missing_checkpoints_listed_and_answers_without_reward_model(tiny_base):
+    args = tiny_args(tiny_base)
+    models = chat_web.load_models(args)
+    assert [column.name for column in models.columns] == ["base"]
+    assert set(models.missing) == set(common.POLICIES)
+    assert "train_dpo.py --tiny --output_dir /nonexistent/dpo" in models.missing["dpo"]
+    assert "train_ppo.py --tiny --from_base --output_dir /nonexistent/ppo_base" in models.missing["ppo_base"]
+    page_text = chat_web.missing_text(models)
+    assert all(f"**{name}**" in page_text for name in common.POLICIES)
+    assert models.examples == list(chat_web.FALLBACK_QUESTIONS)  # no SFT model, so no held-out questions
+
+    (answer,) = final(models, args)
+    assert answer.done and answer.reward is None and answer.answer_ids
+    line = chat_web.score_text(models.columns[0], answer)
+    assert "train_rm.py --tiny --output_dir /nonexistent/rm" in line and "judge:" in line
+
+
+def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
+    args = tiny_args(tiny_base, **models_dir)
+    models = chat_web.load_models(args)
+    assert [column.name for column in models.columns] == ["base", "sft", "ppo", "dpo"]
+    assert set(models.missing) == {"ppo_base", "grpo"}
+    _, held_out = common.evaluation_data(None, models_dir["sft_model_path"], "tiny")
+    assert models.examples == list(dict.fromkeys(held_out["question"]))[: args.num_examples]
+
+    answers = final(models, args)
+    for column, answer in zip(models.columns, answers):
+        assert answer.done and answer.answer_ids, column.name
+        # The reward of prompt ids + answer ids, as PPO scores a rollout; the judge's verdict on the decoded text.
+        expected = common.reward_scores(
+            models.reward_model, models.reward_tokenizer, [answer.prompt_ids + answer.answer_ids]
+        )
+        assert answer.reward == pytest.approx(expected.item(), abs=1e-6)
+        assert answer.text == column.tokenizer.decode(answer.answer_ids, skip_special_tokens=True)
+        verdict = common.judge_verdict(common.judge_score(answer.text))
+        assert f"reward **{answer.reward:+.3f}**" in (line := chat_web.score_text(column, answer)) and verdict in line
+
+    # Each column samples as the pipeline does (train_ppo.generate, common.sampling_config) from the seed alone.
+    sft = models.columns[1]
+    set_seed(42)
+    batch = train_ppo.generate(
+        sft.model, sft.tokenizer, [answers[1].prompt_ids], MAX_NEW_TOKENS, args.temperature, 1, sft.model.device
+    )
+    assert batch["responses"][0, : batch["lengths"][0]].tolist() == answers[1].answer_ids
+    assert answers[2].answer_ids == answers[3].answer_ids  # the same adapter in two columns: the same answer
+    assert [a.answer_ids for a in final(models, args)] == [a.answer_ids for a in answers]  # repeatable
+    assert [a.answer_ids for a in final(models, args, seed=7)] != [a.answer_ids for a in answers]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_page(url: str, server: subprocess.Popen) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"chat_web.py exited with status {server.returncode}:\n{server.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"chat_web.py did not serve {url} within {SERVER_START_S} s")
+
+
+def test_page_in_a_real_browser(tiny_base, models_dir, tmp_path):
+    """The page as a user sees it: chat_web.py --tiny started as a user would, a question typed into headless
+    Chromium, every column's answer and score read off the page."""
+    if not (Path(BROWSER).is_file() and Path(DRIVER).is_file()):
+        pytest.skip(
+            f"no {BROWSER} and {DRIVER}: `make test` installs Debian's chromium and chromium-driver where it can "
+            "(as root or with sudo); here it could not."
+        )
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    paths = [f"--{flag}={path}" for flag, path in models_dir.items()]
+    server = subprocess.Popen(
+        [sys.executable, str(common.ROOT / "chat_web.py"), "--tiny", f"--base_model_path={tiny_base}", *paths,
+         "--port", str(port), "--max_new_tokens", str(MAX_NEW_TOKENS)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    # --no-sandbox: Chromium's sandbox refuses to start as root, as CI runs.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver = None
+    try:
+        wait_for_page(f"http://127.0.0.1:{port}", server)
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+        driver.get(f"http://127.0.0.1:{port}")
+        wait = WebDriverWait(driver, ANSWERS_S)
+        question = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#question textarea"))
+        question.send_keys(QUESTION)
+        driver.find_element(By.ID, "ask").click()
+        names = ["base", "sft", "ppo", "dpo"]
+
+        def scores_when_done(driver) -> list[str] | bool:
+            lines = [driver.find_element(By.ID, f"score-{name}").text for name in names]
+            return all("reward" in line for line in lines) and lines
+
+        scores = wait.until(scores_when_done)
+        answers = [driver.find_element(By.CSS_SELECTOR, f"#answer-{n} textarea").get_property("value") for n in names]
+        missing = driver.find_element(By.ID, "missing").text
+    finally:
+        if driver is not None:
+            driver.quit()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.communicate()
+
+    assert all(answers), answers
+    assert answers[2] == answers[3]  # the same adapter, the same seed
+    for answer, line in zip(answers, scores):
+        assert f"judge: {common.judge_score(answer):+d} {common.judge_verdict(common.judge_score(answer))}" in line
+    assert "ppo_base" in missing and "train_grpo.py --tiny" in missing
+    assert torch.tensor([float(line.split("reward ")[1].split()[0]) for line in scores]).isfinite().all()
