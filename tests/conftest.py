@@ -178,3 +178,15 @@ def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
     (workdir / "compare.out").write_text(result.stdout)
     (workdir / "compare.err").write_text(result.stderr)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def grpo_run(sft_run, rm_run, tmp_path_factory) -> Path:
+    """The working folder of one train_grpo.py --tiny run on the session's SFT and reward models (its stdout and
+    stderr in train.out, train.err)."""
+    workdir = tmp_path_factory.mktemp("grpo_run")
+    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+    result = run_ok("train_grpo.py", "--tiny", *models, cwd=workdir)
+    (workdir / "train.out").write_text(result.stdout)
+    (workdir / "train.err").write_text(result.stderr)
+    return workdir
