@@ -3,7 +3,7 @@ question, and each answer's advantage is its reward-model score against the grou
 standard deviation; no critic (Group Relative Policy Optimization, Shao et al. 2024, arXiv:2402.03300). TRL's
 GRPOTrainer, scored by the same reward model at the same token as train_ppo.py, so the two compare on equal terms.
 
-    python train_grpo.py --tiny                     # offline tiny preset on a CPU, about 20 s
+    python train_grpo.py --tiny                     # offline tiny preset on a CPU, under a minute
     python train_grpo.py                            # Qwen2.5-0.5B-Instruct, after train_sft.py and train_rm.py
     python train_grpo.py --num_generations 16      # every field is a flag (--help), or a key of a --config YAML
 
@@ -59,7 +59,7 @@ DEFAULTS = dict(
 )
 # A CPU-sized run of the same recipe, on the tiny SFT and reward models: PPO's tiny answer length and learning rate;
 # 10 batches of 4 answers to each of 4 questions, each batch trained on twice (num_iterations, as PPO's tiny run makes
-# several passes over each batch), so that the reward rises within 20 s.
+# several passes over each batch), so that the reward rises within seconds.
 TINY_PRESET = dict(
     model_source="tiny",
     dataset_name=str(common.SAMPLE_DATA),

@@ -18,8 +18,9 @@ from conftest import run_main
 
 QUESTION, ANSWER = "吃了没?", "烦死了，你自己不会查吗？问这种问题浪费我时间，"
 PENALTY = 1.0
-# The tiny run's reward (train/reward, the mean score of a step's answers), first steps against last: it rose by 0.9
-# to 1.6 over seeds on one machine (README, Stage 3b); a run that learned nothing moves by about 0.2.
+# The tiny run's reward (train/reward, the mean score of a step's 16 answers), its first fifth of the steps against
+# its last: from 0.87 to 1.27 at seed 42 on a 2-core AMD EPYC (README, Stage 3b); one step's mean moves by about 0.1
+# between steps once it has settled.
 REWARD_RISE = 0.2
 
 
@@ -77,7 +78,9 @@ def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
     _, args, model_args = common.parse_args(
-        train_grpo.make_parser(), train_grpo.TINY_PRESET, ["--tiny", "--output_dir", tmp_path, "--report_to", "none"]
+        train_grpo.make_parser(),
+        train_grpo.TINY_PRESET,
+        ["--tiny", "--output_dir", str(tmp_path), "--report_to", "none"],
     )
     prompts = Dataset.from_list([{"prompt": common.prompt_messages({"question": QUESTION}, "")}] * 4)
     trainer = train_grpo.make_trainer(
@@ -129,6 +132,9 @@ def test_grpo_saved_an_adapter_that_loads_and_the_held_out_rows(grpo_run, sft_ru
     assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0
     printed = (grpo_run / "train.out").read_text()
     assert f"Adapter saved to {common.GRPO_DIR}" in printed and "eval_ppo.py --tiny --compare" in printed
+    errors = (grpo_run / "train.err").read_text()
+    for noise in ("is_gradient_checkpointing", "PicklingWarning", "couldn't be hashed", "pin_memory", "\x1b["):
+        assert noise not in errors, noise  # filtered or avoided: library messages a user can do nothing about
 
 
 def test_grpo_without_a_reward_model_says_what_to_run(tmp_path, sft_run):
