@@ -19,8 +19,8 @@ from conftest import run_main
 QUESTION, ANSWER = "吃了没?", "烦死了，你自己不会查吗？问这种问题浪费我时间，"
 PENALTY = 1.0
 # The tiny run's reward (train/reward, the mean score of a step's 16 answers), its first fifth of the steps against
-# its last: from 0.87 to 1.27 at seed 42 on a 2-core AMD EPYC (README, Stage 3b); one step's mean moves by about 0.1
-# between steps once it has settled.
+# its last, rose by 0.40 at seed 42 (0.87 to 1.27), 0.26 at seed 1 and 0.55 at seed 2 on a 2-core AMD EPYC (README,
+# Stage 3b); one step's mean moves by about 0.1 between steps, and now and then by 0.4.
 REWARD_RISE = 0.2
 
 
