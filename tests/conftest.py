@@ -31,7 +31,7 @@ SCRIPT_TIMEOUT_S = 1800
 # What makes a test slow, marked `slow` by pytest_collection_modifyitems so that `pytest -m "not slow"` is the fast
 # tier and a new test is sorted by what it uses, with no decorator to forget: a fixture that builds or trains a model,
 # or a call of its own to a script in a new process (importing torch, transformers and TRL takes 5 to 30 s).
-SLOW_FIXTURES = {"tiny_base", "sft_run", "rm_run", "ppo_run"}
+SLOW_FIXTURES = {"tiny_base", "sft_run", "rm_run", "ppo_run", "dpo_run", "grpo_run"}
 SLOW_CALLS = {"run_script", "run_ok", "subprocess"}
 # A test left in the fast tier that takes longer than this is named at the end of the run, to be marked
 # @pytest.mark.slow (the fast tier's tests take well under a second each; a slow one may start a script indirectly).
@@ -210,3 +210,17 @@ def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
         (workdir / "compare.err").write_text(result.stderr)
 
     return built_once(tmp_path_factory, "ppo_run", train)
+
+
+@pytest.fixture(scope="session")
+def grpo_run(sft_run, rm_run, tmp_path_factory) -> Path:
+    """The working folder of one train_grpo.py --tiny run on the session's SFT and reward models (its stdout and
+    stderr in train.out, train.err)."""
+    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+
+    def train(workdir: Path) -> None:
+        result = run_ok("train_grpo.py", "--tiny", *models, cwd=workdir)
+        (workdir / "train.out").write_text(result.stdout)
+        (workdir / "train.err").write_text(result.stderr)
+
+    return built_once(tmp_path_factory, "grpo_run", train)
