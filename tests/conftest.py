@@ -31,7 +31,10 @@ SCRIPT_TIMEOUT_S = 1800
 # What makes a test slow, marked `slow` by pytest_collection_modifyitems so that `pytest -m "not slow"` is the fast
 # tier and a new test is sorted by what it uses, with no decorator to forget: a fixture that builds or trains a model,
 # or a call of its own to a script in a new process (importing torch, transformers and TRL takes 5 to 30 s).
-SLOW_FIXTURES = {"tiny_base", "sft_run", "rm_run", "ppo_run", "dpo_run", "grpo_run"}
+SLOW_FIXTURES = {"tiny_base", "sft_run", "rm_run", "ppo_run", "dpo_run", "grpo_run", "compare_run"}
+# PPO from the base in compare_run: 4 updates of the tiny preset's 16 answers, enough for a row of the comparison
+# (the claim it tests is the README's, from a full run)
+COMPARE_PPO_BASE_EPISODES = 64
 SLOW_CALLS = {"run_script", "run_ok", "subprocess"}
 # A test left in the fast tier that takes longer than this is named at the end of the run, to be marked
 # @pytest.mark.slow (the fast tier's tests take well under a second each; a slow one may start a script indirectly).
@@ -198,16 +201,13 @@ def rm_run(tiny_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
     """The working folder of one train_ppo.py --tiny run on the session's SFT and reward models (its stdout and
-    stderr in train.out, train.err), then eval_ppo.py --compare (its table in compare.out, stderr in compare.err)."""
+    stderr in train.out, train.err)."""
     models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
 
     def train(workdir: Path) -> None:
         result = run_ok("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
         (workdir / "train.out").write_text(result.stdout)
         (workdir / "train.err").write_text(result.stderr)
-        result = run_ok("eval_ppo.py", "--tiny", "--compare", *models, "--base_model_path", tiny_base, cwd=workdir)
-        (workdir / "compare.out").write_text(result.stdout)
-        (workdir / "compare.err").write_text(result.stderr)
 
     return built_once(tmp_path_factory, "ppo_run", train)
 
@@ -224,3 +224,30 @@ def grpo_run(sft_run, rm_run, tmp_path_factory) -> Path:
         (workdir / "train.err").write_text(result.stderr)
 
     return built_once(tmp_path_factory, "grpo_run", train)
+
+
+@pytest.fixture(scope="session")
+def compare_run(tiny_base, sft_run, rm_run, ppo_run, dpo_run, grpo_run, tmp_path_factory) -> Path:
+    """The working folder of eval_ppo.py --compare over every method: the session's SFT, PPO, DPO and GRPO models and
+    a short PPO from the base (COMPARE_PPO_BASE_EPISODES answers, trained here); the table in compare.out, stderr in
+    compare.err, the report in eval_metrics.json and its chart beside it."""
+    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+
+    def compare(workdir: Path) -> None:
+        base = ("--base_model_path", tiny_base, "--value_model_path", tiny_base)
+        episodes = ("--total_episodes", COMPARE_PPO_BASE_EPISODES, "--num_eval_questions", 0)
+        run_ok("train_ppo.py", "--tiny", "--from_base", *models, *base, *episodes, cwd=workdir)
+        methods = {
+            "--model_path": ppo_run / common.PPO_DIR,
+            "--dpo_model_path": dpo_run / common.DPO_DIR,
+            "--grpo_model_path": grpo_run / common.GRPO_DIR,
+            "--metrics_file": workdir / "eval_metrics.json",
+        }
+        flags = [str(word) for pair in methods.items() for word in pair]
+        result = run_ok(
+            "eval_ppo.py", "--tiny", "--compare", *models, *flags, "--base_model_path", tiny_base, cwd=workdir
+        )
+        (workdir / "compare.out").write_text(result.stdout)
+        (workdir / "compare.err").write_text(result.stderr)
+
+    return built_once(tmp_path_factory, "compare_run", compare)
