@@ -178,3 +178,14 @@ def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
     (workdir / "compare.out").write_text(result.stdout)
     (workdir / "compare.err").write_text(result.stderr)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def dpo_run(sft_run, tmp_path_factory) -> Path:
+    """The working folder of one train_dpo.py --tiny run on the session's SFT model (its stdout and stderr in
+    train.out, train.err)."""
+    workdir = tmp_path_factory.mktemp("dpo_run")
+    result = run_ok("train_dpo.py", "--tiny", "--sft_model_path", sft_run / common.SFT_DIR, cwd=workdir)
+    (workdir / "train.out").write_text(result.stdout)
+    (workdir / "train.err").write_text(result.stderr)
+    return workdir
