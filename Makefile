@@ -22,6 +22,7 @@ demo: $(VENV)/installed
 	$(PYTHON) eval_rm.py --tiny --dataset_name data/style_pairs.jsonl --num_examples 0 \
 		--metrics_file checkpoint/rm/style_metrics.json < /dev/null
 	$(PYTHON) train_ppo.py --tiny
+	$(PYTHON) train_dpo.py --tiny
 	$(PYTHON) train_grpo.py --tiny
 	@echo "== after PPO"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_ppo.py --tiny

@@ -720,6 +720,16 @@ def sft_example(row: dict, system_prompt: str, answer_column: str = "chosen") ->
     }
 
 
+def dpo_example(row: dict, system_prompt: str) -> dict:
+    """Conversational prompt / chosen / rejected, the preference format DPOTrainer renders with the chat template:
+    the prompt every stage builds, each answer one assistant turn."""
+    return {
+        "prompt": prompt_messages(row, system_prompt),
+        "chosen": [{"role": "assistant", "content": row["chosen"]}],
+        "rejected": [{"role": "assistant", "content": row["rejected"]}],
+    }
+
+
 def conversation_ids(tokenizer, row: dict, system_prompt: str, answer: str) -> list[int]:
     """Token ids of system + user + assistant `answer`, ending at the answer's end-of-turn token (eos, `<|im_end|>`).
 

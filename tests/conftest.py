@@ -213,6 +213,19 @@ def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def dpo_run(sft_run, tmp_path_factory) -> Path:
+    """The working folder of one train_dpo.py --tiny run on the session's SFT model (its stdout and stderr in
+    train.out, train.err)."""
+
+    def train(workdir: Path) -> None:
+        result = run_ok("train_dpo.py", "--tiny", "--sft_model_path", sft_run / common.SFT_DIR, cwd=workdir)
+        (workdir / "train.out").write_text(result.stdout)
+        (workdir / "train.err").write_text(result.stderr)
+
+    return built_once(tmp_path_factory, "dpo_run", train)
+
+
+@pytest.fixture(scope="session")
 def grpo_run(sft_run, rm_run, tmp_path_factory) -> Path:
     """The working folder of one train_grpo.py --tiny run on the session's SFT and reward models (its stdout and
     stderr in train.out, train.err)."""

@@ -1,0 +1,148 @@
+"""DPO: train_dpo.py --tiny on the session's SFT model, what it learned on the held-out pairs, what it wrote, and its
+errors."""
+
+import json
+import math
+
+import pytest
+import torch
+from trl import DPOConfig
+
+import common
+from conftest import run_main
+
+# What TrainingArguments and DPOConfig default to and the tiny run keeps: the held-out pairs are evaluated in batches
+# of 8, and DPO's implicit reward is beta x log(policy / reference).
+EVAL_BATCH_SIZE = 8
+BETA = DPOConfig.beta
+# The tiny run's held-out figures at its end, measured 1.06 (margin) and 0.825 (accuracy) on a 2-core AMD EPYC; kept
+# well below, since a run's digits move between CPUs (README, "Take the digits as an example").
+HELD_OUT_MARGIN, HELD_OUT_ACCURACY = 0.3, 0.6
+LOG_2 = math.log(2)  # DPO's loss -log sigmoid(margin) at margin 0
+
+
+def answer_log_prob(model, tokenizer, row: dict, column: str) -> float:
+    """The summed log-probability of the `column` answer's tokens after the prompt, the sequence DPOTrainer scores:
+    the chat template's prompt with the generation prompt, then the rest of the rendered conversation."""
+    prompt = common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT)
+    messages = common.prompt_messages(row, common.DEFAULT_SYSTEM_PROMPT)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": row[column]}])["input_ids"]
+    assert full[: len(prompt)] == prompt
+    ids = torch.tensor([full])
+    with torch.no_grad():
+        log_probs = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
+    return log_probs[len(prompt) - 1 :].sum().item()
+
+
+def test_the_adapter_prefers_the_chosen_answers_on_held_out_pairs_as_logged(dpo_run):
+    """The saved adapter, against the SFT model it names (the adapter switched off, TRL's reference), ranks the rude
+    answer above the polite one on pairs no stage trained on, and reproduces the last held-out evaluation that
+    TensorBoard shows: so the reference is the SFT model, the adapter saved is the one trained, and DPO saw the chat
+    format every stage uses."""
+    policy, tokenizer = common.load_policy(dpo_run / common.DPO_DIR, "python train_dpo.py --tiny", tiny=True)
+    held_out = common.load_preference_data(dpo_run / common.DPO_DIR / common.HELD_OUT_FILE)
+    rewards = {}
+    for column in ("chosen", "rejected"):
+        trained = torch.tensor([answer_log_prob(policy, tokenizer, row, column) for row in held_out])
+        with policy.disable_adapter():
+            reference = torch.tensor([answer_log_prob(policy, tokenizer, row, column) for row in held_out])
+        rewards[column] = BETA * (trained - reference)
+    margins = rewards["chosen"] - rewards["rejected"]
+    assert margins.mean() > HELD_OUT_MARGIN and (margins > 0).float().mean() > HELD_OUT_ACCURACY
+
+    (run_dir,) = (dpo_run / common.TENSORBOARD_ROOT / "dpo").iterdir()
+    scalars = common.read_scalars(run_dir)
+    # DPOTrainer logs the mean of its batches' means
+    batches = margins.split(EVAL_BATCH_SIZE)
+    assert scalars["eval/rewards/margins"][-1][1] == pytest.approx(
+        torch.stack([b.mean() for b in batches]).mean().item()
+    )
+    accuracy = torch.stack([(b > 0).float().mean() for b in batches]).mean()
+    assert scalars["eval/rewards/accuracies"][-1][1] == pytest.approx(accuracy.item())
+    # the first step's batch was scored by an adapter that had not moved yet
+    assert scalars["train/rewards/margins"][0] == (1, 0.0)
+
+
+def test_held_out_loss_fell_and_the_run_says_where_its_outputs_went(dpo_run, sft_run):
+    (run_dir,) = (dpo_run / common.TENSORBOARD_ROOT / "dpo").iterdir()
+    scalars = common.read_scalars(run_dir)
+    losses = [value for _, value in scalars["eval/loss"]]
+    # before the first step (log 2: margin 0, the adapter is the identity) and at the end: 0.511 measured on a 2-core
+    # AMD EPYC
+    assert len(losses) == 2 and losses[0] == pytest.approx(LOG_2) and losses[-1] < LOG_2 - 0.1
+    assert scalars["eval/rewards/margins"][0] == (0, 0.0)
+    assert (run_dir / "dpo.png").read_bytes().startswith(b"\x89PNG")
+    printed = (dpo_run / "train.out").read_text()
+    assert "{'" not in printed  # per-step values go to TensorBoard only
+    assert "Trained 39 steps in " in printed  # 310 training pairs, batches of 8, 1 epoch
+    errors = (dpo_run / "train.err").read_text()
+    for noise in ("couldn't be hashed", "PicklingWarning", "Tokenizing", "Map", "\x1b["):
+        assert noise not in errors, noise
+    last = printed.splitlines()[-1]
+    assert last.startswith(
+        f"Adapter saved to {common.DPO_DIR}; curves in {(run_dir / 'dpo.png').relative_to(dpo_run)}"
+    )
+    assert last.endswith(f"eval_ppo.py --tiny --compare --sft_model_path {sft_run / common.SFT_DIR}")
+
+
+def test_outputs_an_adapter_of_the_shared_shape_beside_the_sft_split(dpo_run, sft_run):
+    output = dpo_run / common.DPO_DIR
+    adapter = json.loads((output / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(sft_run / common.SFT_DIR)
+    assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (common.LORA_R, common.LORA_ALPHA, 0)
+    assert set(adapter["target_modules"]) == set(common.LORA_TARGET_MODULES)
+    held_out = (output / common.HELD_OUT_FILE).read_bytes()
+    assert held_out == (sft_run / common.SFT_DIR / common.HELD_OUT_FILE).read_bytes()
+    results = json.loads((output / common.TRAIN_RESULTS_FILE).read_text())
+    assert set(results) == {"train_runtime", "train_samples_per_second"} and results["train_runtime"] > 0
+    common.require_checkpoint(output, "", "adapter")
+
+
+def test_without_the_adapter_it_trains_every_parameter_into_a_whole_model(sft_run, tmp_path):
+    """--use_peft false is allowed: DPOTrainer then loads a second, frozen copy of the SFT model as the reference, and
+    the output is a whole model, which common.load_policy loads as well."""
+    flags = ("--use_peft", "false", "--max_steps", 1, "--eval_strategy", "no", "--eval_on_start", "false")
+    result = run_main("train_dpo.py", "--tiny", "--sft_model_path", sft_run / common.SFT_DIR, *flags, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(every one)" in result.stdout and "Model saved to checkpoint/dpo" in result.stdout
+    model, _ = common.load_policy(tmp_path / common.DPO_DIR, "", tiny=True)
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors: one message, no traceback, nothing written
+
+
+def assert_refused(result, status: int, *messages):
+    assert result.returncode == status, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    for message in messages:
+        assert message in result.stderr
+
+
+def test_without_an_sft_model_says_which_stage_to_run(tmp_path):
+    assert_refused(run_main("train_dpo.py", "--tiny", cwd=tmp_path), 1, "no model at checkpoint/sft", "train_sft.py")
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
+
+
+def test_refuses_an_sft_model_trained_with_another_split(sft_run, tmp_path):
+    sft = sft_run / common.SFT_DIR
+    result = run_main("train_dpo.py", "--tiny", "--sft_model_path", sft, "--eval_fraction", 0.2, cwd=tmp_path)
+    assert_refused(result, 1, f"the SFT model (--sft_model_path {sft}) was trained with another held-out split")
+    assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
+
+
+def test_refuses_an_adapter_as_the_sft_model(dpo_run, tmp_path):
+    result = run_main("train_dpo.py", "--tiny", "--sft_model_path", dpo_run / common.DPO_DIR, cwd=tmp_path)
+    assert_refused(result, 1, "is a LoRA adapter", "cannot be the language model", "train_sft.py --tiny")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--model_name_or_path", "x"), "pass it as --sft_model_path"),
+        (("--sync_ref_model", "true"), "Drop --sync_ref_model, or add --use_peft false"),
+    ],
+)
+def test_flags_that_do_not_fit_dpo_are_refused_before_anything_loads(tmp_path, flags, message):
+    assert_refused(run_main("train_dpo.py", "--tiny", *flags, cwd=tmp_path), 2, message)
