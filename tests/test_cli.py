@@ -4,10 +4,13 @@ import dataclasses
 
 import pytest
 
+import chat_web
 import common
 import eval_ppo
 import eval_rm
 import eval_sft
+import train_dpo
+import train_grpo
 import train_ppo
 import train_rm
 import train_sft
@@ -105,6 +108,7 @@ def test_eval_rm_parses_like_the_others():
 # Argument and config errors: one ArgumentError paragraph, exit status 2, raised before any data or model loads.
 
 SCRIPTS = {"train_sft": train_sft, "train_rm": train_rm, "train_ppo": train_ppo}
+SCRIPTS |= {"train_dpo": train_dpo, "train_grpo": train_grpo, "chat_web": chat_web}
 SCRIPTS |= {"eval_sft": eval_sft, "eval_rm": eval_rm, "eval_ppo": eval_ppo}
 
 
@@ -125,6 +129,9 @@ def refused(script: str, *args) -> str:
         ("eval_sft", "--max_new_tokns", "--max_new_tokens"),
         ("eval_rm", "--num_exmples", "--num_examples"),
         ("eval_ppo", "--temprature", "--temperature"),
+        ("train_dpo", "--bta", "--beta"),
+        ("train_grpo", "--num_genrations", "--num_generations"),
+        ("chat_web", "--prot", "--port"),
     ],
 )
 def test_an_unknown_flag_is_refused_with_the_nearest_ones(script, flag, nearest):

@@ -164,5 +164,11 @@ def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_row
     assert "Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length 512" in capsys.readouterr().out
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["questions"] == 3 and len(report["answers"]) == 3
+    # no DPO, GRPO or PPO-from-base run in this folder: listed with the command that makes each, not an error
+    assert report["missing"] == {
+        "ppo_base": "python train_ppo.py --tiny --from_base",
+        "dpo": "python train_dpo.py --tiny",
+        "grpo": "python train_grpo.py --tiny",
+    }
     with pytest.raises(common.PipelineError, match="all 4 questions make a prompt longer than --max_prompt_length 8"):
         eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--max_prompt_length", 8))
