@@ -209,7 +209,7 @@ def load_models(args: WebArguments) -> Models:
         try:  # the reward model reads the policy's token ids, as in PPO: one tokenizer for both
             if reward_tokenizer is not None:
                 where = f"the reward model ({args.reward_model_path})"
-                train_ppo.check_same_tokenizer(column.tokenizer, reward_tokenizer, where, column.path)
+                common.check_same_tokenizer(column.tokenizer, reward_tokenizer, where, column.path)
         except common.PipelineError as error:
             column.reward_problem = f"no reward-model score: {error}"
 

@@ -756,6 +756,18 @@ def rm_example(row: dict, tokenizer, system_prompt: str) -> dict:
     }
 
 
+def check_same_tokenizer(tokenizer, other, where: str, policy_path: str) -> None:
+    """Refuse a model whose tokenizer is not the policy's: the RL stages feed the policy's token ids straight to the
+    reward model (and PPO's critic), and the comparison measures every method's answers in the SFT model's tokens."""
+    special_tokens = (tokenizer.eos_token, tokenizer.pad_token)
+    if other.get_vocab() != tokenizer.get_vocab() or (other.eos_token, other.pad_token) != special_tokens:
+        raise PipelineError(
+            f"the tokenizer of {where} differs from the policy's ({policy_path}): vocabulary or eos/pad tokens. The "
+            "policy's token ids go straight to the reward model and the critic, so every model must share one "
+            "tokenizer: train them from the same base model."
+        )
+
+
 def check_pad_token(tokenizer, where: str, model=None) -> None:
     """A reward model reads its score at the last token that is not padding, and that token must be eos: with
     pad == eos the answer's own `<|im_end|>` would count as padding and the score would move to the token before it.
@@ -890,6 +902,24 @@ def padded(sequences: list[list[int]], pad_token_id: int, side: Literal["left", 
     ids = pad_sequence(rows, batch_first=True, padding_value=pad_token_id, padding_side=side)
     mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True, padding_side=side)
     return ids, mask
+
+
+def answer_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """True at each answer's tokens, False at the padding after them (answers of `lengths`, padded to `width`)."""
+    return torch.arange(width, device=lengths.device) < lengths[:, None]
+
+
+def cut_after_stop(
+    responses: torch.Tensor, stop_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad everything after each answer's first stop token; return (answers, lengths including the stop token).
+
+    Answers that never stopped keep their full width. Lengths, not the pad id, say where an answer ends: the model
+    may sample the pad token itself mid-answer.
+    """
+    is_stop = responses == stop_token_id
+    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, responses.shape[1])
+    return responses.masked_fill(~answer_mask(lengths, responses.shape[1]), pad_token_id), lengths
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -168,7 +168,7 @@ def compare(args: EvalArguments) -> None:
         "train_sft.py", args.tiny, output_dir=common.unless_default(args.sft_model_path, common.SFT_DIR)
     )
     sft, tokenizer = common.load_policy(found["sft"], sft_command, args.tiny)
-    train_ppo.check_same_tokenizer(
+    common.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
     )
     reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
@@ -194,7 +194,7 @@ def compare(args: EvalArguments) -> None:
             )
             if args.dataset_name is None:  # a method that trained on these questions would be flattered by them
                 common.check_same_held_out(rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
-        train_ppo.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
+        common.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
         set_seed(args.seed)
         batch = sample(model, tokenizer, prompts, args, f"Sampling {name}")
         results[name] = score(batch, reward_fn, tokenizer)

@@ -195,6 +195,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
             "eval_ppo.py",
             script_args.tiny,
             compare=True,
+            dpo_model_path=common.unless_default(training_args.output_dir, common.DPO_DIR),
             sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
         )
         what = "Adapter" if model_args.use_peft else "Model"

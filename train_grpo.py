@@ -22,7 +22,7 @@ from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 import common
 
 # The real run: PPO's LoRA, sampling, answer length, learning rate and number of sampled answers, so that the two
-# methods differ in how they turn scores into updates only (README, Stage 3b).
+# methods differ in how they turn scores into updates only (README, GRPO, instead of PPO).
 DEFAULTS = dict(
     output_dir=str(common.GRPO_DIR),
     use_peft=True,
@@ -124,16 +124,6 @@ def reward_model_fn(model, tokenizer, system_prompt: str, missing_eos_penalty: f
     return reward_model
 
 
-def check_same_tokenizer(tokenizer, other, where: str, policy_path: str) -> None:
-    special_tokens = (tokenizer.eos_token, tokenizer.pad_token)
-    if other.get_vocab() != tokenizer.get_vocab() or (other.eos_token, other.pad_token) != special_tokens:
-        raise common.PipelineError(
-            f"the tokenizer of {where} differs from the policy's ({policy_path}): vocabulary or eos/pad tokens. GRPO "
-            "feeds the policy's token ids straight to the reward model, so both must share one tokenizer: train them "
-            "from the same base model."
-        )
-
-
 def make_trainer(sft_model_path: str, tokenizer, reward_fn, prompts, training_args, model_args) -> GRPOTrainer:
     """GRPOTrainer on the SFT model with a new LoRA adapter (model_args), sampling as PPO does.
 
@@ -202,7 +192,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
         AutoModelForSequenceClassification, script_args.reward_model_path, rm_command, "reward model"
     )
     common.check_pad_token(rm_tokenizer, script_args.reward_model_path, reward_model)
-    check_same_tokenizer(
+    common.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({script_args.reward_model_path})", script_args.sft_model_path
     )
     reward_fn = reward_model_fn(
@@ -244,6 +234,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
             "eval_ppo.py",
             script_args.tiny,
             compare=True,
+            grpo_model_path=common.unless_default(training_args.output_dir, common.GRPO_DIR),
             sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
             reward_model_path=common.unless_default(script_args.reward_model_path, common.RM_DIR),
         )

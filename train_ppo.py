@@ -496,27 +496,9 @@ def score_answers(reward_fn: RewardFn, queries, query_mask, responses, lengths, 
     return scores - missing_eos_penalty * (~stopped).float(), stopped
 
 
-def answer_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
-    """True at each answer's tokens, False at the padding after them (answers of `lengths`, padded to `width`)."""
-    return torch.arange(width, device=lengths.device) < lengths[:, None]
-
-
-def cut_after_stop(
-    responses: torch.Tensor, stop_token_id: int, pad_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad everything after each answer's first stop token; return (answers, lengths including the stop token).
-
-    Answers that never stopped keep their full width. Lengths, not the pad id, say where an answer ends: the model
-    may sample the pad token itself mid-answer.
-    """
-    is_stop = responses == stop_token_id
-    lengths = torch.where(is_stop.any(1), is_stop.int().argmax(1) + 1, responses.shape[1])
-    return responses.masked_fill(~answer_mask(lengths, responses.shape[1]), pad_token_id), lengths
-
-
 def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.Tensor]:
     """Model inputs for left-padded prompts followed by their answers, with position ids that skip the padding."""
-    attention_mask = torch.cat([query_mask, answer_mask(lengths, responses.shape[1]).long()], dim=1)
+    attention_mask = torch.cat([query_mask, common.answer_mask(lengths, responses.shape[1]).long()], dim=1)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     return {
         "input_ids": torch.cat([queries, responses], dim=1),
@@ -590,7 +572,7 @@ def generate(
         bar.update(len(output))
     bar.close()
     responses = nn.utils.rnn.pad_sequence(responses, batch_first=True, padding_value=tokenizer.pad_token_id)
-    responses, lengths = cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
 
 
@@ -649,7 +631,7 @@ def kl_to_reference(
         logprobs = forward_rollout(policy, None, batch, temperature, chunk, reference=False)["logprobs"]
         ref_logprobs = forward_rollout(reference, None, batch, temperature, chunk, reference=False)["logprobs"]
     kl = kl_estimate(logprobs, ref_logprobs, "k1")
-    return (kl * answer_mask(batch["lengths"], kl.shape[1])).sum(1)
+    return (kl * common.answer_mask(batch["lengths"], kl.shape[1])).sum(1)
 
 
 @torch.no_grad()
@@ -755,16 +737,6 @@ def prompts_within(
             f"--max_prompt_length {max_prompt_length} tokens."
         )
     return [prompts[i] for i in kept], rows.select(kept)
-
-
-def check_same_tokenizer(tokenizer, other, where: str, policy_path: str) -> None:
-    special_tokens = (tokenizer.eos_token, tokenizer.pad_token)
-    if other.get_vocab() != tokenizer.get_vocab() or (other.eos_token, other.pad_token) != special_tokens:
-        raise common.PipelineError(
-            f"the tokenizer of {where} differs from the policy's ({policy_path}): vocabulary or eos/pad tokens. PPO "
-            "feeds the policy's token ids straight to the reward model and the critic, so all three must share one "
-            "tokenizer: train them from the same base model."
-        )
 
 
 def periodic_checkpoints(output_dir: Path) -> list[Path]:
@@ -921,7 +893,7 @@ def load_models(
     )
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32), lora)
     critic = load_critic(inputs.value)
-    check_same_tokenizer(
+    common.check_same_tokenizer(
         tokenizer, AutoTokenizer.from_pretrained(inputs.value), f"the critic ({inputs.value})", inputs.policy
     )
     if reward_fn is None:
@@ -929,7 +901,7 @@ def load_models(
             AutoModelForSequenceClassification, inputs.reward, inputs.reward_command, "reward model"
         )
         common.check_pad_token(rm_tokenizer, inputs.reward, reward_model)
-        check_same_tokenizer(tokenizer, rm_tokenizer, f"the reward model ({inputs.reward})", inputs.policy)
+        common.check_same_tokenizer(tokenizer, rm_tokenizer, f"the reward model ({inputs.reward})", inputs.policy)
         reward_fn = reward_model_fn(reward_model.to(device), tokenizer, rollout_chunk)
     return tokenizer, policy, critic, reward_fn
 
@@ -1086,7 +1058,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 accelerator.device,
             )
         responses, lengths = batch["responses"], batch["lengths"]
-        mask = answer_mask(lengths, responses.shape[1]).float()
+        mask = common.answer_mask(lengths, responses.shape[1]).float()
         time_generation = timer(started)
 
         # 2. Score: the reward model reads each answer at its last token; an answer cut before its stop token loses

@@ -3,7 +3,6 @@ resuming, then train_ppo.py --tiny and eval_ppo.py --compare end to end, and the
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -89,7 +88,7 @@ def test_masked_whitening_uses_the_real_tokens_only():
 
 def test_answers_are_cut_after_their_first_stop_token():
     responses = torch.tensor([[5, 7, STOP, 9, STOP], [5, 6, 7, 8, 9], [STOP, 3, 3, 3, 3], [5, PAD, 6, STOP, 3]])
-    cut, lengths = train_ppo.cut_after_stop(responses, STOP, PAD)
+    cut, lengths = common.cut_after_stop(responses, STOP, PAD)
     assert lengths.tolist() == [3, 5, 1, 4]
     assert cut.tolist() == [
         [5, 7, STOP, PAD, PAD],
@@ -134,10 +133,10 @@ def test_positions_skip_the_left_padding():
 
 def test_check_same_tokenizer_refuses_another_vocabulary(tiny_base):
     tokenizer, other = AutoTokenizer.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
-    train_ppo.check_same_tokenizer(tokenizer, other, "the critic", "sft")
+    common.check_same_tokenizer(tokenizer, other, "the critic", "sft")
     other.add_tokens(["<|extra|>"])
     with pytest.raises(common.PipelineError, match="the critic differs from the policy's"):
-        train_ppo.check_same_tokenizer(tokenizer, other, "the critic", "sft")
+        common.check_same_tokenizer(tokenizer, other, "the critic", "sft")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,10 +225,10 @@ def rollout_of(policy, critic, prompts, answers, seed=0):
     """A rollout's tensors for these prompt and answer ids, with random advantages and returns, and old log-probs and
     values off the models' own, so that both clips act."""
     queries, query_mask = common.padded(prompts, PAD, "left")
-    responses, lengths = train_ppo.cut_after_stop(common.padded(answers, PAD, "right")[0], STOP, PAD)
+    responses, lengths = common.cut_after_stop(common.padded(answers, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
     batch |= train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=len(prompts))
-    mask = train_ppo.answer_mask(lengths, responses.shape[1]).float()
+    mask = common.answer_mask(lengths, responses.shape[1]).float()
     generator = torch.Generator().manual_seed(seed)
     noise = [torch.randn(responses.shape, generator=generator) for _ in range(4)]
     return batch | {
@@ -270,11 +269,11 @@ def test_trimmed_and_untrimmed_micro_batches_give_the_same_loss():
 def test_the_rollout_forward_trims_each_chunk_without_changing_a_log_prob():
     policy, critic = random_models()
     queries, query_mask = common.padded(PROMPTS, PAD, "left")
-    responses, lengths = train_ppo.cut_after_stop(common.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
+    responses, lengths = common.cut_after_stop(common.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
     whole = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=4)  # one pass at the batch's width
     chunked = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=2)  # the second pass is trimmed
-    mask = train_ppo.answer_mask(lengths, responses.shape[1])
+    mask = common.answer_mask(lengths, responses.shape[1])
     for key in ("logprobs", "ref_logprobs", "values"):
         assert chunked[key].shape == responses.shape
         torch.testing.assert_close(chunked[key][mask], whole[key][mask], rtol=1e-5, atol=1e-6)
@@ -373,7 +372,7 @@ def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
         for text in (answer, longer)
     ]
     responses = torch.nn.utils.rnn.pad_sequence([torch.tensor(a) for a in answer_ids], True, tokenizer.pad_token_id)
-    responses, lengths = train_ppo.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     queries, query_mask = common.padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id, "left")
     reward_fn = train_ppo.reward_model_fn(model, tokenizer, batch_size=8)
     scores, stopped = train_ppo.score_answers(reward_fn, queries, query_mask, responses, lengths, tokenizer, 1.0)
@@ -602,7 +601,7 @@ def test_every_method_is_compared_on_the_same_questions(compare_run):
     assert [name for name in METHODS if "mean_kl_to_sft" in metrics[name]] == [m for m in METHODS if m != "sft"]
     assert all(metrics[name]["mean_kl_to_sft"] > 0 for name in ("ppo", "dpo", "grpo", "ppo_base"))
     for name in METHODS[1:]:
-        logged = json.loads((Path(report["models"][name]) / common.TRAIN_RESULTS_FILE).read_text())
+        logged = json.loads((compare_run / report["models"][name] / common.TRAIN_RESULTS_FILE).read_text())
         assert metrics[name]["train_runtime_s"] == logged["train_runtime"] > 0
         assert metrics[name]["train_samples_per_second"] == logged["train_samples_per_second"] > 0
     assert "train_runtime_s" not in metrics["base"]
