@@ -1,5 +1,6 @@
-# make demo: the whole pipeline on the offline tiny preset (CPU, a few minutes). make test: the test suite.
-# make figures: the README's charts in imgs/, from the three tiny training stages run in a temporary folder.
+# make demo: the whole pipeline on the offline tiny preset (CPU, a few minutes), then every method compared.
+# make test: the test suite, one worker per core. make figures: the README's charts in imgs/, from tiny runs of every
+# stage in a temporary folder.
 # make test-fast: the tests that build and train no model (under a minute), for the edit-test loop.
 # Each sets up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
 VENV ?= .venv
@@ -22,11 +23,12 @@ demo: $(VENV)/installed
 	$(PYTHON) eval_rm.py --tiny --dataset_name data/style_pairs.jsonl --num_examples 0 \
 		--metrics_file checkpoint/rm/style_metrics.json < /dev/null
 	$(PYTHON) train_ppo.py --tiny
-	$(PYTHON) train_dpo.py --tiny
-	$(PYTHON) train_grpo.py --tiny
 	@echo "== after PPO"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_ppo.py --tiny
-	@echo "== base vs SFT vs PPO on the questions PPO held out"
+	$(PYTHON) train_dpo.py --tiny
+	$(PYTHON) train_grpo.py --tiny
+	$(PYTHON) train_ppo.py --tiny --from_base
+	@echo "== every method on the questions no stage trained on"
 	$(PYTHON) eval_ppo.py --tiny --compare
 
 test: $(VENV)/installed browser
@@ -46,13 +48,18 @@ browser:
 		|| echo "Installing Chromium failed (above): the browser test will skip."
 
 # Runs write their charts beside their TensorBoard scalars (tensorboard/<stage>/<time>/<stage>.png), never into
-# imgs/; this is the one command that does, from a fresh tiny run of its own.
+# imgs/; this is the one command that does, from fresh tiny runs of its own (every stage, then the comparison).
 figures: $(VENV)/installed
 	tmp=$$(mktemp -d) && cd $$tmp && \
 	$(abspath $(PYTHON)) $(CURDIR)/train_sft.py --tiny && \
 	$(abspath $(PYTHON)) $(CURDIR)/train_rm.py --tiny && \
 	$(abspath $(PYTHON)) $(CURDIR)/train_ppo.py --tiny && \
-	for stage in sft rm ppo; do cp tensorboard/$$stage/*/$$stage.png $(CURDIR)/imgs/; done && \
+	$(abspath $(PYTHON)) $(CURDIR)/train_dpo.py --tiny && \
+	$(abspath $(PYTHON)) $(CURDIR)/train_grpo.py --tiny && \
+	$(abspath $(PYTHON)) $(CURDIR)/train_ppo.py --tiny --from_base && \
+	$(abspath $(PYTHON)) $(CURDIR)/eval_ppo.py --tiny --compare && \
+	for stage in sft rm ppo dpo grpo; do cp tensorboard/$$stage/*/$$stage.png $(CURDIR)/imgs/; done && \
+	cp checkpoint/ppo/methods.png $(CURDIR)/imgs/ && \
 	rm -rf $$tmp
 
 test-fast: $(VENV)/installed
