@@ -689,6 +689,22 @@ def save_train_results(folder: Path, runtime_s: float, samples_per_second: float
     (Path(folder) / TRAIN_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
 
 
+def save_trainer_stage(
+    trainer, output_dir: str | Path, held_out: Dataset | None, system_prompt: str, runtime_s: float, per_second: float
+) -> None:
+    """A Trainer stage's final save, whole or not at all (staged_save): the model or adapter and its tokenizer, the
+    held-out rows (if any) and train_results.json (`runtime_s`, examples `per_second`); then the TensorBoard writer is
+    closed, so that the stage's chart sees every point."""
+    with staged_save(output_dir) as staging:
+        trainer.save_model(staging)
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(staging)
+            if held_out is not None and len(held_out):
+                save_held_out(held_out, system_prompt, staging)
+            save_train_results(staging, runtime_s, per_second)
+    trainer.end()
+
+
 def evaluation_data(dataset_name: str | None, model_path: str | Path, source: ModelSource) -> tuple[str, Dataset]:
     """(name, rows) an eval script scores: `dataset_name` if given, else the held-out rows saved beside the model."""
     dataset = dataset_name or str(Path(model_path) / HELD_OUT_FILE)

@@ -179,15 +179,14 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
                 trainer.accelerator.print(line)
     trainer.add_callback(common.SaveRunSettings(settings))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    with common.staged_save(training_args.output_dir) as staging:
-        trainer.save_model(staging)  # the adapter, its adapter_config.json naming --sft_model_path, and the tokenizer
-        if len(held_out) and trainer.is_world_process_zero():
-            common.save_held_out(held_out, script_args.system_prompt, staging)
-        if trainer.is_world_process_zero():
-            common.save_train_results(
-                staging, result.metrics["train_runtime"], result.metrics["train_samples_per_second"]
-            )
-    trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
+    common.save_trainer_stage(
+        trainer,
+        training_args.output_dir,
+        held_out,
+        script_args.system_prompt,
+        result.metrics["train_runtime"],
+        result.metrics["train_samples_per_second"],
+    )
 
     if trainer.is_world_process_zero():
         chart = common.plot_scalars(run_dir, CHART_TAGS, f"DPO: {script_args.sft_model_path}")

@@ -213,20 +213,14 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     )
     trainer.add_callback(common.SaveRunSettings(settings))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    with common.staged_save(training_args.output_dir) as staging:
-        trainer.save_model(staging)
-        if trainer.is_world_process_zero():
-            tokenizer.save_pretrained(staging)
-            common.save_held_out(held_out, script_args.system_prompt, staging)
-            # Answers sampled per second, as train_ppo.py's (the Trainer's train_samples_per_second counts questions):
-            # each optimizer step trains on a batch of answers, and each answer is trained on num_iterations times.
-            runtime = result.metrics["train_runtime"]
-            args = trainer.args
-            batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-            common.save_train_results(
-                staging, runtime, trainer.state.global_step * batch / args.num_iterations / runtime
-            )
-    trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
+    # Answers sampled per second, as train_ppo.py's (the Trainer's train_samples_per_second counts questions): each
+    # optimizer step trains on a batch of answers, and each answer is trained on num_iterations times.
+    runtime, args = result.metrics["train_runtime"], trainer.args
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    answers_per_second = trainer.state.global_step * batch / args.num_iterations / runtime
+    common.save_trainer_stage(
+        trainer, training_args.output_dir, held_out, script_args.system_prompt, runtime, answers_per_second
+    )
 
     if trainer.is_world_process_zero():
         chart = common.plot_scalars(run_dir, CHART_TAGS, f"GRPO: {script_args.sft_model_path}")

@@ -120,15 +120,14 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         report_truncation(trainer, train_dataset, training_args.max_length)
     trainer.add_callback(common.SaveRunSettings(settings))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    with common.staged_save(training_args.output_dir) as staging:
-        trainer.save_model(staging)
-        if len(held_out) and trainer.is_world_process_zero():
-            common.save_held_out(held_out, script_args.system_prompt, staging)
-        if trainer.is_world_process_zero():
-            common.save_train_results(
-                staging, result.metrics["train_runtime"], result.metrics["train_samples_per_second"]
-            )
-    trainer.end()  # closes the TensorBoard writer, so the chart below sees every point
+    common.save_trainer_stage(
+        trainer,
+        training_args.output_dir,
+        held_out,
+        script_args.system_prompt,
+        result.metrics["train_runtime"],
+        result.metrics["train_samples_per_second"],
+    )
 
     if trainer.is_world_process_zero():
         chart = common.plot_scalars(run_dir, CHART_TAGS, f"SFT: {model_path}")
