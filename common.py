@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,12 @@ from trl import TrlParser
 # five to eight progress bars per stage (TRL's tokenize, truncate, drop-masked, build-labels passes): bars that say
 # nothing. Training and generation keep theirs.
 datasets.disable_progress_bars()
+# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias in every PeftModel it builds or loads
+# (PPO, DPO, GRPO, the comparison, the chat page): a FutureWarning no user can act on, silenced by its exact text where
+# it is raised.
+warnings.filterwarnings(
+    "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, "transformers.modeling_utils"
+)
 
 ROOT = Path(__file__).resolve().parent
 SAMPLE_DATA = ROOT / "data" / "sample.jsonl"

@@ -11,7 +11,6 @@ Writes the policy's LoRA adapter, tokenizer and held-out questions to checkpoint
 chart to tensorboard/grpo/<time> (grpo.png). Compare it with the SFT model and PPO: eval_ppo.py --compare.
 """
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,11 +70,6 @@ TINY_PRESET = dict(
     num_iterations=2,
     max_steps=20,
     save_strategy="no",
-)
-# peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias in every PeftModel it builds, a warning a
-# user can do nothing about (filtered by its exact text where it is raised, as train_ppo.py does).
-warnings.filterwarnings(
-    "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, "transformers.modeling_utils"
 )
 CHART_TAGS = [
     "train/reward", "train/kl", "train/entropy", "train/completions/mean_length", "train/completions/clipped_ratio",

@@ -66,13 +66,8 @@ CHART_TAGS = [
 ]  # fmt: skip
 EVAL_SAMPLES = 4  # held-out answers shown in TensorBoard's text tab at each evaluation
 
-# Library messages that say nothing a user can act on, silenced by their exact text where they are raised:
-# - peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias in every PeftModel it builds or loads;
-warnings.filterwarnings(
-    "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, "transformers.modeling_utils"
-)
-
-
+# A library message that says nothing a user can act on, silenced by its exact text where it is raised (common.py
+# silences peft's is_gradient_checkpointing warning for every script):
 # - accelerate's save_state leaves the LM head out of the saved weights because it is the embedding matrix itself
 #   (tie_word_embeddings, as in Qwen2.5-0.5B), and load_state fills both from that one copy: the resume test checks it.
 logging.getLogger("accelerate.utils.other").addFilter(
