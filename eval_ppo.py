@@ -148,7 +148,7 @@ def one_line(answer: str) -> str:
 def compare(args: EvalArguments) -> None:
     """Every method's answers to the same held-out questions, scored by the reward model and the lexicon judge, with
     each one's KL to the SFT model and its training time; a table, a chart and a JSON file with every answer."""
-    dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
+    dataset, all_rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
     rm_command = common.command(
         "train_rm.py", args.tiny, output_dir=common.unless_default(args.reward_model_path, common.RM_DIR)
     )
@@ -172,7 +172,7 @@ def compare(args: EvalArguments) -> None:
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
     )
     reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
-    prompts, rows = train_ppo.prompts_within(tokenizer, rows, args.system_prompt, args.max_prompt_length)
+    prompts, rows = train_ppo.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
     held_out_file = Path(args.model_path) / common.HELD_OUT_FILE
     base_path = common.resolve_model(args.base_model_path, args.model_source)
     paths = {"base": base_path} | found
@@ -193,7 +193,7 @@ def compare(args: EvalArguments) -> None:
                 path, common.command(script, args.tiny, **flags, output_dir=path), args.tiny
             )
             if args.dataset_name is None:  # a method that trained on these questions would be flattered by them
-                common.check_same_held_out(rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
+                common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
         common.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
         set_seed(args.seed)
         batch = sample(model, tokenizer, prompts, args, f"Sampling {name}")

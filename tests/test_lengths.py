@@ -172,3 +172,21 @@ def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_row
     }
     with pytest.raises(common.PipelineError, match="all 4 questions make a prompt longer than --max_prompt_length 8"):
         eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--max_prompt_length", 8))
+
+
+def test_eval_ppo_compare_checks_each_methods_split_before_skipping_long_questions(
+    tiny_base, untrained_rm, long_rows, tmp_path, monkeypatch, capsys
+):
+    """Another method trained on the same split (the same held_out.jsonl) is compared, even where a held-out question
+    is too long to sample: the split is checked on every held-out row, not on those left after the skip."""
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(task_type="CAUSAL_LM"))
+    for adapter in (tmp_path / "ppo", tmp_path / common.DPO_DIR):
+        policy.save_pretrained(adapter)
+        AutoTokenizer.from_pretrained(tiny_base).save_pretrained(adapter)
+        (adapter / common.HELD_OUT_FILE).write_bytes(long_rows.read_bytes())
+    models = ("--model_path", tmp_path / "ppo", "--sft_model_path", tiny_base, "--base_model_path", tiny_base)
+    monkeypatch.chdir(tmp_path)
+    eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--reward_model_path", untrained_rm))
+    assert "Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length 512" in capsys.readouterr().out
+    report = json.loads((tmp_path / "ppo" / "eval_metrics.json").read_text())
+    assert report["questions"] == 3 and "dpo" in report["metrics"] and "dpo" not in report["missing"]
