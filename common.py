@@ -697,18 +697,21 @@ def save_train_results(folder: Path, runtime_s: float, samples_per_second: float
 
 
 def save_trainer_stage(
-    trainer, output_dir: str | Path, held_out: Dataset | None, system_prompt: str, runtime_s: float, per_second: float
+    trainer, held_out: Dataset | None, system_prompt: str, metrics: dict, per_second: float | None = None
 ) -> None:
-    """A Trainer stage's final save, whole or not at all (staged_save): the model or adapter and its tokenizer, the
-    held-out rows (if any) and train_results.json (`runtime_s`, examples `per_second`); then the TensorBoard writer is
+    """A Trainer stage's final save into its output_dir, whole or not at all (staged_save): the model or adapter and
+    its tokenizer, the held-out rows (if any) and train_results.json (the run's `metrics`' train_runtime, and
+    `per_second` examples a second, by default the Trainer's train_samples_per_second); then the TensorBoard writer is
     closed, so that the stage's chart sees every point."""
-    with staged_save(output_dir) as staging:
+    with staged_save(trainer.args.output_dir) as staging:
         trainer.save_model(staging)
         if trainer.is_world_process_zero():
             trainer.processing_class.save_pretrained(staging)
             if held_out is not None and len(held_out):
                 save_held_out(held_out, system_prompt, staging)
-            save_train_results(staging, runtime_s, per_second)
+            if per_second is None:
+                per_second = metrics["train_samples_per_second"]
+            save_train_results(staging, metrics["train_runtime"], per_second)
     trainer.end()
 
 

@@ -209,12 +209,10 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # Answers sampled per second, as train_ppo.py's (the Trainer's train_samples_per_second counts questions): each
     # optimizer step trains on a batch of answers, and each answer is trained on num_iterations times.
-    runtime, args = result.metrics["train_runtime"], trainer.args
+    args = trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-    answers_per_second = trainer.state.global_step * batch / args.num_iterations / runtime
-    common.save_trainer_stage(
-        trainer, training_args.output_dir, held_out, script_args.system_prompt, runtime, answers_per_second
-    )
+    answers_per_second = trainer.state.global_step * batch / args.num_iterations / result.metrics["train_runtime"]
+    common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics, answers_per_second)
 
     if trainer.is_world_process_zero():
         chart = common.plot_scalars(run_dir, CHART_TAGS, f"GRPO: {script_args.sft_model_path}")

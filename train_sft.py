@@ -120,14 +120,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         report_truncation(trainer, train_dataset, training_args.max_length)
     trainer.add_callback(common.SaveRunSettings(settings))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    common.save_trainer_stage(
-        trainer,
-        training_args.output_dir,
-        held_out,
-        script_args.system_prompt,
-        result.metrics["train_runtime"],
-        result.metrics["train_samples_per_second"],
-    )
+    common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
         chart = common.plot_scalars(run_dir, CHART_TAGS, f"SFT: {model_path}")
