@@ -153,14 +153,6 @@ def policy_path(args: WebArguments, name: str) -> str:
     return getattr(args, f"{name}_model_path")
 
 
-def maker(args: WebArguments, name: str) -> str:
-    """The command that writes the policy `name` where this page looks for it."""
-    folder, script, flags = common.POLICIES[name]
-    return common.command(
-        script, args.tiny, **flags, output_dir=common.unless_default(policy_path(args, name), folder)
-    )
-
-
 def load_models(args: WebArguments) -> Models:
     """The base model, every policy of common.POLICIES that exists, the reward model and the example questions.
     A model that is missing or cannot be loaded is listed with the reason, and the page goes on without it."""
@@ -174,14 +166,13 @@ def load_models(args: WebArguments) -> Models:
     except common.PipelineError as error:
         missing["base"] = str(error)
 
-    for name in common.POLICIES:
-        path = policy_path(args, name)
-        if not Path(path).exists() and not common.sibling(Path(path), common.READY).exists():
-            missing[name] = f"no model at {path}. Make it first: {maker(args, name)}"
-            continue
+    paths = {name: policy_path(args, name) for name in common.POLICIES}
+    found, not_found = common.find_policies(paths, args.tiny)
+    missing |= {name: f"no model at {paths[name]}. Make it first: {command}" for name, command in not_found.items()}
+    for name, path in found.items():
         print(f"Loading {name}: {path}", flush=True)
         try:
-            model, tokenizer = common.load_policy(path, maker(args, name), args.tiny)
+            model, tokenizer = common.load_policy(path, common.policy_command(name, path, args.tiny), args.tiny)
         except common.PipelineError as error:
             missing[name] = str(error)
             continue

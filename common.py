@@ -1171,13 +1171,19 @@ def find_policies(paths: dict[str, str | Path], tiny: bool) -> tuple[dict[str, s
     {method: the command that makes it} of the others). A damaged checkpoint counts as found, so that loading it
     says what is wrong."""
     found, missing = {}, {}
-    for name, (default, script, flags) in POLICIES.items():
+    for name in POLICIES:
         path = Path(paths[name])
         if checkpoint_problem(path) != "no model" or sibling(path, READY).exists() or sibling(path, OLD).exists():
             found[name] = str(path)
         else:
-            missing[name] = command(script, tiny, **flags, output_dir=unless_default(path, default))
+            missing[name] = policy_command(name, path, tiny)
     return found, missing
+
+
+def policy_command(name: str, path: str | Path, tiny: bool) -> str:
+    """The command that writes the policy `name` (of POLICIES) into `path`."""
+    default, script, flags = POLICIES[name]
+    return command(script, tiny, **flags, output_dir=unless_default(path, default))
 
 
 def load_policy(path: str | Path, maker: str, tiny: bool):

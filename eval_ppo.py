@@ -188,10 +188,7 @@ def compare(args: EvalArguments) -> None:
         elif name == "sft":
             model, other_tokenizer = sft, tokenizer
         else:
-            script, flags = common.POLICIES[name][1:]
-            model, other_tokenizer = common.load_policy(
-                path, common.command(script, args.tiny, **flags, output_dir=path), args.tiny
-            )
+            model, other_tokenizer = common.load_policy(path, common.policy_command(name, path, args.tiny), args.tiny)
             if args.dataset_name is None:  # a method that trained on these questions would be flattered by them
                 common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
         common.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
