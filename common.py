@@ -1323,17 +1323,14 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
         )
 
 
-def check_trainer_run(script_args, training_args, model_args) -> dict:
-    """What train_sft.py and train_rm.py check before any data or model loads, in this order: a resumed run has the
-    settings its checkpoint was saved with (check_resume), and the output folder can take the model
-    (check_output_dir). The run's settings, for SaveRunSettings."""
+def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, str]) -> dict:
+    """What the Trainer stages check before any data or model loads, in this order: a resumed run has the settings
+    its checkpoint was saved with (check_resume), and the output folder can take the model (check_output_dir) and is
+    none of the `inputs` ({flag: folder} of the models the run reads, the one it trains first: its size is the
+    save's). The run's settings, for SaveRunSettings."""
     settings = run_settings(script_args, training_args, model_args)
     check_resume(training_args.resume_from_checkpoint, settings)
-    check_output_dir(
-        training_args.output_dir,
-        {"model_name_or_path": model_args.model_name_or_path},
-        save_size(model_args.model_name_or_path),
-    )
+    check_output_dir(training_args.output_dir, inputs, save_size(next(iter(inputs.values()))))
     return settings
 
 

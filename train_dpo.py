@@ -117,14 +117,8 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
             "the SFT model under the adapter, switched off. Drop --sync_ref_model, or add --use_peft false to train "
             "every parameter against a second copy of the SFT model."
         )
-    # Run settings compared on resume and the output folder checked, as common.check_trainer_run does, with the input
-    # named by this script's flag.
-    settings = common.run_settings(script_args, training_args, model_args)
-    common.check_resume(training_args.resume_from_checkpoint, settings)
-    common.check_output_dir(
-        training_args.output_dir,
-        {"sft_model_path": script_args.sft_model_path},
-        common.save_size(script_args.sft_model_path),
+    settings = common.check_trainer_run(
+        script_args, training_args, model_args, {"sft_model_path": script_args.sft_model_path}
     )
 
     # Data first: a bad file fails in a second, before any model loads.

@@ -96,7 +96,9 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     if model_args.use_peft:
         raise common.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
 
-    settings = common.check_trainer_run(script_args, training_args, model_args)
+    settings = common.check_trainer_run(
+        script_args, training_args, model_args, {"model_name_or_path": model_args.model_name_or_path}
+    )
 
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)

@@ -86,7 +86,9 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
             "train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft."
         )
 
-    settings = common.check_trainer_run(script_args, training_args, model_args)
+    settings = common.check_trainer_run(
+        script_args, training_args, model_args, {"model_name_or_path": model_args.model_name_or_path}
+    )
 
     # Data first: a bad file fails in a second, before any download or write.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
