@@ -361,7 +361,7 @@ def make_optimizer(policy: nn.Module, critic: nn.Module, config: "PPOConfig") ->
     critic_learning_rate (OpenRLHF's actor and critic rates), weight decay as set (TRL's 0 by default). One
     optimizer, so that one scheduler, one accelerate.prepare and one saved state cover both. The fused kernel, as
     transformers' Trainer defaults to (optim adamw_torch_fused): one pass over each tensor instead of one per
-    operation, which on a CPU is most of a full-parameter critic's step (README, Benchmark)."""
+    operation, several times faster for a full-parameter critic on a CPU (README, Benchmark)."""
     groups = [
         ("policy", policy, config.learning_rate),
         ("critic", critic, config.critic_learning_rate or config.learning_rate),
