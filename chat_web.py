@@ -183,9 +183,7 @@ def load_models(args: WebArguments) -> Models:
         columns.append(Column(name, path, model, tokenizer))
 
     reward_model = reward_tokenizer = reward_problem = None
-    rm_command = common.command(
-        "train_rm.py", args.tiny, output_dir=common.unless_default(args.reward_model_path, common.RM_DIR)
-    )
+    rm_command = common.reward_model_command(args.reward_model_path, args.tiny)
     print(f"Loading the reward model: {args.reward_model_path}", flush=True)
     try:
         reward_model, reward_tokenizer = common.load_model(

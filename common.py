@@ -1186,6 +1186,11 @@ def policy_command(name: str, path: str | Path, tiny: bool) -> str:
     return command(script, tiny, **flags, output_dir=unless_default(path, default))
 
 
+def reward_model_command(path: str | Path, tiny: bool) -> str:
+    """The command that writes the reward model into `path`."""
+    return command("train_rm.py", tiny, output_dir=unless_default(path, RM_DIR))
+
+
 def load_policy(path: str | Path, maker: str, tiny: bool):
     """A trained policy for inference, (model, tokenizer): a whole causal LM, or a LoRA adapter on the model its
     adapter_config.json names, left unmerged so that disable_adapter() gives that model back (the reference).

@@ -125,9 +125,7 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
             f"the adapter at {args.model_path} was trained on {trained_on}, not on --sft_model_path "
             f"{args.sft_model_path}. Pass --sft_model_path {trained_on}."
         )
-    sft_command = common.command(
-        "train_sft.py", args.tiny, output_dir=common.unless_default(args.sft_model_path, common.SFT_DIR)
-    )
+    sft_command = common.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command, "language model")
     return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
 
@@ -149,9 +147,7 @@ def compare(args: EvalArguments) -> None:
     """Every method's answers to the same held-out questions, scored by the reward model and the lexicon judge, with
     each one's KL to the SFT model and its training time; a table, a chart and a JSON file with every answer."""
     dataset, all_rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
-    rm_command = common.command(
-        "train_rm.py", args.tiny, output_dir=common.unless_default(args.reward_model_path, common.RM_DIR)
-    )
+    rm_command = common.reward_model_command(args.reward_model_path, args.tiny)
     reward_model, rm_tokenizer = common.load_model(
         AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
     )
@@ -164,9 +160,7 @@ def compare(args: EvalArguments) -> None:
             raise common.PipelineError(
                 f"no model at {getattr(args, POLICY_FLAGS[name])}. Make it first: {missing[name]}"
             )
-    sft_command = common.command(
-        "train_sft.py", args.tiny, output_dir=common.unless_default(args.sft_model_path, common.SFT_DIR)
-    )
+    sft_command = common.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_policy(found["sft"], sft_command, args.tiny)
     common.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path

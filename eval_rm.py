@@ -181,9 +181,7 @@ def main(args: EvalArguments) -> None:
         raise common.PipelineError(
             f"got {len(args.question)} --question and {len(args.answer)} --answer: give one --answer per --question."
         )
-    command = common.command(
-        "train_rm.py", args.tiny, output_dir=common.unless_default(args.model_path, common.RM_DIR)
-    )
+    command = common.reward_model_command(args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, command, "reward model")
     common.check_pad_token(tokenizer, args.model_path, model)
 

@@ -75,9 +75,7 @@ def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
 
 def main(args: EvalArguments) -> None:
     common.require_one_process("eval_sft.py")
-    command = common.command(
-        "train_sft.py", args.tiny, output_dir=common.unless_default(args.model_path, common.SFT_DIR)
-    )
+    command = common.policy_command("sft", args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, command, "language model")
     set_seed(args.seed)
 

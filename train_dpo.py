@@ -128,9 +128,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
         training_args.eval_strategy = "no"
         training_args.eval_on_start = False
 
-    sft_command = common.command(
-        "train_sft.py", script_args.tiny, output_dir=common.unless_default(script_args.sft_model_path, common.SFT_DIR)
-    )
+    sft_command = common.policy_command("sft", script_args.sft_model_path, script_args.tiny)
     common.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
     # An SFT model that trained on this run's held-out questions would flatter DPO in the comparison on them.
     saved_as = Path(training_args.output_dir) / common.HELD_OUT_FILE

@@ -161,13 +161,9 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)  # the same rows in every stage
 
     # Every input folder checked for what its role needs before any model loads: a wrong one fails in a second.
-    sft_command = common.command(
-        "train_sft.py", script_args.tiny, output_dir=common.unless_default(script_args.sft_model_path, common.SFT_DIR)
-    )
+    sft_command = common.policy_command("sft", script_args.sft_model_path, script_args.tiny)
     common.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
-    rm_command = common.command(
-        "train_rm.py", script_args.tiny, output_dir=common.unless_default(script_args.reward_model_path, common.RM_DIR)
-    )
+    rm_command = common.reward_model_command(script_args.reward_model_path, script_args.tiny)
     common.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
     # A policy or reward model that trained on this run's held-out questions would flatter the comparison on them.
     saved_as = Path(training_args.output_dir) / common.HELD_OUT_FILE

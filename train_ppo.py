@@ -853,13 +853,9 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
         policy_command = common.base_model_remedy(policy, "base_model_path")
     else:
         policy, policy_role, flag = script_args.sft_model_path, "SFT model", "--sft_model_path"
-        policy_command = common.command(
-            "train_sft.py", script_args.tiny, output_dir=common.unless_default(policy, common.SFT_DIR)
-        )
+        policy_command = common.policy_command("sft", policy, script_args.tiny)
     common.require_checkpoint(policy, policy_command, "language model")
-    reward_command = common.command(
-        "train_rm.py", script_args.tiny, output_dir=common.unless_default(script_args.reward_model_path, common.RM_DIR)
-    )
+    reward_command = common.reward_model_command(script_args.reward_model_path, script_args.tiny)
     saved_as = Path(output_dir) / common.HELD_OUT_FILE
     common.check_same_held_out(held_out, saved_as, policy, policy_role, flag)
     if not own_reward:
