@@ -6,30 +6,55 @@
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
 
-.PHONY: demo test test-fast figures browser clean
+# The scripts' folder as a prefix: empty, or the project's for make figures, which runs the demo in a temporary folder.
+SRC :=
+DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
+# After SFT and the reward model, every other step needs only their checkpoints (and the PPO chat PPO's): they run two
+# at a time, one thread each (a thread pool per process on every core would thrash; the results are the same bits),
+# longest first, each one's output printed when it ends.
+DEMO_STEPS := demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm-styles demo-chat-base demo-chat-sft \
+	demo-chat-ppo
+
+.PHONY: demo demo-run $(DEMO_STEPS) test test-fast figures browser clean
 
 demo: $(VENV)/installed
-	$(PYTHON) train_sft.py --tiny
-	@echo "== the tiny base, before SFT"
-	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_sft.py --tiny --model_path checkpoint/base/tiny
-	@echo "== after SFT"
-	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_sft.py --tiny
-	$(PYTHON) train_rm.py --tiny
-	@echo "== the reward model on its held-out pairs"
-	$(PYTHON) eval_rm.py --tiny < /dev/null
-	@echo "== the reward model on hand-written pairs in styles the sample does not use (never trained on)"
-	$(PYTHON) eval_rm.py --tiny --dataset_name data/style_pairs.jsonl --num_examples 0 \
-		--metrics_file checkpoint/rm/style_metrics.json < /dev/null
-	$(PYTHON) train_ppo.py --tiny
-	@echo "== after PPO"
-	printf '$(DEMO_QUESTIONS)' | $(PYTHON) eval_ppo.py --tiny
-	$(PYTHON) train_dpo.py --tiny
-	$(PYTHON) train_grpo.py --tiny
-	$(PYTHON) train_ppo.py --tiny --from_base
+	@$(MAKE) --no-print-directory demo-run
+
+demo-run:
+	$(PYTHON) $(SRC)train_sft.py --tiny
+	$(PYTHON) $(SRC)train_rm.py --tiny
+	@echo "== then PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with each stage, two at"
+	@echo "   a time on one core each (about two minutes; each one's output shows when it ends)"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target $(DEMO_STEPS)
 	@echo "== every method on the questions no stage trained on"
-	$(PYTHON) eval_ppo.py --tiny --compare
+	$(PYTHON) $(SRC)eval_ppo.py --tiny --compare
+
+$(DEMO_STEPS): export OMP_NUM_THREADS = 1
+demo-ppo-base:
+	$(PYTHON) $(SRC)train_ppo.py --tiny --from_base
+demo-ppo:
+	$(PYTHON) $(SRC)train_ppo.py --tiny
+demo-dpo:
+	$(PYTHON) $(SRC)train_dpo.py --tiny
+demo-grpo:
+	$(PYTHON) $(SRC)train_grpo.py --tiny
+demo-rm:
+	@echo "== the reward model on its held-out pairs"
+	$(PYTHON) $(SRC)eval_rm.py --tiny < /dev/null
+demo-rm-styles:
+	@echo "== the reward model on hand-written pairs in styles the sample does not use (never trained on)"
+	$(PYTHON) $(SRC)eval_rm.py --tiny --dataset_name $(SRC)data/style_pairs.jsonl --num_examples 0 \
+		--metrics_file checkpoint/rm/style_metrics.json < /dev/null
+demo-chat-base:
+	@echo "== the tiny base, before SFT"
+	printf '$(DEMO_QUESTIONS)' | $(PYTHON) $(SRC)eval_sft.py --tiny --model_path checkpoint/base/tiny
+demo-chat-sft:
+	@echo "== after SFT"
+	printf '$(DEMO_QUESTIONS)' | $(PYTHON) $(SRC)eval_sft.py --tiny
+demo-chat-ppo: demo-ppo
+	@echo "== after PPO"
+	printf '$(DEMO_QUESTIONS)' | $(PYTHON) $(SRC)eval_ppo.py --tiny
 
 test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto
@@ -48,18 +73,12 @@ browser:
 		|| echo "Installing Chromium failed (above): the browser test will skip."
 
 # Runs write their charts beside their TensorBoard scalars (tensorboard/<stage>/<time>/<stage>.png), never into
-# imgs/; this is the one command that does, from fresh tiny runs of its own (every stage, then the comparison).
+# imgs/; this is the one command that does, from a run of the demo of its own in a temporary folder.
 figures: $(VENV)/installed
-	tmp=$$(mktemp -d) && cd $$tmp && \
-	$(abspath $(PYTHON)) $(CURDIR)/train_sft.py --tiny && \
-	$(abspath $(PYTHON)) $(CURDIR)/train_rm.py --tiny && \
-	$(abspath $(PYTHON)) $(CURDIR)/train_ppo.py --tiny && \
-	$(abspath $(PYTHON)) $(CURDIR)/train_dpo.py --tiny && \
-	$(abspath $(PYTHON)) $(CURDIR)/train_grpo.py --tiny && \
-	$(abspath $(PYTHON)) $(CURDIR)/train_ppo.py --tiny --from_base && \
-	$(abspath $(PYTHON)) $(CURDIR)/eval_ppo.py --tiny --compare && \
-	for stage in sft rm ppo dpo grpo; do cp tensorboard/$$stage/*/$$stage.png $(CURDIR)/imgs/; done && \
-	cp checkpoint/ppo/methods.png $(CURDIR)/imgs/ && \
+	tmp=$$(mktemp -d) && \
+	$(MAKE) --no-print-directory -C $$tmp -f $(abspath Makefile) demo-run PYTHON=$(abspath $(PYTHON)) SRC=$(CURDIR)/ && \
+	for stage in sft rm ppo dpo grpo; do cp $$tmp/tensorboard/$$stage/*/$$stage.png imgs/; done && \
+	cp $$tmp/checkpoint/ppo/methods.png imgs/ && \
 	rm -rf $$tmp
 
 test-fast: $(VENV)/installed

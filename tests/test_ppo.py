@@ -660,8 +660,8 @@ def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
     scalars = common.read_scalars(run_dir)
     assert set(TRL_METRICS) <= set(scalars)
     assert [step for step, _ in scalars["episode"]] == list(range(1, 21))  # 310 questions, batches of 16
-    # evaluated on the 35 held-out questions before training, every 2 updates (--eval_steps 0.1) and at the end
-    assert [step for step, _ in scalars["eval/judge_score"]] == list(range(0, 21, 2))
+    # evaluated on the 35 held-out questions before training, every 5 updates (--eval_steps 0.25) and at the end
+    assert [step for step, _ in scalars["eval/judge_score"]] == list(range(0, 21, 5))
     assert "eval at update 20: score" in (ppo_run / "train.out").read_text()
     assert scalars["loss/value_avg"][-1][1] < scalars["loss/value_avg"][0][1]  # the critic learned
     checkpoint = common.require_checkpoint(ppo_run / common.PPO_DIR, "")
