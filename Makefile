@@ -3,6 +3,8 @@
 # stage in a temporary folder.
 # make test-fast: the tests that build and train no model (under a minute), for the edit-test loop.
 # Each sets up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
+# This file, for the demo's own make calls from any folder
+MAKEFILE := $(abspath $(firstword $(MAKEFILE_LIST)))
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
@@ -19,14 +21,14 @@ DEMO_STEPS := demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm-styles d
 .PHONY: demo demo-run $(DEMO_STEPS) test test-fast figures browser clean
 
 demo: $(VENV)/installed
-	@$(MAKE) --no-print-directory demo-run
+	@$(MAKE) --no-print-directory -f $(MAKEFILE) demo-run
 
 demo-run:
 	$(PYTHON) $(SRC)train_sft.py --tiny
 	$(PYTHON) $(SRC)train_rm.py --tiny
 	@echo "== then PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with each stage, two at"
 	@echo "   a time on one core each (about two minutes; each one's output shows when it ends)"
-	@$(MAKE) --no-print-directory -j2 --output-sync=target $(DEMO_STEPS)
+	@$(MAKE) --no-print-directory -f $(MAKEFILE) -j2 --output-sync=target $(DEMO_STEPS)
 	@echo "== every method on the questions no stage trained on"
 	$(PYTHON) $(SRC)eval_ppo.py --tiny --compare
 
@@ -76,7 +78,7 @@ browser:
 # imgs/; this is the one command that does, from a run of the demo of its own in a temporary folder.
 figures: $(VENV)/installed
 	tmp=$$(mktemp -d) && \
-	$(MAKE) --no-print-directory -C $$tmp -f $(abspath Makefile) demo-run PYTHON=$(abspath $(PYTHON)) SRC=$(CURDIR)/ && \
+	$(MAKE) --no-print-directory -C $$tmp -f $(MAKEFILE) demo-run PYTHON=$(abspath $(PYTHON)) SRC=$(CURDIR)/ && \
 	for stage in sft rm ppo dpo grpo; do cp $$tmp/tensorboard/$$stage/*/$$stage.png imgs/; done && \
 	cp $$tmp/checkpoint/ppo/methods.png imgs/ && \
 	rm -rf $$tmp
