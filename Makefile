@@ -12,11 +12,11 @@ TORCH ?= torch==2.13.0
 # The scripts' folder as a prefix: empty, or the project's for make figures, which runs the demo in a temporary folder.
 SRC :=
 DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
-# After SFT and the reward model, every other step needs only their checkpoints (and the PPO chat PPO's): they run two
-# at a time, one thread each (a thread pool per process on every core would thrash; the results are the same bits),
-# longest first, each one's output printed when it ends.
-DEMO_STEPS := demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm-styles demo-chat-base demo-chat-sft \
-	demo-chat-ppo
+# After SFT and the reward model, every other step needs only their checkpoints: they run two at a time, one thread
+# each (a thread pool per process on every core would thrash; the results are the same bits), longest first, each
+# one's output printed when it ends. Chat with PPO or any other stage afterwards: eval_ppo.py --tiny, chat_web.py --tiny
+# (the comparison prints every method's answers to three held-out questions).
+DEMO_STEPS := demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm-styles demo-chat-base demo-chat-sft
 
 .PHONY: demo demo-run $(DEMO_STEPS) test test-fast figures browser clean
 
@@ -26,8 +26,8 @@ demo: $(VENV)/installed
 demo-run:
 	$(PYTHON) $(SRC)train_sft.py --tiny
 	$(PYTHON) $(SRC)train_rm.py --tiny
-	@echo "== then PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with each stage, two at"
-	@echo "   a time on one core each (about two minutes; each one's output shows when it ends)"
+	@echo "== then PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with the base and SFT"
+	@echo "   models, two at a time on one core each (about two minutes; each one's output shows when it ends)"
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) -j2 --output-sync=target $(DEMO_STEPS)
 	@echo "== every method on the questions no stage trained on"
 	$(PYTHON) $(SRC)eval_ppo.py --tiny --compare
@@ -54,9 +54,6 @@ demo-chat-base:
 demo-chat-sft:
 	@echo "== after SFT"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) $(SRC)eval_sft.py --tiny
-demo-chat-ppo: demo-ppo
-	@echo "== after PPO"
-	printf '$(DEMO_QUESTIONS)' | $(PYTHON) $(SRC)eval_ppo.py --tiny
 
 test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto
