@@ -17,6 +17,8 @@ DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
 # one's output printed when it ends. Chat with PPO or any other stage afterwards: eval_ppo.py --tiny, chat_web.py --tiny
 # (the comparison prints every method's answers to three held-out questions).
 DEMO_STEPS := demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm-styles demo-chat-base demo-chat-sft
+# GNU make 4 prints each step's output whole; an older make (macOS ships 3.81) interleaves it.
+DEMO_OUTPUT := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 
 .PHONY: demo demo-run $(DEMO_STEPS) test test-fast figures browser clean
 
@@ -28,7 +30,7 @@ demo-run:
 	$(PYTHON) $(SRC)train_rm.py --tiny
 	@echo "== then PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with the base and SFT"
 	@echo "   models, two at a time on one core each (about two minutes; each one's output shows when it ends)"
-	@$(MAKE) --no-print-directory -f $(MAKEFILE) -j2 --output-sync=target $(DEMO_STEPS)
+	@$(MAKE) --no-print-directory -f $(MAKEFILE) -j2 $(DEMO_OUTPUT) $(DEMO_STEPS)
 	@echo "== every method on the questions no stage trained on"
 	$(PYTHON) $(SRC)eval_ppo.py --tiny --compare
 
