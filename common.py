@@ -169,7 +169,7 @@ PAD_TOKEN, CHAT_START_TOKEN, EOS_TOKEN = "<|endoftext|>", "<|im_start|>", "<|im_
 
 # The tiny preset: a Qwen2-architecture model small enough to train on a 2-core CPU in seconds.
 TINY_SEED = 0
-TINY_VOCAB_SIZE = 6000
+TINY_VOCAB_SIZE = 6000  # an upper bound: the sample's characters and ASCII words fill about 2,300
 TINY_MODEL_CONFIG = dict(
     hidden_size=128,
     intermediate_size=384,
@@ -1380,13 +1380,25 @@ class SaveRunSettings(TrainerCallback):
 
 
 def build_tiny_tokenizer(texts: list[str]):
-    """A byte-level BPE tokenizer trained on `texts`, with Qwen's special tokens and Qwen2.5's chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """A byte-level BPE tokenizer trained on `texts`, with Qwen's special tokens and Qwen2.5's chat template.
+
+    Every Chinese character is a token of its own: merges stop at character boundaries, as in Chinese BERT's
+    vocabulary. Merged across characters, 3,644 of the 6,000 tokens were words and phrases (烦我, 别烦我, 来烦我,
+    烦死了, 很烦 ... and 懒得理你 whole), each seen a few times, and a reward model trained on 310 pairs learned
+    those tokens rather than the characters they share: it ranked pairs in unseen styles no better than 0.65
+    (data/README.md).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     from trl.chat_template_utils import qwen2_5_chat_template
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\p{Han}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_VOCAB_SIZE,
