@@ -592,12 +592,12 @@ def test_every_method_is_compared_on_the_same_questions(compare_run):
     assert report["questions"] == 35  # 10% of the 345 sample rows, held out by every stage
     assert [name for name in metrics if name in METHODS] == METHODS and report["missing"] == {}
     assert len(report["answers"]) == 35 and set(report["answers"][0]) == {"question", *METHODS}
-    # what each stage is for, by the reward model: SFT well above the base, PPO at least SFT's, DPO and GRPO above
-    # the base (issue 15's check); margins beyond the spread between seeds and CPUs
+    # what each stage is for, by the reward model: SFT well above the base, PPO and GRPO (which optimise it) above
+    # SFT, DPO above the base (issue 15's check); margins beyond the spread between seeds and CPUs
     assert metrics["sft"]["mean_reward"] > metrics["base"]["mean_reward"] + 1
     assert metrics["ppo"]["mean_reward"] >= metrics["sft"]["mean_reward"] - 0.1
+    assert metrics["grpo"]["mean_reward"] > metrics["sft"]["mean_reward"]
     assert metrics["dpo"]["mean_reward"] > metrics["base"]["mean_reward"]
-    assert metrics["grpo"]["mean_reward"] > metrics["base"]["mean_reward"]
     # KL to the SFT model for every method but SFT itself, measured on its own answers; training time for every run
     assert [name for name in METHODS if "mean_kl_to_sft" in metrics[name]] == [m for m in METHODS if m != "sft"]
     assert all(metrics[name]["mean_kl_to_sft"] > 0 for name in ("ppo", "dpo", "grpo", "ppo_base"))

@@ -13,10 +13,11 @@ from conftest import run_main
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
 STYLE_PAIRS = common.ROOT / "data" / "style_pairs.jsonl"
-# What the tiny reward model reaches on any CPU, with margin: its accuracy moves by up to 0.2 between seeds and between
-# CPUs (README, Stage 2), since 310 pairs are few for it; length alone scores 1 on one half of the pairs and 0 on the
-# other.
-HELD_OUT_ACCURACY, LENGTH_HALF_ACCURACY, STYLE_ACCURACY = 0.65, 0.6, 0.6
+# What the tiny reward model reaches on any CPU, with margin: on a 2-core AMD EPYC over seeds 42 / 1 / 2, 0.971 / 0.971 /
+# 0.943 held out, 0.933 to 1 on each length half, 0.887 / 0.944 / 0.944 on the style pairs (README, Stage 2); the
+# earlier tokenizer's recipe moved by up to 0.3 between CPUs. Length alone scores 1 on one half of the pairs and 0 on
+# the other.
+HELD_OUT_ACCURACY, LENGTH_HALF_ACCURACY, STYLE_ACCURACY = 0.8, 0.7, 0.7
 NEIGHBOURS = ["烦死了，你自己不会查吗？问这种问题浪费我时间，" * 3, "建议先列个清单，再按重要程度一件一件来。" * 4]
 
 
@@ -163,7 +164,7 @@ def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
 
 def test_the_reward_model_ranks_styles_the_sample_does_not_use(trained_rm):
     """data/style_pairs.jsonl: hand-written pairs in other styles (mock praise, cold refusals, slang, ...), never
-    trained on. 0.59 to 0.90 over seeds and CPUs, 0.69 and 0.90 for seed 42 (README); 0.5 is chance."""
+    trained on. 0.5 is chance."""
     model, tokenizer = trained_rm
     pairs = common.load_preference_data(STYLE_PAIRS)
     chosen, rejected = (
@@ -187,8 +188,8 @@ def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
     assert (run_dir / "rm.png").read_bytes().startswith(b"\x89PNG")
     assert not (rm_run / "imgs").exists()
     printed = (rm_run / "train.out").read_text()
-    # no per-step or per-evaluation dict; 310 pairs, batches of 8, 2 epochs
-    assert "{'" not in printed and "Trained 78 steps in " in printed
+    # no per-step or per-evaluation dict; 310 pairs, batches of 8, 4 epochs
+    assert "{'" not in printed and "Trained 156 steps in " in printed
 
 
 def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
