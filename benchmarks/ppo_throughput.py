@@ -9,7 +9,7 @@ TRL 1.12's PPOTrainer (the last TRL with PPO) on the same models, prompts and ca
 
 Weights do not change what a pass costs, so the models are random: the policy/reference (a causal LM), the reward
 model and the critic (the causal LM's checkpoint plus a new score head, as train_ppo.py builds it), all of one shape,
-built once into --work_dir. The tokenizer is the tiny preset's (about 6,000 ids, within every shape's vocabulary; the
+built once into --work_dir. The tokenizer is the tiny preset's (about 2,300 ids, within every shape's vocabulary; the
 0.5B shape keeps Qwen2.5's 151,936-row embedding and LM head, so its passes cost what the real model's do). Every
 answer is exactly --response_length tokens (the stop token is suppressed with min_new_tokens on both sides), and
 every prompt has the same length (the bundled questions whose prompt has the most common length), so both sides do
