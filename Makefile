@@ -12,11 +12,12 @@ TORCH ?= torch==2.13.0
 # The scripts' folder as a prefix: empty, or the project's for make figures, which runs the demo in a temporary folder.
 SRC :=
 DEMO_QUESTIONS := 吃了没?\n地球离太阳多远?\n推荐一本书\n
-# After SFT and the reward model, every other step needs only their checkpoints: they run two at a time, one thread
-# each (a thread pool per process on every core would thrash; the results are the same bits), longest first, each
-# one's output printed when it ends. Chat with PPO or any other stage afterwards: eval_ppo.py --tiny, chat_web.py --tiny
+# The reward model runs first and builds the tiny base on the way. Every other step needs only the base, the reward
+# model and SFT's checkpoint: they run two at a time, one thread each (a thread pool per process on every core would
+# thrash; the results are the same bits), SFT and the longest first, each as soon as what it needs is there and its
+# output printed when it ends. Chat with PPO or any other stage afterwards: eval_ppo.py --tiny, chat_web.py --tiny
 # (the comparison prints every method's answers to three held-out questions).
-DEMO_STEPS := demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm-styles demo-chat-base demo-chat-sft
+DEMO_STEPS := demo-sft demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm-styles demo-chat-base demo-chat-sft
 # GNU make 4 prints each step's output whole; an older make (macOS ships 3.81) interleaves it.
 DEMO_OUTPUT := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 
@@ -26,15 +27,17 @@ demo: $(VENV)/installed
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) demo-run
 
 demo-run:
-	$(PYTHON) $(SRC)train_sft.py --tiny
 	$(PYTHON) $(SRC)train_rm.py --tiny
-	@echo "== then PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with the base and SFT"
-	@echo "   models, two at a time on one core each (about two minutes; each one's output shows when it ends)"
+	@echo "== then SFT, PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with the base and"
+	@echo "   SFT models, two at a time on one core each (about 2.5 minutes; each one's output shows when it ends)"
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) -j2 $(DEMO_OUTPUT) $(DEMO_STEPS)
 	@echo "== every method on the questions no stage trained on"
 	$(PYTHON) $(SRC)eval_ppo.py --tiny --compare
 
 $(DEMO_STEPS): export OMP_NUM_THREADS = 1
+demo-ppo demo-dpo demo-grpo demo-chat-sft: demo-sft
+demo-sft:
+	$(PYTHON) $(SRC)train_sft.py --tiny
 demo-ppo-base:
 	$(PYTHON) $(SRC)train_ppo.py --tiny --from_base
 demo-ppo:
