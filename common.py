@@ -197,6 +197,9 @@ TINY_BASE_TRAINING = dict(
 )
 
 
+TINY_RECIPE_FILE = "tiny_recipe.json"  # in the tiny base's folder: what it was built from (tiny_recipe)
+
+
 class PipelineError(Exception):
     """A problem the user can fix (bad data, missing checkpoint, wrong flag): shown as one message, no traceback."""
 
@@ -980,7 +983,7 @@ def cut_after_stop(
 def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
     """A local folder is used as is; otherwise download it (ModelScope or the HF hub) or build the tiny model there."""
     path = Path(name_or_path)
-    if path.is_dir():
+    if path.is_dir() and not (source == "tiny" and stale_tiny_base(path)):
         return str(path)
     if source == "tiny":
         state = PartialState()
@@ -999,6 +1002,28 @@ def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
             snapshot_download, str(name_or_path), "model", "the Hugging Face hub", cache_dir=str(BASE_DIR)
         )
     raise PipelineError(f"unknown --model_source {source!r}; choose one of {', '.join(get_args(ModelSource))}.")
+
+
+def tiny_recipe(seed: int = TINY_SEED) -> dict:
+    """What the tiny base is built from, saved beside it as TINY_RECIPE_FILE: a folder built from anything else (an
+    earlier version of this project, other sample data) is not the base today's code and README describe."""
+    return dict(
+        seed=seed,
+        tokenizer="byte-level BPE over the training rows, one token per Chinese character",
+        vocab_size=TINY_VOCAB_SIZE,
+        model=TINY_MODEL_CONFIG,
+        training=TINY_BASE_TRAINING,
+        data_sha256=hashlib.sha256(SAMPLE_DATA.read_bytes()).hexdigest(),
+    )
+
+
+def stale_tiny_base(path: Path) -> bool:
+    """Whether `path` is the tiny preset's own folder (TINY_BASE_DIR) built by another recipe than today's. Only that
+    folder, which build_tiny_base alone writes, is ever rebuilt: any other is the user's."""
+    if not path.is_dir() or path.resolve() != TINY_BASE_DIR.resolve():
+        return False
+    stamp = path / TINY_RECIPE_FILE
+    return not stamp.is_file() or json.loads(stamp.read_text()) != tiny_recipe()
 
 
 def require_one_process(script: str) -> None:
@@ -1428,6 +1453,12 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
     from trl import SFTConfig, SFTTrainer
 
     path = Path(path)
+    if path.is_dir():
+        print(
+            f"{path} was built by another recipe of the tiny preset (an earlier version of this project, or other "
+            "sample data): building it again. Models trained from the old one need training again; the stages after "
+            "them refuse a model whose tokenizer differs from the policy's."
+        )
     print(f"Building the tiny base model at {path} (once; later runs reuse it).")
     data, _ = split_held_out(load_preference_data(SAMPLE_DATA), DEFAULT_EVAL_FRACTION)
     texts = [DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in REQUIRED_COLUMNS]
@@ -1467,6 +1498,8 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     trainer.model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
+    (partial / TINY_RECIPE_FILE).write_text(json.dumps(tiny_recipe(seed), indent=2) + "\n")
+    shutil.rmtree(path, ignore_errors=True)  # a stale base (resolve_model); killed here, the next run builds again
     partial.rename(path)
 
 

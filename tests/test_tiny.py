@@ -1,6 +1,7 @@
 """The offline tiny preset: deterministic, Qwen-shaped, and polite before SFT like the real base."""
 
 import json
+import shutil
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -10,15 +11,39 @@ import common
 from conftest import answer_log_likelihood
 
 
-def test_same_seed_builds_the_same_weights_and_tokenizer(tiny_base, tmp_path):
-    again = tmp_path / "tiny"
-    common.build_tiny_base(again)
+def test_same_seed_builds_the_same_weights_and_tokenizer(tiny_base, tmp_path, monkeypatch, capsys):
+    """Built again where the preset keeps it, over a copy of the base whose recipe file an earlier version would not
+    have written: resolve_model rebuilds it there, and the new one is bitwise the first."""
+    monkeypatch.chdir(tmp_path)
+    again = common.TINY_BASE_DIR
+    shutil.copytree(tiny_base, again)
+    (again / common.TINY_RECIPE_FILE).unlink()
+    assert common.resolve_model(again, "tiny") == str(again)
+    assert "was built by another recipe of the tiny preset" in capsys.readouterr().out
+    assert json.loads((again / common.TINY_RECIPE_FILE).read_text()) == common.tiny_recipe()
     assert (again / "tokenizer.json").read_bytes() == (tiny_base / "tokenizer.json").read_bytes()
     first = AutoModelForCausalLM.from_pretrained(tiny_base).state_dict()
     second = AutoModelForCausalLM.from_pretrained(again).state_dict()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(again.parent.glob("*.partial"))
+
+
+def test_only_the_presets_own_folder_is_rebuilt_and_only_from_another_recipe(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_base, common.TINY_BASE_DIR)
+    assert not common.stale_tiny_base(common.TINY_BASE_DIR)  # built by today's recipe
+    assert common.resolve_model(common.TINY_BASE_DIR, "tiny") == str(common.TINY_BASE_DIR)  # reused as is
+    stamp = common.TINY_BASE_DIR / common.TINY_RECIPE_FILE
+    stamp.write_text(json.dumps(common.tiny_recipe() | {"tokenizer": "byte-level BPE, merges across characters"}))
+    assert common.stale_tiny_base(common.TINY_BASE_DIR)  # another tokenizer, model, training or data
+    stamp.unlink()
+    assert common.stale_tiny_base(common.TINY_BASE_DIR)  # built before the recipe was written down
+    elsewhere = tmp_path / "mine"
+    shutil.copytree(common.TINY_BASE_DIR, elsewhere)
+    assert not common.stale_tiny_base(elsewhere)  # a folder of the user's is theirs, whatever it holds
+    assert common.resolve_model(elsewhere, "tiny") == str(elsewhere)
+    assert not common.stale_tiny_base(tmp_path / "nothing")
 
 
 def test_tokenizer_and_model_look_like_qwen(tiny_base):
