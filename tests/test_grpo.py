@@ -106,7 +106,8 @@ def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
 def test_grpo_logged_its_kl_and_curves(grpo_run):
     """Whether GRPO learned is measured on the held-out questions, beside every other method (test_ppo.py's
     comparison): its training reward, the mean score of each step's 16 answers to 4 questions, swings by up to 1.1
-    from step to step with the questions drawn, more than the tiny run's 20 steps can gain (README, Stage 3b)."""
+    from step to step with the questions drawn, more than the tiny run's 20 steps can gain (README, "GRPO, instead of
+    PPO")."""
     (run_dir,) = (grpo_run / common.TENSORBOARD_ROOT / "grpo").iterdir()
     scalars = common.read_scalars(run_dir)
     assert scalars["train/kl"][-1][1] > 0  # the KL to the SFT model is logged (beta > 0) and moved off 0
