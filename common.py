@@ -186,7 +186,7 @@ QWEN_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_p=0.8, top_
 # from this base, and after 10 epochs the base had memorised the polite answers, which the reward model then told
 # apart as "text the base knows" rather than by style. With 4 it builds in under half the time and the reward model
 # ranks data/style_pairs.jsonl (pairs in styles the sample lacks) no worse: 0.75 against 0.73, means over seeds on one
-# machine (data/README.md, with the sweep).
+# machine with the earlier tokenizer (data/README.md, with the sweep).
 TINY_BASE_TRAINING = dict(
     num_train_epochs=4,
     learning_rate=3e-3,
@@ -195,8 +195,6 @@ TINY_BASE_TRAINING = dict(
     warmup_steps=10,
     max_length=256,
 )
-
-
 TINY_RECIPE_FILE = "tiny_recipe.json"  # in the tiny base's folder: what it was built from (tiny_recipe)
 
 
@@ -1410,8 +1408,8 @@ def build_tiny_tokenizer(texts: list[str]):
     Every Chinese character is a token of its own: merges stop at character boundaries, as in Chinese BERT's
     vocabulary. Merged across characters, 3,644 of the 6,000 tokens were words and phrases (烦我, 别烦我, 来烦我,
     烦死了, 很烦 ... and 懒得理你 whole), each seen a few times, and a reward model trained on 310 pairs learned
-    those tokens rather than the characters they share: it ranked pairs in unseen styles no better than 0.65
-    (data/README.md).
+    those tokens rather than the characters they share: it ranked 0.62 to 0.69 of the pairs in styles the sample
+    does not use right, against 0.89 to 0.94 now (data/README.md).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
