@@ -1444,8 +1444,9 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
 
     Only the sample's training rows at the default --eval_fraction (split_held_out) go into the tokenizer and the
     SFT: a base that had read the held-out answers would let the reward model tell them apart by "text the base
-    knows" rather than by style (data/README.md). Deterministic for a given seed. Written to a temporary folder and
-    renamed into place, so an interrupted build never leaves a folder that looks complete.
+    knows" rather than by style (data/README.md). Deterministic for a given seed. Saved as a checkpoint is
+    (`staged_save`), so an interrupted build never leaves a folder that looks complete, and a base built by another
+    recipe (resolve_model) is replaced whole.
     """
     from transformers import Qwen2Config, Qwen2ForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer
@@ -1477,7 +1478,6 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
         fn_kwargs={"system_prompt": DEFAULT_SYSTEM_PROMPT, "answer_column": "rejected"},
         remove_columns=data.column_names,
     )
-    partial = sibling(path, PARTIAL)
     with tempfile.TemporaryDirectory() as scratch:
         args = SFTConfig(
             output_dir=scratch,
@@ -1493,12 +1493,10 @@ def build_tiny_base(path: str | Path, seed: int = TINY_SEED) -> None:
         trainer = SFTTrainer(model=model, args=args, train_dataset=polite, processing_class=tokenizer)
         compact_progress(trainer)
         trainer.train()
-    shutil.rmtree(partial, ignore_errors=True)
-    trainer.model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    (partial / TINY_RECIPE_FILE).write_text(json.dumps(tiny_recipe(seed), indent=2) + "\n")
-    shutil.rmtree(path, ignore_errors=True)  # a stale base (resolve_model); killed here, the next run builds again
-    partial.rename(path)
+    with staged_save(path) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / TINY_RECIPE_FILE).write_text(json.dumps(tiny_recipe(seed), indent=2) + "\n")
 
 
 def _build_tiny_base_alone(path: Path) -> None:
