@@ -13,10 +13,10 @@ from conftest import run_main
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
 STYLE_PAIRS = common.ROOT / "data" / "style_pairs.jsonl"
-# What the tiny reward model reaches on any CPU, with margin: on a 2-core AMD EPYC over seeds 42 / 1 / 2, 0.971 / 0.971 /
-# 0.943 held out, 0.933 to 1 on each length half, 0.887 / 0.944 / 0.944 on the style pairs (README, Stage 2); the
-# earlier tokenizer's recipe moved by up to 0.3 between CPUs. Length alone scores 1 on one half of the pairs and 0 on
-# the other.
+# What the tiny reward model reaches on any CPU, with margin: on a 2-core AMD EPYC over seeds 42 / 1 / 2, 0.971 /
+# 0.971 / 0.943 held out, 0.933 to 1 on each length half, 0.887 / 0.944 / 0.944 on the style pairs (README, Stage 2);
+# the earlier tokenizer's recipe moved by up to 0.3 between CPUs. Length alone scores 1 on one half of the pairs and 0
+# on the other.
 HELD_OUT_ACCURACY, LENGTH_HALF_ACCURACY, STYLE_ACCURACY = 0.8, 0.7, 0.7
 NEIGHBOURS = ["烦死了，你自己不会查吗？问这种问题浪费我时间，" * 3, "建议先列个清单，再按重要程度一件一件来。" * 4]
 
