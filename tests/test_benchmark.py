@@ -63,3 +63,7 @@ def test_tiny_benchmark_against_trl112(tmp_path):
     ratio = report["results"]["hf-ppo"]["episodes_per_s"] / trl["episodes_per_s"]
     assert report["ratio_vs_trl112"] == pytest.approx(ratio)
     assert f"hf-ppo / TRL 1.12 episodes/s: {ratio:.2f}x" in stdout
+    ceiling = report["results"]["hf-ppo"]["phase_episodes_per_s"]["optimization"] / trl["episodes_per_s"]
+    assert report["ceiling_vs_trl112"] == pytest.approx(ceiling)
+    assert ceiling > ratio  # our update phase is part of our whole time
+    assert f"(our update phase alone): {ceiling:.2f}x" in stdout
