@@ -113,16 +113,27 @@ class BenchmarkArguments:
 
 
 def build_models(shape: str, folder: Path, seed: int) -> None:
-    """The tokenizer, a random causal LM (policy, reference, critic's start) and a random reward model of `shape`."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
+    """The tokenizer, a random causal LM (policy, reference, critic's start) and a random reward model of `shape`;
+    built again where the folder's tokenizer is not the tiny preset's of today (an update changed it), since the
+    prompts' length, and so every figure, depends on it."""
+    from transformers import (
+        AutoTokenizer,
+        GenerationConfig,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen2ForSequenceClassification,
+    )
 
-    if (folder / "rm" / "config.json").is_file():
-        return
-    print(f"Building random {shape} models in {folder} (once).")
     data = common.load_preference_data(common.SAMPLE_DATA)
     tokenizer = common.build_tiny_tokenizer(
         [common.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in common.REQUIRED_COLUMNS]
     )
+    if (folder / "rm" / "config.json").is_file():
+        if AutoTokenizer.from_pretrained(folder / "sft").get_vocab() == tokenizer.get_vocab():
+            return
+        print(f"{folder} holds models built with an earlier tokenizer: building them again.")
+    else:
+        print(f"Building random {shape} models in {folder} (once).")
     pad_id, eos_id = tokenizer.convert_tokens_to_ids([common.PAD_TOKEN, common.EOS_TOKEN])
     config = Qwen2Config(
         **{"vocab_size": len(tokenizer)} | SHAPES[shape], bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id

@@ -1,10 +1,11 @@
-"""benchmarks/ppo_throughput.py: the FLOP count against hand arithmetic, the tiny preset end to end (table and JSON),
-and the TRL 1.12 side where its venv exists."""
+"""benchmarks/ppo_throughput.py: the FLOP count against hand arithmetic, models built again for a new tokenizer, the
+tiny preset end to end (table and JSON), and the TRL 1.12 side with the ratio's ceiling where its venv exists."""
 
 import json
 
 import pytest
 
+import common
 from benchmarks import ppo_throughput
 from conftest import run_main
 
@@ -25,6 +26,22 @@ def test_phase_flops_by_hand():
         "scoring": 2 * (4 * 10 * 5 + 2 * 100 * 3),
         "optimization": 6 * (2 * 10 * 5 + 100 * 3),
     }
+
+
+def test_models_of_an_earlier_tokenizer_are_built_again(tmp_path):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "tiny"
+    ppo_throughput.build_models("tiny", folder, seed=0)
+    weights = folder / "rm" / "model.safetensors"
+    built = weights.stat().st_mtime_ns
+    today = AutoTokenizer.from_pretrained(folder / "sft").get_vocab()
+    ppo_throughput.build_models("tiny", folder, seed=0)
+    assert weights.stat().st_mtime_ns == built  # the same tokenizer: reused
+    common.build_tiny_tokenizer(["an earlier tokenizer, trained on other text"]).save_pretrained(folder / "sft")
+    ppo_throughput.build_models("tiny", folder, seed=0)
+    assert AutoTokenizer.from_pretrained(folder / "sft").get_vocab() == today
+    assert weights.stat().st_mtime_ns != built
 
 
 def run_tiny(tmp_path, *args):
