@@ -221,6 +221,18 @@ def test_lora_target_modules_the_model_has_pass(targets):
     common.check_target_modules(tiny_model(), targets, "checkpoint/sft")
 
 
+@pytest.mark.parametrize("script", ["train_ppo.py", "train_dpo.py", "train_grpo.py"])
+def test_each_lora_script_refuses_target_modules_its_model_lacks(tmp_path, sft_run, rm_run, tiny_base, script):
+    models = ["--sft_model_path", sft_run / common.SFT_DIR]
+    models += ["--reward_model_path", rm_run / common.RM_DIR] if script != "train_dpo.py" else []
+    models += ["--value_model_path", tiny_base] if script == "train_ppo.py" else []
+    result = run_main(script, "--tiny", *models, "--lora_target_modules", "q_proj", "fc1", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"error: --lora_target_modules: {sft_run / common.SFT_DIR} has no module fc1," in result.stderr
+    assert "q_proj, k_proj, v_proj" in result.stderr
+    assert not list(tmp_path.rglob("adapter_model.safetensors"))  # refused before any training
+
+
 def eager_order(num_prompts: int, num_needed: int, seed: int) -> torch.Tensor:
     """The schedule as train_ppo.py built it before it was lazy: every epoch's shuffle of the run up front."""
     epochs = math.ceil(num_needed / num_prompts)
