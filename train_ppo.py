@@ -71,14 +71,8 @@ MAX_UPDATES = 10**7
 # transformers' SchedulerType less those that need what the loop does not give them (a metric to step on, as
 # reduce_lr_on_plateau and greedy, or lr_scheduler_kwargs, as the min_lr and warmup_stable_decay ones).
 LR_SCHEDULERS = (
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-    "constant",
-    "constant_with_warmup",
-    "inverse_sqrt",
-)
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+)  # fmt: skip
 
 # A library message that says nothing a user can act on, silenced by its exact text where it is raised (common.py
 # silences peft's is_gradient_checkpointing warning for every script):
