@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, get_args, get_type_hints
 
 import datasets
 import torch
@@ -227,8 +227,16 @@ class Parser(TrlParser):
 HELP_HINT = "Run with --help to list every flag and its default."
 
 # The valid range of every numeric setting, by field name, checked for all of a script's dataclasses before any data
-# or model loads. Intervals in the usual notation: [1, inf) means >= 1, (0, 1] means 0 < x <= 1. Unset (None) is
-# always allowed: it means "the default behaviour" where a field accepts it.
+# or model loads; "DPOConfig.beta" is the range of one dataclass's field where a name means different things in two
+# (it outranks the plain name). Intervals in the usual notation: [1, inf) means >= 1, (0, 1] means 0 < x <= 1; NaN and
+# +-inf are outside every one. Unset (None) is always allowed: it means "the default behaviour" where a field accepts
+# it. tests/test_ranges.py fails for a numeric field of any script's parser that has no range here.
+MAX_SEED = 2**32 - 1  # numpy's RandomState (transformers' set_seed seeds it) takes [0, 2**32 - 1]
+# A loss term's weight: published ones are below 10 (KL coefficients 0.001 to 0.2, DPO's beta 0.1 to 0.5); at 1000 the
+# term already swamps every other, and far larger ones only push the loss toward float32's overflow (3.4e38), inf and
+# then NaN weights (--kl_coef 1e308 crashes, DPO's --beta 1e308 gives NaN).
+MAX_COEFFICIENT = 1000
+MAX_PORT = 65535  # a TCP port is 16 bits
 NUMERIC_RANGES = {
     # counts: of rows, tokens, steps, passes
     "per_device_train_batch_size": "[1, inf)",
@@ -253,6 +261,39 @@ NUMERIC_RANGES = {
     "logging_steps": "(0, inf)",
     "eval_steps": "(0, inf)",
     "num_train_epochs": "(0, inf)",
+    "max_steps": "[-1, inf)",  # -1 (or 0): num_train_epochs decides
+    "num_updates": "[1, inf)",
+    "max_completion_length": "[1, inf)",
+    "generation_batch_size": "[1, inf)",
+    "steps_per_generation": "[1, inf)",
+    "num_iterations": "[1, inf)",
+    "num_generations": "[2, inf)",  # GRPO's advantage compares the answers to one question: two at least
+    "num_generations_eval": "[1, inf)",
+    "num_completions_to_print": "[0, inf)",
+    "max_tool_calling_iterations": "[0, inf)",
+    "precompute_ref_batch_size": "[1, inf)",
+    "ref_model_sync_steps": "[1, inf)",
+    "eval_accumulation_steps": "[1, inf)",
+    "eval_delay": "[0, inf)",
+    "torch_empty_cache_steps": "[1, inf)",
+    "pad_to_multiple_of": "[1, inf)",  # or a word (auto, none) the config itself reads
+    # machinery: processes, workers, ports, timeouts
+    "seed": f"[0, {MAX_SEED}]",
+    "data_seed": f"[0, {MAX_SEED}]",
+    "local_rank": "[-1, inf)",  # -1: not distributed
+    "dataloader_num_workers": "[0, inf)",
+    "dataloader_prefetch_factor": "[1, inf)",
+    "dataset_num_proc": "[1, inf)",
+    "ddp_bucket_cap_mb": "[1, inf)",
+    "ddp_timeout": "[1, inf)",
+    "port": f"[1, {MAX_PORT}]",
+    "vllm_server_port": f"[1, {MAX_PORT}]",
+    "vllm_group_port": f"[1, {MAX_PORT}]",
+    "vllm_server_timeout": "(0, inf)",
+    "vllm_tensor_parallel_size": "[1, inf)",
+    "vllm_gpu_memory_utilization": "(0, 1]",
+    "vllm_max_model_length": "[1, inf)",
+    "peak_tflops": "(0, inf)",
     # optimisation
     "learning_rate": "(0, inf)",
     "critic_learning_rate": "(0, inf)",
@@ -263,17 +304,56 @@ NUMERIC_RANGES = {
     "lora_alpha": "(0, inf)",
     "lora_dropout": "[0, 1)",
     "center_rewards_coefficient": "[0, inf)",
+    # Clipping to 0 zeroes PPO's gradients; the Trainer's stages read 0 as "no clipping".
+    "max_grad_norm": "[0, inf)",
+    "PPOConfig.max_grad_norm": "(0, inf)",
+    "label_smoothing_factor": "[0, 1)",
+    "neftune_noise_alpha": "[0, inf)",
+    "router_aux_loss_coef": f"[0, {MAX_COEFFICIENT}]",
     # PPO
-    "kl_coef": "[0, inf)",
+    "kl_coef": f"[0, {MAX_COEFFICIENT}]",
     "cliprange": "(0, inf)",
     "cliprange_value": "(0, inf)",
-    "vf_coef": "[0, inf)",
-    "missing_eos_penalty": "[0, inf)",
+    "vf_coef": f"[0, {MAX_COEFFICIENT}]",
+    "missing_eos_penalty": f"[0, {MAX_COEFFICIENT}]",
     "gamma": "[0, 1]",
     "lam": "[0, 1]",
-    # sampling
-    "temperature": "(0, inf)",
+    # DPO. A negative beta learns the opposite preference; 0 learns nothing (TRL: the deviation from the reference).
+    "DPOConfig.beta": f"(0, {MAX_COEFFICIENT}]",
+    "label_smoothing": "[0, 0.5)",  # Robust DPO's flip probability (TRL: in [0, 0.5))
+    "discopop_tau": "(0, inf)",
+    "f_alpha_divergence_coef": "(0, inf)",
+    "ld_alpha": "[0, 1]",
+    "ref_model_mixup_alpha": "[0, 1]",
+    # GRPO. beta is the KL term's weight: 0, TRL's default, is no KL term (and no reference model); below 0 it would
+    # reward drifting from the reference.
+    "GRPOConfig.beta": f"[0, {MAX_COEFFICIENT}]",
+    "epsilon": "(0, inf)",
+    "epsilon_high": "(0, inf)",
+    "delta": "(0, inf)",
+    "sapo_temperature_pos": "(0, inf)",
+    "sapo_temperature_neg": "(0, inf)",
+    "vespo_k_pos": "[0, inf)",
+    "vespo_k_neg": "[0, inf)",
+    "vespo_lambda_pos": "[0, inf)",
+    "vespo_lambda_neg": "[0, inf)",
+    "top_entropy_quantile": "[0, 1]",
+    "entropy_coef": f"[0, {MAX_COEFFICIENT}]",
+    "entropy_coef_min": f"[0, {MAX_COEFFICIENT}]",
+    "entropy_coef_max": f"[0, {MAX_COEFFICIENT}]",
+    "entropy_coef_delta": "(0, inf)",
+    "entropy_target": "[0, inf)",
+    "off_policy_mask_threshold": "(0, inf)",
+    "vllm_importance_sampling_cap": "(0, inf)",
+    "vllm_importance_sampling_clip_min": "[0, inf)",
+    "vllm_importance_sampling_clip_max": "(0, inf)",
+    # sampling. logits / temperature: below 0.01 sampling is greedy already (a logit gap of 1 becomes e^-100), and far
+    # smaller ones overflow the division (float16's 65504, float32's 3.4e38) into inf and NaN probabilities.
+    "temperature": "[0.01, inf)",
     "top_p": "(0, 1]",
+    "top_k": "[0, inf)",  # 0: no top-k filter
+    "min_p": "[0, 1]",
+    "repetition_penalty": "(0, inf)",
     # fractions of the data
     "sft_fraction": "(0, 1]",
     "eval_fraction": "[0, 1)",
@@ -304,7 +384,7 @@ def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = No
                 f"{'that key' if len(undone) == 1 else 'those keys'} from the file (or set them with flags, which "
                 "outrank it)."
             )
-    check_values(namespace)
+    check_values(namespace, parser.dataclass_types)
     parsed = []
     for dataclass_type in parser.dataclass_types:  # as HfArgumentParser.parse_args_into_dataclasses
         names = {f.name for f in dataclasses.fields(dataclass_type) if f.init}
@@ -315,16 +395,22 @@ def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = No
     return tuple(parsed)
 
 
-def check_values(namespace: dict) -> None:
-    """Every numeric setting within its NUMERIC_RANGES range, and bf16 only where a GPU has it."""
-    for name, interval in NUMERIC_RANGES.items():
-        value = namespace.get(name)
-        if value is None:
+def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
+    """Every numeric setting within its NUMERIC_RANGES range (finite), and bf16 only where a GPU has it."""
+    for name, value in namespace.items():
+        interval = field_range(name, dataclass_types)
+        if interval is None or value is None:
             continue
+        number = value
+        if isinstance(value, str):  # a field that also takes words (pad_to_multiple_of: auto): its config reads those
+            try:
+                number = float(value)
+            except ValueError:
+                continue
         low, high = (float(bound) for bound in interval[1:-1].split(","))
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        above = number and (value > low if interval[0] == "(" else value >= low)
-        below = number and (value < high if interval[-1] == ")" else value <= high)
+        finite = isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number)
+        above = finite and (number > low if interval[0] == "(" else number >= low)
+        below = finite and (number < high if interval[-1] == ")" else number <= high)
         if not (above and below):
             raise ArgumentError(f"--{name} must be {_describe(interval)}, got {value!r}.")
     if namespace.get("bf16") and not bf16_available():
@@ -334,6 +420,16 @@ def check_values(namespace: dict) -> None:
             "bf16 fails or runs many times slower than fp32. Leave --bf16 out: its default is on exactly where it "
             "helps."
         )
+
+
+def field_range(name: str, dataclass_types: tuple = ()) -> str | None:
+    """The NUMERIC_RANGES interval of field `name`: the entry of the dataclass that has it ("DPOConfig.beta"), else
+    the name's own; None for a field with no range (a non-numeric one)."""
+    for dataclass_type in dataclass_types:
+        qualified = f"{dataclass_type.__name__}.{name}"
+        if qualified in NUMERIC_RANGES and name in {f.name for f in dataclasses.fields(dataclass_type)}:
+            return NUMERIC_RANGES[qualified]
+    return NUMERIC_RANGES.get(name)
 
 
 def _describe(interval: str) -> str:
@@ -396,6 +492,11 @@ def _read_config(path: str, parser: TrlParser) -> dict:
             f"--config {path}: {_unknown(unknown, list(actions), 'key')} The keys are the flags' names without --."
         )
     for key, value in config.items():
+        if value is None and not _accepts_none(parser, key):  # `key:` or `key: null`, which no flag can give either
+            raise ArgumentError(
+                f"--config {path}: {key} is empty (null), and --{key} needs a value. Give it one, or remove the key "
+                "to keep the default."
+            )
         # A number or bool is converted by the field's type as if given on the command line, so that `2.5` for an
         # integer is refused as `--per_device_train_batch_size 2.5` is; argparse checks no choice in a default.
         if isinstance(value, int | float) and actions[key].type is not None:
@@ -408,6 +509,15 @@ def _read_config(path: str, parser: TrlParser) -> dict:
                 )
     os.environ.update({key: str(value) for key, value in env.items()})
     return config
+
+
+def _accepts_none(parser: TrlParser, name: str) -> bool:
+    """Whether field `name` of the parser's dataclasses may be None (its type is Optional, `X | None`)."""
+    for dataclass_type in parser.dataclass_types:
+        hints = get_type_hints(dataclass_type)
+        if name in hints:
+            return type(None) in get_args(hints[name])
+    return True
 
 
 def _namespace(parser: TrlParser, args: list[str], config: dict | None = None) -> dict:
@@ -835,6 +945,32 @@ def check_pad_token(tokenizer, where: str, model=None) -> None:
             f"{where}: the model's config.pad_token_id is {model.config.pad_token_id} but its tokenizer pads with "
             f"{tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), so the reward would be read at the wrong token. "
             "Set pad_token_id in its config.json to the tokenizer's pad id."
+        )
+
+
+def check_target_modules(model: torch.nn.Module, targets: str | list[str] | None, where: str) -> None:
+    """Refuse a --lora_target_modules name that matches none of `model`'s modules, by PEFT's rule: a list's names match
+    a module by its last parts (q_proj: model.layers.0.self_attn.q_proj), one name alone is a regular expression of the
+    whole path (TRL's ModelConfig passes it as such), all-linear every linear layer. PEFT fails only when no name
+    matches anything and skips the rest in silence, which would train other layers than the flag says."""
+    if targets is None or targets == "all-linear":  # unset: PEFT's layers for the architecture
+        return
+    paths = [name for name, _ in model.named_modules()]
+    if isinstance(targets, str):
+        try:
+            missing = [] if any(re.fullmatch(targets, path) for path in paths) else [targets]
+        except re.error as error:
+            raise PipelineError(f"--lora_target_modules {targets!r} is not a regular expression ({error}).") from error
+    else:
+        missing = [name for name in targets if not any(path == name or path.endswith(f".{name}") for path in paths)]
+    if missing:
+        linear = dict.fromkeys(
+            p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+        )
+        raise PipelineError(
+            f"--lora_target_modules: {where} has no module {_join(missing)}, so that adapter would not be where the "
+            f"flag says. Its linear layers are {_join(list(linear))}: name some of them (the default is "
+            f"{' '.join(LORA_TARGET_MODULES)})."
         )
 
 

@@ -17,8 +17,9 @@ training batches and on the held-out pairs. Compare it with the other methods: e
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import init_empty_weights
 from datasets import Dataset
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 import common
@@ -135,6 +136,10 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
 
     tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
+    if model_args.use_peft:  # DPOTrainer loads the model: its layers from an empty (meta-device) copy, in no time
+        with init_empty_weights():
+            layers = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(script_args.sft_model_path))
+        common.check_target_modules(layers, model_args.lora_target_modules, script_args.sft_model_path)
     to_pairs = dict(fn_kwargs={"system_prompt": script_args.system_prompt}, remove_columns=data.column_names)
     train_dataset = train_rows.map(common.dpo_example, **to_pairs)
     eval_dataset = held_out.map(common.dpo_example, **to_pairs) if len(held_out) else None

@@ -128,6 +128,7 @@ def make_trainer(sft_model_path: str, tokenizer, reward_fn, prompts, training_ar
     """
     policy = AutoModelForCausalLM.from_pretrained(sft_model_path, dtype=torch.float32)
     policy.generation_config.eos_token_id = tokenizer.eos_token_id
+    common.check_target_modules(policy, model_args.lora_target_modules, sft_model_path)
     return GRPOTrainer(
         model=policy,
         reward_funcs=reward_fn,

@@ -65,6 +65,14 @@ CHART_TAGS = [
     "eval/score", "eval/judge_score", "eval/kl", "eval/answer_length",
 ]  # fmt: skip
 EVAL_SAMPLES = 4  # held-out answers shown in TensorBoard's text tab at each evaluation
+# The most updates a run may ask for: 10 million updates at one second each (the tiny preset's pace on a CPU; real
+# models take longer) are four months. More is a typo, such as --num_train_epochs 1e9, refused before any model loads.
+MAX_UPDATES = 10**7
+# transformers' SchedulerType less those that need what the loop does not give them (a metric to step on, as
+# reduce_lr_on_plateau and greedy, or lr_scheduler_kwargs, as the min_lr and warmup_stable_decay ones).
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+)  # fmt: skip
 
 # A library message that says nothing a user can act on, silenced by its exact text where it is raised (common.py
 # silences peft's is_gradient_checkpointing warning for every script):
@@ -145,7 +153,10 @@ class PPOConfig:
     weight_decay: float = field(
         default=0.0, metadata={"help": "AdamW weight decay, both models (TRL's default 0; torch's AdamW has 0.01)."}
     )
-    lr_scheduler_type: str = field(default="linear", metadata={"help": "Schedule over the updates (to 0 at the end)."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "Schedule over the updates (to 0 at the end).", "choices": LR_SCHEDULERS},
+    )
     warmup_steps: int = field(default=0, metadata={"help": "Updates of linear warmup."})
     max_grad_norm: float = field(
         default=1.0, metadata={"help": "Clip each model's gradient norm (the policy's, the critic's) to this."}
@@ -352,10 +363,20 @@ def batch_sizes(config: "PPOConfig", num_processes: int) -> BatchSizes:
 def count_updates(config: "PPOConfig", sizes: BatchSizes, num_questions: int) -> int:
     """Updates in the run: --total_episodes / the update's answers (whole: batch_sizes checks it), or num_train_epochs
     x the questions rounded up to whole updates, the last completing its batch from the next epoch's shuffle (as TRL's
-    num_total_batches)."""
+    num_total_batches). More than MAX_UPDATES is refused."""
     if config.total_episodes is None:
-        return math.ceil(config.num_train_epochs * num_questions / sizes.batch)
-    return config.total_episodes // sizes.batch
+        updates = config.num_train_epochs * num_questions / sizes.batch  # a float: inf past float's range
+        asked = f"--num_train_epochs {config.num_train_epochs} of {num_questions} training questions"
+    else:
+        updates = config.total_episodes / sizes.batch
+        asked = f"--total_episodes {config.total_episodes}"
+    if updates > MAX_UPDATES:
+        raise common.ArgumentError(
+            f"{asked} makes more than {MAX_UPDATES:,} updates of {sizes.batch} answers: at a second an update, "
+            "faster than any model here trains, that many would run for months. Ask for fewer (or raise the answers "
+            "per update)."
+        )
+    return math.ceil(updates) if config.total_episodes is None else config.total_episodes // sizes.batch
 
 
 def make_optimizer(policy: nn.Module, critic: nn.Module, config: "PPOConfig") -> torch.optim.AdamW:
@@ -703,19 +724,38 @@ def timer(start: float) -> float:
     return time.perf_counter() - start
 
 
-def prompt_order(num_prompts: int, num_needed: int, seed: int) -> torch.Tensor:
-    """Prompt indices for the whole run: one shuffle per epoch, so a resumed run takes the same prompts."""
-    epochs = math.ceil(num_needed / num_prompts)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.randperm(num_prompts, generator=generator) for _ in range(epochs)])[:num_needed]
+class PromptOrder:
+    """Prompt indices for the whole run, one shuffle per epoch so that a resumed run takes the same prompts, drawn as
+    the run reaches them: `order[start:stop]` shuffles the epochs up to `stop` and keeps those from `start` on, so a
+    run of any length holds one update's epochs, not the whole run's. Ask for rows in order (update after update)."""
+
+    def __init__(self, num_prompts: int, seed: int):
+        self.num_prompts = num_prompts
+        self._generator = torch.Generator().manual_seed(seed)
+        self._drawn = 0  # epochs shuffled so far, in the generator's order
+        self._kept: dict[int, torch.Tensor] = {}  # epoch -> its shuffle, for the epochs of the rows last asked for
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        first, last = rows.start // self.num_prompts, (rows.stop - 1) // self.num_prompts
+        if first < min(self._kept, default=self._drawn):
+            raise ValueError(f"rows from {rows.start} on were asked for after later ones, and are no longer held")
+        for epoch in range(self._drawn, last + 1):
+            shuffle = torch.randperm(self.num_prompts, generator=self._generator)
+            if epoch >= first:
+                self._kept[epoch] = shuffle
+        self._drawn = max(self._drawn, last + 1)
+        self._kept = {epoch: shuffle for epoch, shuffle in self._kept.items() if epoch >= first}
+        held = torch.cat([self._kept[epoch] for epoch in range(first, last + 1)])
+        offset = first * self.num_prompts
+        return held[rows.start - offset : rows.stop - offset]
 
 
-def process_share(order: torch.Tensor, update: int, batch_size: int, accelerator: Accelerator) -> torch.Tensor:
+def process_share(order: PromptOrder, update: int, batch_size: int, accelerator: Accelerator) -> torch.Tensor:
     """The prompts (indices) this process answers in `update`: its own slice of the update's `batch_size` prompts,
     so that the processes together answer each prompt of the batch once."""
     local_batch_size = batch_size // accelerator.num_processes
-    start = update * batch_size + accelerator.process_index * local_batch_size
-    return order[start : start + local_batch_size]
+    start = accelerator.process_index * local_batch_size
+    return order[update * batch_size : (update + 1) * batch_size][start : start + local_batch_size]
 
 
 def prompts_within(
@@ -887,7 +927,9 @@ def load_models(
         target_modules=config.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32), lora)
+    policy = AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32)
+    common.check_target_modules(policy, config.lora_target_modules, inputs.policy)
+    policy = get_peft_model(policy, lora)
     critic = load_critic(inputs.value)
     common.check_same_tokenizer(
         tokenizer, AutoTokenizer.from_pretrained(inputs.value), f"the critic ({inputs.value})", inputs.policy
@@ -1002,7 +1044,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     prompts, _ = prompts_within(
         tokenizer, train_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print
     )
-    order = prompt_order(len(prompts), num_updates * batch_size, config.seed)
+    order = PromptOrder(len(prompts), config.seed)
     eval_rows = held_out.select(range(min(config.num_eval_questions, len(held_out))))
     eval_prompts, eval_rows = (
         prompts_within(tokenizer, eval_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print)

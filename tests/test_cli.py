@@ -161,7 +161,7 @@ CONFIG_ERRORS = {
     "misspelled key": ("kl_coeff: 0.1\n", "unknown key kl_coeff (did you mean kl_coef"),
     "bad choice": ("kl_estimator: k2\n", "kl_estimator 'k2' is not one of k1 and k3"),
     "float for an integer": ("num_ppo_epochs: 2.5\n", "--num_ppo_epochs/--num-ppo-epochs: invalid int value: '2.5'"),
-    "list for a number": ("kl_coef: [0.1]\n", "--kl_coef must be >= 0, got [0.1]"),
+    "list for a number": ("kl_coef: [0.1]\n", "--kl_coef must be in [0, 1000], got [0.1]"),
     "out of range": ("gamma: 2\n", "--gamma must be in [0, 1], got 2.0"),
 }
 
@@ -201,19 +201,19 @@ OUT_OF_RANGE = [
     ("train_ppo", "num_mini_batches", 0, ">= 1"),
     ("train_ppo", "local_rollout_forward_batch_size", 0, ">= 1"),
     ("train_ppo", "total_episodes", 0, ">= 1"),
-    ("train_ppo", "temperature", 0, "> 0"),
-    ("train_ppo", "kl_coef", -0.1, ">= 0"),
+    ("train_ppo", "temperature", 0, ">= 0.01"),
+    ("train_ppo", "kl_coef", -0.1, "in [0, 1000]"),
     ("train_ppo", "cliprange", 0, "> 0"),
     ("train_ppo", "gamma", 1.5, "in [0, 1]"),
     ("train_ppo", "lam", -0.5, "in [0, 1]"),
     ("train_ppo", "lora_r", 0, ">= 1"),
     ("train_ppo", "lora_dropout", 1, "in [0, 1)"),
-    ("eval_sft", "temperature", 0, "> 0"),
+    ("eval_sft", "temperature", 0, ">= 0.01"),
     ("eval_sft", "top_p", 1.5, "in (0, 1]"),
     ("eval_sft", "max_new_tokens", 0, ">= 1"),
     ("eval_rm", "batch_size", 0, ">= 1"),
     ("eval_rm", "max_length", 0, ">= 1"),
-    ("eval_ppo", "temperature", -1, "> 0"),
+    ("eval_ppo", "temperature", -1, ">= 0.01"),
     ("eval_ppo", "batch_size", 0, ">= 1"),
 ]
 

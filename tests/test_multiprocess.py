@@ -164,7 +164,7 @@ def fake_accelerator(num_processes: int, process_index: int):
 
 
 def test_the_processes_answer_each_prompt_of_an_update_once():
-    order = train_ppo.prompt_order(50, 5 * 12, seed=0)
+    order = train_ppo.PromptOrder(50, seed=0)
     for update in range(5):
         shares = [train_ppo.process_share(order, update, 12, fake_accelerator(3, i)) for i in range(3)]
         alone = train_ppo.process_share(order, update, 12, fake_accelerator(1, 0))
