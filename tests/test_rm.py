@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
 import common
+import eval_rm
 from conftest import run_main
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
@@ -123,12 +124,16 @@ def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm)
     assert metrics["judge_accuracy"] == pytest.approx(sum(c > r for c, r in judge) / len(judge))
     assert metrics["judge_ties"] == pytest.approx(sum(c == r for c, r in judge) / len(judge))
     assert metrics["judge_accuracy"] > 0.5  # the word lists do mark the sample's rude answers
-    rm_chosen, rm_rejected = (
-        common.reward_scores(
-            model, tokenizer, [common.conversation_ids(tokenizer, row, "", row[col]) for row in held_out]
-        )
-        for col in ("chosen", "rejected")
-    )
+    # The same sequences in the same batches as eval_rm.py (its default system prompt and --batch_size, chosen
+    # answers then rejected), so the same float32 scores: a pair the two scored in other shapes could rank either
+    # way at a near tie.
+    sequences = [
+        common.conversation_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT, row[column])
+        for column in ("chosen", "rejected")
+        for row in held_out
+    ]
+    scores = common.reward_scores(model, tokenizer, sequences, eval_rm.EvalArguments.batch_size)
+    rm_chosen, rm_rejected = scores.split(len(held_out))
     ranked = [i for i, (c, r) in enumerate(judge) if c != r]
     agree = [(rm_chosen[i] > rm_rejected[i]) == (judge[i][0] > judge[i][1]) for i in ranked]
     assert metrics["judge_ranked_pairs"] == len(ranked)
