@@ -1,6 +1,7 @@
 """Ctrl-C, two runs building the tiny base at once, a stale base read by the stages that must not rebuild it, and text
 no tokenizer can encode: each ends in one line that says what happened and what was kept, never a traceback."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -155,8 +156,9 @@ def interrupted(capsys, rank: str = "0") -> tuple[int, str]:
 
 def test_ctrl_c_in_a_run_that_locked_no_output_folder_saved_nothing(capsys, monkeypatch):
     monkeypatch.setattr(common, "_RUN", {})  # an evaluation, or a training stopped before it locked its folder
+    handler = signal.getsignal(signal.SIGINT)
     assert interrupted(capsys) == (130, "\nInterrupted: nothing was saved.\n")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    assert signal.getsignal(signal.SIGINT) is handler  # a second Ctrl-C is ignored only while the line is written
     assert interrupted(capsys, rank="1") == (130, "")  # the other processes of an accelerate launch stay quiet
 
 
@@ -212,19 +214,26 @@ def test_ctrl_c_during_training_ends_with_one_line_and_the_command_that_resumes(
     flags += ["--save_strategy", "steps", "--save_steps", "5"]
     command = [sys.executable, str(common.ROOT / "train_sft.py"), *flags]
     output = tmp_path / common.SFT_DIR
+    # Its output is read at the end: the pipes hold its few kilobytes until then. A new session, as a terminal's job;
+    # SIGINT at its default, which Python turns into KeyboardInterrupt (a process started in the background of a
+    # shell without job control inherits it ignored).
     process = subprocess.Popen(
-        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + SCRIPT_TIMEOUT_S
-        while not (output / "checkpoint-5" / common.RUN_SETTINGS_FILE).is_file() and process.poll() is None:
+        while not (output / "checkpoint-5" / common.RUN_SETTINGS_FILE).is_file():
+            if process.poll() is not None:
+                pytest.fail(f"train_sft.py ended before saving checkpoint-5:\n{process.stderr.read()[-3000:]}")
             assert time.monotonic() < deadline, "train_sft.py saved no periodic checkpoint"
             time.sleep(0.05)
         os.killpg(process.pid, signal.SIGINT)
         stdout, stderr = process.communicate(timeout=SCRIPT_TIMEOUT_S)
     except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        with contextlib.suppress(ProcessLookupError):  # ended already
+            os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
         raise
     assert "SFT of" in stdout  # training had begun
     assert process.returncode == 130, stderr[-3000:]
