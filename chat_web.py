@@ -160,7 +160,7 @@ def load_models(args: WebArguments) -> Models:
 
     print(f"Loading base: {args.base_model_path}", flush=True)
     try:
-        base_path = common.resolve_model(args.base_model_path, args.model_source)
+        base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
         remedy = common.base_model_remedy(base_path, "base_model_path")
         columns.append(Column("base", base_path, *common.load_model(AutoModelForCausalLM, base_path, remedy)))
     except common.PipelineError as error:

@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,8 @@ CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokeniz
 # .<folder>.lock, beside it, is held by the run that writes the folder.
 PARTIAL, READY, OLD, LOCK = ".partial", ".ready", ".old", ".lock"
 PERIODIC_CHECKPOINT = re.compile(r"checkpoint-\d+")  # the Trainer's and train_ppo.py's; kept across a final save
+# TRL's trainers write a model card into the output folder with each periodic checkpoint: beside one, it is theirs.
+TRAINER_MODEL_CARD = "README.md"
 # What a model folder must be for each role it plays, by its config's architecture (and, for a reward model, a trained
 # score head in its weights: a language model loaded as a reward model gets a random head, silently).
 ROLES = {
@@ -162,6 +165,7 @@ RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
 REQUIRED_COLUMNS = ("question", "chosen", "rejected")
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 JSON_WHITESPACE = " \t\r"  # with "\n", the only whitespace JSON allows between values (RFC 8259)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # in a str only where an escape held half a pair (_validate)
 
 # Qwen's ChatML special tokens, in Qwen's id order. pad must differ from eos: a collator that masks pad in the
 # labels would otherwise also mask the <|im_end|> the model has to learn to stop on.
@@ -196,6 +200,10 @@ TINY_BASE_TRAINING = dict(
     max_length=256,
 )
 TINY_RECIPE_FILE = "tiny_recipe.json"  # in the tiny base's folder: what it was built from (tiny_recipe)
+# Ctrl-C: the status a shell gives a process that SIGINT ended (128 + the signal's number), and what user_errors then
+# reports on: the output folder this process locked (lock_output_dir), when, and whether it existed then.
+INTERRUPTED_STATUS = 128 + signal.SIGINT
+_RUN = {}
 
 
 class PipelineError(Exception):
@@ -208,12 +216,25 @@ class ArgumentError(PipelineError):
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a PipelineError into a one-paragraph message: exit status 2 for a bad argument, 1 for anything else."""
+    """Turn a PipelineError into a one-paragraph message: exit status 2 for a bad argument, 1 for anything else; and
+    Ctrl-C into one line on what the run kept (`interrupted_run`), exit status 130."""
     try:
         yield
     except PipelineError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2 if isinstance(error, ArgumentError) else 1)
+    except KeyboardInterrupt:
+        # A terminal's Ctrl-C reaches every process of an `accelerate launch`, and the launcher sends its workers
+        # another: that one must not break into the line, and the first process speaks for them all.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for bar in list(tqdm._instances):  # bars left open would be drawn again at exit, below the line
+                bar.close()
+            if int(os.environ.get("RANK", "0")) == 0:  # on a line of its own, after the terminal's ^C
+                print(f"\nInterrupted: {interrupted_run()}", file=sys.stderr, flush=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        sys.exit(INTERRUPTED_STATUS)
 
 
 class Parser(TrlParser):
@@ -756,10 +777,25 @@ def _validate(rows, source) -> Dataset:
         system = row.get("system") or ""
         if not isinstance(system, str):
             raise PipelineError(f"{source}: {where} column 'system' is a {type(system).__name__}, not a string.")
-        records.append({column: row[column] for column in REQUIRED_COLUMNS} | {"system": system})
+        record = {column: row[column] for column in REQUIRED_COLUMNS} | {"system": system}
+        for column, text in record.items():
+            _refuse_lone_surrogate(text, source, where, column)
+        records.append(record)
     if not records:
         raise PipelineError(f"{source} holds no rows.")
     return Dataset.from_list(records)
+
+
+def _refuse_lone_surrogate(text: str, source, where: str, column: str) -> None:
+    """JSON's \\ud800 to \\udfff escapes are halves of a UTF-16 pair: alone, they parse into a string that is no
+    text, and no tokenizer (nor the datasets library) can encode it."""
+    if match := LONE_SURROGATE.search(text):
+        raise PipelineError(
+            f"{source}: {where} column {column!r} holds the escape \\u{ord(match.group()):04x} at character "
+            f"{match.start() + 1}, half of a UTF-16 surrogate pair without its other half: no character, so no "
+            "tokenizer can encode it. Write the character itself, or both halves of its pair (\\ud83d\\ude00 is 😀), "
+            "or remove that row."
+        )
 
 
 def question_rank(question: str) -> int:
@@ -1114,16 +1150,33 @@ def cut_after_stop(
 # Models
 
 
-def resolve_model(name_or_path: str | Path, source: ModelSource) -> str:
-    """A local folder is used as is; otherwise download it (ModelScope or the HF hub) or build the tiny model there."""
+def resolve_model(name_or_path: str | Path, source: ModelSource, rebuild_stale: bool = True) -> str:
+    """A local folder is used as is; otherwise download it (ModelScope or the HF hub) or build the tiny model there.
+
+    The tiny base is built where it is missing, and built again where another recipe built it (stale_tiny_base), for
+    the stages that train from it. The others (`rebuild_stale=False`: PPO's critic and --from_base policy, the
+    comparison, the page) read it beside models trained from it: a new one would discard the base those models came
+    from, then be refused by them (another tokenizer), so they use it as it is.
+    """
     path = Path(name_or_path)
     if path.is_dir() and not (source == "tiny" and stale_tiny_base(path)):
         return str(path)
     if source == "tiny":
+        if path.is_dir() and not rebuild_stale:
+            print(
+                f"note: {path} was built by another recipe of the tiny preset (an earlier version of this project, or "
+                "other sample data); using it as it is: the models trained from it need it so (a new one would have "
+                "another tokenizer). train_sft.py --tiny and train_rm.py --tiny build it again, and the stages after "
+                "them then need training again."
+            )
+            return str(path)
+        load_preference_data(SAMPLE_DATA)  # what the build reads: a bad sample fails in a second, before any build
         state = PartialState()
         with state.main_process_first():  # one process builds it, the others then find it
             if state.is_main_process:
-                (build_tiny_base if state.num_processes == 1 else _build_tiny_base_alone)(path)
+                with waiting_lock(path, f"Waiting for another process building the tiny base at {path} ..."):
+                    if not path.is_dir() or stale_tiny_base(path):  # that process built today's: reuse it
+                        (build_tiny_base if state.num_processes == 1 else _build_tiny_base_alone)(path)
         return str(path)
     if source == "modelscope":
         from modelscope import snapshot_download
@@ -1407,6 +1460,26 @@ def try_lock(path: Path):
     return handle
 
 
+@contextmanager
+def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
+    """Hold `path`'s lock (try_lock's) for the block; while another process holds it, say `waiting` and wait. Where
+    no lock file can be written, the block runs unlocked and its own write says why it fails."""
+    lock = try_lock(path)
+    if lock is None:
+        try:
+            lock = sibling(path.parent / f".{path.name}", LOCK).open("a+")
+        except OSError:
+            lock = None
+        else:
+            print(waiting, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.close()
+
+
 def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0) -> None:
     """Before anything loads, and without writing anything: refuse an output folder that is, holds or sits inside one
     of the run's `inputs` ({flag: path}), or that holds files other than a checkpoint (a save replaces the whole
@@ -1425,6 +1498,8 @@ def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], need
         strangers = sorted(
             e.name for e in path.iterdir() if not (PERIODIC_CHECKPOINT.fullmatch(e.name) or e.name.endswith(LOCK))
         )
+        if TRAINER_MODEL_CARD in strangers and any(PERIODIC_CHECKPOINT.fullmatch(e.name) for e in path.iterdir()):
+            strangers.remove(TRAINER_MODEL_CARD)  # from a run stopped before its final save: resuming it is fine
         if strangers:
             raise ArgumentError(
                 f"--output_dir {output_dir} holds files that are not a checkpoint ({', '.join(strangers[:5])}"
@@ -1467,6 +1542,53 @@ def lock_output_dir(output_dir: str | Path) -> None:
     lock.write(f"pid {os.getpid()}: {shlex.join([python_command(), *sys.argv])}")
     lock.flush()
     _HELD_LOCKS[path.resolve()] = lock  # held until the process ends
+    _RUN.update(output_dir=path, start=time.time(), existed=path.exists())
+
+
+def interrupted_run() -> str:
+    """What a run stopped by Ctrl-C kept, in words: the model it saved (the stop came after its final save), else the
+    newest periodic checkpoint it saved and the command that resumes from it, else nothing. Only what this run wrote
+    counts: a checkpoint's run settings, the last file a periodic save writes, or the model's marker, dated after the
+    run locked its output folder (lock_output_dir; an evaluation, or a run stopped before that, saved nothing)."""
+    if not _RUN:
+        return "nothing was saved."
+    output, start = _RUN["output_dir"], _RUN["start"]
+    try:
+        settle_checkpoint(output)  # a final save stopped during its swap: its complete model is then in place
+    except OSError:
+        pass  # what is left is settled by the next load or save, as after a kill
+
+    def this_run(file: Path) -> bool:
+        return file.is_file() and file.stat().st_mtime >= start
+
+    if any(this_run(output / marker) for marker in CHECKPOINT_MARKERS):
+        return f"this run's model was saved to {output} before the interruption."
+    periodic = [
+        folder
+        for folder in output.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if PERIODIC_CHECKPOINT.fullmatch(folder.name) and this_run(folder / RUN_SETTINGS_FILE)
+    ]
+    if periodic:
+        last = max(periodic, key=lambda folder: int(folder.name.rpartition("-")[2]))
+        return f"the last periodic checkpoint, {last}, resumes it: {resume_command(last)}"
+    as_it_was = f"; {output} is as it was" if _RUN["existed"] else ""
+    return f"nothing of this run was saved{as_it_was}."
+
+
+def resume_command(checkpoint: Path) -> str:
+    """This run's command line with --resume_from_checkpoint `checkpoint` (in place of one it had)."""
+    args, skip = [], False
+    for word in sys.argv[1:]:
+        if skip or word.startswith("--resume_from_checkpoint="):
+            skip = False
+        elif word == "--resume_from_checkpoint":
+            skip = True
+        else:
+            args.append(word)
+    args += ["--resume_from_checkpoint", str(checkpoint)]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # the launcher's own flags are not this process's to know
+        return f"the same accelerate launch command with {shlex.join(args[-2:])}"
+    return shlex.join([python_command(), sys.argv[0], *args])
 
 
 def save_size(model_path: str | Path) -> int:

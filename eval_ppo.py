@@ -168,7 +168,7 @@ def compare(args: EvalArguments) -> None:
     reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
     prompts, rows = train_ppo.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
     held_out_file = Path(args.model_path) / common.HELD_OUT_FILE
-    base_path = common.resolve_model(args.base_model_path, args.model_source)
+    base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
     paths = {"base": base_path} | found
 
     # Every method samples from the same seed, so their answers differ by the model alone; one model loaded at a time

@@ -890,7 +890,7 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
     """Every input folder checked for what its role needs before any model loads, so a wrong one fails in a second;
     and none may have trained on this run's held-out questions, which would flatter the comparison on them."""
     if script_args.from_base:
-        policy = common.resolve_model(script_args.base_model_path, script_args.model_source)
+        policy = common.resolve_model(script_args.base_model_path, script_args.model_source, rebuild_stale=False)
         policy_role, flag = "base model", "--base_model_path"
         policy_command = common.base_model_remedy(policy, "base_model_path")
     else:
@@ -905,7 +905,7 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
         common.check_same_held_out(
             held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
         )
-    value = common.resolve_model(script_args.value_model_path, script_args.model_source)
+    value = common.resolve_model(script_args.value_model_path, script_args.model_source, rebuild_stale=False)
     common.require_checkpoint(value, common.base_model_remedy(value, "value_model_path"), "critic")
     return Inputs(policy, policy_role, policy_command, value, script_args.reward_model_path, reward_command)
 
