@@ -1328,9 +1328,11 @@ def load_policy(path: str | Path, maker: str, tiny: bool):
     if not (path / "adapter_config.json").is_file():
         return load_model(AutoModelForCausalLM, path, maker, "language model")
     trained_on = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    makers = {folder.resolve(): (script, flags) for folder, script, flags in POLICIES.values()}
-    script, flags = makers.get(Path(trained_on).resolve(), (None, {}))
-    remedy = command(script, tiny, **flags) if script else base_model_remedy(trained_on, "base_model_path")
+    makers = {folder.resolve(): name for name, (folder, _, _) in POLICIES.items()}
+    name = makers.get(Path(trained_on).resolve())
+    remedy = (
+        policy_command(name, POLICIES[name][0], tiny) if name else base_model_remedy(trained_on, "base_model_path")
+    )
     model, tokenizer = load_model(AutoModelForCausalLM, trained_on, remedy, "language model")
     return PeftModel.from_pretrained(model, path).eval(), tokenizer
 
