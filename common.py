@@ -1516,13 +1516,14 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
-def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None, saves: bool) -> None:
-    """Before training: refuse an output folder holding a checkpoint-<step> of another run, where this run saves
-    periodic checkpoints. Pruning (--save_total_limit) keeps the highest steps, so a checkpoint-15 left there would
-    outrank this run's checkpoint-5, which would be deleted as soon as it is written. A run resumed from a
-    checkpoint-<k> of this folder continues the run that wrote those up to k; any later one is another run's."""
+def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None, prunes: bool) -> None:
+    """Before training: refuse an output folder holding a checkpoint-<step> of another run, where this run `prunes`
+    its periodic checkpoints (saves them, with a --save_total_limit). Pruning keeps the highest steps, so a
+    checkpoint-15 left there would outrank this run's checkpoint-5, which would be deleted as soon as it is written.
+    A run resumed from a checkpoint-<k> of this folder continues the run that wrote those up to k; any later one is
+    another run's. Without pruning, this run's saves replace those of the same step and delete nothing."""
     path = Path(output_dir)
-    if not saves or not path.is_dir():
+    if not prunes or not path.is_dir():
         return
 
     others = periodic_steps(path)
@@ -1610,9 +1611,8 @@ def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, 
     settings = run_settings(script_args, training_args, model_args)
     check_resume(training_args.resume_from_checkpoint, settings)
     check_output_dir(training_args.output_dir, inputs, save_size(next(iter(inputs.values()))))
-    check_periodic_checkpoints(
-        training_args.output_dir, training_args.resume_from_checkpoint, training_args.save_strategy != "no"
-    )
+    prunes = training_args.save_strategy != "no" and bool(training_args.save_total_limit)
+    check_periodic_checkpoints(training_args.output_dir, training_args.resume_from_checkpoint, prunes)
     return settings
 
 

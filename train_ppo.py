@@ -973,7 +973,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         {flag: getattr(script_args, flag) for flag in input_flags},
         common.save_size(script_args.value_model_path),
     )
-    common.check_periodic_checkpoints(config.output_dir, config.resume_from_checkpoint, config.save_steps > 0)
+    prunes = config.save_steps > 0 and config.save_total_limit > 0
+    common.check_periodic_checkpoints(config.output_dir, config.resume_from_checkpoint, prunes)
 
     # Data first: a bad file fails in a second, before any model is loaded. The held-out questions are the rows SFT
     # and the reward model held out too.

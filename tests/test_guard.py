@@ -233,7 +233,7 @@ def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_
 
 
 @pytest.mark.parametrize(
-    "present, resume, saves, refused",
+    "present, resume, prunes, refused",
     [
         (["checkpoint-15"], None, True, "checkpoint-15"),
         (["checkpoint-5", "checkpoint-15"], "checkpoint-5", True, "checkpoint-15"),
@@ -241,28 +241,28 @@ def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_
         (["checkpoint-15"], None, False, None),
         ([], None, True, None),
     ],
-    ids=["left by another run", "later than the resumed one", "resumed from the latest", "no periodic saves", "none"],
+    ids=["left by another run", "later than the resumed one", "resumed from the latest", "no pruning", "none"],
 )
-def test_another_runs_periodic_checkpoints_are_named_before_training(tmp_path, present, resume, saves, refused):
+def test_another_runs_periodic_checkpoints_are_named_before_training(tmp_path, present, resume, prunes, refused):
     out = tmp_path / "out"
     out.mkdir()
     for name in present:
         (out / name).mkdir()
     resume = out / resume if resume else None
     if refused is None:
-        common.check_periodic_checkpoints(out, resume, saves)
+        common.check_periodic_checkpoints(out, resume, prunes)
     else:
         with pytest.raises(common.ArgumentError, match=f"holds {refused}, saved by another run"):
-            common.check_periodic_checkpoints(out, resume, saves)
+            common.check_periodic_checkpoints(out, resume, prunes)
     assert sorted(p.name for p in out.iterdir()) == sorted(present)  # nothing pruned
 
 
 @pytest.mark.parametrize(
     "script, folder, flags",
     [
-        ("train_sft.py", common.SFT_DIR, ("--save_strategy", "steps", "--save_steps", 5)),
-        ("train_rm.py", common.RM_DIR, ("--save_strategy", "steps", "--save_steps", 5)),
-        ("train_ppo.py", common.PPO_DIR, ("--save_steps", 5)),
+        ("train_sft.py", common.SFT_DIR, ("--save_strategy", "steps", "--save_steps", 5, "--save_total_limit", 1)),
+        ("train_rm.py", common.RM_DIR, ("--save_strategy", "steps", "--save_steps", 5, "--save_total_limit", 1)),
+        ("train_ppo.py", common.PPO_DIR, ("--save_steps", 5)),  # its default --save_total_limit is 1
     ],
 )
 def test_a_stage_refuses_a_folder_with_another_runs_checkpoint_before_training(tmp_path, script, folder, flags):
