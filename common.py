@@ -151,7 +151,27 @@ ROLES = {
     "adapter": (),  # a LoRA adapter: adapter_config.json, no config.json
 }
 SCORE_HEAD = "score.weight"
+# The kind of model (see model_kind) each training script writes with its default flags, for the hints that print it.
+WRITES = {
+    "train_sft.py": "language model",
+    "train_rm.py": "reward model",
+    "train_ppo.py": "adapter",
+    "train_dpo.py": "adapter",
+    "train_grpo.py": "adapter",
+}
 _HELD_LOCKS = {}  # this process's output-folder locks, by folder, open until it ends
+# What the eval scripts write beside the model they evaluate (eval_rm.py's and eval_ppo.py's metrics, eval_ppo.py's
+# chart): the only files a script writes into a checkpoint folder but its save. Any other would be, or sit among, the
+# model's own files.
+METRICS_FILE, COMPARISON_CHART = "eval_metrics.json", "methods.png"
+REPORT_FILES = (METRICS_FILE, COMPARISON_CHART)
+TEMPORARY = ".tmp"  # in the name of a file that `atomic_file` writes before renaming it into place
+# Places that no script writes into, with what a write there would do: the bundled data (the sample, the lexicon, the
+# style pairs) and, for an output folder, which a save replaces whole, the TensorBoard runs, this run's own included.
+PROTECTED_AREAS = {"the pipeline's data folder": (ROOT / "data", "would overwrite the data that every stage reads")}
+OUTPUT_DIR_AREAS = {
+    "the TensorBoard runs' folder": (TENSORBOARD_ROOT, "would delete the event files this run logs there"),
+}
 # Settings that change neither a run's data, nor its randomness, nor its optimisation: where it writes, what and how
 # often it logs, saves and evaluates. A resumed run may change these, and nothing else.
 RESUMABLE_SETTINGS = re.compile(
@@ -865,7 +885,7 @@ def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:
 def save_train_results(folder: Path, runtime_s: float, samples_per_second: float) -> None:
     """The run's wall time and examples per second, as the Trainer's train_results.json names them."""
     results = {"train_runtime": runtime_s, "train_samples_per_second": samples_per_second}
-    (Path(folder) / TRAIN_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(Path(folder) / TRAIN_RESULTS_FILE, json.dumps(results, indent=2) + "\n")
 
 
 def save_trainer_stage(
@@ -1328,11 +1348,44 @@ def staged_save(path: str | Path) -> Iterator[Path]:
         if staging.exists():
             shutil.rmtree(staging)  # a save killed while writing: never complete
     state.wait_for_everyone()
-    yield staging
+    try:
+        yield staging
+    except (OSError, SafetensorError) as error:  # a full disk, most often: the staging folder is never read
+        if state.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise PipelineError(save_failure(path, staging, error)) from error
     state.wait_for_everyone()
     if state.is_main_process:
         os.rename(staging, sibling(path, READY))
         settle_checkpoint(path)
+
+
+def save_failure(path: Path, staging: Path, error: Exception) -> str:
+    """What a save into `path` that failed while writing `staging` (removed) left, and what to do."""
+    reason = f"{error.strerror}: {error.filename or staging}" if isinstance(error, OSError) else str(error)
+    kept = (
+        f"the previous checkpoint in {path} is intact"
+        if checkpoint_problem(path) is None
+        else f"nothing was saved to {path}"
+    )
+    periodic = periodic_steps(path.parent if PERIODIC_CHECKPOINT.fullmatch(path.name) else path)
+    resume = f", or resume from {periodic[-1]} (--resume_from_checkpoint)" if periodic else ""
+    return (
+        f"saving to {path} failed ({reason}): {kept}, and the incomplete save {staging} was removed. Free some space "
+        f"on that disk (the save needs about the model's size) or pass an --output_dir on another disk, then run "
+        f"again{resume}."
+    )
+
+
+def periodic_steps(folder: Path) -> list[Path]:
+    """The checkpoint-<step> folders in `folder`, lowest step first."""
+    found = [entry for entry in folder.glob("checkpoint-*") if PERIODIC_CHECKPOINT.fullmatch(entry.name)]
+    return sorted((entry for entry in found if entry.is_dir()), key=checkpoint_step)
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step of a checkpoint-<step> folder."""
+    return int(folder.name.split("-")[1])
 
 
 def require_checkpoint(path: str | Path, command: str, role: str | None = None) -> Path:
@@ -1418,14 +1471,42 @@ def find_policies(paths: dict[str, str | Path], tiny: bool) -> tuple[dict[str, s
 
 
 def policy_command(name: str, path: str | Path, tiny: bool) -> str:
-    """The command that writes the policy `name` (of POLICIES) into `path`."""
+    """The command that writes the policy `name` (of POLICIES) into `path` (see `hint_output_dir`)."""
     default, script, flags = POLICIES[name]
-    return command(script, tiny, **flags, output_dir=unless_default(path, default))
+    return command(script, tiny, **flags, output_dir=hint_output_dir(path, default, WRITES[script]))
 
 
 def reward_model_command(path: str | Path, tiny: bool) -> str:
-    """The command that writes the reward model into `path`."""
-    return command("train_rm.py", tiny, output_dir=unless_default(path, RM_DIR))
+    """The command that writes the reward model into `path` (see `hint_output_dir`)."""
+    return command("train_rm.py", tiny, output_dir=hint_output_dir(path, RM_DIR, WRITES["train_rm.py"]))
+
+
+def model_kind(path: str | Path) -> str | None:
+    """What the folder `path` holds, by its files alone: "adapter", "reward model" or "language model" (see ROLES),
+    "a model" of another architecture or an unreadable config, or None where it holds no model."""
+    path = Path(path)
+    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+        return "adapter"
+    if not (path / "config.json").is_file():
+        return None
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError):  # unreadable, or JSON but not an object
+        return "a model"
+    for role in ("reward model", "language model"):
+        if any(name.endswith(ROLES[role]) for name in architectures):
+            return role
+    return "a model"
+
+
+def hint_output_dir(path: str | Path, default: str | Path, kind: str) -> str | None:
+    """The --output_dir a hint names for a command that writes a model of `kind` (WRITES) meant for `path`: `path`
+    (None where it is the default), unless it holds a model of another kind, which the command run as printed would
+    replace; then the default folder, or the first free <default>_<n>. A hint shown because `path` holds the wrong
+    model must never suggest overwriting it."""
+    for candidate in itertools.chain((path, default), (f"{default}_{n}" for n in itertools.count(2))):
+        if model_kind(candidate) in (None, kind):
+            return unless_default(candidate, default)
 
 
 def load_policy(path: str | Path, maker: str, tiny: bool):
@@ -1436,9 +1517,11 @@ def load_policy(path: str | Path, maker: str, tiny: bool):
     if not (path / "adapter_config.json").is_file():
         return load_model(AutoModelForCausalLM, path, maker, "language model")
     trained_on = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-    makers = {folder.resolve(): (script, flags) for folder, script, flags in POLICIES.values()}
-    script, flags = makers.get(Path(trained_on).resolve(), (None, {}))
-    remedy = command(script, tiny, **flags) if script else base_model_remedy(trained_on, "base_model_path")
+    makers = {folder.resolve(): name for name, (folder, _, _) in POLICIES.items()}
+    name = makers.get(Path(trained_on).resolve())
+    remedy = (
+        policy_command(name, POLICIES[name][0], tiny) if name else base_model_remedy(trained_on, "base_model_path")
+    )
     model, tokenizer = load_model(AutoModelForCausalLM, trained_on, remedy, "language model")
     return PeftModel.from_pretrained(model, path).eval(), tokenizer
 
@@ -1482,18 +1565,18 @@ def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
 
 def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0) -> None:
     """Before anything loads, and without writing anything: refuse an output folder that is, holds or sits inside one
-    of the run's `inputs` ({flag: path}), or that holds files other than a checkpoint (a save replaces the whole
-    folder); check that it can be written and has room for `needed_bytes`."""
+    of the run's `inputs` ({flag: path}), the bundled data or the TensorBoard runs, that sits inside a checkpoint, that
+    is a file or a link (the save swaps folders by renaming), or that holds files other than a checkpoint (a save
+    replaces the whole folder); check that it can be written and has room for `needed_bytes`."""
     path = Path(output_dir)
-    where = path.resolve()
-    for flag, value in inputs.items():
-        source = Path(value).resolve()
-        if where == source or where in source.parents or source in where.parents:
-            relation = "is" if where == source else "holds" if where in source.parents else "is inside"
-            raise ArgumentError(
-                f"--output_dir {output_dir} {relation} --{flag} {value}, which this run reads: saving would overwrite "
-                "it. Pass another --output_dir."
-            )
+    refuse_protected(path, "--output_dir", inputs, "saving", OUTPUT_DIR_AREAS)
+    refuse_unswappable(path)
+    checkpoint = checkpoint_around(path.resolve())
+    if checkpoint is not None:
+        raise ArgumentError(
+            f"--output_dir {output_dir} is inside the checkpoint {checkpoint}: the next save of that folder would "
+            "delete it. Pass an --output_dir outside every checkpoint."
+        )
     if path.is_dir() and checkpoint_problem(path) == "no model":
         strangers = sorted(
             e.name for e in path.iterdir() if not (PERIODIC_CHECKPOINT.fullmatch(e.name) or e.name.endswith(LOCK))
@@ -1506,21 +1589,164 @@ def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], need
                 f"{', ...' if len(strangers) > 5 else ''}), and a save replaces the whole folder. Pass a new or empty "
                 "folder, or a checkpoint folder to overwrite."
             )
-    existing = next(folder for folder in where.parents if folder.exists())  # what the save will write into
-    try:
-        if not existing.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
-        tempfile.TemporaryFile(dir=existing).close()
-    except OSError as error:
-        raise PipelineError(
-            f"cannot write beside --output_dir {output_dir} ({error.strerror}: {error.filename or existing}), so the "
-            "model could not be saved after training. Pass an --output_dir on a writable disk."
-        ) from error
+    existing = check_writable(
+        path.resolve(),
+        f"cannot write beside --output_dir {output_dir}",
+        "so the model could not be saved after training. Pass an --output_dir on a writable disk.",
+    )
     free = shutil.disk_usage(existing).free
     if free < needed_bytes:
         raise PipelineError(
             f"--output_dir {output_dir} is on a disk with {free / 2**30:.1f} GiB free, and saving this run needs "
             f"about {needed_bytes / 2**30:.1f} GiB. Free some space or pass an --output_dir on another disk."
+        )
+
+
+def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path | None], what: str) -> Path:
+    """The one guard of every file a script writes (metrics, charts, exports), before the work and without writing
+    anything: refuse a path that is or sits inside one of the run's `inputs` ({flag: path}, None for unset) or the
+    bundled data, a file among a checkpoint's own (only REPORT_FILES may sit beside a model), or a folder; check that
+    its folder can be written, so that `what` is not lost after the work. Write it with `atomic_file`."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArgumentError(f"{flag} {path} is a folder; it names the file to write. Pass a file path.")
+    refuse_protected(path, flag, {name: value for name, value in inputs.items() if value is not None}, "writing")
+    where = path.resolve()
+    checkpoint = checkpoint_around(where)
+    if checkpoint is not None and not (where.parent == checkpoint and where.name in REPORT_FILES):
+        raise ArgumentError(
+            f"{flag} {path} is inside the checkpoint {checkpoint}, among its model's files: writing it could replace "
+            f"one of them, and the next save of that folder deletes it. Pass a path outside every checkpoint (only "
+            f"{' and '.join(REPORT_FILES)} may sit beside a model)."
+        )
+    check_writable(
+        where.parent,
+        f"cannot write {flag} {path}",
+        f"so {what} would be lost after the work. Pass a {flag} on a writable disk.",
+    )
+    return path
+
+
+def checkpoint_around(where: Path) -> Path | None:
+    """The checkpoint folder (see is_checkpoint) that the resolved path `where` sits inside, if any."""
+    return next((folder for folder in where.parents if is_checkpoint(folder)), None)
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a model or adapter: its marker beside weights or a tokenizer (complete or not)."""
+    return any((folder / marker).is_file() for marker in CHECKPOINT_MARKERS) and any(
+        any(folder.glob(pattern)) for patterns in CHECKPOINT_FILES.values() for pattern in patterns
+    )
+
+
+def refuse_protected(
+    path: Path, flag: str, inputs: dict[str, str | Path], verb: str, areas: dict[str, tuple] | None = None
+) -> None:
+    """An ArgumentError where `path` is, holds or sits inside one of the run's `inputs` ({flag: path}) or the
+    places no script writes into (PROTECTED_AREAS, and `areas` of the same shape): what `verb` (saving, writing)
+    there would destroy."""
+    where = path.resolve()
+    for name, value in inputs.items():
+        relation = path_relation(where, Path(value).resolve())
+        if relation:
+            raise ArgumentError(
+                f"{flag} {path} {relation} --{name} {value}, which this run reads: {verb} would overwrite it. Pass "
+                f"another {flag}."
+            )
+    for area, (folder, harm) in (PROTECTED_AREAS | (areas or {})).items():
+        relation = path_relation(where, Path(folder).resolve())
+        if relation:
+            raise ArgumentError(f"{flag} {path} {relation} {area} {folder}: {verb} {harm}. Pass another {flag}.")
+
+
+def path_relation(where: Path, other: Path) -> str | None:
+    """How the resolved path `where` stands to `other`: "is", "holds", "is inside", or None where apart."""
+    if where == other:
+        return "is"
+    if where in other.parents:
+        return "holds"
+    if other in where.parents:
+        return "is inside"
+    return None
+
+
+def refuse_unswappable(path: Path) -> None:
+    """An output folder must be a folder, or nothing yet, and so must its save's staging names: the save renames
+    <path>.partial to <path>.ready and swaps it with <path> (see staged_save), which a file there breaks after the
+    training, and which would replace a link, not the folder it points to."""
+    for name in (path, sibling(path, PARTIAL), sibling(path, READY), sibling(path, OLD)):
+        if name.is_symlink() or (name.exists() and not name.is_dir()):
+            what = f"a link to {os.readlink(name)}" if name.is_symlink() else "a file"
+            subject = "--output_dir" if name == path else f"--output_dir {path}'s staging name"
+            raise ArgumentError(
+                f"{subject} {name} is {what}, not a folder: the save swaps folders by renaming them, so it would "
+                f"{'replace the link, not the folder it points to' if name.is_symlink() else 'fail after training'}. "
+                f"Pass a folder{' (the link target itself)' if name.is_symlink() else ''} as --output_dir, or move "
+                f"{name} away."
+            )
+
+
+def check_writable(where: Path, cannot: str, consequence: str) -> Path:
+    """The folder nearest `where` that exists (`where` itself or a parent: what a write will go into), after checking
+    that a file can be created there; else a PipelineError, `cannot` (what), the reason, then `consequence`."""
+    existing = next(folder for folder in (where, *where.parents) if folder.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as error:
+        raise PipelineError(f"{cannot} ({error.strerror}: {error.filename or existing}), {consequence}") from error
+    return existing
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temporary file beside `path` for the block to write, then renamed over `path` (os.replace, one atomic
+    step): a reader or a kill sees the previous file or the new one whole, never half of it. A write that fails (a
+    full disk) leaves the previous file as it was and raises a PipelineError."""
+    path = Path(path)
+    # The file's own suffix last, so that writers that infer the format from the name (savefig) still do.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}{TEMPORARY}{path.suffix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as error:
+        kept = "the file there is unchanged" if path.exists() else "nothing was written"
+        raise PipelineError(
+            f"could not write {path} ({error.strerror}: {error.filename or path}): {kept}. Free some space on its "
+            "disk or pass a writable path, then run again."
+        ) from error
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """`text` into `path`, UTF-8, through `atomic_file`."""
+    with atomic_file(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None, prunes: bool) -> None:
+    """Before training: refuse an output folder holding a checkpoint-<step> of another run, where this run `prunes`
+    its periodic checkpoints (saves them, with a --save_total_limit). Pruning keeps the highest steps, so a
+    checkpoint-15 left there would outrank this run's checkpoint-5, which would be deleted as soon as it is written.
+    A run resumed from a checkpoint-<k> of this folder continues the run that wrote those up to k; any later one is
+    another run's. Without pruning, this run's saves replace those of the same step and delete nothing."""
+    path = Path(output_dir)
+    if not prunes or not path.is_dir():
+        return
+
+    others = periodic_steps(path)
+    resumed = Path(resume).resolve() if resume is not None else None
+    if resumed is not None and resumed.parent == path.resolve() and PERIODIC_CHECKPOINT.fullmatch(resumed.name):
+        others = [entry for entry in others if checkpoint_step(entry) > checkpoint_step(resumed)]
+    if others:
+        names = ", ".join(entry.name for entry in others[:5]) + (", ..." if len(others) > 5 else "")
+        raise ArgumentError(
+            f"--output_dir {output_dir} holds {names}, saved by another run: this run's own periodic checkpoints "
+            "would rank below them and be deleted by --save_total_limit as soon as they are saved. Resume that run "
+            f"(--resume_from_checkpoint {others[-1]}), move them away, or pass another --output_dir."
         )
 
 
@@ -1636,17 +1862,20 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
 
 def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, str]) -> dict:
     """What the Trainer stages check before any data or model loads, in this order: a resumed run has the settings
-    its checkpoint was saved with (check_resume), and the output folder can take the model (check_output_dir) and is
+    its checkpoint was saved with (check_resume), and the output folder can take the model (check_output_dir), is
     none of the `inputs` ({flag: folder} of the models the run reads, the one it trains first: its size is the
-    save's). The run's settings, for SaveRunSettings."""
+    save's) and holds no other run's periodic checkpoints (check_periodic_checkpoints). The run's settings, for
+    SaveRunSettings."""
     settings = run_settings(script_args, training_args, model_args)
     check_resume(training_args.resume_from_checkpoint, settings)
     check_output_dir(training_args.output_dir, inputs, save_size(next(iter(inputs.values()))))
+    prunes = training_args.save_strategy != "no" and bool(training_args.save_total_limit)
+    check_periodic_checkpoints(training_args.output_dir, training_args.resume_from_checkpoint, prunes)
     return settings
 
 
 def write_run_settings(folder: Path, settings: dict) -> None:
-    (folder / RUN_SETTINGS_FILE).write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(folder / RUN_SETTINGS_FILE, json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
 
 
 class SaveRunSettings(TrainerCallback):
@@ -1869,6 +2098,12 @@ def smoothed(values: list[float], weight: float = CHART_SMOOTHING) -> list[float
     return result
 
 
+def curves_note(run_dir: str | Path, tags: list[str], title: str, report_to: list[str]) -> str:
+    """ "; curves in <chart>" for a Trainer stage's last line (plot_scalars), or "" where the run logged nothing to
+    TensorBoard (--report_to without tensorboard): there are no points to chart, and the model is saved already."""
+    return f"; curves in {plot_scalars(run_dir, tags, title)}" if "tensorboard" in report_to else ""
+
+
 def plot_scalars(run_dir: str | Path, tags: list[str], title: str, xlabel: str = "step") -> Path:
     """Chart the given scalars of a TensorBoard run into <run_dir>/<stage>.png, beside the run's events, and return
     its path (tags the run lacks are skipped). At most CHART_COLUMNS panels a row, so that it reads at README width;
@@ -1897,5 +2132,6 @@ def plot_scalars(run_dir: str | Path, tags: list[str], title: str, xlabel: str =
         axes.remove()
     figure.suptitle(f"{title}\nfaint: every logged value; solid: smoothed as in TensorBoard ({CHART_SMOOTHING})")
     out_path = run_dir / f"{run_dir.parent.name}.png"
-    figure.savefig(out_path, dpi=CHART_DPI)
+    with atomic_file(out_path) as temporary:
+        figure.savefig(temporary, dpi=CHART_DPI)
     return out_path

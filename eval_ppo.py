@@ -50,7 +50,7 @@ POLICY_FLAGS = {
     "dpo": "dpo_model_path",
     "grpo": "grpo_model_path",
 }
-CHART_FILE = "methods.png"  # beside the metrics file
+CHART_FILE = common.COMPARISON_CHART  # beside the metrics file
 CHART_METRICS = {
     "mean_reward": "reward model score",
     "judge_mean_score": "lexicon judge score",
@@ -116,7 +116,11 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
     """The SFT model with the PPO adapter on it (unmerged: disable_adapter() gives back the SFT model)."""
     common.require_checkpoint(
         args.model_path,
-        common.command("train_ppo.py", args.tiny, output_dir=common.unless_default(args.model_path, common.PPO_DIR)),
+        common.command(
+            "train_ppo.py",
+            args.tiny,
+            output_dir=common.hint_output_dir(args.model_path, common.PPO_DIR, common.WRITES["train_ppo.py"]),
+        ),
         "adapter",
     )
     trained_on = json.loads((Path(args.model_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
@@ -143,9 +147,25 @@ def one_line(answer: str) -> str:
     return re.sub(r"\r\n|\r|\n", "⏎", answer)
 
 
+def report_paths(args: EvalArguments) -> tuple[Path, Path]:
+    """Where --compare writes its JSON (--metrics_file, or eval_metrics.json beside the PPO adapter) and its chart
+    (CHART_FILE beside it)."""
+    metrics_file = Path(args.metrics_file or Path(args.model_path) / common.METRICS_FILE)
+    if metrics_file.name == CHART_FILE:
+        raise common.ArgumentError(
+            f"--metrics_file {metrics_file}: the chart is written beside it as {CHART_FILE}, so the two would be one "
+            "file. Pass another name."
+        )
+    return metrics_file, metrics_file.with_name(CHART_FILE)
+
+
 def compare(args: EvalArguments) -> None:
     """Every method's answers to the same held-out questions, scored by the reward model and the lexicon judge, with
     each one's KL to the SFT model and its training time; a table, a chart and a JSON file with every answer."""
+    for path in report_paths(args):  # written after the whole comparison: checked before it
+        common.check_output_file(
+            path, "--metrics_file", {"dataset_name": args.dataset_name}, "the comparison's metrics and answers"
+        )
     dataset, all_rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
     rm_command = common.reward_model_command(args.reward_model_path, args.tiny)
     reward_model, rm_tokenizer = common.load_model(
@@ -235,8 +255,8 @@ def compare(args: EvalArguments) -> None:
     metrics["judge_rm_agreement"] = agreement
     checks = outcome(metrics)
     print("\n".join(text for _, text in checks))
-    metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
-    chart = plot_methods(metrics, metrics_file.with_name(CHART_FILE))
+    metrics_file, chart_file = report_paths(args)
+    chart = plot_methods(metrics, chart_file)
     report = {
         "dataset": dataset,
         "questions": len(rows),
@@ -256,8 +276,7 @@ def compare(args: EvalArguments) -> None:
             for i, row in enumerate(rows)
         ],
     }
-    metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    metrics_file.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    common.write_text_atomic(metrics_file, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     print(f"Metrics and answers written to {metrics_file}; chart: {chart}")
 
 
@@ -316,8 +335,8 @@ def plot_methods(metrics: dict, path: Path) -> Path:
         axes.tick_params(axis="x", labelrotation=45)
         axes.grid(axis="y", alpha=0.3)
     figure.suptitle("Every method on the same held-out questions, same seed and sampling")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=common.CHART_DPI)
+    with common.atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=common.CHART_DPI)
     return path
 
 

@@ -136,11 +136,15 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
         f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
         f"{metrics['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way"
     )
-    metrics_file = Path(args.metrics_file or Path(args.model_path) / "eval_metrics.json")
-    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    metrics_file = metrics_path(args)
     report = {"model_path": args.model_path, "dataset": dataset, "pairs": len(rows), "skipped_pairs": skipped}
-    metrics_file.write_text(json.dumps(report | metrics, indent=2) + "\n")
+    common.write_text_atomic(metrics_file, json.dumps(report | metrics, indent=2) + "\n")
     print(f"Metrics written to {metrics_file}")
+
+
+def metrics_path(args: EvalArguments) -> Path:
+    """Where the metrics go: --metrics_file, or eval_metrics.json beside the model."""
+    return Path(args.metrics_file or Path(args.model_path) / common.METRICS_FILE)
 
 
 def reward(model, tokenizer, question: str, answer: str, system_prompt: str, max_length: int | None = None) -> float:
@@ -180,6 +184,10 @@ def main(args: EvalArguments) -> None:
     if len(args.question) != len(args.answer):
         raise common.PipelineError(
             f"got {len(args.question)} --question and {len(args.answer)} --answer: give one --answer per --question."
+        )
+    if not args.question:  # the metrics file is written after the whole evaluation: checked before it
+        common.check_output_file(
+            metrics_path(args), "--metrics_file", {"dataset_name": args.dataset_name}, "the evaluation's metrics"
         )
     command = common.reward_model_command(args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, command, "reward model")

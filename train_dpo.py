@@ -179,7 +179,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
-        chart = common.plot_scalars(run_dir, CHART_TAGS, f"DPO: {script_args.sft_model_path}")
+        curves = common.curves_note(run_dir, CHART_TAGS, f"DPO: {script_args.sft_model_path}", training_args.report_to)
         compare = common.command(
             "eval_ppo.py",
             script_args.tiny,
@@ -188,7 +188,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
             sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
         )
         what = "Adapter" if model_args.use_peft else "Model"
-        print(f"{what} saved to {training_args.output_dir}; curves in {chart}. Compare the methods: {compare}")
+        print(f"{what} saved to {training_args.output_dir}{curves}. Compare the methods: {compare}")
 
 
 def make_parser() -> common.Parser:

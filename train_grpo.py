@@ -212,7 +212,9 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics, answers_per_second)
 
     if trainer.is_world_process_zero():
-        chart = common.plot_scalars(run_dir, CHART_TAGS, f"GRPO: {script_args.sft_model_path}")
+        curves = common.curves_note(
+            run_dir, CHART_TAGS, f"GRPO: {script_args.sft_model_path}", training_args.report_to
+        )
         compare = common.command(
             "eval_ppo.py",
             script_args.tiny,
@@ -221,7 +223,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
             sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
             reward_model_path=common.unless_default(script_args.reward_model_path, common.RM_DIR),
         )
-        print(f"Adapter saved to {training_args.output_dir}; curves in {chart}. Compare the methods: {compare}")
+        print(f"Adapter saved to {training_args.output_dir}{curves}. Compare the methods: {compare}")
 
 
 def make_parser() -> common.Parser:

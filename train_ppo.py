@@ -134,7 +134,13 @@ class PPOConfig:
     max_grad_norm clipping each model's gradient on its own (TRL clipped the two together).
     """
 
-    output_dir: str = field(default=str(common.PPO_DIR), metadata={"help": "Where the adapter and critic are saved."})
+    output_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Where the adapter and critic are saved. Unset: {common.PPO_DIR}, or {common.PPO_BASE_DIR} with "
+            "--from_base."
+        },
+    )
     num_train_epochs: float = field(default=2, metadata={"help": "Passes over the training questions."})
     total_episodes: int | None = field(
         default=None,
@@ -826,8 +832,8 @@ def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
         raise common.ArgumentError(
             f"--eval_steps {config.eval_steps}: give a whole number of updates, or a fraction of the run below 1."
         )
-    if script_args.from_base and Path(config.output_dir) == common.PPO_DIR:
-        config.output_dir = str(common.PPO_BASE_DIR)  # never over the PPO run it is compared with
+    if config.output_dir is None:  # --from_base's own folder: never over the PPO run it is compared with
+        config.output_dir = str(common.PPO_BASE_DIR if script_args.from_base else common.PPO_DIR)
 
 
 def make_accelerator(config: PPOConfig) -> tuple[Accelerator, bool]:
@@ -1009,6 +1015,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         {flag: getattr(script_args, flag) for flag in input_flags},
         common.save_size(script_args.value_model_path),
     )
+    prunes = config.save_steps > 0 and config.save_total_limit > 0
+    common.check_periodic_checkpoints(config.output_dir, config.resume_from_checkpoint, prunes)
 
     # Data first: a bad file fails in a second, before any model is loaded. The held-out questions are the rows SFT
     # and the reward model held out too.

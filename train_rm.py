@@ -149,11 +149,11 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
-        chart = common.plot_scalars(run_dir, CHART_TAGS, f"Reward model: {model_path}")
+        curves = common.curves_note(run_dir, CHART_TAGS, f"Reward model: {model_path}", training_args.report_to)
         score = common.command(
             "eval_rm.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.RM_DIR)
         )
-        print(f"Model saved to {training_args.output_dir}; curves in {chart}. Score it: {score}")
+        print(f"Model saved to {training_args.output_dir}{curves}. Score it: {score}")
 
 
 def make_parser() -> common.Parser:

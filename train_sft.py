@@ -125,11 +125,11 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
-        chart = common.plot_scalars(run_dir, CHART_TAGS, f"SFT: {model_path}")
+        curves = common.curves_note(run_dir, CHART_TAGS, f"SFT: {model_path}", training_args.report_to)
         chat = common.command(
             "eval_sft.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.SFT_DIR)
         )
-        print(f"Model saved to {training_args.output_dir}; curves in {chart}. Chat with it: {chat}")
+        print(f"Model saved to {training_args.output_dir}{curves}. Chat with it: {chat}")
 
 
 def make_parser() -> common.Parser:

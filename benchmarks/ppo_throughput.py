@@ -340,6 +340,8 @@ def main(args: BenchmarkArguments) -> dict:
             f"--trl yes, but {trl_python} does not exist: run `bash benchmarks/setup_trl112.sh` first, or pass "
             "--trl_python with the Python of a venv holding TRL 1.12."
         )
+    if args.output:  # written after the whole benchmark: checked before it
+        common.check_output_file(args.output, "--output", {}, "the results")
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
     episodes = args.num_updates * batch
     models = (Path(args.work_dir) / args.shape).resolve()
@@ -385,8 +387,7 @@ def main(args: BenchmarkArguments) -> dict:
         report["ceiling_vs_trl112"] = ceiling
         print(f"  the most it could be with generation and scoring free (our update phase alone): {ceiling:.2f}x")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(report, indent=2))
+        common.write_text_atomic(args.output, json.dumps(report, indent=2))
         print(f"Results written to {args.output}")
     return report
 
