@@ -1027,12 +1027,18 @@ def unsampleable(
 
 
 def stop_if_diverged(
-    update: int, metrics: dict[str, torch.Tensor], model: nn.Module, config: PPOConfig, last_state: Path | None
+    update: int,
+    metrics: dict[str, torch.Tensor],
+    model: nn.Module,
+    config: PPOConfig,
+    last_state: Path | None,
+    writer: SummaryWriter | None,
 ) -> None:
     """Stop the run at an update whose figures (FINITE_METRICS) or trained weights, the adapter's and the critic's,
-    hold NaN or inf: before that state is evaluated or saved. The weights are read at every update (one pass over
-    them, little beside an update's sampling and training passes): one optimizer step can turn them non-finite from
-    finite gradients, as a NaN --max_grad_norm did, and the next update's sampling would fail before a loss showed it.
+    hold NaN or inf: before that state is evaluated or saved, with the TensorBoard writer closed (its curves up to
+    the divergence on disk). The weights are read at every update (one pass over them, little beside an update's
+    sampling and training passes): one optimizer step can turn them non-finite from finite gradients, as a NaN
+    --max_grad_norm did, and the next update's sampling would fail before a loss showed it.
     """
     problem = next(
         (
@@ -1046,6 +1052,8 @@ def stop_if_diverged(
         name = common.non_finite_parameter(model)
         problem = name and f"the weights of {name} hold NaN or inf values"
     if problem:
+        if writer is not None:
+            writer.close()
         raise divergence(update, problem, config, last_state)
 
 
@@ -1173,6 +1181,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         except RuntimeError as error:
             if SAMPLING_FAILURE not in str(error):
                 raise
+            if writer is not None:
+                writer.close()  # the curves up to the divergence, on disk
             raise unsampleable(update, start_update, resume or inputs.policy, config, last_state) from None
         responses, lengths = batch["responses"], batch["lengths"]
         mask = common.answer_mask(lengths, responses.shape[1]).float()
@@ -1251,7 +1261,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         progress.set_postfix(
             score=f"{metrics['objective/scores'].item():+.2f}", kl=f"{metrics['objective/kl'].item():.2f}"
         )
-        stop_if_diverged(update + 1, metrics, unwrapped, config, last_state)
+        stop_if_diverged(update + 1, metrics, unwrapped, config, last_state, writer)
         if eval_prompts and ((update + 1) % eval_every == 0 or update + 1 == num_updates):
             evaluate_and_log(update + 1, *evaluation)
 

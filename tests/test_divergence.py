@@ -2,7 +2,7 @@
 the run with one paragraph before anything of that state is saved, in the Trainer stages (common.StopOnDivergence)
 and in PPO's own loop (train_ppo.stop_if_diverged); the periodic checkpoints keep the last finite state."""
 
-import contextlib
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -155,10 +155,10 @@ def test_ppo_stops_at_an_update_whose_figures_or_weights_are_not_finite(key, lay
     metrics = FINITE_METRICS | ({key: torch.tensor(NAN)} if key else {})
     config = train_ppo.PPOConfig(output_dir="out/ppo", learning_rate=2e-5, critic_learning_rate=1e-4)
     if problem is None:
-        train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, None)
+        train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, None, None)
         return
     with pytest.raises(common.PipelineError) as raised:
-        train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, Path("out/ppo/checkpoint-2"))
+        train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, Path("out/ppo/checkpoint-2"), None)
     assert str(raised.value) == (
         f"training diverged at update 3: {problem}. {KEPT}: what out/ppo held before it is as it was; the run's last "
         "finite state on disk is out/ppo/checkpoint-2. Lower --learning_rate (this run's: 2e-05, the critic's 0.0001) "
@@ -249,9 +249,13 @@ def run_ppo(workdir: Path, tiny_base: Path, *args, reward_fn=zero_reward) -> Non
     """train_ppo.main in `workdir`, on the tiny base as its SFT model and critic, 3 updates, no evaluation."""
     models = ("--sft_model_path", tiny_base, "--value_model_path", tiny_base)
     flags = ("--tiny", *models, "--num_eval_questions", 0, "--total_episodes", 48, "--output_dir", "out", *args)
-    with contextlib.chdir(workdir):
+    old_cwd = Path.cwd()
+    os.chdir(workdir)  # the module's fixture cannot use monkeypatch.chdir (function-scoped)
+    try:
         train_ppo.main(*common.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, list(map(str, flags))),
                        reward_fn=reward_fn)  # fmt: skip
+    finally:
+        os.chdir(old_cwd)
 
 
 @pytest.fixture(scope="module")
