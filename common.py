@@ -38,7 +38,7 @@ from typing import Literal, get_args, get_type_hints
 import datasets
 import torch
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list
+from accelerate.utils import broadcast_object_list, gather_object
 from datasets import Dataset
 from peft import PeftModel
 from safetensors import SafetensorError, safe_open
@@ -1887,6 +1887,95 @@ class SaveRunSettings(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             write_run_settings(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", self.settings)
+
+
+# What a Trainer stage's logs must keep finite. The gradient norm turns NaN at the first step whose loss does, which
+# the Trainer itself logs as 0 (its default --logging_nan_inf_filter); the loss, with that filter off.
+FINITE_LOGS = {"loss": "the training loss", "grad_norm": "the gradient norm"}
+
+
+def _own_values(parameter: torch.Tensor) -> torch.Tensor:
+    """This process's values of a parameter: all of them, or its shard under DeepSpeed ZeRO-3 (where the parameter is
+    an empty placeholder) or FSDP2 (a DTensor)."""
+    if hasattr(parameter, "ds_tensor"):
+        return parameter.ds_tensor
+    if hasattr(parameter, "to_local"):
+        return parameter.to_local()
+    return parameter
+
+
+@torch.no_grad()
+def non_finite_parameter(model) -> str | None:
+    """The name of a trained parameter (requires_grad: the adapter alone under LoRA) that holds NaN or inf on any
+    process; None if none does. Every process checks its own values, then all share what they found, so that all
+    stop together instead of some waiting for the others at the next collective."""
+    trained = [
+        (name, _own_values(parameter)) for name, parameter in model.named_parameters() if parameter.requires_grad
+    ]
+    # A sum is NaN or inf where a value is, and about 20 times faster than testing each value (0.16 s for the 0.5B
+    # critic on one CPU thread); the test, run only then, tells a sum that overflowed from finite values apart.
+    sums = torch.stack([values.sum().float() for _, values in trained]) if trained else torch.zeros(0)
+    own = next(
+        (
+            trained[i][0]
+            for i in torch.nonzero(~sums.isfinite()).flatten().tolist()
+            if not trained[i][1].isfinite().all()
+        ),
+        None,
+    )
+    return next(filter(None, gather_object([own])), None)
+
+
+def divergence_error(where: str, problem: str, output_dir: str | Path, last_state: str | Path | None, remedy: str):
+    """The one paragraph a diverged run stops with: where and what turned non-finite, that nothing of that state was
+    saved, the last finite state the run saved (if any), and what to do."""
+    kept = f"; the run's last finite state on disk is {last_state}" if last_state else ""
+    return PipelineError(
+        f"training diverged at {where}: {problem}. The run stopped before saving anything of that state: what "
+        f"{output_dir} held before it is as it was{kept}. {remedy}"
+    )
+
+
+class StopOnDivergence(TrainerCallback):
+    """Stops a Trainer run that diverges, before anything of the diverged state is saved: at a logged loss or
+    gradient norm that is NaN or inf, or at trained weights that are, read before each periodic save, each
+    evaluation (which decides the save under save_strategy "best") and the run's last step (before its summary line
+    and the final save). Only there: the logs are checked at every step, and the weights cost a pass over them."""
+
+    def __init__(self):
+        self.last_saved = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key, name in FINITE_LOGS.items():
+            # Under fp16 loss scaling an overflowing step's gradient norm is inf by design, and the step is skipped.
+            if key in logs and not math.isfinite(logs[key]) and not (key == "grad_norm" and args.fp16):
+                self.stop(args, state, f"{name} is {logs[key]}")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save or control.should_evaluate or control.should_training_stop:
+            self.check_weights(args, state, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save or control.should_evaluate:
+            self.check_weights(args, state, model)
+
+    def on_save(self, args, state, control, **kwargs):
+        self.last_saved = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+    def check_weights(self, args, state, model) -> None:
+        name = non_finite_parameter(model)
+        if name is not None:
+            self.stop(args, state, f"the weights of {name} hold NaN or inf values")
+
+    def stop(self, args, state, problem: str):
+        raise divergence_error(
+            f"step {state.global_step}",
+            problem,
+            args.output_dir,
+            self.last_saved or args.resume_from_checkpoint,
+            f"Lower --learning_rate (this run's: {args.learning_rate:g}) and run again; a run that diverges at any "
+            "learning rate points at its data or at a setting that scales the loss or its gradients.",
+        )
 
 
 def build_tiny_tokenizer(texts: list[str]):

@@ -175,6 +175,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
             if line:
                 trainer.accelerator.print(line)
     trainer.add_callback(common.SaveRunSettings(settings))
+    trainer.add_callback(common.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 

@@ -982,6 +982,87 @@ def update_metrics(
     }
 
 
+# What an update's figures must keep finite, and their names in a message: the score first (a reward model or
+# function that returns NaN poisons every figure after it), then the losses, and the gradient norms where they are
+# measured (not under DeepSpeed, whose clipping does not report them).
+FINITE_METRICS = {
+    "objective/scores": "the mean score",
+    "loss/policy_avg": "the policy loss",
+    "loss/value_avg": "the value loss",
+    "policy/grad_norm": "the policy's gradient norm",
+    "val/grad_norm": "the critic's gradient norm",
+}
+
+
+# torch.multinomial's error when the probabilities it samples from hold NaN or inf: what sampling from a policy whose
+# weights are finite but overflow in its forward pass raises (one optimizer step per update at a learning rate far
+# too high), at the next update, before any figure of this one showed it.
+SAMPLING_FAILURE = "probability tensor contains either `inf`, `nan` or element < 0"
+
+
+def divergence(update: int, problem: str, config: PPOConfig, last_state: Path | None) -> common.PipelineError:
+    critic = f", the critic's {config.critic_learning_rate:g}" if config.critic_learning_rate else ""
+    return common.divergence_error(
+        f"update {update}",
+        problem,
+        config.output_dir,
+        last_state,
+        f"Lower --learning_rate (this run's: {config.learning_rate:g}{critic}) or --critic_learning_rate and run "
+        "again; a run that diverges at any learning rate points at its reward or at a setting that scales the loss "
+        "or its gradients.",
+    )
+
+
+def unsampleable(
+    update: int, start_update: int, start: Path | str, config: PPOConfig, last_state: Path | None
+) -> common.PipelineError:
+    """What stops a run whose policy cannot be sampled from (SAMPLING_FAILURE) at update `update` + 1: a policy it
+    started from (`start`) that is broken, or one that the previous update left with weights too large."""
+    if update == start_update:
+        return common.PipelineError(
+            f"no answer can be sampled from the policy this run starts from ({start}): its next-token probabilities "
+            "hold NaN or inf, so its weights are not finite or overflow. Train it again (at a lower learning rate, "
+            "if its training diverged)."
+        )
+    problem = (
+        "the policy's next-token probabilities hold NaN or inf, so no answer can be sampled: the weights update "
+        f"{update} left are finite but overflow in its forward pass"
+    )
+    overflowing = Path(config.output_dir) / f"{CHECKPOINT_PREFIX}{update}"  # if it was saved, it holds them
+    return divergence(update + 1, problem, config, None if last_state == overflowing else last_state)
+
+
+def stop_if_diverged(
+    update: int,
+    metrics: dict[str, torch.Tensor],
+    model: nn.Module,
+    config: PPOConfig,
+    last_state: Path | None,
+    writer: SummaryWriter | None,
+) -> None:
+    """Stop the run at an update whose figures (FINITE_METRICS) or trained weights, the adapter's and the critic's,
+    hold NaN or inf: before that state is evaluated or saved, with the TensorBoard writer closed (its curves up to
+    the divergence on disk). The weights are read at every update (one pass over them, little beside an update's
+    sampling and training passes): one optimizer step can turn them non-finite from finite gradients, as a NaN
+    --max_grad_norm did, and the next update's sampling would fail before a loss showed it.
+    """
+    problem = next(
+        (
+            f"{name} is {metrics[key].item()}"
+            for key, name in FINITE_METRICS.items()
+            if key in metrics and not torch.isfinite(metrics[key])
+        ),
+        None,
+    )
+    if problem is None:
+        name = common.non_finite_parameter(model)
+        problem = name and f"the weights of {name} hold NaN or inf values"
+    if problem:
+        if writer is not None:
+            writer.close()
+        raise divergence(update, problem, config, last_state)
+
+
 def evaluate_and_log(
     update: int, policy, tokenizer, reward_fn, prompts, rows: Dataset, config: PPOConfig, accelerator, writer
 ) -> None:
@@ -1087,22 +1168,30 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     if eval_prompts and start_update == 0:  # the starting point itself, at KL 0
         evaluate_and_log(0, *evaluation)
     run_started = time.perf_counter()
+    last_state = resume  # the last finite state this run saved, or started from
     for update in range(start_update, num_updates):
         batch_prompts = [prompts[i] for i in process_share(order, update, batch_size, accelerator)]
 
         # 1. Generate: sample an answer to each prompt from the current policy (fp32 weights, no autocast: the
         #    per-step weight casts would cost more than bf16 saves at this batch size).
         started = time.perf_counter()
-        with merged(unwrapped.policy) as policy:
-            batch = generate(
-                policy,
-                tokenizer,
-                batch_prompts,
-                config.response_length,
-                config.temperature,
-                sizes.rollout_chunk,
-                accelerator.device,
-            )
+        try:
+            with merged(unwrapped.policy) as policy:
+                batch = generate(
+                    policy,
+                    tokenizer,
+                    batch_prompts,
+                    config.response_length,
+                    config.temperature,
+                    sizes.rollout_chunk,
+                    accelerator.device,
+                )
+        except RuntimeError as error:
+            if SAMPLING_FAILURE not in str(error):
+                raise
+            if writer is not None:
+                writer.close()  # the curves up to the divergence, on disk
+            raise unsampleable(update, start_update, resume or inputs.policy, config, last_state) from None
         responses, lengths = batch["responses"], batch["lengths"]
         mask = common.answer_mask(lengths, responses.shape[1]).float()
         time_generation = timer(started)
@@ -1180,12 +1269,14 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         progress.set_postfix(
             score=f"{metrics['objective/scores'].item():+.2f}", kl=f"{metrics['objective/kl'].item():.2f}"
         )
+        stop_if_diverged(update + 1, metrics, unwrapped, config, last_state, writer)
         if eval_prompts and ((update + 1) % eval_every == 0 or update + 1 == num_updates):
             evaluate_and_log(update + 1, *evaluation)
 
         if config.save_steps and (update + 1) % config.save_steps == 0 and update + 1 < num_updates:
+            last_state = Path(config.output_dir) / f"{CHECKPOINT_PREFIX}{update + 1}"
             save_checkpoint(
-                Path(config.output_dir) / f"{CHECKPOINT_PREFIX}{update + 1}",
+                last_state,
                 accelerator,
                 model,
                 tokenizer,

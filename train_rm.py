@@ -145,6 +145,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         f"{len(eval_dataset) if eval_dataset is not None else 0} held out; TensorBoard: {run_dir}"
     )
     trainer.add_callback(common.SaveRunSettings(settings))
+    trainer.add_callback(common.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 

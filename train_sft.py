@@ -121,6 +121,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     if training_args.max_length is not None and not training_args.packing:
         report_truncation(trainer, train_dataset, training_args.max_length)
     trainer.add_callback(common.SaveRunSettings(settings))
+    trainer.add_callback(common.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
