@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import Dataset
-from transformers import AutoTokenizer
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 import common
@@ -134,7 +133,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     saved_as = Path(training_args.output_dir) / common.HELD_OUT_FILE
     common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
 
-    tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
+    tokenizer = common.load_tokenizer(script_args.sft_model_path, sft_command)
     to_pairs = dict(fn_kwargs={"system_prompt": script_args.system_prompt}, remove_columns=data.column_names)
     train_dataset = train_rows.map(common.dpo_example, **to_pairs)
     eval_dataset = held_out.map(common.dpo_example, **to_pairs) if len(held_out) else None
