@@ -1447,7 +1447,8 @@ def run_settings(*configs) -> dict:
 
 
 def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
-    """Refuse to resume from `checkpoint` with `settings` other than those it was saved with (no-op without one)."""
+    """Refuse to resume from `checkpoint` with `settings` other than those it was saved with, or with a damaged JSON
+    file (no-op without one)."""
     if checkpoint is None:
         return
     file = Path(checkpoint) / RUN_SETTINGS_FILE
@@ -1457,7 +1458,11 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
             "training saved, so whether this run would continue it with the same settings cannot be checked. "
             "Resume from one of those, or start a new run."
         )
-    saved = read_checkpoint_json(file, "Resume from another checkpoint-<step> folder, or start a new run.")
+    remedy = "Resume from another checkpoint-<step> folder, or start a new run."
+    saved = read_checkpoint_json(file, remedy)
+    for name, keys in CHECKPOINT_JSON.items():  # the model's own files, which the resume loads
+        if (Path(checkpoint) / name).is_file():
+            read_checkpoint_json(Path(checkpoint) / name, remedy, keys)
     changed = [
         f"--{key} {saved.get(key)!r} now {settings.get(key)!r}"
         for key in sorted(saved.keys() | settings.keys())
