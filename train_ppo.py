@@ -922,7 +922,8 @@ def load_models(
         task_type="CAUSAL_LM",
     )
     with common.loading(inputs.policy, inputs.policy_command):
-        policy = get_peft_model(AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32), lora)
+        starting_point = AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32)
+    policy = get_peft_model(starting_point, lora)
     with common.loading(inputs.value, inputs.value_command):
         critic = load_critic(inputs.value)
     common.check_same_tokenizer(
