@@ -210,7 +210,11 @@ def example_questions(args: WebArguments) -> list[str]:
     held_out = Path(args.sft_model_path) / common.HELD_OUT_FILE
     if not held_out.is_file():
         return list(FALLBACK_QUESTIONS[: args.num_examples])
-    _, rows = common.evaluation_data(None, args.sft_model_path, args.model_source)
+    try:
+        _, rows = common.evaluation_data(None, args.sft_model_path, args.model_source)
+    except common.PipelineError as error:  # the page goes on without them, as without a model it cannot load
+        print(f"The README's questions instead of the SFT model's held-out ones: {error}", flush=True)
+        return list(FALLBACK_QUESTIONS[: args.num_examples])
     return list(dict.fromkeys(rows["question"]))[: args.num_examples]
 
 

@@ -4,6 +4,7 @@ model resolution, the offline tiny preset, and the chart of a run's TensorBoard 
     python -c "import common; print(common.load_preference_data(common.SAMPLE_DATA))"
 """
 
+import atexit
 import codecs
 import csv
 import ctypes
@@ -19,6 +20,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import shlex
 import shutil
@@ -36,9 +38,11 @@ from pathlib import Path
 from typing import Literal, get_args, get_type_hints
 
 import datasets
+import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import load as load_state_file
 from datasets import Dataset
 from peft import PeftModel
 from safetensors import SafetensorError, safe_open
@@ -142,6 +146,22 @@ PARTIAL, READY, OLD, LOCK = ".partial", ".ready", ".old", ".lock"
 PERIODIC_CHECKPOINT = re.compile(r"checkpoint-\d+")  # the Trainer's and train_ppo.py's; kept across a final save
 # TRL's trainers write a model card into the output folder with each periodic checkpoint: beside one, it is theirs.
 TRAINER_MODEL_CARD = "README.md"
+# The JSON files of a checkpoint that loading it reads (transformers, peft, tokenizers, eval_ppo.py --compare), each a
+# mapping, with the keys this pipeline reads from it: require_checkpoint reads every one present before any library
+# does, so that a truncated or emptied one is named with the command that writes it again, not met as a library's
+# traceback (or, for generation_config.json, silently replaced by defaults), nor after an evaluation has run.
+CHECKPOINT_JSON = {
+    "config.json": (),
+    "adapter_config.json": (),  # base_model_name_or_path, read where an adapter is loaded (adapter_base)
+    "generation_config.json": (),
+    "tokenizer.json": (),
+    "tokenizer_config.json": (),
+    "special_tokens_map.json": (),
+    "added_tokens.json": (),
+    "vocab.json": (),
+    "model.safetensors.index.json": (),
+    TRAIN_RESULTS_FILE: ("train_runtime", "train_samples_per_second"),
+}
 # What a model folder must be for each role it plays, by its config's architecture (and, for a reward model, a trained
 # score head in its weights: a language model loaded as a reward model gets a random head, silently).
 ROLES = {
@@ -176,6 +196,7 @@ OUTPUT_DIR_AREAS = {
 # often it logs, saves and evaluates. A resumed run may change these, and nothing else.
 RESUMABLE_SETTINGS = re.compile(
     r"output_dir|overwrite_output_dir|resume_from_checkpoint|run_name|report_to|logging_.*|log_.*|save_.*|"
+    r"resume_resets_state|"  # what a resume may start afresh (check_training_state), not how the run trains
     r"eval_(?!fraction$).*|"  # how often the held-out rows are evaluated, but not which rows they are
     r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
     r"local_rank|num_eval_questions"
@@ -610,6 +631,14 @@ class StageArguments:
     system_prompt: str = field(
         default=DEFAULT_SYSTEM_PROMPT,
         metadata={"help": "System prompt for rows whose `system` column is empty or missing."},
+    )
+    resume_resets_state: bool = field(
+        default=False,
+        metadata={
+            "help": "With --resume_from_checkpoint: resume from a checkpoint whose optimizer, learning-rate schedule, "
+            "random state or step count is missing or damaged, starting that afresh (said at the start); without "
+            "it such a resume is refused, as it would not continue the run it was saved by."
+        },
     )
     eval_fraction: float = field(
         default=DEFAULT_EVAL_FRACTION,
@@ -1229,8 +1258,8 @@ def stale_tiny_base(path: Path) -> bool:
     folder, which build_tiny_base alone writes, is ever rebuilt: any other is the user's."""
     if not path.is_dir() or path.resolve() != TINY_BASE_DIR.resolve():
         return False
-    stamp = path / TINY_RECIPE_FILE
-    return not stamp.is_file() or json.loads(stamp.read_text()) != tiny_recipe()
+    recipe, _ = _json_file(path / TINY_RECIPE_FILE)  # None if missing or damaged: not known to be today's base
+    return recipe != tiny_recipe()
 
 
 def require_one_process(script: str) -> None:
@@ -1298,6 +1327,68 @@ def checkpoint_problem(path: Path) -> str | None:
         except (SafetensorError, OSError) as error:
             return f"a damaged {file.name} ({error})"
     return None
+
+
+def read_checkpoint_json(path: str | Path, remedy: str, keys: tuple[str, ...] = ()) -> dict:
+    """The mapping a checkpoint's JSON file holds, with each of `keys`; else a PipelineError that names the file and
+    what is wrong with it, and ends with `remedy` (what to do: "Write it again: <the command that writes it>")."""
+    value, problem = _json_file(Path(path), keys)
+    if problem is not None:
+        raise PipelineError(
+            f"the checkpoint file {path} {problem}: it was not written completely, or was damaged since. {remedy}"
+        )
+    return value
+
+
+def _json_file(path: Path, keys: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
+    """(the mapping the JSON file `path` holds, None), or (None, what is wrong with it: "is empty", ...)."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None, "is missing"
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror})"
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
+    except json.JSONDecodeError as error:
+        if not error.doc.strip():
+            return None, "is empty"
+        return None, f"is not valid JSON ({_json_problem(error)} at line {error.lineno}, column {error.colno})"
+    if not isinstance(value, dict):
+        return None, f"holds a JSON {type(value).__name__}, not a mapping of names to values"
+    lacking = [repr(key) for key in keys if key not in value]
+    return (None, f"has no {_join(lacking)}") if lacking else (value, None)
+
+
+# Errors while loading a checkpoint that are not the checkpoint's: the machine ran out of memory.
+NOT_THE_CHECKPOINT = (MemoryError, torch.OutOfMemoryError)
+
+
+@contextmanager
+def loading(path: str | Path, command: str) -> Iterator[None]:
+    """Turn a library's error while loading the checkpoint at `path` into a PipelineError with the `command` that
+    writes it again.
+
+    Every file is there and parses (require_checkpoint checked that), so what fails now are files that do not make a
+    model or tokenizer: a config value of the wrong type (ValueError, TypeError, huggingface_hub's strict dataclass
+    errors), a config whose sizes are not the weights' (RuntimeError), a tokenizer.json without its vocabulary
+    (KeyError, or the tokenizers library's bare Exception), weights cut short where no header says so (OSError,
+    SafetensorError). Hence any Exception but running out of memory; the message keeps the library's own words."""
+    try:
+        yield
+    except NOT_THE_CHECKPOINT:
+        raise
+    except Exception as error:
+        raise PipelineError(
+            f"the checkpoint at {path} could not be loaded ({type(error).__name__}: {' '.join(str(error).split())}). "
+            f"It may be damaged or half-copied. Write it again: {command}"
+        ) from error
+
+
+def load_tokenizer(path: str | Path, command: str, **kwargs):
+    """The tokenizer of the checkpoint at `path` (AutoTokenizer), its errors said with the `command` that writes it."""
+    with loading(path, command):
+        return AutoTokenizer.from_pretrained(path, **kwargs)
 
 
 def weight_names(path: Path) -> set[str]:
@@ -1408,6 +1499,9 @@ def require_checkpoint(path: str | Path, command: str, role: str | None = None) 
             f"the checkpoint at {path} has {problem}: it was not written completely, or was damaged since. Write it "
             f"again: {command}"
         )
+    for name, keys in CHECKPOINT_JSON.items():
+        if (path / name).is_file():
+            read_checkpoint_json(path / name, f"Write it again: {command}", keys)
     if role is not None:
         check_role(path, role, command)
     return path
@@ -1426,7 +1520,7 @@ def check_role(path: Path, role: str, command: str) -> None:
         )
     if is_adapter:
         return
-    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    architectures = read_checkpoint_json(path / "config.json", f"Write it again: {command}").get("architectures") or []
     if not any(name.endswith(suffix) for name in architectures for suffix in ROLES[role]):
         kind = " / ".join(architectures) or "no architecture"
         raise PipelineError(
@@ -1445,14 +1539,9 @@ def load_model(model_class, path: str | Path, command: str, role: str | None = N
     path = require_checkpoint(path, command, role)
     # Not dtype="auto": that loads Qwen's bf16 weights as bf16, many times slower on a CPU without bf16 units.
     dtype = torch.bfloat16 if bf16_available() else torch.float32
-    try:
+    with loading(path, command):  # a file damaged in a way the checks of require_checkpoint cannot see
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = model_class.from_pretrained(path, dtype=dtype)
-    except (OSError, SafetensorError) as error:  # a file damaged in a way the header check cannot see
-        raise PipelineError(
-            f"the checkpoint at {path} could not be loaded ({type(error).__name__}: {error}). It may be damaged or "
-            f"half-copied. Write it again: {command}"
-        ) from error
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
 
@@ -1516,14 +1605,21 @@ def load_policy(path: str | Path, maker: str, tiny: bool):
     path = require_checkpoint(path, maker)
     if not (path / "adapter_config.json").is_file():
         return load_model(AutoModelForCausalLM, path, maker, "language model")
-    trained_on = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+    trained_on = adapter_base(path, maker)
     makers = {folder.resolve(): name for name, (folder, _, _) in POLICIES.items()}
     name = makers.get(Path(trained_on).resolve())
     remedy = (
         policy_command(name, POLICIES[name][0], tiny) if name else base_model_remedy(trained_on, "base_model_path")
     )
     model, tokenizer = load_model(AutoModelForCausalLM, trained_on, remedy, "language model")
-    return PeftModel.from_pretrained(model, path).eval(), tokenizer
+    with loading(path, maker):
+        return PeftModel.from_pretrained(model, path).eval(), tokenizer
+
+
+def adapter_base(path: str | Path, maker: str) -> str:
+    """The model the LoRA adapter at `path` was trained on (its adapter_config.json's base_model_name_or_path)."""
+    key = "base_model_name_or_path"
+    return read_checkpoint_json(Path(path) / "adapter_config.json", f"Write it again: {maker}", (key,))[key]
 
 
 def try_lock(path: Path):
@@ -1835,7 +1931,8 @@ def run_settings(*configs) -> dict:
 
 
 def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
-    """Refuse to resume from `checkpoint` with `settings` other than those it was saved with (no-op without one)."""
+    """Refuse to resume from `checkpoint` with `settings` other than those it was saved with, or with a damaged JSON
+    file (no-op without one)."""
     if checkpoint is None:
         return
     file = Path(checkpoint) / RUN_SETTINGS_FILE
@@ -1845,7 +1942,11 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
             "training saved, so whether this run would continue it with the same settings cannot be checked. "
             "Resume from one of those, or start a new run."
         )
-    saved = json.loads(file.read_text())
+    remedy = "Resume from another checkpoint-<step> folder, or start a new run."
+    saved = read_checkpoint_json(file, remedy)
+    for name, keys in CHECKPOINT_JSON.items():  # the model's own files, which the resume loads
+        if (Path(checkpoint) / name).is_file():
+            read_checkpoint_json(Path(checkpoint) / name, remedy, keys)
     changed = [
         f"--{key} {saved.get(key)!r} now {settings.get(key)!r}"
         for key in sorted(saved.keys() | settings.keys())
@@ -1860,14 +1961,128 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
         )
 
 
+# What a resume reads besides the weights, by kind: what the state is, and what a resume without it starts afresh.
+# The Trainer skips a missing optimizer.pt, scheduler.pt or rng_state.pth without a word, and accelerate's load_state
+# (train_ppo.py) a random state it cannot read; check_training_state says it first, or refuses.
+TRAINING_STATES = {
+    "optimizer": (
+        "the optimizer's state",
+        "the optimizer starts afresh (Adam's moment estimates from zero: the first steps after the resume about as "
+        "large as the learning rate, not as the run's)",
+    ),
+    "scheduler": ("the learning-rate schedule", "the learning-rate schedule starts again from its first step"),
+    "rng": (
+        "the random generators' state",
+        "the random numbers drawn from there on (data order, sampling, dropout) differ from the uninterrupted run's, "
+        "so its result is not that run's",
+    ),
+    "step": (
+        "the step it was saved at",
+        "the Trainer starts again at step 0 and trains every step again from the checkpoint's weights",
+    ),
+}
+# The states' keys as each library saves them: the Trainer's rng_state.pth and accelerate's random_states_<i>.pkl hold
+# Python's, NumPy's and torch's CPU generator (in that order here), and each GPU's where there is one.
+RNG_KEYS = {
+    "trainer": ("python", "numpy", "cpu", "cuda"),
+    "accelerate": ("random_state", "numpy_random_seed", "torch_manual_seed", "torch_cuda_manual_seed"),
+}
+RESETS_FLAG = "--resume_resets_state"
+
+
+def trainer_state_files(checkpoint: Path, world_size: int) -> dict[str, str]:
+    """{file: kind of TRAINING_STATES} of what the Trainer resumes from a checkpoint-<step> besides its weights
+    (Trainer._save_checkpoint): its optimizer and scheduler (under DeepSpeed, whose global_step<N> folder holds
+    them, only the scheduler), each process's random state and the step count."""
+    deepspeed = any(checkpoint.glob("global_step*"))
+    rng = ["rng_state.pth"] if world_size == 1 else [f"rng_state_{i}.pth" for i in range(world_size)]
+    return (
+        ({} if deepspeed else {"optimizer.pt": "optimizer"})
+        | {"scheduler.pt": "scheduler"}
+        | dict.fromkeys(rng, "rng")
+        | {"trainer_state.json": "step"}
+    )
+
+
+def state_problem(file: Path, kind: str, rng_keys: tuple[str, ...] = RNG_KEYS["trainer"]) -> str | None:
+    """Why `file`, a training state of `kind` (TRAINING_STATES), cannot be resumed from, or None: it is missing, or
+    torch cannot read it (loaded as the Trainer loads it, weights only; the optimizer's memory-mapped, not read into
+    memory), or it holds no state of its kind (a random state is set into spare generators, which checks it whole)."""
+    if not file.is_file():
+        return "is missing"
+    if kind == "step":
+        return _json_file(file, ("global_step",))[1]
+    try:
+        state = load_state_file(file, map_location="cpu", mmap=kind == "optimizer")
+    except Exception:  # torch's unpickler raises many types for a cut or overwritten file; all mean the same
+        return "is damaged (torch cannot read it)"
+    if kind == "optimizer" and not (isinstance(state, dict) and {"state", "param_groups"} <= state.keys()):
+        return "holds no optimizer state"
+    if kind == "scheduler" and not isinstance(state, dict):
+        return "holds no scheduler state"
+    if kind == "rng":
+        python, numpy, cpu, gpu = (state.get(key) if isinstance(state, dict) else None for key in rng_keys)
+        try:
+            random.Random().setstate(python)
+            np.random.RandomState().set_state(numpy)
+            torch.Generator().set_state(cpu)
+        except Exception:  # each generator rejects a wrong state with its own type of error
+            return "holds no usable random state"
+        if torch.cuda.is_available() and gpu is None:
+            return "holds no random state of the GPU"
+    return None
+
+
+def check_training_state(
+    checkpoint: Path, files: dict[str, str], accept: bool, rng_keys=RNG_KEYS["trainer"]
+) -> list[str]:
+    """The `files` ({name: kind of TRAINING_STATES} in `checkpoint`) a resume must leave out, because they are missing
+    or damaged, once --resume_resets_state (`accept`) accepts starting those states afresh, said in one line; without
+    it a PipelineError that names them and what a resume without them would start afresh. [] when all are sound."""
+    problems = {name: state_problem(checkpoint / name, kind, rng_keys) for name, kind in files.items()}
+    problems = {name: problem for name, problem in problems.items() if problem is not None}
+    resets = list(dict.fromkeys(TRAINING_STATES[files[name]][1] for name in problems))
+    what = "; ".join(f"{name} ({TRAINING_STATES[files[name]][0]}) {problem}" for name, problem in problems.items())
+    it, that = ("it", "that") if len(problems) == 1 else ("them", "those")
+    if problems and not accept:
+        raise PipelineError(
+            f"{checkpoint} cannot be resumed as it was saved: {what}. Resumed without {it}, {'; and '.join(resets)}. "
+            f"Resume from another checkpoint, start a new run, or add {RESETS_FLAG} to resume with {that} started "
+            "afresh."
+        )
+    if problems:
+        resumed = f"Resuming from {checkpoint} with {RESETS_FLAG}, where {what}"
+        PartialState().print(f"{resumed}; so {'; and '.join(resets)}.")
+    return list(problems)
+
+
+def resume_view(checkpoint: Path, left_out: list[str]) -> Path:
+    """A folder that is `checkpoint` without the files `left_out`: links to its other entries, in a temporary folder
+    of this process removed when it ends. The libraries resume from it as from the checkpoint, and start a state
+    whose file is absent afresh, where they would fail on a damaged one."""
+    view = Path(tempfile.mkdtemp(prefix=f"{checkpoint.name}-resume-"))
+    atexit.register(shutil.rmtree, view, ignore_errors=True)
+    for entry in checkpoint.resolve().iterdir():
+        if entry.name not in left_out:
+            (view / entry.name).symlink_to(entry)
+    return view
+
+
 def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, str]) -> dict:
     """What the Trainer stages check before any data or model loads, in this order: a resumed run has the settings
-    its checkpoint was saved with (check_resume), and the output folder can take the model (check_output_dir), is
-    none of the `inputs` ({flag: folder} of the models the run reads, the one it trains first: its size is the
-    save's) and holds no other run's periodic checkpoints (check_periodic_checkpoints). The run's settings, for
-    SaveRunSettings."""
+    its checkpoint was saved with (check_resume) and its whole training state, or --resume_resets_state
+    (check_training_state; the Trainer then resumes from a view without the states it starts afresh), and the output
+    folder can take the model (check_output_dir), is none of the `inputs` ({flag: folder} of the models the run reads,
+    the one it trains first: its size is the save's) and holds no other run's periodic checkpoints
+    (check_periodic_checkpoints). The run's settings, for SaveRunSettings."""
     settings = run_settings(script_args, training_args, model_args)
     check_resume(training_args.resume_from_checkpoint, settings)
+    if training_args.resume_from_checkpoint is not None:
+        checkpoint = Path(training_args.resume_from_checkpoint)
+        files = trainer_state_files(checkpoint, training_args.world_size)
+        left_out = check_training_state(checkpoint, files, script_args.resume_resets_state)
+        if left_out:
+            training_args.resume_from_checkpoint = str(resume_view(checkpoint, left_out))
     check_output_dir(training_args.output_dir, inputs, save_size(next(iter(inputs.values()))))
     prunes = training_args.save_strategy != "no" and bool(training_args.save_total_limit)
     check_periodic_checkpoints(training_args.output_dir, training_args.resume_from_checkpoint, prunes)

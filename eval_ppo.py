@@ -114,16 +114,13 @@ class EvalArguments:
 
 def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
     """The SFT model with the PPO adapter on it (unmerged: disable_adapter() gives back the SFT model)."""
-    common.require_checkpoint(
-        args.model_path,
-        common.command(
-            "train_ppo.py",
-            args.tiny,
-            output_dir=common.hint_output_dir(args.model_path, common.PPO_DIR, common.WRITES["train_ppo.py"]),
-        ),
-        "adapter",
+    ppo_command = common.command(
+        "train_ppo.py",
+        args.tiny,
+        output_dir=common.hint_output_dir(args.model_path, common.PPO_DIR, common.WRITES["train_ppo.py"]),
     )
-    trained_on = json.loads((Path(args.model_path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    common.require_checkpoint(args.model_path, ppo_command, "adapter")
+    trained_on = common.adapter_base(args.model_path, ppo_command)
     if Path(trained_on).resolve() != Path(args.sft_model_path).resolve():
         raise common.PipelineError(
             f"the adapter at {args.model_path} was trained on {trained_on}, not on --sft_model_path "
@@ -131,7 +128,8 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
         )
     sft_command = common.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command, "language model")
-    return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
+    with common.loading(args.model_path, ppo_command):
+        return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
 
 
 def sample(
@@ -310,7 +308,10 @@ def method_metrics(result: dict, path: str) -> dict:
         metrics["mean_kl_to_sft"] = result["kl"].mean().item()
     train_results = Path(path) / common.TRAIN_RESULTS_FILE
     if train_results.is_file():
-        logged = json.loads(train_results.read_text())
+        # Read once already, when the model loaded (common.require_checkpoint), so that a damaged file stops the
+        # comparison before it samples rather than here.
+        keys = common.CHECKPOINT_JSON[common.TRAIN_RESULTS_FILE]
+        logged = common.read_checkpoint_json(train_results, "Train that model again.", keys)
         metrics |= {
             "train_runtime_s": logged["train_runtime"],
             "train_samples_per_second": logged["train_samples_per_second"],

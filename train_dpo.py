@@ -19,7 +19,7 @@ from pathlib import Path
 
 from accelerate import init_empty_weights
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 import common
@@ -135,7 +135,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     saved_as = Path(training_args.output_dir) / common.HELD_OUT_FILE
     common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
 
-    tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
+    tokenizer = common.load_tokenizer(script_args.sft_model_path, sft_command)
     if model_args.use_peft:  # DPOTrainer loads the model: its layers from an empty (meta-device) copy, in no time
         with init_empty_weights():
             layers = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(script_args.sft_model_path))

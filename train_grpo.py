@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 import common
@@ -177,7 +177,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
         "prompt", [common.prompt_messages(row, script_args.system_prompt) for row in train_rows]
     )
 
-    tokenizer = AutoTokenizer.from_pretrained(script_args.sft_model_path)
+    tokenizer = common.load_tokenizer(script_args.sft_model_path, sft_command)
     common.check_pad_token(tokenizer, script_args.sft_model_path)
     reward_model, rm_tokenizer = common.load_model(
         AutoModelForSequenceClassification, script_args.reward_model_path, rm_command, "reward model"

@@ -45,7 +45,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, get_scheduler
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 import common
@@ -58,6 +58,9 @@ CHECKPOINT_PREFIX = "checkpoint-"  # periodic checkpoints: checkpoint-<update>
 # run's counters, so a resumed run continues as if never stopped, under DDP and DeepSpeed alike.
 TRAINING_STATE_DIR = "training_state"
 PROGRESS_FILE = "progress.json"
+# accelerate's names in it for the optimizer, the schedule (registered for checkpointing: the first custom object)
+# and each process's random state.
+OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE = "optimizer.bin", "custom_checkpoint_0.pkl", "random_states_{}.pkl"
 VALUE_DIR = "value"  # the critic, inside each PPO checkpoint: TRL's PPOTrainer never saved it (trl#3293)
 WHITEN_EPS = 1e-8
 CHART_TAGS = [
@@ -869,7 +872,9 @@ def resume_point(resume: Path | None, run: dict, settings: dict) -> dict:
             f"{resume} holds no training state ({TRAINING_STATE_DIR}/{PROGRESS_FILE}): only the checkpoint-<update> "
             "folders that --save_steps writes can be resumed from (the final checkpoint holds the model only)."
         )
-    saved = json.loads(progress_file.read_text())
+    saved = common.read_checkpoint_json(
+        progress_file, "Resume from another checkpoint-<update> folder, or start a new run.", (*run, "update")
+    )
     if {key: saved[key] for key in run} != run:
         raise common.PipelineError(
             f"{resume} was saved by a run of {saved['num_updates']} updates of {saved['batch_size']} answers with "
@@ -880,6 +885,31 @@ def resume_point(resume: Path | None, run: dict, settings: dict) -> dict:
     return saved
 
 
+def training_state_files(accelerator: Accelerator) -> dict[str, str]:
+    """{file: kind of common.TRAINING_STATES} of what accelerate's save_state writes into TRAINING_STATE_DIR besides
+    the weights: the optimizer (under DeepSpeed inside the folder of its own checkpoint, not checked here), the
+    schedule and every process's random state."""
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    return (
+        ({} if deepspeed else {OPTIMIZER_FILE: "optimizer"})
+        | {SCHEDULER_FILE: "scheduler"}
+        | {RNG_FILE.format(i): "rng" for i in range(accelerator.num_processes)}
+    )
+
+
+def state_to_load(state_dir: Path, left_out: list[str], optimizer, scheduler) -> Path:
+    """The folder to load the training state from: `state_dir`, or, for the states --resume_resets_state starts
+    afresh (`left_out`), a view of it with the new optimizer's and schedule's own states in their place (accelerate's
+    load_state needs both files; a random state it lacks it leaves as set_seed set it)."""
+    if not left_out:
+        return state_dir
+    view = common.resume_view(state_dir, left_out)
+    for name, fresh in ((OPTIMIZER_FILE, optimizer), (SCHEDULER_FILE, scheduler)):
+        if name in left_out:
+            torch.save(fresh.state_dict(), view / name)
+    return view
+
+
 @dataclass
 class Inputs:
     """The input models' folders, checked for their roles, and the commands that make each."""
@@ -888,6 +918,7 @@ class Inputs:
     policy_role: str  # what the policy starts from, in words
     policy_command: str
     value: str
+    value_command: str
     reward: str
     reward_command: str
 
@@ -912,8 +943,11 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
             held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
         )
     value = common.resolve_model(script_args.value_model_path, script_args.model_source, rebuild_stale=False)
-    common.require_checkpoint(value, common.base_model_remedy(value, "value_model_path"), "critic")
-    return Inputs(policy, policy_role, policy_command, value, script_args.reward_model_path, reward_command)
+    value_command = common.base_model_remedy(value, "value_model_path")
+    common.require_checkpoint(value, value_command, "critic")
+    return Inputs(
+        policy, policy_role, policy_command, value, value_command, script_args.reward_model_path, reward_command
+    )
 
 
 def load_models(
@@ -923,7 +957,7 @@ def load_models(
     off: the reference), the critic, and the reward model's scores unless `reward_fn` is given. All three models must
     share the policy's tokenizer. Every model stays in eval mode and LoRA dropout is 0: with no dropout anywhere,
     log-probs are deterministic, so the PPO ratio and the KL measure policy change only."""
-    tokenizer = AutoTokenizer.from_pretrained(inputs.policy)
+    tokenizer = common.load_tokenizer(inputs.policy, inputs.policy_command)
     common.check_pad_token(tokenizer, inputs.policy)
     torch.manual_seed(config.seed)  # the same initial adapter and score head in every process
     lora = LoraConfig(
@@ -933,13 +967,16 @@ def load_models(
         target_modules=config.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    policy = AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32)
-    common.check_target_modules(policy, config.lora_target_modules, inputs.policy)
-    policy = get_peft_model(policy, lora)
-    critic = load_critic(inputs.value)
+    with common.loading(inputs.policy, inputs.policy_command):
+        starting_point = AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32)
+    common.check_target_modules(starting_point, config.lora_target_modules, inputs.policy)
+    policy = get_peft_model(starting_point, lora)
+    with common.loading(inputs.value, inputs.value_command):
+        critic = load_critic(inputs.value)
     common.check_same_tokenizer(
-        tokenizer, AutoTokenizer.from_pretrained(inputs.value), f"the critic ({inputs.value})", inputs.policy
-    )
+        tokenizer, common.load_tokenizer(inputs.value, inputs.value_command), f"the critic ({inputs.value})",
+        inputs.policy,
+    )  # fmt: skip
     if reward_fn is None:
         reward_model, rm_tokenizer = common.load_model(
             AutoModelForSequenceClassification, inputs.reward, inputs.reward_command, "reward model"
@@ -1111,6 +1148,11 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     run = {"batch_size": batch_size, "num_updates": num_updates, "processes": accelerator.num_processes}
     saved = resume_point(resume, run, settings)
     start_update = saved.get("update", 0)
+    left_out = []
+    if resume is not None:
+        state_dir, files = resume / TRAINING_STATE_DIR, training_state_files(accelerator)
+        accept, rng_keys = script_args.resume_resets_state, common.RNG_KEYS["accelerate"]
+        left_out = common.check_training_state(state_dir, files, accept, rng_keys)
     inputs = check_inputs(script_args, held_out, config.output_dir, own_reward=reward_fn is not None)
     common.lock_output_dir(config.output_dir)
 
@@ -1126,7 +1168,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     accelerator.register_for_checkpointing(scheduler)
     set_seed(config.seed, device_specific=True)  # seed + process index: each process samples its own answers
     if resume is not None:
-        accelerator.load_state(resume / TRAINING_STATE_DIR)
+        accelerator.load_state(state_to_load(resume / TRAINING_STATE_DIR, left_out, optimizer, scheduler))
     unwrapped = accelerator.unwrap_model(model)
 
     # Prompts, in one shuffled order per epoch for the whole run; the held-out ones for evaluation.

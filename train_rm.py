@@ -13,7 +13,6 @@ tensorboard/rm/<time> (rm.png). Score it with eval_rm.py.
 from dataclasses import dataclass
 
 from datasets import Dataset
-from transformers import AutoTokenizer
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 import common
@@ -108,8 +107,9 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         training_args.eval_strategy = "no"
 
     model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
-    common.require_checkpoint(model_path, common.base_model_remedy(model_path, "model_name_or_path"), "language model")
-    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=model_args.model_revision)
+    base_command = common.base_model_remedy(model_path, "model_name_or_path")
+    common.require_checkpoint(model_path, base_command, "language model")
+    tokenizer = common.load_tokenizer(model_path, base_command, revision=model_args.model_revision)
     tokenizer.eos_token = training_args.eos_token or tokenizer.eos_token
     tokenizer.pad_token = training_args.pad_token or tokenizer.pad_token
     common.check_pad_token(tokenizer, model_path)
