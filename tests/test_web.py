@@ -104,13 +104,13 @@ def test_missing_checkpoints_listed_and_answers_without_reward_model(tiny_base):
     assert "train_dpo.py --tiny --output_dir /nonexistent/dpo" in models.missing["dpo"]
     assert "train_ppo.py --tiny --from_base --output_dir /nonexistent/ppo_base" in models.missing["ppo_base"]
     page_text = chat_web.missing_text(models)
-    assert all(f"**{name}**" in page_text for name in common.POLICIES)
+    assert all(f"**{chat_web.as_text(name)}**" in page_text for name in common.POLICIES)
     assert models.examples == list(chat_web.FALLBACK_QUESTIONS)  # no SFT model, so no held-out questions
 
     (answer,) = final(models, args)
     assert answer.done and answer.reward is None and answer.answer_ids
     line = chat_web.score_text(models.columns[0], answer)
-    assert "train_rm.py --tiny --output_dir /nonexistent/rm" in line and "judge:" in line
+    assert chat_web.as_text("train_rm.py --tiny --output_dir /nonexistent/rm") in line and "judge\\:" in line
 
 
 def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
@@ -332,10 +332,10 @@ def test_the_api_refuses_bad_values_and_a_failed_generation_frees_the_queue(serv
     assert answer and "judge\\: " in line  # Markdown, escaped
 
 
-def test_page_shows_file_text_as_text_and_names_an_emptied_box(served, tmp_path):
-    """In Chromium: the missing list and the example show HOSTILE as text (no image, form or link drawn), an emptied
-    temperature box is refused with its name and range, and the next question is answered. With the CJK font `make
-    browser` installs, the screenshot shows the Chinese."""
+def test_page_shows_file_text_as_text_and_names_an_emptied_box(served, tmp_path, monkeypatch):
+    """In Chromium: the missing list, the example and an error's message show HOSTILE as text (no image, form or link
+    drawn: Gradio's toast renders HTML), an emptied temperature box is refused with its name and range, and the next
+    question is answered. With the CJK font `make browser` installs, the screenshot shows the Chinese."""
     if not (Path(BROWSER).is_file() and Path(DRIVER).is_file()):
         pytest.skip(f"no {BROWSER} and {DRIVER}: `make browser` installs them where it can (root or sudo).")
     if not subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout.strip():
@@ -350,26 +350,35 @@ def test_page_shows_file_text_as_text_and_names_an_emptied_box(served, tmp_path)
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+
+    def toasts(driver) -> str:
+        return " ".join(toast.text for toast in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']"))
+
+    def broken(seed):
+        raise RuntimeError(HOSTILE)
+
     try:
         driver.get(served[1])
         wait = WebDriverWait(driver, ANSWERS_S)
         missing = wait.until(lambda d: d.find_element(By.ID, "missing"))
         assert HOSTILE in missing.text and HOSTILE in driver.find_element(By.TAG_NAME, "body").text
-        for tag in ("img[src*='127.0.0.1:9']", "form", "input[type=password]", "a[href*='127.0.0.1:9']", ".katex"):
-            assert not driver.find_elements(By.CSS_SELECTOR, tag), tag
 
-        driver.find_element(By.CSS_SELECTOR, "#question textarea").send_keys(QUESTION)
+        question = driver.find_element(By.CSS_SELECTOR, "#question textarea")
+        question.send_keys(QUESTION)
         driver.find_element(By.XPATH, "//*[text()='System prompt and sampling']").click()
         temperature = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[aria-label='Temperature']"))
         temperature.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
         driver.find_element(By.ID, "ask").click()
-        toast = wait.until(
-            lambda d: " ".join(t.text for t in d.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']"))
-        )
-        assert "Temperature is empty: type a number from 0.01 to 10.0." in toast
+        assert "Temperature is empty: type a number from 0.01 to 10.0." in wait.until(toasts)
         temperature.send_keys("0.7")
-        driver.find_element(By.ID, "ask").click()
+        monkeypatch.setattr(chat_web, "set_seed", broken)
+        question.send_keys(Keys.ENTER)  # the other way to ask (the toasts now cover the button)
+        wait.until(lambda d: HOSTILE in toasts(d))
+        monkeypatch.undo()
+        question.send_keys(Keys.ENTER)
         wait.until(lambda d: "judge:" in d.find_element(By.ID, "score-base").text)
+        for tag in ("img[src*='127.0.0.1:9']", "form", "input[type=password]", "a[href*='127.0.0.1:9']", ".katex"):
+            assert not driver.find_elements(By.CSS_SELECTOR, tag), tag
         driver.save_screenshot(str(tmp_path / "page.png"))
     finally:
         driver.quit()
