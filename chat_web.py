@@ -64,8 +64,6 @@ TEMPERATURE_RANGE = (0.01, 10.0)
 SEED_RANGE = (0, 2**32 - 1)  # numpy's, which set_seed seeds too: a seed outside it raises there
 # The sampling boxes by field name: the label each is named by, and whether it takes whole numbers only.
 BOXES = {"temperature": ("Temperature", False), "max_new_tokens": ("Max new tokens", True), "seed": ("Seed", True)}
-# Max new tokens runs from 1 to the shortest context of the page's models (max_answer_tokens): no model has positions
-# beyond it.
 
 
 @dataclass
@@ -314,9 +312,10 @@ def ask(
         yield answers
 
 
-def max_answer_tokens(models: Models) -> int:
-    """The most new tokens the page lets a question ask for: the shortest context of its models."""
-    return min((column.model.config.max_position_embeddings for column in models.columns), default=1)
+def max_answer_tokens(models: Models) -> float:
+    """The most new tokens the page lets a question ask for: the shortest context of its models (none has positions
+    beyond it), or no limit on a page without models, which asks none."""
+    return min((column.model.config.max_position_embeddings for column in models.columns), default=math.inf)
 
 
 def box_ranges(models: Models) -> dict[str, tuple[float, float]]:
