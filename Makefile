@@ -64,17 +64,19 @@ test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto
 
 # tests/test_web.py drives the chat page in Debian's Chromium and its chromedriver (pip's browser downloads need
-# hosts CI cannot reach). Installed here when missing and apt-get can run (root, or sudo without a password);
-# otherwise that one test skips and says why.
+# hosts CI cannot reach), with a CJK font: a bare Debian has none, and the page and its screenshots show boxes for
+# the Chinese. Installed here when missing and apt-get can run (root, or sudo without a password); otherwise the
+# browser tests skip and say why.
 browser:
-	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && fc-list :lang=zh 2>/dev/null | grep -q .; then \
+		exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
 	else echo "No Chromium, and no root or sudo to install it: the browser test of tests/test_web.py will skip."; \
 		exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then echo "No Chromium and no apt-get: the browser test will skip."; exit 0; fi; \
-	echo "Installing Chromium and chromedriver for the browser test (apt-get)"; \
+	echo "Installing Chromium, chromedriver and a CJK font for the browser test (apt-get)"; \
 	$$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium chromium-driver \
-		|| echo "Installing Chromium failed (above): the browser test will skip."
+		fonts-noto-cjk || echo "Installing Chromium failed (above): the browser test will skip."
 
 # Runs write their charts beside their TensorBoard scalars (tensorboard/<stage>/<time>/<stage>.png), never into
 # imgs/; this is the one command that does, from a run of the demo of its own in a temporary folder.

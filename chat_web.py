@@ -10,7 +10,10 @@ checkpoint; the others are listed on the page with the command that makes them. 
 only: anyone who can reach the port can make this machine run the models, so another --host needs --allow_remote.
 """
 
+import html
+import math
 import os
+import string
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,7 +55,15 @@ DESCRIPTIONS = {
     "dpo": "DPO on the SFT model",
     "grpo": "GRPO on the SFT model",
 }
+REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder makes of bytes that are not (yet) a whole UTF-8 character
 ANSWER_LINES = 6  # the height of an answer box; longer answers scroll
+# What the page accepts in each sampling box, the same from the browser and from Gradio's API (check_request reads
+# every request; the boxes show the range). Temperature: the boxes' old minimum, far above where logits / temperature
+# overflows float32 and sampling fails; above its maximum every token is nearly equally likely (the answer is noise).
+TEMPERATURE_RANGE = (0.01, 10.0)
+SEED_RANGE = (0, 2**32 - 1)  # numpy's, which set_seed seeds too: a seed outside it raises there
+# The sampling boxes by field name: the label each is named by, and whether it takes whole numbers only.
+BOXES = {"temperature": ("Temperature", False), "max_new_tokens": ("Max new tokens", True), "seed": ("Seed", True)}
 
 
 @dataclass
@@ -122,6 +133,10 @@ class Answer:
     finished: bool = False  # stopped at its end-of-turn token, not cut at max_new_tokens
     reward: float | None = None
     done: bool = False
+
+
+class RequestError(common.PipelineError):
+    """A question the page refuses or could not answer: shown to whoever asked, and the page goes on."""
 
 
 @dataclass
@@ -236,8 +251,8 @@ def stream_answer(
     output = {}
 
     def generate():
-        set_seed(seed)  # in the thread that samples, right before it: the column's answer depends on the seed alone
-        try:
+        try:  # everything in the thread: an error anywhere must end the stream, or the loop below waits forever
+            set_seed(seed)  # in the thread that samples, right before it: the answer depends on the seed alone
             output["ids"] = column.model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -261,8 +276,15 @@ def stream_answer(
     )
     answer.answer_ids = responses[0, : lengths[0]].tolist()
     answer.finished = bool(answer.answer_ids) and answer.answer_ids[-1] == tokenizer.eos_token_id
-    # The text as PPO's answer_texts decodes it: the answer up to its stop token, without special tokens.
-    answer.text = tokenizer.decode(answer.answer_ids, skip_special_tokens=True)
+    answer.text = answer_text(tokenizer, answer.answer_ids, answer.finished)
+
+
+def answer_text(tokenizer, answer_ids: list[int], finished: bool) -> str:
+    """The text as PPO's answer_texts decodes it, from all the answer's ids at once (a character whose bytes span
+    two tokens comes out whole): up to its stop token, without special tokens. An answer cut at max_new_tokens may
+    end inside a character, whose first bytes decode as U+FFFD: that broken character is left out."""
+    text = tokenizer.decode(answer_ids, skip_special_tokens=True)
+    return text if finished else text.rstrip(REPLACEMENT_CHARACTER)
 
 
 def score(models: Models, column: Column, answer: Answer) -> None:
@@ -282,26 +304,101 @@ def ask(
     each time one grows."""
     answers = [Answer() for _ in models.columns]
     for column, answer in zip(models.columns, answers):
-        for _ in stream_answer(column, question, system_prompt, answer, temperature, max_new_tokens, seed):
-            yield answers
-        score(models, column, answer)
+        try:
+            for _ in stream_answer(column, question, system_prompt, answer, temperature, max_new_tokens, seed):
+                yield answers
+            score(models, column, answer)
+        except Exception as error:  # any failure ends this question with a message; the next one is served
+            raise RequestError(
+                f"the {column.name} model failed on this question ({type(error).__name__}: {error}); the columns "
+                "after it were not asked. The page is ready for the next question."
+            ) from error
         yield answers
+
+
+def max_answer_tokens(models: Models) -> float:
+    """The most new tokens the page lets a question ask for: the shortest context of its models (none has positions
+    beyond it), or no limit on a page without models, which asks none."""
+    return min((column.model.config.max_position_embeddings for column in models.columns), default=math.inf)
+
+
+def box_ranges(models: Models) -> dict[str, tuple[float, float]]:
+    """The range of each sampling box, by the name of the field (and flag) that sets its start value."""
+    return {"temperature": TEMPERATURE_RANGE, "max_new_tokens": (1, max_answer_tokens(models)), "seed": SEED_RANGE}
+
+
+@dataclass
+class Request:
+    """A question with its sampling settings, as the page's boxes (or Gradio's API) send them."""
+
+    question: object
+    system_prompt: object
+    temperature: object
+    max_new_tokens: object
+    seed: object
+
+
+def check_request(request: Request, ranges: dict[str, tuple[float, float]]) -> tuple[str, str, float, int, int]:
+    """(question, system prompt, temperature, max new tokens, seed) of `request`, or a RequestError that names the
+    box and its range: every value is checked here, as the browser and the API both send it, before any model runs.
+    An empty box is refused, never filled with a default the user does not see."""
+    if not isinstance(request.question, str) or not request.question.strip():
+        raise RequestError("Type a question first, or click one of the held-out questions.")
+    if not isinstance(request.system_prompt, str):
+        raise RequestError(f"The system prompt must be text, got {request.system_prompt!r}.")
+    temperature, max_new_tokens, seed = (
+        check_number(box, getattr(request, name), ranges[name], whole) for name, (box, whole) in BOXES.items()
+    )
+    return request.question, request.system_prompt, temperature, max_new_tokens, seed
+
+
+def check_number(box: str, value: object, bounds: tuple[float, float], whole: bool) -> float | int:
+    """`value` of the box named `box` as a number in `bounds` (a whole one where `whole`), or a RequestError."""
+    kind = "a whole number" if whole else "a number"
+    wanted = f"{kind} from {bounds[0]} to {bounds[1]}"
+    if value is None or value == "":
+        raise RequestError(f"{box} is empty: type {wanted}.")
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not (number and bounds[0] <= value <= bounds[1] and (not whole or value == int(value))):
+        raise RequestError(f"{box} must be {wanted}, got {value!r}.")
+    return int(value) if whole else float(value)
 
 
 def score_text(column: Column, answer: Answer) -> str:
     """The line under an answer: the reward model's score and the lexicon judge's verdict, once it is done."""
     if not answer.done:
         return "…" if answer.text else ""
-    reward = f"reward **{answer.reward:+.3f}**" if answer.reward is not None else column.reward_problem
+    reward = f"reward **{answer.reward:+.3f}**" if answer.reward is not None else as_text(column.reward_problem)
     cut = "" if answer.finished else " · cut at max new tokens"
-    return f"{reward} · {common.judge_summary(answer.text)}{cut}"
+    return f"{reward} · {as_text(common.judge_summary(answer.text))}{cut}"
+
+
+def as_text(text: str) -> str:
+    """`text` (from a file, a model or an error) as Markdown that shows it as it is: every ASCII punctuation mark
+    backslash-escaped, as CommonMark allows for each, so no HTML tag, image, link or emphasis in it becomes one."""
+    return "".join(f"\\{char}" if char in string.punctuation else char for char in text)
 
 
 def missing_text(models: Models) -> str:
     if not models.missing:
         return ""
-    lines = "\n".join(f"- **{name}**: {why}" for name, why in models.missing.items())
+    lines = "\n".join(f"- **{as_text(name)}**: {as_text(why)}" for name, why in models.missing.items())
     return f"Not on the page (no checkpoint, or one that could not be loaded):\n\n{lines}"
+
+
+def info(bounds: tuple[float, float]) -> str:
+    return f"from {bounds[0]} to {bounds[1]}"
+
+
+def check_start_values(args: WebArguments, models: Models) -> None:
+    """Refuse a --temperature, --max_new_tokens or --seed that its box would refuse at every question."""
+    for name, bounds in box_ranges(models).items():
+        try:
+            check_number(f"--{name}", getattr(args, name), bounds, whole=BOXES[name][1])
+        except RequestError as error:
+            raise common.ArgumentError(
+                f"{error} It starts the page's {BOXES[name][0]} box, which takes that range."
+            ) from error
 
 
 def build_page(models: Models, args: WebArguments) -> gr.Blocks:
@@ -318,9 +415,13 @@ def build_page(models: Models, args: WebArguments) -> gr.Blocks:
         with gr.Accordion("System prompt and sampling", open=False):
             system_prompt = gr.Textbox(value=args.system_prompt, label="System prompt", elem_id="system_prompt")
             with gr.Row():
-                temperature = gr.Number(value=args.temperature, label="Temperature", minimum=0.01)
-                max_new_tokens = gr.Number(value=args.max_new_tokens, label="Max new tokens", minimum=1, precision=0)
-                seed = gr.Number(value=args.seed, label="Seed", precision=0)
+                # No minimum, maximum or precision here: Gradio would refuse or round a value before check_request
+                # sees it, without naming the box. The range is shown under each box instead.
+                temperature = gr.Number(value=args.temperature, label="Temperature", info=info(TEMPERATURE_RANGE))
+                max_new_tokens = gr.Number(
+                    value=args.max_new_tokens, label="Max new tokens", info=info(box_ranges(models)["max_new_tokens"])
+                )
+                seed = gr.Number(value=args.seed, label="Seed", info=info(SEED_RANGE))
         outputs = []
         with gr.Row():
             for column in models.columns:
@@ -333,18 +434,21 @@ def build_page(models: Models, args: WebArguments) -> gr.Blocks:
                             elem_id=f"answer-{column.name}",
                         )
                     )
-                    outputs.append(gr.Markdown(elem_id=f"score-{column.name}"))
-        gr.Markdown(missing_text(models), elem_id="missing")
+                    # No LaTeX: text that holds $$ is shown as it is (as_text escapes the Markdown, not KaTeX's).
+                    outputs.append(gr.Markdown(elem_id=f"score-{column.name}", latex_delimiters=[]))
+        gr.Markdown(missing_text(models), elem_id="missing", latex_delimiters=[])
 
-        def on_ask(question, system_prompt, temperature, max_new_tokens, seed):
-            if not question.strip():
-                raise gr.Error("Type a question first, or click one of the held-out questions.")
-            for answers in ask(models, question, system_prompt, temperature, int(max_new_tokens), int(seed)):
-                yield [
-                    value
-                    for column, answer in zip(models.columns, answers)
-                    for value in (answer.text, score_text(column, answer))
-                ]
+        def on_ask(*values):
+            try:
+                request = check_request(Request(*values), box_ranges(models))
+                for answers in ask(models, *request):
+                    yield [
+                        value
+                        for column, answer in zip(models.columns, answers)
+                        for value in (answer.text, score_text(column, answer))
+                    ]
+            except RequestError as error:  # the toast renders HTML: the message is escaped to show as text
+                raise gr.Error(html.escape(str(error))) from error
 
         inputs = [question, system_prompt, temperature, max_new_tokens, seed]
         # One question at a time, from whichever tab or event: every request shares the models and the seeded
@@ -358,6 +462,7 @@ def main(args: WebArguments) -> None:
     check_host(args)
     common.require_one_process("chat_web.py")
     models = load_models(args)
+    check_start_values(args, models)
     page = build_page(models, args)
     print(f"Serving {', '.join(c.name for c in models.columns)} on http://{args.host}:{args.port} (Ctrl-C stops).")
     try:

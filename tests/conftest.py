@@ -114,7 +114,7 @@ def run_ok(script: str, *args, **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
-def run_main(script: str, *args, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess:
+def run_main(script: str, *args, cwd: Path, stdin: str | bytes = "") -> subprocess.CompletedProcess:
     """Run a pipeline script's `__main__` block in this process: the same parsing, `main` and error handling, without
     the 5 to 30 s a new process spends importing torch, transformers and TRL. For what a script prints and the status
     it exits with, not for library noise (transformers' and TRL's loggers keep the stderr they started with); one
@@ -125,7 +125,8 @@ def run_main(script: str, *args, cwd: Path, stdin: str = "") -> subprocess.Compl
     returncode = 0
     try:
         os.chdir(cwd)
-        sys.stdin = io.StringIO(stdin)
+        # Bytes underneath, as a real stdin has (the chat scripts read sys.stdin.buffer); bytes given are sent as is.
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin if isinstance(stdin, bytes) else stdin.encode()), "utf-8")
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), common.user_errors():
             module.main(*common.parse_args(module.make_parser(), module.TINY_PRESET, list(map(str, args))))
     except SystemExit as exit:

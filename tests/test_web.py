@@ -1,5 +1,9 @@
 import dataclasses
+import html
+import io
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -11,10 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import set_seed
+from gradio_client import Client
+from markdown_it import MarkdownIt
+from transformers import AutoTokenizer, TextIteratorStreamer, set_seed
 
 import chat_web
 import common
+import eval_sft
 import train_ppo
 from conftest import run_main
 
@@ -23,6 +30,13 @@ MAX_NEW_TOKENS = 16  # a few words are enough to read a column; fewer tokens kee
 SERVER_START_S = 600  # loading torch, gradio and five tiny models; minutes on a busy 2-core machine
 ANSWERS_S = 120
 BROWSER, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"  # Debian's chromium and chromium-driver
+# Text a checkpoint's files could hold, each piece of which a Markdown box would draw or fetch were it not escaped.
+HOSTILE = (
+    "<img src='http://127.0.0.1:9/x.png'> ![i](http://127.0.0.1:9/y.png) <form><input type=password></form> "
+    "**bold** $$x^2$$ [link](http://127.0.0.1:9/) &amp; \\ `code`"
+)
+RANGES = {"temperature": chat_web.TEMPERATURE_RANGE, "max_new_tokens": (1, 512), "seed": chat_web.SEED_RANGE}
+GOOD = dict(question=QUESTION, system_prompt="", temperature=0.7, max_new_tokens=8, seed=42)
 
 
 def tiny_args(tiny_base, **paths) -> chat_web.WebArguments:
@@ -90,13 +104,13 @@ def test_missing_checkpoints_listed_and_answers_without_reward_model(tiny_base):
     assert "train_dpo.py --tiny --output_dir /nonexistent/dpo" in models.missing["dpo"]
     assert "train_ppo.py --tiny --from_base --output_dir /nonexistent/ppo_base" in models.missing["ppo_base"]
     page_text = chat_web.missing_text(models)
-    assert all(f"**{name}**" in page_text for name in common.POLICIES)
+    assert all(f"**{chat_web.as_text(name)}**" in page_text for name in common.POLICIES)
     assert models.examples == list(chat_web.FALLBACK_QUESTIONS)  # no SFT model, so no held-out questions
 
     (answer,) = final(models, args)
     assert answer.done and answer.reward is None and answer.answer_ids
     line = chat_web.score_text(models.columns[0], answer)
-    assert "train_rm.py --tiny --output_dir /nonexistent/rm" in line and "judge:" in line
+    assert chat_web.as_text("train_rm.py --tiny --output_dir /nonexistent/rm") in line and "judge\\:" in line
 
 
 def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
@@ -204,3 +218,168 @@ def test_page_in_a_real_browser(tiny_base, models_dir, tmp_path):
         assert f"judge: {common.judge_score(answer):+d} {common.judge_verdict(common.judge_score(answer))}" in line
     assert "ppo_base" in missing and "train_grpo.py --tiny" in missing
     assert torch.tensor([float(line.split("reward ")[1].split()[0]) for line in scores]).isfinite().all()
+
+
+@pytest.mark.parametrize(
+    "box, value, message",
+    [
+        ("temperature", None, "Temperature is empty: type a number from 0.01 to 10.0."),
+        ("temperature", "", "Temperature is empty: type a number from 0.01 to 10.0."),
+        ("temperature", 0, "Temperature must be a number from 0.01 to 10.0, got 0."),
+        ("temperature", math.nan, "Temperature must be a number from 0.01 to 10.0, got nan."),
+        ("temperature", math.inf, "Temperature must be a number from 0.01 to 10.0, got inf."),
+        ("temperature", "0.7", "Temperature must be a number from 0.01 to 10.0, got '0.7'."),
+        ("max_new_tokens", None, "Max new tokens is empty: type a whole number from 1 to 512."),
+        ("max_new_tokens", 513, "Max new tokens must be a whole number from 1 to 512, got 513."),
+        ("max_new_tokens", 8.5, "Max new tokens must be a whole number from 1 to 512, got 8.5."),
+        ("max_new_tokens", True, "Max new tokens must be a whole number from 1 to 512, got True."),
+        ("seed", -1, "Seed must be a whole number from 0 to 4294967295, got -1."),
+        ("seed", 2**32, "Seed must be a whole number from 0 to 4294967295, got 4294967296."),
+        ("question", "  ", "Type a question first"),
+        ("question", None, "Type a question first"),
+        ("system_prompt", None, "The system prompt must be text, got None."),
+    ],
+)
+def test_every_box_is_checked_with_its_name_and_range(box, value, message):
+    with pytest.raises(chat_web.RequestError, match=f"^{re.escape(message)}"):
+        chat_web.check_request(chat_web.Request(**GOOD | {box: value}), RANGES)
+
+
+def test_a_good_request_passes_as_sent():
+    values = GOOD | dict(temperature=2, max_new_tokens=512.0, seed=2**32 - 1)
+    assert chat_web.check_request(chat_web.Request(**values), RANGES) == (QUESTION, "", 2.0, 512, 2**32 - 1)
+
+
+def test_start_values_out_of_range_are_refused_by_flag(tiny_base):
+    models = chat_web.load_models(tiny_args(tiny_base))
+    chat_web.check_start_values(tiny_args(tiny_base), models)
+    with pytest.raises(common.ArgumentError, match=r"^--max_new_tokens must be a whole number from 1 to 512, got 600"):
+        chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=600), models)
+
+
+def test_text_from_files_renders_as_itself():
+    """as_text's Markdown, rendered as CommonMark renders it (Gradio's Markdown box follows it), is the text itself,
+    escaped for HTML: no tag, image, link or emphasis."""
+    rendered = MarkdownIt("commonmark").render(chat_web.as_text(HOSTILE))
+    assert rendered == f"<p>{html.escape(HOSTILE, quote=False)}</p>\n"
+    models = chat_web.Models([], {"dpo": HOSTILE}, None, None, [])
+    assert f"<li><strong>dpo</strong>: {html.escape(HOSTILE, quote=False)}</li>" in MarkdownIt("commonmark").render(
+        chat_web.missing_text(models)
+    )
+
+
+def test_a_character_split_across_tokens_comes_out_whole(tiny_base):
+    """龘 is in no training text: the tiny tokenizer spells it in two byte tokens. The page streams through
+    TextIteratorStreamer, which holds back the half character; the final text is decoded from all the ids, and an
+    answer cut between the two tokens drops the half character rather than show U+FFFD."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    ids = tokenizer.encode("你龘好", add_special_tokens=False)
+    assert len(ids) == 4 and chr(0xFFFD) in tokenizer.decode(ids[1:2])  # a real split
+    streamer = TextIteratorStreamer(tokenizer, skip_special_tokens=True)
+    for token in ids:
+        streamer.put(torch.tensor([token]))
+    streamer.end()
+    pieces = list(streamer.text_queue.queue)[:-1]  # the last entry is the end-of-stream marker
+    assert "".join(pieces) == "你龘好" and not any(chr(0xFFFD) in piece for piece in pieces)
+    assert chat_web.answer_text(tokenizer, ids, finished=True) == "你龘好"
+    assert chat_web.answer_text(tokenizer, ids[:2], finished=False) == "你"
+
+
+def test_stdin_that_is_not_utf8_is_named_by_line_and_byte(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("你好\n".encode() + "吃了没\n".encode("gbk"))))
+    questions = eval_sft.read_questions([])
+    assert next(questions) == "你好"  # the lines before the bad one are asked
+    with pytest.raises(common.PipelineError, match=r"^stdin line 2 is not UTF-8 \(byte 7 of stdin.*must be UTF-8"):
+        next(questions)
+
+
+@pytest.fixture
+def served(tiny_base):
+    """The page in this process, on the tiny base alone, with HOSTILE as a missing model's reason and an example
+    question: (its models, its address)."""
+    args = tiny_args(tiny_base)
+    models = chat_web.load_models(args)
+    models.missing["dpo"] = HOSTILE
+    models.examples = [HOSTILE]
+    page = chat_web.build_page(models, args).queue()
+    port = free_port()
+    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield models, f"http://127.0.0.1:{port}/"
+    finally:
+        page.close()
+
+
+def test_the_api_refuses_bad_values_and_a_failed_generation_frees_the_queue(served, monkeypatch):
+    """Gradio's API reaches the same checks as the boxes. A failure in the generation thread (here set_seed's, which
+    once ran outside its try and left the page waiting forever) ends that question with a message, and the next one
+    is answered."""
+    client = Client(served[1], verbose=False)
+    ask = dict(api_name="/on_ask")
+    with pytest.raises(Exception, match="Temperature is empty"):
+        client.submit(QUESTION, "", None, MAX_NEW_TOKENS, 42, **ask).result(timeout=ANSWERS_S)
+    with pytest.raises(Exception, match="Seed must be a whole number from 0 to 4294967295, got -1"):
+        client.submit(QUESTION, "", 0.7, MAX_NEW_TOKENS, -1, **ask).result(timeout=ANSWERS_S)
+
+    def broken(seed):
+        raise RuntimeError("no random numbers today")
+
+    monkeypatch.setattr(chat_web, "set_seed", broken)
+    with pytest.raises(Exception, match="the base model failed on this question .RuntimeError: no random numbers"):
+        client.submit(QUESTION, "", 0.7, MAX_NEW_TOKENS, 42, **ask).result(timeout=ANSWERS_S)
+    monkeypatch.undo()
+    answer, line = client.submit(QUESTION, "", 0.7, MAX_NEW_TOKENS, 42, **ask).result(timeout=ANSWERS_S)
+    assert answer and "judge\\: " in line  # Markdown, escaped
+
+
+def test_page_shows_file_text_as_text_and_names_an_emptied_box(served, tmp_path, monkeypatch):
+    """In Chromium: the missing list, the example and an error's message show HOSTILE as text (no image, form or link
+    drawn: Gradio's toast renders HTML), an emptied temperature box is refused with its name and range, and the next
+    question is answered. With the CJK font `make browser` installs, the screenshot shows the Chinese."""
+    if not (Path(BROWSER).is_file() and Path(DRIVER).is_file()):
+        pytest.skip(f"no {BROWSER} and {DRIVER}: `make browser` installs them where it can (root or sudo).")
+    if not subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout.strip():
+        pytest.skip("no CJK font: `make browser` installs fonts-noto-cjk where it can (root or sudo).")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = BROWSER
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(DRIVER))
+
+    def toasts(driver) -> str:
+        return " ".join(toast.text for toast in driver.find_elements(By.CSS_SELECTOR, "[data-testid='toast-body']"))
+
+    def broken(seed):
+        raise RuntimeError(HOSTILE)
+
+    try:
+        driver.get(served[1])
+        wait = WebDriverWait(driver, ANSWERS_S)
+        missing = wait.until(lambda d: d.find_element(By.ID, "missing"))
+        assert HOSTILE in missing.text and HOSTILE in driver.find_element(By.TAG_NAME, "body").text
+
+        question = driver.find_element(By.CSS_SELECTOR, "#question textarea")
+        question.send_keys(QUESTION)
+        driver.find_element(By.XPATH, "//*[text()='System prompt and sampling']").click()
+        temperature = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "input[aria-label='Temperature']"))
+        temperature.send_keys(Keys.CONTROL, "a", Keys.BACKSPACE)
+        driver.find_element(By.ID, "ask").click()
+        assert "Temperature is empty: type a number from 0.01 to 10.0." in wait.until(toasts)
+        temperature.send_keys("0.7")
+        monkeypatch.setattr(chat_web, "set_seed", broken)
+        question.send_keys(Keys.ENTER)  # the other way to ask (the toasts now cover the button)
+        wait.until(lambda d: HOSTILE in toasts(d))
+        monkeypatch.undo()
+        question.send_keys(Keys.ENTER)
+        wait.until(lambda d: "judge:" in d.find_element(By.ID, "score-base").text)
+        for tag in ("img[src*='127.0.0.1:9']", "form", "input[type=password]", "a[href*='127.0.0.1:9']", ".katex"):
+            assert not driver.find_elements(By.CSS_SELECTOR, tag), tag
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+    assert (tmp_path / "page.png").stat().st_size > 0
