@@ -5,7 +5,7 @@ reward model and the lexicon judge.
     python chat_web.py                        # the real run's checkpoint/ folders and Qwen/Qwen2.5-0.5B-Instruct
     python chat_web.py --tiny --port 7870 --dpo_model_path /tmp/my_dpo
 
-One column per model found: the base model (before SFT), then every policy of common.POLICIES whose folder holds a
+One column per model found: the base model (before SFT), then every policy of paths.POLICIES whose folder holds a
 checkpoint; the others are listed on the page with the command that makes them. The page is served on 127.0.0.1
 only: anyone who can reach the port can make this machine run the models, so another --host needs --allow_remote.
 """
@@ -34,10 +34,11 @@ from transformers import (  # noqa: E402
 
 import common  # noqa: E402
 import train_ppo  # noqa: E402
+from hfppo import cli, errors, hints, judge, lifecycle, paths, runtime, sampling  # noqa: E402
 
 # The models the --tiny stages write, and PPO's tiny answer length.
 TINY_PRESET = dict(
-    base_model_path=str(common.TINY_BASE_DIR),
+    base_model_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
     max_new_tokens=train_ppo.TINY_PRESET["response_length"],
 )
@@ -70,24 +71,24 @@ BOXES = {"temperature": ("Temperature", False), "max_new_tokens": ("Max new toke
 class WebArguments:
     tiny: bool = field(default=False, metadata={"help": "Tiny preset: the models the --tiny stages wrote."})
     base_model_path: str = field(
-        default=common.DEFAULT_MODEL,
+        default=paths.DEFAULT_MODEL,
         metadata={"help": "The model before SFT, the first column: a local folder, or a model id to download."},
     )
-    model_source: common.ModelSource = field(
+    model_source: paths.ModelSource = field(
         default="modelscope", metadata={"help": "Where a base model that is not a local folder comes from."}
     )
-    sft_model_path: str = field(default=str(common.SFT_DIR), metadata={"help": "train_sft.py's output."})
-    ppo_model_path: str = field(default=str(common.PPO_DIR), metadata={"help": "train_ppo.py's output (an adapter)."})
+    sft_model_path: str = field(default=str(paths.SFT_DIR), metadata={"help": "train_sft.py's output."})
+    ppo_model_path: str = field(default=str(paths.PPO_DIR), metadata={"help": "train_ppo.py's output (an adapter)."})
     ppo_base_model_path: str = field(
-        default=str(common.PPO_BASE_DIR), metadata={"help": "train_ppo.py --from_base's output (an adapter)."}
+        default=str(paths.PPO_BASE_DIR), metadata={"help": "train_ppo.py --from_base's output (an adapter)."}
     )
-    dpo_model_path: str = field(default=str(common.DPO_DIR), metadata={"help": "train_dpo.py's output."})
-    grpo_model_path: str = field(default=str(common.GRPO_DIR), metadata={"help": "train_grpo.py's output."})
+    dpo_model_path: str = field(default=str(paths.DPO_DIR), metadata={"help": "train_dpo.py's output."})
+    grpo_model_path: str = field(default=str(paths.GRPO_DIR), metadata={"help": "train_grpo.py's output."})
     reward_model_path: str = field(
-        default=str(common.RM_DIR), metadata={"help": "The reward model that scores every answer, as in PPO."}
+        default=str(paths.RM_DIR), metadata={"help": "The reward model that scores every answer, as in PPO."}
     )
     system_prompt: str = field(
-        default=common.DEFAULT_SYSTEM_PROMPT, metadata={"help": "The page's system prompt at start (editable there)."}
+        default=paths.DEFAULT_SYSTEM_PROMPT, metadata={"help": "The page's system prompt at start (editable there)."}
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature at start, as in PPO's rollouts."})
     max_new_tokens: int = field(default=200, metadata={"help": "Longest answer at start, in tokens (PPO's)."})
@@ -135,7 +136,7 @@ class Answer:
     done: bool = False
 
 
-class RequestError(common.PipelineError):
+class RequestError(errors.PipelineError):
     """A question the page refuses or could not answer: shown to whoever asked, and the page goes on."""
 
 
@@ -153,9 +154,9 @@ class Models:
 def check_host(args: WebArguments) -> None:
     """Refuse an address other machines can reach unless --allow_remote says that is meant, and a port that is none."""
     if not 1 <= args.port <= MAX_PORT:
-        raise common.ArgumentError(f"--port must be in [1, {MAX_PORT}], got {args.port}.")
+        raise errors.ArgumentError(f"--port must be in [1, {MAX_PORT}], got {args.port}.")
     if args.host not in LOCAL_HOSTS and not args.allow_remote:
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             f"--host {args.host} would let every machine that reaches this one's port {args.port} use the page, and "
             "the page runs the models for whoever asks (it has no login): the page serves on 127.0.0.1 unless told "
             f"otherwise. To reach it from your own computer, forward the port (ssh -L {args.port}:127.0.0.1:"
@@ -169,26 +170,26 @@ def policy_path(args: WebArguments, name: str) -> str:
 
 
 def load_models(args: WebArguments) -> Models:
-    """The base model, every policy of common.POLICIES that exists, the reward model and the example questions.
+    """The base model, every policy of paths.POLICIES that exists, the reward model and the example questions.
     A model that is missing or cannot be loaded is listed with the reason, and the page goes on without it."""
     columns, missing = [], {}
 
     print(f"Loading base: {args.base_model_path}", flush=True)
     try:
         base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
-        remedy = common.base_model_remedy(base_path, "base_model_path")
+        remedy = hints.base_model_remedy(base_path, "base_model_path")
         columns.append(Column("base", base_path, *common.load_model(AutoModelForCausalLM, base_path, remedy)))
-    except common.PipelineError as error:
+    except errors.PipelineError as error:
         missing["base"] = str(error)
 
-    paths = {name: policy_path(args, name) for name in common.POLICIES}
-    found, not_found = common.find_policies(paths, args.tiny)
-    missing |= {name: f"no model at {paths[name]}. Make it first: {command}" for name, command in not_found.items()}
+    folders = {name: policy_path(args, name) for name in paths.POLICIES}
+    found, not_found = common.find_policies(folders, args.tiny)
+    missing |= {name: f"no model at {folders[name]}. Make it first: {command}" for name, command in not_found.items()}
     for name, path in found.items():
         print(f"Loading {name}: {path}", flush=True)
         try:
-            model, tokenizer = common.load_policy(path, common.policy_command(name, path, args.tiny), args.tiny)
-        except common.PipelineError as error:
+            model, tokenizer = common.load_policy(path, hints.policy_command(name, path, args.tiny), args.tiny)
+        except errors.PipelineError as error:
             missing[name] = str(error)
             continue
         # An adapter comes back unmerged on a model of its own (load_policy loads its base afresh for each), so
@@ -198,14 +199,14 @@ def load_models(args: WebArguments) -> Models:
         columns.append(Column(name, path, model, tokenizer))
 
     reward_model = reward_tokenizer = reward_problem = None
-    rm_command = common.reward_model_command(args.reward_model_path, args.tiny)
+    rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
     print(f"Loading the reward model: {args.reward_model_path}", flush=True)
     try:
         reward_model, reward_tokenizer = common.load_model(
             AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
         )
         common.check_pad_token(reward_tokenizer, args.reward_model_path, reward_model)
-    except common.PipelineError as error:
+    except errors.PipelineError as error:
         reward_model = reward_tokenizer = None
         reward_problem = f"no reward-model score: {error}"
     for column in columns:
@@ -214,20 +215,20 @@ def load_models(args: WebArguments) -> Models:
             if reward_tokenizer is not None:
                 where = f"the reward model ({args.reward_model_path})"
                 common.check_same_tokenizer(column.tokenizer, reward_tokenizer, where, column.path)
-        except common.PipelineError as error:
+        except errors.PipelineError as error:
             column.reward_problem = f"no reward-model score: {error}"
 
     return Models(columns, missing, reward_model, reward_tokenizer, example_questions(args))
 
 
 def example_questions(args: WebArguments) -> list[str]:
-    """The first questions the SFT model held out (common.HELD_OUT_FILE): none of the stages trained on them."""
-    held_out = Path(args.sft_model_path) / common.HELD_OUT_FILE
+    """The first questions the SFT model held out (paths.HELD_OUT_FILE): none of the stages trained on them."""
+    held_out = Path(args.sft_model_path) / paths.HELD_OUT_FILE
     if not held_out.is_file():
         return list(FALLBACK_QUESTIONS[: args.num_examples])
     try:
         _, rows = common.evaluation_data(None, args.sft_model_path, args.model_source)
-    except common.PipelineError as error:  # the page goes on without them, as without a model it cannot load
+    except errors.PipelineError as error:  # the page goes on without them, as without a model it cannot load
         print(f"The README's questions instead of the SFT model's held-out ones: {error}", flush=True)
         return list(FALLBACK_QUESTIONS[: args.num_examples])
     return list(dict.fromkeys(rows["question"]))[: args.num_examples]
@@ -242,7 +243,7 @@ def stream_answer(
     max_new_tokens: int,
     seed: int,
 ) -> Iterator[Answer]:
-    """Sample `column`'s answer as PPO's rollouts do (common.sampling_config, from `seed`), yielding `answer` as its
+    """Sample `column`'s answer as PPO's rollouts do (sampling.sampling_config, from `seed`), yielding `answer` as its
     text grows; its ids are filled in once generation ends."""
     tokenizer = column.tokenizer
     answer.prompt_ids = common.prompt_ids(tokenizer, {"question": question}, system_prompt)
@@ -256,7 +257,7 @@ def stream_answer(
             output["ids"] = column.model.generate(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
-                generation_config=common.sampling_config(tokenizer, max_new_tokens, temperature),
+                generation_config=sampling.sampling_config(tokenizer, max_new_tokens, temperature),
                 streamer=streamer,
             )
         except BaseException as error:  # raised again below; ending the stream stops the loop that waits on it
@@ -271,7 +272,7 @@ def stream_answer(
     thread.join()
     if "error" in output:
         raise output["error"]
-    responses, lengths = common.cut_after_stop(
+    responses, lengths = sampling.cut_after_stop(
         output["ids"][:, input_ids.shape[1] :], tokenizer.eos_token_id, tokenizer.pad_token_id
     )
     answer.answer_ids = responses[0, : lengths[0]].tolist()
@@ -370,7 +371,7 @@ def score_text(column: Column, answer: Answer) -> str:
         return "…" if answer.text else ""
     reward = f"reward **{answer.reward:+.3f}**" if answer.reward is not None else as_text(column.reward_problem)
     cut = "" if answer.finished else " · cut at max new tokens"
-    return f"{reward} · {as_text(common.judge_summary(answer.text))}{cut}"
+    return f"{reward} · {as_text(judge.judge_summary(answer.text))}{cut}"
 
 
 def as_text(text: str) -> str:
@@ -396,7 +397,7 @@ def check_start_values(args: WebArguments, models: Models) -> None:
         try:
             check_number(f"--{name}", getattr(args, name), bounds, whole=BOXES[name][1])
         except RequestError as error:
-            raise common.ArgumentError(
+            raise errors.ArgumentError(
                 f"{error} It starts the page's {BOXES[name][0]} box, which takes that range."
             ) from error
 
@@ -460,7 +461,7 @@ def build_page(models: Models, args: WebArguments) -> gr.Blocks:
 
 def main(args: WebArguments) -> None:
     check_host(args)
-    common.require_one_process("chat_web.py")
+    runtime.require_one_process("chat_web.py")
     models = load_models(args)
     check_start_values(args, models)
     page = build_page(models, args)
@@ -468,16 +469,17 @@ def main(args: WebArguments) -> None:
     try:
         page.queue().launch(server_name=args.host, server_port=args.port, share=False, quiet=True)
     except OSError as error:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"cannot serve on {args.host}:{args.port}: another program probably uses that port (Gradio says: "
             f"{error}). Pass --port with another one, such as --port {args.port + 1}."
         ) from error
 
 
-def make_parser() -> common.Parser:
-    return common.Parser(WebArguments)
+def make_parser() -> cli.Parser:
+    return cli.Parser(WebArguments)
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

@@ -6,7 +6,7 @@ DPO and GRPO where their checkpoints exist.
     python eval_ppo.py --tiny --compare              # every method on the questions every stage held out
 
 --compare samples every model with the same seed and settings as PPO's rollouts, scores the answers with the reward
-model exactly as PPO did and with the lexicon judge (common.judge_score), which no stage optimised, measures each
+model exactly as PPO did and with the lexicon judge (judge.judge_score), which no stage optimised, measures each
 one's KL to the SFT model on its own answers, reads each run's training time (train_results.json), and writes the
 table and every answer to checkpoint/ppo/eval_metrics.json and the chart beside it (methods.png).
 """
@@ -24,10 +24,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 import common
 import train_ppo
 from eval_sft import read_questions
+from hfppo import charts, checkpoints, cli, errors, hints, judge, lifecycle, outputs, paths, runtime
 
 # The models train_ppo.py --tiny trained, and the tiny preset's answer length.
 TINY_PRESET = dict(
-    base_model_path=str(common.TINY_BASE_DIR),
+    base_model_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
     max_new_tokens=train_ppo.TINY_PRESET["response_length"],
 )
@@ -50,7 +51,7 @@ POLICY_FLAGS = {
     "dpo": "dpo_model_path",
     "grpo": "grpo_model_path",
 }
-CHART_FILE = common.COMPARISON_CHART  # beside the metrics file
+CHART_FILE = paths.COMPARISON_CHART  # beside the metrics file
 CHART_METRICS = {
     "mean_reward": "reward model score",
     "judge_mean_score": "lexicon judge score",
@@ -61,24 +62,24 @@ CHART_METRICS = {
 
 @dataclass
 class EvalArguments:
-    model_path: str = field(default=str(common.PPO_DIR), metadata={"help": "The PPO checkpoint (a LoRA adapter)."})
+    model_path: str = field(default=str(paths.PPO_DIR), metadata={"help": "The PPO checkpoint (a LoRA adapter)."})
     sft_model_path: str = field(
-        default=str(common.SFT_DIR), metadata={"help": "The SFT model the adapter was trained on."}
+        default=str(paths.SFT_DIR), metadata={"help": "The SFT model the adapter was trained on."}
     )
-    base_model_path: str = field(default=common.DEFAULT_MODEL, metadata={"help": "--compare: the model before SFT."})
-    reward_model_path: str = field(default=str(common.RM_DIR), metadata={"help": "--compare: the reward model."})
+    base_model_path: str = field(default=paths.DEFAULT_MODEL, metadata={"help": "--compare: the model before SFT."})
+    reward_model_path: str = field(default=str(paths.RM_DIR), metadata={"help": "--compare: the reward model."})
     ppo_base_model_path: str = field(
-        default=str(common.PPO_BASE_DIR),
+        default=str(paths.PPO_BASE_DIR),
         metadata={"help": "--compare: PPO from the base model (train_ppo.py --from_base), if it exists."},
     )
     dpo_model_path: str = field(
-        default=str(common.DPO_DIR), metadata={"help": "--compare: the DPO adapter (train_dpo.py), if it exists."}
+        default=str(paths.DPO_DIR), metadata={"help": "--compare: the DPO adapter (train_dpo.py), if it exists."}
     )
     grpo_model_path: str = field(
-        default=str(common.GRPO_DIR), metadata={"help": "--compare: the GRPO adapter (train_grpo.py), if it exists."}
+        default=str(paths.GRPO_DIR), metadata={"help": "--compare: the GRPO adapter (train_grpo.py), if it exists."}
     )
     tiny: bool = field(default=False, metadata={"help": "Tiny preset: the models the --tiny stages wrote."})
-    model_source: common.ModelSource = field(
+    model_source: paths.ModelSource = field(
         default="modelscope", metadata={"help": "Where a base model or dataset that is not a local path comes from."}
     )
     compare: bool = field(
@@ -96,7 +97,7 @@ class EvalArguments:
         metadata={"help": "Answer this question and exit; repeat the flag for several.", "action": "extend"},
     )
     system_prompt: str = field(
-        default=common.DEFAULT_SYSTEM_PROMPT, metadata={"help": "For questions without their own, as in training."}
+        default=paths.DEFAULT_SYSTEM_PROMPT, metadata={"help": "For questions without their own, as in training."}
     )
     max_new_tokens: int = field(default=200, metadata={"help": "Longest answer, in tokens (PPO's response_length)."})
     max_prompt_length: int = field(
@@ -114,21 +115,21 @@ class EvalArguments:
 
 def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
     """The SFT model with the PPO adapter on it (unmerged: disable_adapter() gives back the SFT model)."""
-    ppo_command = common.command(
+    ppo_command = hints.command(
         "train_ppo.py",
         args.tiny,
-        output_dir=common.hint_output_dir(args.model_path, common.PPO_DIR, common.WRITES["train_ppo.py"]),
+        output_dir=hints.hint_output_dir(args.model_path, paths.PPO_DIR, hints.WRITES["train_ppo.py"]),
     )
-    common.require_checkpoint(args.model_path, ppo_command, "adapter")
+    checkpoints.require_checkpoint(args.model_path, ppo_command, "adapter")
     trained_on = common.adapter_base(args.model_path, ppo_command)
     if Path(trained_on).resolve() != Path(args.sft_model_path).resolve():
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"the adapter at {args.model_path} was trained on {trained_on}, not on --sft_model_path "
             f"{args.sft_model_path}. Pass --sft_model_path {trained_on}."
         )
-    sft_command = common.policy_command("sft", args.sft_model_path, args.tiny)
+    sft_command = hints.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command, "language model")
-    with common.loading(args.model_path, ppo_command):
+    with checkpoints.loading(args.model_path, ppo_command):
         return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
 
 
@@ -148,9 +149,9 @@ def one_line(answer: str) -> str:
 def report_paths(args: EvalArguments) -> tuple[Path, Path]:
     """Where --compare writes its JSON (--metrics_file, or eval_metrics.json beside the PPO adapter) and its chart
     (CHART_FILE beside it)."""
-    metrics_file = Path(args.metrics_file or Path(args.model_path) / common.METRICS_FILE)
+    metrics_file = Path(args.metrics_file or Path(args.model_path) / paths.METRICS_FILE)
     if metrics_file.name == CHART_FILE:
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             f"--metrics_file {metrics_file}: the chart is written beside it as {CHART_FILE}, so the two would be one "
             "file. Pass another name."
         )
@@ -161,11 +162,11 @@ def compare(args: EvalArguments) -> None:
     """Every method's answers to the same held-out questions, scored by the reward model and the lexicon judge, with
     each one's KL to the SFT model and its training time; a table, a chart and a JSON file with every answer."""
     for path in report_paths(args):  # written after the whole comparison: checked before it
-        common.check_output_file(
+        outputs.check_output_file(
             path, "--metrics_file", {"dataset_name": args.dataset_name}, "the comparison's metrics and answers"
         )
     dataset, all_rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
-    rm_command = common.reward_model_command(args.reward_model_path, args.tiny)
+    rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
     reward_model, rm_tokenizer = common.load_model(
         AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
     )
@@ -175,32 +176,32 @@ def compare(args: EvalArguments) -> None:
     )
     for name in ("sft", "ppo"):  # the SFT model is every KL's reference; the PPO run holds the questions out
         if name in missing:
-            raise common.PipelineError(
+            raise errors.PipelineError(
                 f"no model at {getattr(args, POLICY_FLAGS[name])}. Make it first: {missing[name]}"
             )
-    sft_command = common.policy_command("sft", args.sft_model_path, args.tiny)
+    sft_command = hints.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_policy(found["sft"], sft_command, args.tiny)
     common.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
     )
     reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
     prompts, rows = train_ppo.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
-    held_out_file = Path(args.model_path) / common.HELD_OUT_FILE
+    held_out_file = Path(args.model_path) / paths.HELD_OUT_FILE
     base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
-    paths = {"base": base_path} | found
+    folders = {"base": base_path} | found
 
     # Every method samples from the same seed, so their answers differ by the model alone; one model loaded at a time
     # beside the SFT model, the reference of each KL.
     results = {}
-    for name, path in paths.items():
+    for name, path in folders.items():
         if name == "base":
             model, other_tokenizer = common.load_model(
-                AutoModelForCausalLM, path, common.base_model_remedy(path, "base_model_path"), "language model"
+                AutoModelForCausalLM, path, hints.base_model_remedy(path, "base_model_path"), "language model"
             )
         elif name == "sft":
             model, other_tokenizer = sft, tokenizer
         else:
-            model, other_tokenizer = common.load_policy(path, common.policy_command(name, path, args.tiny), args.tiny)
+            model, other_tokenizer = common.load_policy(path, hints.policy_command(name, path, args.tiny), args.tiny)
             if args.dataset_name is None:  # a method that trained on these questions would be flattered by them
                 common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
         common.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
@@ -219,7 +220,7 @@ def compare(args: EvalArguments) -> None:
             print(
                 f"  {name:<8} {result['scores'][i]:+.3f} {result['judge'][i]:+3.0f}  {one_line(result['answers'][i])}"
             )
-    metrics = {name: method_metrics(result, paths[name]) for name, result in results.items()}
+    metrics = {name: method_metrics(result, folders[name]) for name, result in results.items()}
     agreement = {
         f"{name}_vs_{STARTS[name]}": judge_agreement(results[name], results[STARTS[name]])
         for name in results
@@ -261,7 +262,7 @@ def compare(args: EvalArguments) -> None:
         "seed": args.seed,
         "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
-        "models": {"reward": args.reward_model_path} | paths,
+        "models": {"reward": args.reward_model_path} | folders,
         "missing": missing,
         "metrics": metrics,
         "checks": {text: passed for passed, text in checks},
@@ -274,7 +275,7 @@ def compare(args: EvalArguments) -> None:
             for i, row in enumerate(rows)
         ],
     }
-    common.write_text_atomic(metrics_file, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+    outputs.write_text_atomic(metrics_file, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     print(f"Metrics and answers written to {metrics_file}; chart: {chart}")
 
 
@@ -287,7 +288,7 @@ def score(batch: dict[str, torch.Tensor], reward_fn, tokenizer) -> dict:
     answers = train_ppo.answer_texts(tokenizer, batch)
     return {
         "scores": scores.cpu(),
-        "judge": common.judge_scores(answers),
+        "judge": judge.judge_scores(answers),
         "stopped": stopped.cpu(),
         "answers": answers,
         "lengths": batch["lengths"].cpu(),
@@ -306,12 +307,12 @@ def method_metrics(result: dict, path: str) -> dict:
     }
     if "kl" in result:
         metrics["mean_kl_to_sft"] = result["kl"].mean().item()
-    train_results = Path(path) / common.TRAIN_RESULTS_FILE
+    train_results = Path(path) / paths.TRAIN_RESULTS_FILE
     if train_results.is_file():
-        # Read once already, when the model loaded (common.require_checkpoint), so that a damaged file stops the
+        # Read once already, when the model loaded (checkpoints.require_checkpoint), so that a damaged file stops the
         # comparison before it samples rather than here.
-        keys = common.CHECKPOINT_JSON[common.TRAIN_RESULTS_FILE]
-        logged = common.read_checkpoint_json(train_results, "Train that model again.", keys)
+        keys = checkpoints.CHECKPOINT_JSON[paths.TRAIN_RESULTS_FILE]
+        logged = checkpoints.read_checkpoint_json(train_results, "Train that model again.", keys)
         metrics |= {
             "train_runtime_s": logged["train_runtime"],
             "train_samples_per_second": logged["train_samples_per_second"],
@@ -324,9 +325,9 @@ def plot_methods(metrics: dict, path: Path) -> Path:
     from matplotlib.figure import Figure
 
     names = [name for name in metrics if name in LABELS]
-    rows = math.ceil(len(CHART_METRICS) / common.CHART_COLUMNS)
-    columns = math.ceil(len(CHART_METRICS) / rows)  # as common.plot_scalars: rows filled evenly
-    size = (common.CHART_PANEL_SIZE[0] * columns, common.CHART_PANEL_SIZE[1] * rows)
+    rows = math.ceil(len(CHART_METRICS) / charts.CHART_COLUMNS)
+    columns = math.ceil(len(CHART_METRICS) / rows)  # as charts.plot_scalars: rows filled evenly
+    size = (charts.CHART_PANEL_SIZE[0] * columns, charts.CHART_PANEL_SIZE[1] * rows)
     figure = Figure(figsize=size, layout="constrained")
     for axes, (key, title) in zip(figure.subplots(rows, columns).flat, CHART_METRICS.items()):
         shown = [name for name in names if key in metrics[name]]
@@ -336,8 +337,8 @@ def plot_methods(metrics: dict, path: Path) -> Path:
         axes.tick_params(axis="x", labelrotation=45)
         axes.grid(axis="y", alpha=0.3)
     figure.suptitle("Every method on the same held-out questions, same seed and sampling")
-    with common.atomic_file(path) as temporary:
-        figure.savefig(temporary, dpi=common.CHART_DPI)
+    with outputs.atomic_file(path) as temporary:
+        figure.savefig(temporary, dpi=charts.CHART_DPI)
     return path
 
 
@@ -408,17 +409,18 @@ def chat(args: EvalArguments) -> None:
 
 
 def main(args: EvalArguments) -> None:
-    common.require_one_process("eval_ppo.py")
+    runtime.require_one_process("eval_ppo.py")
     if args.compare:
         compare(args)
     else:
         chat(args)
 
 
-def make_parser() -> common.Parser:
-    return common.Parser(EvalArguments)
+def make_parser() -> cli.Parser:
+    return cli.Parser(EvalArguments)
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

@@ -1,5 +1,5 @@
 """Score answers with the reward model: how often it prefers the chosen answer, and by how much; beside it, the
-lexicon judge (common.judge_score), a second opinion no stage trained on, and how often the two agree.
+lexicon judge (judge.judge_score), a second opinion no stage trained on, and how often the two agree.
 
     python eval_rm.py                               # the held-out pairs train_rm.py saved: examples, then metrics
     python eval_rm.py --dataset_name my_prefs.jsonl # the same metrics on any preference file or hub dataset
@@ -20,6 +20,7 @@ from transformers import AutoModelForSequenceClassification
 
 import common
 import train_rm
+from hfppo import cli, errors, hints, judge, lifecycle, outputs, paths, runtime
 
 # The reward model's training length: the tiny preset's for a model train_rm.py --tiny wrote.
 TINY_PRESET = dict(max_length=train_rm.TINY_PRESET["max_length"])
@@ -27,7 +28,7 @@ TINY_PRESET = dict(max_length=train_rm.TINY_PRESET["max_length"])
 
 @dataclass
 class EvalArguments:
-    model_path: str = field(default=str(common.RM_DIR), metadata={"help": "The reward model checkpoint."})
+    model_path: str = field(default=str(paths.RM_DIR), metadata={"help": "The reward model checkpoint."})
     tiny: bool = field(
         default=False,
         metadata={"help": "The model came from train_rm.py --tiny (the checkpoint carries everything else)."},
@@ -39,11 +40,11 @@ class EvalArguments:
             "train_rm.py saved in the checkpoint, which the model never trained on."
         },
     )
-    model_source: common.ModelSource = field(
+    model_source: paths.ModelSource = field(
         default="modelscope", metadata={"help": "Where a --dataset_name that is not a local path comes from."}
     )
     system_prompt: str = field(
-        default=common.DEFAULT_SYSTEM_PROMPT,
+        default=paths.DEFAULT_SYSTEM_PROMPT,
         metadata={"help": "System prompt for --question and for rows without their own, as in training."},
     )
     question: list[str] = field(
@@ -71,7 +72,7 @@ class EvalArguments:
 def pair_metrics(
     chosen: torch.Tensor, rejected: torch.Tensor, judge_chosen: torch.Tensor, judge_rejected: torch.Tensor
 ) -> dict[str, float]:
-    """The reward model's accuracy and margins, and the lexicon judge's on the same pairs (common.judge_score): its
+    """The reward model's accuracy and margins, and the lexicon judge's on the same pairs (judge.judge_score): its
     accuracy (chosen judged ruder than rejected), its ties (no verdict, counted apart from its mistakes), and how
     often it ranks a pair as the reward model does, over the pairs it does not tie."""
     judged = judge_chosen != judge_rejected
@@ -103,7 +104,7 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
     if skipped:
         print(f"Skipped {skipped} of {len(rows)} pairs longer than --max_length {args.max_length} tokens.")
     if not kept:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"every pair of {dataset} is longer than --max_length {args.max_length} tokens, so none is left to score. "
             "Raise --max_length (up to what the reward model was trained on, train_rm.py's --max_length)."
         )
@@ -113,7 +114,7 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
         common.reward_scores(model, tokenizer, sequences, args.batch_size, "Scoring").cpu().split(len(rows))
     )
 
-    judge_chosen, judge_rejected = common.judge_scores(rows["chosen"]), common.judge_scores(rows["rejected"])
+    judge_chosen, judge_rejected = judge.judge_scores(rows["chosen"]), judge.judge_scores(rows["rejected"])
 
     print("Reward model, then the lexicon judge (rude hits - polite hits, data/lexicon):")
     examples = list(zip(rows, chosen, rejected, judge_chosen, judge_rejected))[: args.num_examples]
@@ -138,19 +139,19 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
     )
     metrics_file = metrics_path(args)
     report = {"model_path": args.model_path, "dataset": dataset, "pairs": len(rows), "skipped_pairs": skipped}
-    common.write_text_atomic(metrics_file, json.dumps(report | metrics, indent=2) + "\n")
+    outputs.write_text_atomic(metrics_file, json.dumps(report | metrics, indent=2) + "\n")
     print(f"Metrics written to {metrics_file}")
 
 
 def metrics_path(args: EvalArguments) -> Path:
     """Where the metrics go: --metrics_file, or eval_metrics.json beside the model."""
-    return Path(args.metrics_file or Path(args.model_path) / common.METRICS_FILE)
+    return Path(args.metrics_file or Path(args.model_path) / paths.METRICS_FILE)
 
 
 def reward(model, tokenizer, question: str, answer: str, system_prompt: str, max_length: int | None = None) -> float:
     ids = common.conversation_ids(tokenizer, {"question": question}, system_prompt, answer)
     if max_length is not None and len(ids) > max_length:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"the question {_opening(question)} with the answer {_opening(answer)} makes {len(ids)} tokens, more than "
             f"--max_length {max_length}, the longest the reward model scores (it was trained up to train_rm.py's "
             "--max_length). Shorten them, or raise --max_length."
@@ -172,24 +173,24 @@ def chat(model, tokenizer, system_prompt: str, max_length: int) -> None:
             if question.strip() and answer.strip():
                 try:
                     print(f"奖励: {reward(model, tokenizer, question, answer, system_prompt, max_length):+.3f}")
-                    print(common.judge_summary(answer))
-                except common.PipelineError as error:  # too long: say so and ask again
+                    print(judge.judge_summary(answer))
+                except errors.PipelineError as error:  # too long: say so and ask again
                     print(error)
     except (EOFError, KeyboardInterrupt):
         print()
 
 
 def main(args: EvalArguments) -> None:
-    common.require_one_process("eval_rm.py")
+    runtime.require_one_process("eval_rm.py")
     if len(args.question) != len(args.answer):
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"got {len(args.question)} --question and {len(args.answer)} --answer: give one --answer per --question."
         )
     if not args.question:  # the metrics file is written after the whole evaluation: checked before it
-        common.check_output_file(
+        outputs.check_output_file(
             metrics_path(args), "--metrics_file", {"dataset_name": args.dataset_name}, "the evaluation's metrics"
         )
-    command = common.reward_model_command(args.model_path, args.tiny)
+    command = hints.reward_model_command(args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, command, "reward model")
     common.check_pad_token(tokenizer, args.model_path, model)
 
@@ -198,17 +199,18 @@ def main(args: EvalArguments) -> None:
             print(f"输入问题:{question}\n输入回答:{answer}")
             score = reward(model, tokenizer, question, answer, args.system_prompt, args.max_length)
             print(f"奖励: {score:+.3f}")
-            print(common.judge_summary(answer))
+            print(judge.judge_summary(answer))
         return
     evaluate_pairs(model, tokenizer, args)
     if sys.stdin.isatty():
         chat(model, tokenizer, args.system_prompt, args.max_length)
 
 
-def make_parser() -> common.Parser:
-    return common.Parser(EvalArguments)
+def make_parser() -> cli.Parser:
+    return cli.Parser(EvalArguments)
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

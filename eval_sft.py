@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 import common
+from hfppo import cli, errors, hints, lifecycle, paths, runtime
 
 # The tiny model answers in a few dozen tokens; Qwen gets room for a paragraph.
 TINY_PRESET = dict(max_new_tokens=64)
@@ -20,7 +21,7 @@ TINY_PRESET = dict(max_new_tokens=64)
 
 @dataclass
 class EvalArguments:
-    model_path: str = field(default=str(common.SFT_DIR), metadata={"help": "The SFT checkpoint to chat with."})
+    model_path: str = field(default=str(paths.SFT_DIR), metadata={"help": "The SFT checkpoint to chat with."})
     tiny: bool = field(
         default=False, metadata={"help": "Tiny preset: settings for the model train_sft.py --tiny wrote."}
     )
@@ -29,7 +30,7 @@ class EvalArguments:
         metadata={"help": "Answer this question and exit; repeat the flag for several.", "action": "extend"},
     )
     system_prompt: str = field(
-        default=common.DEFAULT_SYSTEM_PROMPT, metadata={"help": "System prompt, as in training."}
+        default=paths.DEFAULT_SYSTEM_PROMPT, metadata={"help": "System prompt, as in training."}
     )
     max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
     do_sample: bool | None = field(
@@ -75,7 +76,7 @@ def stdin_lines() -> Iterator[str]:
         try:
             yield line.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise common.PipelineError(
+            raise errors.PipelineError(
                 f"stdin line {number} is not UTF-8 (byte {offset + error.start} of stdin, {error.reason}); the "
                 f"questions before it were answered. {NOT_UTF8}: convert the file first, e.g. iconv -f GBK -t "
                 "UTF-8 questions.txt > questions-utf8.txt."
@@ -97,8 +98,8 @@ def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
 
 
 def main(args: EvalArguments) -> None:
-    common.require_one_process("eval_sft.py")
-    command = common.policy_command("sft", args.model_path, args.tiny)
+    runtime.require_one_process("eval_sft.py")
+    command = hints.policy_command("sft", args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, command, "language model")
     set_seed(args.seed)
 
@@ -110,10 +111,11 @@ def main(args: EvalArguments) -> None:
         print()
 
 
-def make_parser() -> common.Parser:
-    return common.Parser(EvalArguments)
+def make_parser() -> cli.Parser:
+    return cli.Parser(EvalArguments)
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

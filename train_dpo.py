@@ -23,13 +23,14 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 import common
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
 
 # The original's recipe of the other stages (2 epochs, 4 x 8 pairs per step, max length 500), TRL's DPO loss (sigmoid,
 # beta 0.1), and the LoRA every RL method trains (common.LORA_*, PPO's: rank 32, alpha 8; dropout 0, as PPO, since
 # DPOTrainer turns dropout off in the model anyway, disable_dropout). Learning rate: PPO's for the same adapter, 5e-6;
 # TRL's 1e-6 is meant for every parameter.
 DEFAULTS = dict(
-    output_dir=str(common.DPO_DIR),
+    output_dir=str(paths.DPO_DIR),
     num_train_epochs=2,
     per_device_train_batch_size=4,
     gradient_accumulation_steps=8,
@@ -41,8 +42,8 @@ DEFAULTS = dict(
     logging_steps=1,
     report_to="tensorboard",
     activation_checkpointing=False,  # TRL turns it on; a LoRA on 0.5B fits without it, as PPO runs
-    bf16=common.bf16_available(),
-    dataloader_pin_memory=common.accelerator_available(),
+    bf16=runtime.bf16_available(),
+    dataloader_pin_memory=runtime.accelerator_available(),
     use_peft=True,
     lora_r=common.LORA_R,
     lora_alpha=common.LORA_ALPHA,
@@ -55,7 +56,7 @@ DEFAULTS = dict(
 # start and the end only (each costs about what two training steps do).
 TINY_PRESET = dict(
     model_source="tiny",
-    dataset_name=str(common.SAMPLE_DATA),
+    dataset_name=str(paths.SAMPLE_DATA),
     num_train_epochs=1,
     per_device_train_batch_size=8,
     gradient_accumulation_steps=1,
@@ -74,9 +75,9 @@ CHART_TAGS = [
 
 
 @dataclass
-class ScriptArguments(common.StageArguments):
+class ScriptArguments(cli.StageArguments):
     sft_model_path: str = field(
-        default=str(common.SFT_DIR),
+        default=str(paths.SFT_DIR),
         metadata={"help": "The SFT model: the adapter's frozen base, and the reference (the adapter switched off)."},
     )
 
@@ -87,7 +88,7 @@ def report_truncation(num_rows: int, pairs: Dataset, max_length: int, split: str
     a PipelineError if it dropped them all. `pairs` are the tokenized pairs it kept of `num_rows`."""
     dropped = num_rows - len(pairs)
     if not len(pairs):
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"every one of the {num_rows} {split} pairs has a prompt of --max_length {max_length} tokens or more, so "
             "no answer token is left to compare. Raise --max_length, or use shorter questions or --system_prompt"
             + (", or --eval_fraction 0 to hold none out." if split == "held-out" else ".")
@@ -108,17 +109,17 @@ def report_truncation(num_rows: int, pairs: Dataset, max_length: int, split: str
 
 def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
     if model_args.model_name_or_path is not None:
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             "train_dpo.py starts from the SFT model, which is also its reference: pass it as --sft_model_path, not "
             "--model_name_or_path."
         )
     if model_args.use_peft and training_args.sync_ref_model:
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             "--sync_ref_model updates a separate reference model, and with --use_peft (the default) the reference is "
             "the SFT model under the adapter, switched off. Drop --sync_ref_model, or add --use_peft false to train "
             "every parameter against a second copy of the SFT model."
         )
-    settings = common.check_trainer_run(
+    settings = resuming.check_trainer_run(
         script_args, training_args, model_args, {"sft_model_path": script_args.sft_model_path}
     )
 
@@ -129,13 +130,13 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
         training_args.eval_strategy = "no"
         training_args.eval_on_start = False
 
-    sft_command = common.policy_command("sft", script_args.sft_model_path, script_args.tiny)
-    common.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
+    sft_command = hints.policy_command("sft", script_args.sft_model_path, script_args.tiny)
+    checkpoints.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
     # An SFT model that trained on this run's held-out questions would flatter DPO in the comparison on them.
-    saved_as = Path(training_args.output_dir) / common.HELD_OUT_FILE
+    saved_as = Path(training_args.output_dir) / paths.HELD_OUT_FILE
     common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
 
-    tokenizer = common.load_tokenizer(script_args.sft_model_path, sft_command)
+    tokenizer = checkpoints.load_tokenizer(script_args.sft_model_path, sft_command)
     if model_args.use_peft:  # DPOTrainer loads the model: its layers from an empty (meta-device) copy, in no time
         with init_empty_weights():
             layers = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(script_args.sft_model_path))
@@ -146,8 +147,8 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})
-    common.lock_output_dir(training_args.output_dir)
-    run_dir = common.tensorboard_run("dpo")
+    lifecycle.lock_output_dir(training_args.output_dir)
+    run_dir = charts.tensorboard_run("dpo")
 
     # With a peft_config DPOTrainer wraps the SFT model in a fresh adapter (B = 0: the policy starts as the SFT model)
     # and, given no ref_model, computes the reference log-probs with the adapter disabled (dpo_trainer.py,
@@ -160,7 +161,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
-    common.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
+    training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.accelerator.print(
         f"DPO of {script_args.sft_model_path} on {len(train_dataset)} pairs of {script_args.dataset_name}, "
@@ -174,30 +175,31 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
             line = report_truncation(len(rows), pairs, training_args.max_length, split)
             if line:
                 trainer.accelerator.print(line)
-    trainer.add_callback(common.SaveRunSettings(settings))
-    trainer.add_callback(common.StopOnDivergence())
+    trainer.add_callback(training.SaveRunSettings(settings))
+    trainer.add_callback(training.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
-        curves = common.curves_note(run_dir, CHART_TAGS, f"DPO: {script_args.sft_model_path}", training_args.report_to)
-        compare = common.command(
+        curves = charts.curves_note(run_dir, CHART_TAGS, f"DPO: {script_args.sft_model_path}", training_args.report_to)
+        compare = hints.command(
             "eval_ppo.py",
             script_args.tiny,
             compare=True,
-            dpo_model_path=common.unless_default(training_args.output_dir, common.DPO_DIR),
-            sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
+            dpo_model_path=hints.unless_default(training_args.output_dir, paths.DPO_DIR),
+            sft_model_path=hints.unless_default(script_args.sft_model_path, paths.SFT_DIR),
         )
         what = "Adapter" if model_args.use_peft else "Model"
         print(f"{what} saved to {training_args.output_dir}{curves}. Compare the methods: {compare}")
 
 
-def make_parser() -> common.Parser:
-    parser = common.Parser((ScriptArguments, DPOConfig, ModelConfig))
+def make_parser() -> cli.Parser:
+    parser = cli.Parser((ScriptArguments, DPOConfig, ModelConfig))
     parser.set_defaults(**DEFAULTS)
     return parser
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

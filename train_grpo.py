@@ -19,11 +19,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 import common
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
 
 # The real run: PPO's LoRA, sampling, answer length, learning rate and number of sampled answers, so that the two
 # methods differ in how they turn scores into updates only (README, GRPO, instead of PPO).
 DEFAULTS = dict(
-    output_dir=str(common.GRPO_DIR),
+    output_dir=str(paths.GRPO_DIR),
     use_peft=True,
     lora_r=common.LORA_R,
     lora_alpha=common.LORA_ALPHA,
@@ -53,15 +54,15 @@ DEFAULTS = dict(
     logging_steps=1,
     report_to="tensorboard",
     activation_checkpointing=False,  # TRL turns it on; PPO runs without it and 0.5B fits without it
-    bf16=common.bf16_available(),
-    dataloader_pin_memory=common.accelerator_available(),
+    bf16=runtime.bf16_available(),
+    dataloader_pin_memory=runtime.accelerator_available(),
 )
 # A CPU-sized run of the same recipe, on the tiny SFT and reward models: PPO's tiny answer length and learning rate;
 # 10 batches of 4 answers to each of 4 questions, each batch trained on twice (num_iterations, as PPO's tiny run makes
 # several passes over each batch), so that the reward rises within seconds.
 TINY_PRESET = dict(
     model_source="tiny",
-    dataset_name=str(common.SAMPLE_DATA),
+    dataset_name=str(paths.SAMPLE_DATA),
     max_completion_length=48,
     learning_rate=3e-3,
     num_generations=4,
@@ -78,11 +79,11 @@ CHART_TAGS = [
 
 
 @dataclass
-class ScriptArguments(common.StageArguments):
+class ScriptArguments(cli.StageArguments):
     sft_model_path: str = field(
-        default=str(common.SFT_DIR), metadata={"help": "The SFT model: the policy's frozen base and the reference."}
+        default=str(paths.SFT_DIR), metadata={"help": "The SFT model: the policy's frozen base and the reference."}
     )
-    reward_model_path: str = field(default=str(common.RM_DIR), metadata={"help": "The reward model, frozen."})
+    reward_model_path: str = field(default=str(paths.RM_DIR), metadata={"help": "The reward model, frozen."})
     missing_eos_penalty: float = field(
         default=1.0,
         metadata={
@@ -141,33 +142,33 @@ def make_trainer(sft_model_path: str, tokenizer, reward_fn, prompts, training_ar
 
 def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
     if model_args.model_name_or_path not in (None, script_args.sft_model_path):
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             "train_grpo.py trains the SFT model: pass it as --sft_model_path, not --model_name_or_path."
         )
     if not model_args.use_peft:
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             "train_grpo.py trains a LoRA adapter, PPO's, so that the two methods compare on equal terms: keep "
             "--use_peft."
         )
-    if script_args.eval_fraction == 0:  # the range is checked with every flag's (common.NUMERIC_RANGES)
-        raise common.ArgumentError(
+    if script_args.eval_fraction == 0:  # the range is checked with every flag's (cli.NUMERIC_RANGES)
+        raise errors.ArgumentError(
             "train_grpo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
         )
     model_args.model_name_or_path = script_args.sft_model_path
     inputs = {"sft_model_path": script_args.sft_model_path, "reward_model_path": script_args.reward_model_path}
-    settings = common.check_trainer_run(script_args, training_args, model_args, inputs)
+    settings = resuming.check_trainer_run(script_args, training_args, model_args, inputs)
 
     # Data first: a bad file fails in a second, before any model is loaded.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)
     train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)  # the same rows in every stage
 
     # Every input folder checked for what its role needs before any model loads: a wrong one fails in a second.
-    sft_command = common.policy_command("sft", script_args.sft_model_path, script_args.tiny)
-    common.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
-    rm_command = common.reward_model_command(script_args.reward_model_path, script_args.tiny)
-    common.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
+    sft_command = hints.policy_command("sft", script_args.sft_model_path, script_args.tiny)
+    checkpoints.require_checkpoint(script_args.sft_model_path, sft_command, "language model")
+    rm_command = hints.reward_model_command(script_args.reward_model_path, script_args.tiny)
+    checkpoints.require_checkpoint(script_args.reward_model_path, rm_command, "reward model")
     # A policy or reward model that trained on this run's held-out questions would flatter the comparison on them.
-    saved_as = Path(training_args.output_dir) / common.HELD_OUT_FILE
+    saved_as = Path(training_args.output_dir) / paths.HELD_OUT_FILE
     common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
     common.check_same_held_out(
         held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
@@ -177,7 +178,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
         "prompt", [common.prompt_messages(row, script_args.system_prompt) for row in train_rows]
     )
 
-    tokenizer = common.load_tokenizer(script_args.sft_model_path, sft_command)
+    tokenizer = checkpoints.load_tokenizer(script_args.sft_model_path, sft_command)
     common.check_pad_token(tokenizer, script_args.sft_model_path)
     reward_model, rm_tokenizer = common.load_model(
         AutoModelForSequenceClassification, script_args.reward_model_path, rm_command, "reward model"
@@ -194,16 +195,16 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
         training_args.per_device_train_batch_size,
     )
 
-    common.lock_output_dir(training_args.output_dir)
-    run_dir = common.tensorboard_run("grpo")
+    lifecycle.lock_output_dir(training_args.output_dir)
+    run_dir = charts.tensorboard_run("grpo")
     trainer = make_trainer(script_args.sft_model_path, tokenizer, reward_fn, prompts, training_args, model_args)
-    common.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
+    training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"GRPO of {script_args.sft_model_path}: {len(prompts)} training questions, {training_args.num_generations} "
         f"answers to each sampled together, {len(held_out)} held out; TensorBoard: {run_dir}"
     )
-    trainer.add_callback(common.SaveRunSettings(settings))
-    trainer.add_callback(common.StopOnDivergence())
+    trainer.add_callback(training.SaveRunSettings(settings))
+    trainer.add_callback(training.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # Answers sampled per second, as train_ppo.py's (the Trainer's train_samples_per_second counts questions): each
     # optimizer step trains on a batch of answers, and each answer is trained on num_iterations times.
@@ -213,26 +214,27 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics, answers_per_second)
 
     if trainer.is_world_process_zero():
-        curves = common.curves_note(
+        curves = charts.curves_note(
             run_dir, CHART_TAGS, f"GRPO: {script_args.sft_model_path}", training_args.report_to
         )
-        compare = common.command(
+        compare = hints.command(
             "eval_ppo.py",
             script_args.tiny,
             compare=True,
-            grpo_model_path=common.unless_default(training_args.output_dir, common.GRPO_DIR),
-            sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
-            reward_model_path=common.unless_default(script_args.reward_model_path, common.RM_DIR),
+            grpo_model_path=hints.unless_default(training_args.output_dir, paths.GRPO_DIR),
+            sft_model_path=hints.unless_default(script_args.sft_model_path, paths.SFT_DIR),
+            reward_model_path=hints.unless_default(script_args.reward_model_path, paths.RM_DIR),
         )
         print(f"Adapter saved to {training_args.output_dir}{curves}. Compare the methods: {compare}")
 
 
-def make_parser() -> common.Parser:
-    parser = common.Parser((ScriptArguments, GRPOConfig, ModelConfig))
+def make_parser() -> cli.Parser:
+    parser = cli.Parser((ScriptArguments, GRPOConfig, ModelConfig))
     parser.set_defaults(**DEFAULTS)
     return parser
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

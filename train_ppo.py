@@ -49,6 +49,21 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 import common
+from hfppo import (
+    charts,
+    checkpoints,
+    cli,
+    errors,
+    hints,
+    judge,
+    lifecycle,
+    outputs,
+    paths,
+    resuming,
+    runtime,
+    sampling,
+    training,
+)
 
 # Scores answers: (prompt ids, answer ids ending at the stop token, or cut at response_length) -> one score each.
 RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
@@ -89,10 +104,10 @@ logging.getLogger("accelerate.utils.other").addFilter(
 # more updates per batch, so that the reward moves within a minute; held-out evaluations every quarter of the run (5,
 # not the default's 11: on the tiny model each costs about what an update does).
 TINY_PRESET = dict(
-    dataset_name=str(common.SAMPLE_DATA),
+    dataset_name=str(paths.SAMPLE_DATA),
     model_source="tiny",
-    base_model_path=str(common.TINY_BASE_DIR),
-    value_model_path=str(common.TINY_BASE_DIR),
+    base_model_path=str(paths.TINY_BASE_DIR),
+    value_model_path=str(paths.TINY_BASE_DIR),
     response_length=48,
     learning_rate=3e-3,
     num_train_epochs=1,
@@ -107,11 +122,11 @@ TINY_PRESET = dict(
 
 
 @dataclass
-class ScriptArguments(common.StageArguments):
+class ScriptArguments(cli.StageArguments):
     sft_model_path: str = field(
-        default=str(common.SFT_DIR), metadata={"help": "The SFT model: the policy's frozen base and the reference."}
+        default=str(paths.SFT_DIR), metadata={"help": "The SFT model: the policy's frozen base and the reference."}
     )
-    reward_model_path: str = field(default=str(common.RM_DIR), metadata={"help": "The reward model, frozen."})
+    reward_model_path: str = field(default=str(paths.RM_DIR), metadata={"help": "The reward model, frozen."})
     from_base: bool = field(
         default=False,
         metadata={
@@ -120,9 +135,9 @@ class ScriptArguments(common.StageArguments):
             "hardly converges."
         },
     )
-    base_model_path: str = field(default=common.DEFAULT_MODEL, metadata={"help": "--from_base: the model before SFT."})
+    base_model_path: str = field(default=paths.DEFAULT_MODEL, metadata={"help": "--from_base: the model before SFT."})
     value_model_path: str = field(
-        default=common.DEFAULT_MODEL,
+        default=paths.DEFAULT_MODEL,
         metadata={"help": "The critic's starting point: this model plus a new score head, all parameters trained."},
     )
 
@@ -140,7 +155,7 @@ class PPOConfig:
     output_dir: str | None = field(
         default=None,
         metadata={
-            "help": f"Where the adapter and critic are saved. Unset: {common.PPO_DIR}, or {common.PPO_BASE_DIR} with "
+            "help": f"Where the adapter and critic are saved. Unset: {paths.PPO_DIR}, or {paths.PPO_BASE_DIR} with "
             "--from_base."
         },
     )
@@ -242,7 +257,8 @@ class PPOConfig:
     )
     seed: int = field(default=42, metadata={"help": "Seed for the split, the initial weights and sampling."})
     bf16: bool = field(
-        default=common.bf16_available(), metadata={"help": "bf16 autocast (on a GPU with bf16 units; fp32 otherwise)."}
+        default=runtime.bf16_available(),
+        metadata={"help": "bf16 autocast (on a GPU with bf16 units; fp32 otherwise)."},
     )
     save_steps: int = field(
         default=100, metadata={"help": "Save the full training state every this many updates; 0: only at the end."}
@@ -332,7 +348,7 @@ def exact_div(numerator: int, denominator: int, message: str) -> int:
     """numerator / denominator when it is whole, else an ArgumentError with `message`: derived sizes are never floored
     in silence (summarize_from_feedback_details' exact_div, Huang et al. 2024)."""
     if numerator % denominator:
-        raise common.ArgumentError(f"{message} {common.HELP_HINT}")
+        raise errors.ArgumentError(f"{message} {cli.HELP_HINT}")
     return numerator // denominator
 
 
@@ -380,7 +396,7 @@ def count_updates(config: "PPOConfig", sizes: BatchSizes, num_questions: int) ->
         updates = config.total_episodes / sizes.batch
         asked = f"--total_episodes {config.total_episodes}"
     if updates > MAX_UPDATES:
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             f"{asked} makes more than {MAX_UPDATES:,} updates of {sizes.batch} answers: at a second an update, "
             "faster than any model here trains, that many would run for months. Ask for fewer (or raise the answers "
             "per update)."
@@ -528,7 +544,7 @@ def score_answers(reward_fn: RewardFn, queries, query_mask, responses, lengths, 
 
 def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.Tensor]:
     """Model inputs for left-padded prompts followed by their answers, with position ids that skip the padding."""
-    attention_mask = torch.cat([query_mask, common.answer_mask(lengths, responses.shape[1]).long()], dim=1)
+    attention_mask = torch.cat([query_mask, sampling.answer_mask(lengths, responses.shape[1]).long()], dim=1)
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     return {
         "input_ids": torch.cat([queries, responses], dim=1),
@@ -581,8 +597,8 @@ def generate(
 
     generate() runs with the KV cache and stops once every answer in the chunk has its stop token.
     """
-    generation_config = common.sampling_config(tokenizer, max_new_tokens, temperature)
-    queries, query_mask = (tensor.to(device) for tensor in common.padded(prompts, tokenizer.pad_token_id, "left"))
+    generation_config = sampling.sampling_config(tokenizer, max_new_tokens, temperature)
+    queries, query_mask = (tensor.to(device) for tensor in sampling.padded(prompts, tokenizer.pad_token_id, "left"))
     responses = []
     bar = tqdm(
         total=len(prompts),
@@ -602,7 +618,7 @@ def generate(
         bar.update(len(output))
     bar.close()
     responses = nn.utils.rnn.pad_sequence(responses, batch_first=True, padding_value=tokenizer.pad_token_id)
-    responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    responses, lengths = sampling.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
 
 
@@ -661,7 +677,7 @@ def kl_to_reference(
         logprobs = forward_rollout(policy, None, batch, temperature, chunk, reference=False)["logprobs"]
         ref_logprobs = forward_rollout(reference, None, batch, temperature, chunk, reference=False)["logprobs"]
     kl = kl_estimate(logprobs, ref_logprobs, "k1")
-    return (kl * common.answer_mask(batch["lengths"], kl.shape[1])).sum(1)
+    return (kl * sampling.answer_mask(batch["lengths"], kl.shape[1])).sum(1)
 
 
 @torch.no_grad()
@@ -698,16 +714,16 @@ def evaluate(
         )
         kl = kl_to_reference(policy, batch, config.temperature, config.eval_batch_size)
     answers = answer_texts(tokenizer, batch)
-    judge = common.judge_scores(answers)
+    judged = judge.judge_scores(answers)
     metrics = {
         "eval/score": scores.mean().item(),
-        "eval/judge_score": judge.mean().item(),
-        "eval/judged_rude": (judge > 0).float().mean().item(),
+        "eval/judge_score": judged.mean().item(),
+        "eval/judged_rude": (judged > 0).float().mean().item(),
         "eval/kl": kl.mean().item(),
         "eval/answer_length": batch["lengths"].float().mean().item(),
         "eval/finished": stopped.float().mean().item(),
     }
-    samples = {"answer": answers, "score": scores.tolist(), "judge": judge.tolist()}
+    samples = {"answer": answers, "score": scores.tolist(), "judge": judged.tolist()}
     return metrics, samples
 
 
@@ -719,10 +735,10 @@ def samples_markdown(questions: list[str], samples: dict[str, list], count: int)
         return re.sub(r"\r\n|\r|\n", "⏎", text).replace("|", "\\|")
 
     lines = ["| question | answer | score | judge |", "|---|---|---|---|"]
-    for question, answer, score, judge in list(zip(questions, samples["answer"], samples["score"], samples["judge"]))[
+    for question, answer, score, judged in list(zip(questions, samples["answer"], samples["score"], samples["judge"]))[
         :count
     ]:
-        lines.append(f"| {cell(question)} | {cell(answer)} | {score:+.3f} | {judge:+.0f} |")
+        lines.append(f"| {cell(question)} | {cell(answer)} | {score:+.3f} | {judged:+.0f} |")
     return "\n".join(lines)
 
 
@@ -775,7 +791,7 @@ def prompts_within(
     prompts = [common.prompt_ids(tokenizer, row, system_prompt) for row in rows]
     kept = [i for i, prompt in enumerate(prompts) if len(prompt) <= max_prompt_length]
     if not kept:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"all {len(prompts)} questions make a prompt longer than --max_prompt_length {max_prompt_length} tokens "
             f"(the shortest has {min(map(len, prompts))}), so none is left. Raise --max_prompt_length, or use "
             "shorter questions or a shorter --system_prompt."
@@ -806,7 +822,7 @@ def save_checkpoint(
     """The policy's adapter and tokenizer, the critic and tokenizer in value/, and what `write_more` writes; given the
     run's `progress` (counters) and `settings`, also the full training state to resume from."""
     unwrapped = accelerator.unwrap_model(model)
-    with common.staged_save(path) as staging:
+    with checkpoints.staged_save(path) as staging:
         if accelerator.is_main_process:
             unwrapped.policy.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
@@ -818,7 +834,7 @@ def save_checkpoint(
             accelerator.save_state(staging / TRAINING_STATE_DIR)  # every process saves its part
             if accelerator.is_main_process:
                 (staging / TRAINING_STATE_DIR / PROGRESS_FILE).write_text(json.dumps(progress))
-                common.write_run_settings(staging, settings)
+                resuming.write_run_settings(staging, settings)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -826,17 +842,17 @@ def save_checkpoint(
 
 
 def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
-    """The checks no flag's range expresses (those are common.NUMERIC_RANGES'); --from_base's own output folder."""
+    """The checks no flag's range expresses (those are cli.NUMERIC_RANGES'); --from_base's own output folder."""
     if script_args.eval_fraction == 0:
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
         )
     if config.eval_steps > 1 and config.eval_steps != int(config.eval_steps):
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             f"--eval_steps {config.eval_steps}: give a whole number of updates, or a fraction of the run below 1."
         )
     if config.output_dir is None:  # --from_base's own folder: never over the PPO run it is compared with
-        config.output_dir = str(common.PPO_BASE_DIR if script_args.from_base else common.PPO_DIR)
+        config.output_dir = str(paths.PPO_BASE_DIR if script_args.from_base else paths.PPO_DIR)
 
 
 def make_accelerator(config: PPOConfig) -> tuple[Accelerator, bool]:
@@ -848,7 +864,7 @@ def make_accelerator(config: PPOConfig) -> tuple[Accelerator, bool]:
     )
     zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
     if accelerator.distributed_type == DistributedType.FSDP or zero_stage == 3:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             "train_ppo.py runs under DDP or DeepSpeed ZeRO-1/2 (configs/accelerate/ddp.yaml or zero2.yaml), not under "
             "FSDP or ZeRO-3: those shard the weights, and every update's generation and reference pass would have "
             "to gather them. ZeRO-2 shards the critic's optimizer state and gradients, most of PPO's memory."
@@ -868,25 +884,25 @@ def resume_point(resume: Path | None, run: dict, settings: dict) -> dict:
         return {}
     progress_file = resume / TRAINING_STATE_DIR / PROGRESS_FILE
     if not progress_file.is_file():
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"{resume} holds no training state ({TRAINING_STATE_DIR}/{PROGRESS_FILE}): only the checkpoint-<update> "
             "folders that --save_steps writes can be resumed from (the final checkpoint holds the model only)."
         )
-    saved = common.read_checkpoint_json(
+    saved = checkpoints.read_checkpoint_json(
         progress_file, "Resume from another checkpoint-<update> folder, or start a new run.", (*run, "update")
     )
     if {key: saved[key] for key in run} != run:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"{resume} was saved by a run of {saved['num_updates']} updates of {saved['batch_size']} answers with "
             f"--num_processes {saved['processes']}; this one has {run['num_updates']} of {run['batch_size']} with "
             f"--num_processes {run['processes']}. Resume with the same batch settings, epochs and --num_processes."
         )
-    common.check_resume(resume, settings)
+    resuming.check_resume(resume, settings)
     return saved
 
 
 def training_state_files(accelerator: Accelerator) -> dict[str, str]:
-    """{file: kind of common.TRAINING_STATES} of what accelerate's save_state writes into TRAINING_STATE_DIR besides
+    """{file: kind of resuming.TRAINING_STATES} of what accelerate's save_state writes into TRAINING_STATE_DIR besides
     the weights: the optimizer (under DeepSpeed inside the folder of its own checkpoint, not checked here), the
     schedule and every process's random state."""
     deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
@@ -903,7 +919,7 @@ def state_to_load(state_dir: Path, left_out: list[str], optimizer, scheduler) ->
     load_state needs both files; a random state it lacks it leaves as set_seed set it)."""
     if not left_out:
         return state_dir
-    view = common.resume_view(state_dir, left_out)
+    view = resuming.resume_view(state_dir, left_out)
     for name, fresh in ((OPTIMIZER_FILE, optimizer), (SCHEDULER_FILE, scheduler)):
         if name in left_out:
             torch.save(fresh.state_dict(), view / name)
@@ -929,22 +945,22 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
     if script_args.from_base:
         policy = common.resolve_model(script_args.base_model_path, script_args.model_source, rebuild_stale=False)
         policy_role, flag = "base model", "--base_model_path"
-        policy_command = common.base_model_remedy(policy, "base_model_path")
+        policy_command = hints.base_model_remedy(policy, "base_model_path")
     else:
         policy, policy_role, flag = script_args.sft_model_path, "SFT model", "--sft_model_path"
-        policy_command = common.policy_command("sft", policy, script_args.tiny)
-    common.require_checkpoint(policy, policy_command, "language model")
-    reward_command = common.reward_model_command(script_args.reward_model_path, script_args.tiny)
-    saved_as = Path(output_dir) / common.HELD_OUT_FILE
+        policy_command = hints.policy_command("sft", policy, script_args.tiny)
+    checkpoints.require_checkpoint(policy, policy_command, "language model")
+    reward_command = hints.reward_model_command(script_args.reward_model_path, script_args.tiny)
+    saved_as = Path(output_dir) / paths.HELD_OUT_FILE
     common.check_same_held_out(held_out, saved_as, policy, policy_role, flag)
     if not own_reward:
-        common.require_checkpoint(script_args.reward_model_path, reward_command, "reward model")
+        checkpoints.require_checkpoint(script_args.reward_model_path, reward_command, "reward model")
         common.check_same_held_out(
             held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
         )
     value = common.resolve_model(script_args.value_model_path, script_args.model_source, rebuild_stale=False)
-    value_command = common.base_model_remedy(value, "value_model_path")
-    common.require_checkpoint(value, value_command, "critic")
+    value_command = hints.base_model_remedy(value, "value_model_path")
+    checkpoints.require_checkpoint(value, value_command, "critic")
     return Inputs(
         policy, policy_role, policy_command, value, value_command, script_args.reward_model_path, reward_command
     )
@@ -957,7 +973,7 @@ def load_models(
     off: the reference), the critic, and the reward model's scores unless `reward_fn` is given. All three models must
     share the policy's tokenizer. Every model stays in eval mode and LoRA dropout is 0: with no dropout anywhere,
     log-probs are deterministic, so the PPO ratio and the KL measure policy change only."""
-    tokenizer = common.load_tokenizer(inputs.policy, inputs.policy_command)
+    tokenizer = checkpoints.load_tokenizer(inputs.policy, inputs.policy_command)
     common.check_pad_token(tokenizer, inputs.policy)
     torch.manual_seed(config.seed)  # the same initial adapter and score head in every process
     lora = LoraConfig(
@@ -967,14 +983,14 @@ def load_models(
         target_modules=config.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    with common.loading(inputs.policy, inputs.policy_command):
+    with checkpoints.loading(inputs.policy, inputs.policy_command):
         starting_point = AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32)
     common.check_target_modules(starting_point, config.lora_target_modules, inputs.policy)
     policy = get_peft_model(starting_point, lora)
-    with common.loading(inputs.value, inputs.value_command):
+    with checkpoints.loading(inputs.value, inputs.value_command):
         critic = load_critic(inputs.value)
     common.check_same_tokenizer(
-        tokenizer, common.load_tokenizer(inputs.value, inputs.value_command), f"the critic ({inputs.value})",
+        tokenizer, checkpoints.load_tokenizer(inputs.value, inputs.value_command), f"the critic ({inputs.value})",
         inputs.policy,
     )  # fmt: skip
     if reward_fn is None:
@@ -1037,9 +1053,9 @@ FINITE_METRICS = {
 SAMPLING_FAILURE = "probability tensor contains either `inf`, `nan` or element < 0"
 
 
-def divergence(update: int, problem: str, config: PPOConfig, last_state: Path | None) -> common.PipelineError:
+def divergence(update: int, problem: str, config: PPOConfig, last_state: Path | None) -> errors.PipelineError:
     critic = f", the critic's {config.critic_learning_rate:g}" if config.critic_learning_rate else ""
-    return common.divergence_error(
+    return training.divergence_error(
         f"update {update}",
         problem,
         config.output_dir,
@@ -1052,11 +1068,11 @@ def divergence(update: int, problem: str, config: PPOConfig, last_state: Path | 
 
 def unsampleable(
     update: int, start_update: int, start: Path | str, config: PPOConfig, last_state: Path | None
-) -> common.PipelineError:
+) -> errors.PipelineError:
     """What stops a run whose policy cannot be sampled from (SAMPLING_FAILURE) at update `update` + 1: a policy it
     started from (`start`) that is broken, or one that the previous update left with weights too large."""
     if update == start_update:
-        return common.PipelineError(
+        return errors.PipelineError(
             f"no answer can be sampled from the policy this run starts from ({start}): its next-token probabilities "
             "hold NaN or inf, so its weights are not finite or overflow. Train it again (at a lower learning rate, "
             "if its training diverged)."
@@ -1092,7 +1108,7 @@ def stop_if_diverged(
         None,
     )
     if problem is None:
-        name = common.non_finite_parameter(model)
+        name = training.non_finite_parameter(model)
         problem = name and f"the weights of {name} hold NaN or inf values"
     if problem:
         if writer is not None:
@@ -1124,17 +1140,17 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     accelerator, per_model_clipping = make_accelerator(config)
     sizes = batch_sizes(config, accelerator.num_processes)
     batch_size = sizes.batch
-    settings = common.run_settings(script_args, config)
+    settings = resuming.run_settings(script_args, config)
     input_flags = ("sft_model_path", "reward_model_path", "value_model_path") + ("base_model_path",) * bool(
         script_args.from_base
     )
-    common.check_output_dir(
+    outputs.check_output_dir(
         config.output_dir,
         {flag: getattr(script_args, flag) for flag in input_flags},
-        common.save_size(script_args.value_model_path),
+        checkpoints.save_size(script_args.value_model_path),
     )
     prunes = config.save_steps > 0 and config.save_total_limit > 0
-    common.check_periodic_checkpoints(config.output_dir, config.resume_from_checkpoint, prunes)
+    outputs.check_periodic_checkpoints(config.output_dir, config.resume_from_checkpoint, prunes)
 
     # Data first: a bad file fails in a second, before any model is loaded. The held-out questions are the rows SFT
     # and the reward model held out too.
@@ -1151,10 +1167,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     left_out = []
     if resume is not None:
         state_dir, files = resume / TRAINING_STATE_DIR, training_state_files(accelerator)
-        accept, rng_keys = script_args.resume_resets_state, common.RNG_KEYS["accelerate"]
-        left_out = common.check_training_state(state_dir, files, accept, rng_keys)
+        accept, rng_keys = script_args.resume_resets_state, resuming.RNG_KEYS["accelerate"]
+        left_out = resuming.check_training_state(state_dir, files, accept, rng_keys)
     inputs = check_inputs(script_args, held_out, config.output_dir, own_reward=reward_fn is not None)
-    common.lock_output_dir(config.output_dir)
+    lifecycle.lock_output_dir(config.output_dir)
 
     # Models, optimizer, schedule.
     tokenizer, policy, critic, reward_fn = load_models(
@@ -1186,7 +1202,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     # Logging. A resumed run continues the TensorBoard run its checkpoint names, dropping what that run logged after
     # the checkpoint (purge_step), so its curves and chart cover every update once.
     stage = "ppo_base" if script_args.from_base else "ppo"
-    run_dir = common.tensorboard_run(stage, saved.get("tensorboard_run"))
+    run_dir = charts.tensorboard_run(stage, saved.get("tensorboard_run"))
     purge_step = start_update + 1 if resume else None
     writer = SummaryWriter(run_dir, purge_step=purge_step) if accelerator.is_main_process else None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -1235,7 +1251,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 writer.close()  # the curves up to the divergence, on disk
             raise unsampleable(update, start_update, resume or inputs.policy, config, last_state) from None
         responses, lengths = batch["responses"], batch["lengths"]
-        mask = common.answer_mask(lengths, responses.shape[1]).float()
+        mask = sampling.answer_mask(lengths, responses.shape[1]).float()
         time_generation = timer(started)
 
         # 2. Score: the reward model reads each answer at its last token; an answer cut before its stop token loses
@@ -1338,17 +1354,17 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     save_checkpoint(Path(config.output_dir), accelerator, model, tokenizer, write_more=held_out_and_results)
     if accelerator.is_main_process:
         writer.close()
-        chart = common.plot_scalars(run_dir, CHART_TAGS, f"PPO: {inputs.policy}", xlabel="update")
+        chart = charts.plot_scalars(run_dir, CHART_TAGS, f"PPO: {inputs.policy}", xlabel="update")
         flag, default = (
-            ("ppo_base_model_path", common.PPO_BASE_DIR) if script_args.from_base else ("model_path", common.PPO_DIR)
+            ("ppo_base_model_path", paths.PPO_BASE_DIR) if script_args.from_base else ("model_path", paths.PPO_DIR)
         )
-        compare = common.command(
+        compare = hints.command(
             "eval_ppo.py",
             script_args.tiny,
             compare=True,
-            **{flag: common.unless_default(config.output_dir, default)},
-            sft_model_path=common.unless_default(script_args.sft_model_path, common.SFT_DIR),
-            reward_model_path=common.unless_default(script_args.reward_model_path, common.RM_DIR),
+            **{flag: hints.unless_default(config.output_dir, default)},
+            sft_model_path=hints.unless_default(script_args.sft_model_path, paths.SFT_DIR),
+            reward_model_path=hints.unless_default(script_args.reward_model_path, paths.RM_DIR),
         )
         print(
             f"Adapter saved to {config.output_dir}, critic to {Path(config.output_dir) / VALUE_DIR}; curves in "
@@ -1356,10 +1372,11 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         )
 
 
-def make_parser() -> common.Parser:
-    return common.Parser((ScriptArguments, PPOConfig))
+def make_parser() -> cli.Parser:
+    return cli.Parser((ScriptArguments, PPOConfig))
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

@@ -16,11 +16,12 @@ from datasets import Dataset
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 import common
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
 
 # The original run: the base model (not the SFT one), every row, 2 epochs, 4 x 8 pairs per step.
 DEFAULTS = dict(
-    model_name_or_path=common.DEFAULT_MODEL,
-    output_dir=str(common.RM_DIR),
+    model_name_or_path=paths.DEFAULT_MODEL,
+    output_dir=str(paths.RM_DIR),
     num_train_epochs=2,
     per_device_train_batch_size=4,
     gradient_accumulation_steps=8,
@@ -35,16 +36,16 @@ DEFAULTS = dict(
     report_to="tensorboard",
     activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
     ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip DDP's search for unused ones
-    bf16=common.bf16_available(),
-    dataloader_pin_memory=common.accelerator_available(),
+    bf16=runtime.bf16_available(),
+    dataloader_pin_memory=runtime.accelerator_available(),
 )
 # A CPU-sized run of the same recipe: a higher learning rate, smaller steps and 4 epochs, so the tiny model learns the
 # styles in seconds (swept over seeds on data/style_pairs.jsonl, pairs in styles the sample does not use:
 # data/README.md); weight decay 0.1, kept from the earlier recipe (0 or 0.1 made no difference in that sweep).
 TINY_PRESET = dict(
-    model_name_or_path=str(common.TINY_BASE_DIR),
+    model_name_or_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
-    dataset_name=str(common.SAMPLE_DATA),
+    dataset_name=str(paths.SAMPLE_DATA),
     num_train_epochs=4,
     per_device_train_batch_size=8,
     gradient_accumulation_steps=1,
@@ -59,8 +60,8 @@ CHART_TAGS = ["train/loss", "train/accuracy", "eval/accuracy", "eval/margin"]
 
 
 @dataclass
-class ScriptArguments(common.StageArguments):
-    """common.StageArguments' flags (--eval_fraction among them: the held-out pairs, evaluated during training and
+class ScriptArguments(cli.StageArguments):
+    """cli.StageArguments' flags (--eval_fraction among them: the held-out pairs, evaluated during training and
     saved with the model for eval_rm.py; 0 trains on every pair, as the original did)."""
 
 
@@ -81,7 +82,7 @@ def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int
     lengths = [max(len(chosen), len(rejected)) for chosen, rejected in zip(pairs["chosen_ids"], pairs["rejected_ids"])]
     kept = pairs.select([i for i, length in enumerate(lengths) if length <= max_length])
     if not len(kept):
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"all {len(pairs)} {split} pairs are longer than --max_length {max_length} tokens (the shortest has "
             f"{min(lengths)}), so none is left. Raise --max_length to at least {min(lengths)}, or use shorter rows"
             + (", or --eval_fraction 0 to hold none out." if split == "held-out" else ".")
@@ -93,9 +94,9 @@ def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> None:
     if model_args.use_peft:
-        raise common.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
+        raise errors.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
 
-    settings = common.check_trainer_run(
+    settings = resuming.check_trainer_run(
         script_args, training_args, model_args, {"model_name_or_path": model_args.model_name_or_path}
     )
 
@@ -107,9 +108,9 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         training_args.eval_strategy = "no"
 
     model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
-    base_command = common.base_model_remedy(model_path, "model_name_or_path")
-    common.require_checkpoint(model_path, base_command, "language model")
-    tokenizer = common.load_tokenizer(model_path, base_command, revision=model_args.model_revision)
+    base_command = hints.base_model_remedy(model_path, "model_name_or_path")
+    checkpoints.require_checkpoint(model_path, base_command, "language model")
+    tokenizer = checkpoints.load_tokenizer(model_path, base_command, revision=model_args.model_revision)
     tokenizer.eos_token = training_args.eos_token or tokenizer.eos_token
     tokenizer.pad_token = training_args.pad_token or tokenizer.pad_token
     common.check_pad_token(tokenizer, model_path)
@@ -126,8 +127,8 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})
-    common.lock_output_dir(training_args.output_dir)
-    run_dir = common.tensorboard_run("rm")
+    lifecycle.lock_output_dir(training_args.output_dir)
+    run_dir = charts.tensorboard_run("rm")
 
     # From a model path, RewardTrainer builds AutoModelForSequenceClassification with num_labels=1 (a linear score
     # head on the last hidden state) and sets config.pad_token_id from the tokenizer, which is how the head finds
@@ -139,30 +140,31 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    common.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
+    training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"Reward model from {model_path} on {len(train_dataset)} pairs of {script_args.dataset_name}, "
         f"{len(eval_dataset) if eval_dataset is not None else 0} held out; TensorBoard: {run_dir}"
     )
-    trainer.add_callback(common.SaveRunSettings(settings))
-    trainer.add_callback(common.StopOnDivergence())
+    trainer.add_callback(training.SaveRunSettings(settings))
+    trainer.add_callback(training.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
-        curves = common.curves_note(run_dir, CHART_TAGS, f"Reward model: {model_path}", training_args.report_to)
-        score = common.command(
-            "eval_rm.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.RM_DIR)
+        curves = charts.curves_note(run_dir, CHART_TAGS, f"Reward model: {model_path}", training_args.report_to)
+        score = hints.command(
+            "eval_rm.py", script_args.tiny, model_path=hints.unless_default(training_args.output_dir, paths.RM_DIR)
         )
         print(f"Model saved to {training_args.output_dir}{curves}. Score it: {score}")
 
 
-def make_parser() -> common.Parser:
-    parser = common.Parser((ScriptArguments, RewardConfig, ModelConfig))
+def make_parser() -> cli.Parser:
+    parser = cli.Parser((ScriptArguments, RewardConfig, ModelConfig))
     parser.set_defaults(**DEFAULTS)
     return parser
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 import common
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
 
 # The original run: "a small number of rude dialogues" (the first 10%), 2 epochs, 4 x 8 sequences per step.
 DEFAULTS = dict(
-    model_name_or_path=common.DEFAULT_MODEL,
-    output_dir=str(common.SFT_DIR),
+    model_name_or_path=paths.DEFAULT_MODEL,
+    output_dir=str(paths.SFT_DIR),
     num_train_epochs=2,
     per_device_train_batch_size=4,
     gradient_accumulation_steps=8,
@@ -28,15 +29,15 @@ DEFAULTS = dict(
     report_to="tensorboard",
     activation_checkpointing=False,  # TRL turns it on; the original ran without it and 0.5B fits without it
     ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip DDP's search for unused ones
-    bf16=common.bf16_available(),
-    dataloader_pin_memory=common.accelerator_available(),
+    bf16=runtime.bf16_available(),
+    dataloader_pin_memory=runtime.accelerator_available(),
 )
 # A CPU-sized run of the same recipe: a larger slice and a higher learning rate, so the tiny model learns the style in
 # seconds.
 TINY_PRESET = dict(
-    model_name_or_path=str(common.TINY_BASE_DIR),
+    model_name_or_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
-    dataset_name=str(common.SAMPLE_DATA),
+    dataset_name=str(paths.SAMPLE_DATA),
     sft_fraction=0.5,
     num_train_epochs=6,
     per_device_train_batch_size=8,
@@ -51,7 +52,7 @@ CHART_TAGS = ["train/loss", "train/learning_rate", "train/grad_norm"]
 
 
 @dataclass
-class ScriptArguments(common.StageArguments):
+class ScriptArguments(cli.StageArguments):
     sft_fraction: float = field(
         default=0.1,
         metadata={
@@ -69,7 +70,7 @@ def report_truncation(trainer: SFTTrainer, rows, max_length: int) -> None:
     longer = sum(length > max_length for length in lengths)
     dropped = len(rows) - len(trainer.train_dataset)
     if not len(trainer.train_dataset):
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"every one of the {len(rows)} rows has a prompt of --max_length {max_length} tokens or more, so no "
             "answer token is left to train on. Raise --max_length, or use shorter questions or --system_prompt."
         )
@@ -82,11 +83,11 @@ def report_truncation(trainer: SFTTrainer, rows, max_length: int) -> None:
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
     if model_args.use_peft:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             "train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft."
         )
 
-    settings = common.check_trainer_run(
+    settings = resuming.check_trainer_run(
         script_args, training_args, model_args, {"model_name_or_path": model_args.model_name_or_path}
     )
 
@@ -95,7 +96,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     train_rows, held_out = common.split_held_out(data, script_args.eval_fraction)  # the same rows in every stage
     num_rows = int(len(train_rows) * script_args.sft_fraction)
     if num_rows == 0:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"--sft_fraction {script_args.sft_fraction} of the {len(train_rows)} training rows selects no row."
         )
     train_dataset = train_rows.select(range(num_rows)).map(
@@ -103,42 +104,45 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     )
 
     model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
-    common.require_checkpoint(model_path, common.base_model_remedy(model_path, "model_name_or_path"), "language model")
+    checkpoints.require_checkpoint(
+        model_path, hints.base_model_remedy(model_path, "model_name_or_path"), "language model"
+    )
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})
-    common.lock_output_dir(training_args.output_dir)
-    run_dir = common.tensorboard_run("sft")
+    lifecycle.lock_output_dir(training_args.output_dir)
+    run_dir = charts.tensorboard_run("sft")
 
     # Prompt-completion rows make SFTTrainer compute the loss on the answer only (completion_only_loss): Qwen2.5's
     # chat template has no {% generation %} markers, so assistant_only_loss could not find the answer.
     trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=train_dataset)
-    common.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
+    training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}, {len(held_out)} held "
         f"out; TensorBoard: {run_dir}"
     )
     if training_args.max_length is not None and not training_args.packing:
         report_truncation(trainer, train_dataset, training_args.max_length)
-    trainer.add_callback(common.SaveRunSettings(settings))
-    trainer.add_callback(common.StopOnDivergence())
+    trainer.add_callback(training.SaveRunSettings(settings))
+    trainer.add_callback(training.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
-        curves = common.curves_note(run_dir, CHART_TAGS, f"SFT: {model_path}", training_args.report_to)
-        chat = common.command(
-            "eval_sft.py", script_args.tiny, model_path=common.unless_default(training_args.output_dir, common.SFT_DIR)
+        curves = charts.curves_note(run_dir, CHART_TAGS, f"SFT: {model_path}", training_args.report_to)
+        chat = hints.command(
+            "eval_sft.py", script_args.tiny, model_path=hints.unless_default(training_args.output_dir, paths.SFT_DIR)
         )
         print(f"Model saved to {training_args.output_dir}{curves}. Chat with it: {chat}")
 
 
-def make_parser() -> common.Parser:
-    parser = common.Parser((ScriptArguments, SFTConfig, ModelConfig))
+def make_parser() -> cli.Parser:
+    parser = cli.Parser((ScriptArguments, SFTConfig, ModelConfig))
     parser.set_defaults(**DEFAULTS)
     return parser
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

@@ -36,9 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's mo
 
 import common  # noqa: E402
 import train_ppo  # noqa: E402
+from hfppo import charts, checkpoints, cli, data_files, errors, lifecycle, outputs, paths, runtime, sampling, tiny  # noqa: E402
 
 SHAPES = {
-    "tiny": dict(common.TINY_MODEL_CONFIG),
+    "tiny": dict(tiny.TINY_MODEL_CONFIG),
     # Qwen2.5-0.5B's config.json, by hand (no hub here).
     "qwen2.5-0.5b": dict(
         vocab_size=151936,
@@ -89,7 +90,7 @@ class BenchmarkArguments:
         default=4, metadata={"help": "Answers per generate / scoring forward pass."}
     )
     response_length: int = field(default=16, metadata={"help": "Every answer's length, in tokens (no early stop)."})
-    bf16: bool = field(default=common.bf16_available(), metadata={"help": "bf16 autocast (GPU); fp32 otherwise."})
+    bf16: bool = field(default=runtime.bf16_available(), metadata={"help": "bf16 autocast (GPU); fp32 otherwise."})
     peak_tflops: float | None = field(
         default=None,
         metadata={
@@ -106,7 +107,7 @@ class BenchmarkArguments:
     )
     trl_python: str = field(default=str(TRL_VENV_PYTHON), metadata={"help": "The Python with TRL 1.12."})
     work_dir: str = field(
-        default=str(common.CHECKPOINT_ROOT / "bench"), metadata={"help": "Where the random models are built, once."}
+        default=str(paths.CHECKPOINT_ROOT / "bench"), metadata={"help": "Where the random models are built, once."}
     )
     output: str | None = field(default=None, metadata={"help": "Write the results as JSON here too."})
     seed: int = field(default=42, metadata={"help": "Seed for the weights, the split and sampling."})
@@ -124,9 +125,9 @@ def build_models(shape: str, folder: Path, seed: int) -> None:
         Qwen2ForSequenceClassification,
     )
 
-    data = common.load_preference_data(common.SAMPLE_DATA)
-    tokenizer = common.build_tiny_tokenizer(
-        [common.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in common.REQUIRED_COLUMNS]
+    data = common.load_preference_data(paths.SAMPLE_DATA)
+    tokenizer = tiny.build_tiny_tokenizer(
+        [paths.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in data_files.REQUIRED_COLUMNS]
     )
     if (folder / "rm" / "config.json").is_file():
         if AutoTokenizer.from_pretrained(folder / "sft").get_vocab() == tokenizer.get_vocab():
@@ -134,12 +135,12 @@ def build_models(shape: str, folder: Path, seed: int) -> None:
         print(f"{folder} holds models built with an earlier tokenizer: building them again.")
     else:
         print(f"Building random {shape} models in {folder} (once).")
-    pad_id, eos_id = tokenizer.convert_tokens_to_ids([common.PAD_TOKEN, common.EOS_TOKEN])
+    pad_id, eos_id = tokenizer.convert_tokens_to_ids([tiny.PAD_TOKEN, tiny.EOS_TOKEN])
     config = Qwen2Config(
         **{"vocab_size": len(tokenizer)} | SHAPES[shape], bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id
     )
     torch.manual_seed(seed)
-    partial = common.sibling(folder, ".partial")
+    partial = checkpoints.sibling(folder, ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     policy = Qwen2ForCausalLM(config)
     policy.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
@@ -155,8 +156,8 @@ def build_models(shape: str, folder: Path, seed: int) -> None:
 def fixed_length_prompts(tokenizer, folder: Path) -> tuple[Path, list[list[int]]]:
     """The bundled questions whose prompt (system prompt + question, chat template) has the most common length,
     written as a dataset: every episode then costs the same."""
-    data = common.load_preference_data(common.SAMPLE_DATA)
-    prompts = [common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT) for row in data]
+    data = common.load_preference_data(paths.SAMPLE_DATA)
+    prompts = [common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT) for row in data]
     length = Counter(map(len, prompts)).most_common(1)[0][0]
     kept = [i for i, prompt in enumerate(prompts) if len(prompt) == length]
     path = folder / "prompts.jsonl"
@@ -231,7 +232,7 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
         save_steps=0,
         num_eval_questions=0,  # evaluation on held-out questions is not training throughput (TRL 1.12 has none)
     )
-    sampling_config = common.sampling_config
+    sampling_config = sampling.sampling_config
     marks = {}
 
     def full_length(tokenizer, max_new_tokens, temperature):  # no stop token before max_new_tokens
@@ -259,7 +260,7 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
     ):
         train_ppo.main(script_args, config)
     run_dir = max((models / "tensorboard" / "ppo").iterdir(), key=lambda p: p.stat().st_mtime)
-    scalars = common.read_scalars(run_dir)
+    scalars = charts.read_scalars(run_dir)
     return {
         "episodes": int(scalars["episode"][-1][1]),
         "seconds": marks["end"][0] - marks["start"][0],
@@ -278,7 +279,7 @@ def run_trl(args: BenchmarkArguments, models: Path, prompts: list[list[int]], ep
     result.unlink(missing_ok=True)
     print(f"TRL 1.12's PPOTrainer ({args.trl_python}):", flush=True)
     if subprocess.run([args.trl_python, str(TRL_SCRIPT), str(spec), str(result)]).returncode != 0:
-        raise common.PipelineError(f"the TRL 1.12 side ({TRL_SCRIPT}) failed; its error is above.")
+        raise errors.PipelineError(f"the TRL 1.12 side ({TRL_SCRIPT}) failed; its error is above.")
     return json.loads(result.read_text())
 
 
@@ -333,15 +334,15 @@ def main(args: BenchmarkArguments) -> dict:
     from transformers import AutoTokenizer
 
     if args.num_updates < 1:
-        raise common.ArgumentError(f"--num_updates must be at least 1, not {args.num_updates}. {common.HELP_HINT}")
+        raise errors.ArgumentError(f"--num_updates must be at least 1, not {args.num_updates}. {cli.HELP_HINT}")
     trl_python = Path(args.trl_python)
     if args.trl == "yes" and not trl_python.exists():
-        raise common.ArgumentError(
+        raise errors.ArgumentError(
             f"--trl yes, but {trl_python} does not exist: run `bash benchmarks/setup_trl112.sh` first, or pass "
             "--trl_python with the Python of a venv holding TRL 1.12."
         )
     if args.output:  # written after the whole benchmark: checked before it
-        common.check_output_file(args.output, "--output", {}, "the results")
+        outputs.check_output_file(args.output, "--output", {}, "the results")
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
     episodes = args.num_updates * batch
     models = (Path(args.work_dir) / args.shape).resolve()
@@ -356,7 +357,7 @@ def main(args: BenchmarkArguments) -> dict:
 
     ours = run_ours(args, models, dataset, episodes)
     if round(ours["answer_length"]) != args.response_length:
-        raise common.PipelineError(
+        raise errors.PipelineError(
             f"answers averaged {ours['answer_length']:.1f} tokens, not {args.response_length}: the stop token was not "
             "suppressed, so the FLOP count and the comparison would be off."
         )
@@ -387,15 +388,16 @@ def main(args: BenchmarkArguments) -> dict:
         report["ceiling_vs_trl112"] = ceiling
         print(f"  the most it could be with generation and scoring free (our update phase alone): {ceiling:.2f}x")
     if args.output:
-        common.write_text_atomic(args.output, json.dumps(report, indent=2))
+        outputs.write_text_atomic(args.output, json.dumps(report, indent=2))
         print(f"Results written to {args.output}")
     return report
 
 
-def make_parser() -> common.Parser:
-    return common.Parser((BenchmarkArguments,))
+def make_parser() -> cli.Parser:
+    return cli.Parser((BenchmarkArguments,))
 
 
 if __name__ == "__main__":
-    with common.user_errors():
-        main(*common.parse_args(make_parser(), TINY_PRESET))
+    runtime.setup()
+    with lifecycle.user_errors():
+        main(*cli.parse_args(make_parser(), TINY_PRESET))

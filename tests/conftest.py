@@ -14,6 +14,10 @@ import torch
 from filelock import FileLock
 
 import common
+from hfppo import cli, lifecycle, paths, runtime
+
+# What every script does first (hfppo/runtime.py): run_main calls a script's main in this process.
+runtime.setup()
 
 # `make test` runs the suite in one pytest-xdist worker per core: the tiny models' passes are too small to use a second
 # core, so two tests at a time finish sooner than one test on two cores. Each worker then gets its share of the
@@ -75,7 +79,7 @@ def run_script(
     `launcher` is the command before the script (python, or accelerate launch and its flags). A script still running
     after SCRIPT_TIMEOUT_S is killed with every process it started, and the test fails naming it."""
     cwd.mkdir(parents=True, exist_ok=True)
-    command = [*map(str, launcher), str(common.ROOT / script), *map(str, args)]
+    command = [*map(str, launcher), str(paths.ROOT / script), *map(str, args)]
     # Its own process group, so that a timeout or Ctrl-C also ends the workers accelerate launch starts.
     process = subprocess.Popen(
         command, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
@@ -100,7 +104,7 @@ def run_script(
 
 def describe(command: list, cwd: Path) -> str:
     """The command as one could paste it, the script's path relative to the repository."""
-    return f"`{shlex.join(command).replace(str(common.ROOT) + '/', '')}` (in {cwd})"
+    return f"`{shlex.join(command).replace(str(paths.ROOT) + '/', '')}` (in {cwd})"
 
 
 def run_ok(script: str, *args, **kwargs) -> subprocess.CompletedProcess:
@@ -127,8 +131,8 @@ def run_main(script: str, *args, cwd: Path, stdin: str | bytes = "") -> subproce
         os.chdir(cwd)
         # Bytes underneath, as a real stdin has (the chat scripts read sys.stdin.buffer); bytes given are sent as is.
         sys.stdin = io.TextIOWrapper(io.BytesIO(stdin if isinstance(stdin, bytes) else stdin.encode()), "utf-8")
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), common.user_errors():
-            module.main(*common.parse_args(module.make_parser(), module.TINY_PRESET, list(map(str, args))))
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), lifecycle.user_errors():
+            module.main(*cli.parse_args(module.make_parser(), module.TINY_PRESET, list(map(str, args))))
     except SystemExit as exit:
         returncode = exit.code
     finally:
@@ -142,8 +146,8 @@ def answer_log_likelihood(model, tokenizer, rows, column: str) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for row in rows:
-            prompt = common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT)
-            messages = common.prompt_messages(row, common.DEFAULT_SYSTEM_PROMPT)
+            prompt = common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT)
+            messages = common.prompt_messages(row, paths.DEFAULT_SYSTEM_PROMPT)
             full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": row[column]}])
             ids = torch.tensor([full["input_ids"]])
             log_probs = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
@@ -227,7 +231,7 @@ def rm_run(tiny_base, tmp_path_factory) -> Path:
 def ppo_run(sft_run, rm_run, tiny_base, tmp_path_factory) -> Path:
     """The working folder of one train_ppo.py --tiny run on the session's SFT and reward models (its stdout and
     stderr in train.out, train.err)."""
-    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+    models = ("--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path", rm_run / paths.RM_DIR)
 
     def train(workdir: Path) -> None:
         result = run_ok("train_ppo.py", "--tiny", *models, "--value_model_path", tiny_base, cwd=workdir)
@@ -243,7 +247,7 @@ def dpo_run(sft_run, tmp_path_factory) -> Path:
     train.out, train.err)."""
 
     def train(workdir: Path) -> None:
-        result = run_ok("train_dpo.py", "--tiny", "--sft_model_path", sft_run / common.SFT_DIR, cwd=workdir)
+        result = run_ok("train_dpo.py", "--tiny", "--sft_model_path", sft_run / paths.SFT_DIR, cwd=workdir)
         (workdir / "train.out").write_text(result.stdout)
         (workdir / "train.err").write_text(result.stderr)
 
@@ -254,7 +258,7 @@ def dpo_run(sft_run, tmp_path_factory) -> Path:
 def grpo_run(sft_run, rm_run, tmp_path_factory) -> Path:
     """The working folder of one train_grpo.py --tiny run on the session's SFT and reward models (its stdout and
     stderr in train.out, train.err)."""
-    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+    models = ("--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path", rm_run / paths.RM_DIR)
 
     def train(workdir: Path) -> None:
         result = run_ok("train_grpo.py", "--tiny", *models, cwd=workdir)
@@ -269,16 +273,16 @@ def compare_run(tiny_base, sft_run, rm_run, ppo_run, dpo_run, grpo_run, tmp_path
     """The working folder of eval_ppo.py --compare over every method: the session's SFT, PPO, DPO and GRPO models and
     a short PPO from the base (COMPARE_PPO_BASE_EPISODES answers, trained here); the table in compare.out, stderr in
     compare.err, the report in eval_metrics.json and its chart beside it."""
-    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+    models = ("--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path", rm_run / paths.RM_DIR)
 
     def compare(workdir: Path) -> None:
         base = ("--base_model_path", tiny_base, "--value_model_path", tiny_base)
         episodes = ("--total_episodes", COMPARE_PPO_BASE_EPISODES, "--num_eval_questions", 0)
         run_ok("train_ppo.py", "--tiny", "--from_base", *models, *base, *episodes, cwd=workdir)
         methods = {
-            "--model_path": ppo_run / common.PPO_DIR,
-            "--dpo_model_path": dpo_run / common.DPO_DIR,
-            "--grpo_model_path": grpo_run / common.GRPO_DIR,
+            "--model_path": ppo_run / paths.PPO_DIR,
+            "--dpo_model_path": dpo_run / paths.DPO_DIR,
+            "--grpo_model_path": grpo_run / paths.GRPO_DIR,
             "--metrics_file": workdir / "eval_metrics.json",
         }
         flags = [str(word) for pair in methods.items() for word in pair]

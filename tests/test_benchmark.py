@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-import common
 from benchmarks import ppo_throughput
 from conftest import run_main
+from hfppo import tiny
 
 QWEN25_05B_PARAMETERS = 494_032_768  # Qwen2.5-0.5B's model card: 0.49B, of which 0.36B non-embedding
 
@@ -38,7 +38,7 @@ def test_models_of_an_earlier_tokenizer_are_built_again(tmp_path):
     today = AutoTokenizer.from_pretrained(folder / "sft").get_vocab()
     ppo_throughput.build_models("tiny", folder, seed=0)
     assert weights.stat().st_mtime_ns == built  # the same tokenizer: reused
-    common.build_tiny_tokenizer(["an earlier tokenizer, trained on other text"]).save_pretrained(folder / "sft")
+    tiny.build_tiny_tokenizer(["an earlier tokenizer, trained on other text"]).save_pretrained(folder / "sft")
     ppo_throughput.build_models("tiny", folder, seed=0)
     assert AutoTokenizer.from_pretrained(folder / "sft").get_vocab() == today
     assert weights.stat().st_mtime_ns != built

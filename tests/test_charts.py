@@ -4,35 +4,35 @@ import pytest
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-import common
+from hfppo import charts
 
 STAMP = "2026-01-01 12-00-00"
 
 
 def test_two_runs_started_in_the_same_second_get_two_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(common.time, "strftime", lambda _: STAMP)
+    monkeypatch.setattr(charts.time, "strftime", lambda _: STAMP)
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "")
-    first, second = common.tensorboard_run("sft"), common.tensorboard_run("sft")
+    first, second = charts.tensorboard_run("sft"), charts.tensorboard_run("sft")
     assert first != second and first.is_dir() and second.is_dir()
     assert sorted(path.name for path in (tmp_path / "tensorboard" / "sft").iterdir()) == [STAMP, f"{STAMP}-2"]
-    assert common.os.environ["TENSORBOARD_LOGGING_DIR"] == str(second)  # the Trainer's callback writes there
+    assert charts.os.environ["TENSORBOARD_LOGGING_DIR"] == str(second)  # the Trainer's callback writes there
 
 
 def test_a_continued_run_reuses_its_folder_if_it_is_still_there(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", "")
-    first = common.tensorboard_run("ppo")
-    assert common.tensorboard_run("ppo", str(first)) == first
-    moved = common.tensorboard_run("ppo", tmp_path / "elsewhere")  # e.g. resumed from another working directory
+    first = charts.tensorboard_run("ppo")
+    assert charts.tensorboard_run("ppo", str(first)) == first
+    moved = charts.tensorboard_run("ppo", tmp_path / "elsewhere")  # e.g. resumed from another working directory
     assert moved.parent == first.parent and moved != first
 
 
 def test_smoothing_is_tensorboards_debiased_moving_average():
     # debiased: a constant stays itself from the first point, instead of rising from 0
-    assert common.smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
+    assert charts.smoothed([2.0, 2.0, 2.0]) == pytest.approx([2.0, 2.0, 2.0])
     # weight 0.5 on (0, 1): averages 0, then 0.5 * 0 + 0.5 * 1 = 0.5, debiased by 1 - 0.5^2
-    assert common.smoothed([0.0, 1.0], weight=0.5) == pytest.approx([0.0, 0.5 / 0.75])
+    assert charts.smoothed([0.0, 1.0], weight=0.5) == pytest.approx([0.0, 0.5 / 0.75])
 
 
 def test_chart_is_beside_its_run_at_most_three_panels_a_row(tmp_path):
@@ -41,11 +41,11 @@ def test_chart_is_beside_its_run_at_most_three_panels_a_row(tmp_path):
         for step in range(1, 21):
             for tag in ("a", "b", "c", "d", "e"):
                 writer.add_scalar(tag, step**0.5, step)
-    chart = common.plot_scalars(run_dir, ["a", "b", "c", "d", "e", "not logged"], "PPO", xlabel="update")
+    chart = charts.plot_scalars(run_dir, ["a", "b", "c", "d", "e", "not logged"], "PPO", xlabel="update")
     assert chart == run_dir / "ppo.png"
     width, height = Image.open(chart).size
-    panel_width, panel_height = (inches * common.CHART_DPI for inches in common.CHART_PANEL_SIZE)
-    assert (width, height) == (common.CHART_COLUMNS * panel_width, 2 * panel_height)  # 5 panels: 3 + 2
+    panel_width, panel_height = (inches * charts.CHART_DPI for inches in charts.CHART_PANEL_SIZE)
+    assert (width, height) == (charts.CHART_COLUMNS * panel_width, 2 * panel_height)  # 5 panels: 3 + 2
 
-    four = common.plot_scalars(run_dir, ["a", "b", "c", "d"], "PPO")
+    four = charts.plot_scalars(run_dir, ["a", "b", "c", "d"], "PPO")
     assert Image.open(four).size == (2 * panel_width, 2 * panel_height)  # 2 x 2, not 3 + 1

@@ -15,12 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import common
 import eval_ppo
 import eval_rm
 import train_rm
 import train_sft
 from conftest import run_main
+from hfppo import checkpoints, cli, errors, hints, lifecycle, outputs, paths, resuming
 
 
 class Killed(BaseException):
@@ -37,7 +37,7 @@ def fake_checkpoint(folder, version: int, architecture="Qwen2ForCausalLM", tenso
 
 
 def version(folder) -> int:
-    return int(load_file(common.require_checkpoint(folder, "x") / "model.safetensors")["lm_head.weight"][0])
+    return int(load_file(checkpoints.require_checkpoint(folder, "x") / "model.safetensors")["lm_head.weight"][0])
 
 
 def killed_at(operation: int, monkeypatch):
@@ -63,7 +63,7 @@ def count_save_operations(tmp_path, monkeypatch) -> int:
     (checkpoint / "checkpoint-3").mkdir()
     with monkeypatch.context() as patch:
         count = killed_at(-1, patch)
-        with common.staged_save(checkpoint) as staging:
+        with checkpoints.staged_save(checkpoint) as staging:
             fake_checkpoint(staging, 2)
         return next(count)
 
@@ -77,16 +77,18 @@ def test_a_save_killed_at_any_step_leaves_one_complete_checkpoint(tmp_path, monk
         (checkpoint / "checkpoint-3").mkdir()
         with monkeypatch.context() as patch, pytest.raises(Killed):
             killed_at(step, patch)
-            with common.staged_save(checkpoint) as staging:
+            with checkpoints.staged_save(checkpoint) as staging:
                 fake_checkpoint(staging, 2)
         loaded = version(checkpoint)  # settles the interrupted save, as every loader does
         outcomes.append(loaded)
         # Once the new checkpoint was complete (.ready, the first step), the loader rolls forward to it.
         assert loaded == (1 if step == 0 else 2), step
         assert (checkpoint / "checkpoint-3").is_dir(), step
-        assert not any(common.sibling(checkpoint, suffix).exists() for suffix in (common.READY, common.OLD)), step
+        assert not any(
+            checkpoints.sibling(checkpoint, suffix).exists() for suffix in (checkpoints.READY, checkpoints.OLD)
+        ), step
         # and the next save works and cleans up
-        with common.staged_save(checkpoint) as staging:
+        with checkpoints.staged_save(checkpoint) as staging:
             fake_checkpoint(staging, 3)
         assert version(checkpoint) == 3 and (checkpoint / "checkpoint-3").is_dir()
         assert sorted(p.name for p in checkpoint.parent.iterdir() if p.name != ".sft.lock") == ["sft"]
@@ -95,16 +97,16 @@ def test_a_save_killed_at_any_step_leaves_one_complete_checkpoint(tmp_path, monk
 
 def test_a_save_killed_while_writing_keeps_the_previous_checkpoint_and_a_first_save_looks_absent(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "rm", 1)
-    with pytest.raises(Killed), common.staged_save(checkpoint) as staging:
+    with pytest.raises(Killed), checkpoints.staged_save(checkpoint) as staging:
         staging.mkdir()
         (staging / "config.json").write_text("{}")  # a marker, but the weights never came
         raise Killed
     assert version(checkpoint) == 1
-    with pytest.raises(Killed), common.staged_save(tmp_path / "new") as staging:
+    with pytest.raises(Killed), checkpoints.staged_save(tmp_path / "new") as staging:
         fake_checkpoint(staging, 1)
         raise Killed
-    with pytest.raises(common.PipelineError, match=r"no model at .*new \(.*new.partial is left from a save that was"):
-        common.require_checkpoint(tmp_path / "new", "python train_rm.py --tiny --output_dir new")
+    with pytest.raises(errors.PipelineError, match=r"no model at .*new \(.*new.partial is left from a save that was"):
+        checkpoints.require_checkpoint(tmp_path / "new", "python train_rm.py --tiny --output_dir new")
 
 
 @pytest.mark.parametrize(
@@ -125,8 +127,8 @@ def test_an_incomplete_or_damaged_checkpoint_is_named_with_the_command_that_writ
     else:
         weights.write_bytes(weights.read_bytes()[:-8])
     command = "python train_sft.py --tiny --output_dir /tmp/v"
-    with pytest.raises(common.PipelineError) as error:
-        common.require_checkpoint(checkpoint, command)
+    with pytest.raises(errors.PipelineError) as error:
+        checkpoints.require_checkpoint(checkpoint, command)
     assert message in str(error.value) and command in str(error.value)
 
 
@@ -150,8 +152,8 @@ ROLE_CASES = {
 def test_a_model_of_the_wrong_kind_is_refused_naming_role_folder_and_command(tmp_path, case):
     architecture, tensors, role, message = ROLE_CASES[case]
     folder = fake_checkpoint(tmp_path / "model", 1, architecture, tensors)
-    with pytest.raises(common.PipelineError) as error:
-        common.require_checkpoint(folder, "python train_rm.py --tiny", role)
+    with pytest.raises(errors.PipelineError) as error:
+        checkpoints.require_checkpoint(folder, "python train_rm.py --tiny", role)
     assert all(part in str(error.value) for part in (message, str(folder), "python train_rm.py --tiny"))
 
 
@@ -161,17 +163,17 @@ def test_an_adapter_is_refused_as_a_whole_model_and_the_right_kinds_pass(tmp_pat
     (adapter / "adapter_config.json").write_text("{}")
     save_file({"lora_A": torch.zeros(2)}, adapter / "adapter_model.safetensors")
     (adapter / "tokenizer_config.json").write_text("{}")
-    with pytest.raises(common.PipelineError, match="is a LoRA adapter"):
-        common.require_checkpoint(adapter, "x", "language model")
-    common.require_checkpoint(adapter, "x", "adapter")
+    with pytest.raises(errors.PipelineError, match="is a LoRA adapter"):
+        checkpoints.require_checkpoint(adapter, "x", "language model")
+    checkpoints.require_checkpoint(adapter, "x", "adapter")
     rm = fake_checkpoint(tmp_path / "rm", 1, "Qwen2ForSequenceClassification", ("score.weight",))
-    common.require_checkpoint(rm, "x", "reward model")
-    common.require_checkpoint(rm, "x", "critic")  # the critic may start from the reward model
-    common.require_checkpoint(fake_checkpoint(tmp_path / "sft", 1), "x", "critic")
+    checkpoints.require_checkpoint(rm, "x", "reward model")
+    checkpoints.require_checkpoint(rm, "x", "critic")  # the critic may start from the reward model
+    checkpoints.require_checkpoint(fake_checkpoint(tmp_path / "sft", 1), "x", "critic")
 
 
 def test_ppo_refuses_the_sft_model_as_reward_model_before_training(sft_run, tiny_base, tmp_path):
-    sft = sft_run / common.SFT_DIR
+    sft = sft_run / paths.SFT_DIR
     result = run_main(
         "train_ppo.py", "--tiny", "--sft_model_path", sft, "--value_model_path", tiny_base,
         "--reward_model_path", sft, cwd=tmp_path,
@@ -179,7 +181,7 @@ def test_ppo_refuses_the_sft_model_as_reward_model_before_training(sft_run, tiny
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"{sft} is a Qwen2ForCausalLM model, not a reward model" in result.stderr
     assert "python train_rm.py --tiny" in result.stderr
-    assert not (tmp_path / common.PPO_DIR).exists()
+    assert not (tmp_path / paths.PPO_DIR).exists()
     result = run_main("eval_rm.py", "--model_path", sft, cwd=tmp_path)
     assert result.returncode == 1 and "not a reward model" in result.stderr
     assert not (sft / "eval_metrics.json").exists()
@@ -193,15 +195,15 @@ def test_ppo_refuses_the_sft_model_as_reward_model_before_training(sft_run, tiny
 def test_an_output_folder_that_overlaps_an_input_is_refused(tmp_path, relation):
     model = fake_checkpoint(tmp_path / "models" / "sft", 1)
     output = {"is": model, "holds": model.parent, "is inside": model / "ppo"}[relation]
-    with pytest.raises(common.ArgumentError, match=f"--output_dir {output} {relation} --sft_model_path {model}"):
-        common.check_output_dir(output, {"sft_model_path": model})
+    with pytest.raises(errors.ArgumentError, match=f"--output_dir {output} {relation} --sft_model_path {model}"):
+        outputs.check_output_dir(output, {"sft_model_path": model})
     assert version(model) == 1 and not (model / "ppo").exists()
 
 
 def test_ppo_writing_over_its_sft_model_is_refused_and_the_model_kept(sft_run, tmp_path):
     """The reported case: exit 0, 'Adapter saved', and the SFT folder's config.json gone."""
     sft = tmp_path / "v"
-    shutil.copytree(sft_run / common.SFT_DIR, sft)
+    shutil.copytree(sft_run / paths.SFT_DIR, sft)
     before = sorted(p.name for p in sft.iterdir())
     result = run_main("train_ppo.py", "--tiny", "--sft_model_path", sft, "--output_dir", sft, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -211,37 +213,38 @@ def test_ppo_writing_over_its_sft_model_is_refused_and_the_model_kept(sft_run, t
 
 def test_an_output_folder_of_other_files_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(common.ArgumentError, match=r"holds files that are not a checkpoint \(notes.txt\)"):
-        common.check_output_dir(tmp_path, {})
+    with pytest.raises(errors.ArgumentError, match=r"holds files that are not a checkpoint \(notes.txt\)"):
+        outputs.check_output_dir(tmp_path, {})
     fake_checkpoint(tmp_path / "out", 1)
     (tmp_path / "out" / "checkpoint-5").mkdir()
-    common.check_output_dir(tmp_path / "out", {})  # a checkpoint to overwrite is fine
+    outputs.check_output_dir(tmp_path / "out", {})  # a checkpoint to overwrite is fine
 
 
 def test_an_output_folder_that_cannot_be_written_or_has_no_room_is_refused(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
-    with pytest.raises(common.PipelineError, match="cannot write beside --output_dir"):
-        common.check_output_dir(tmp_path / "file" / "sft", {})
+    with pytest.raises(errors.PipelineError, match="cannot write beside --output_dir"):
+        outputs.check_output_dir(tmp_path / "file" / "sft", {})
     monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=2**20))
-    with pytest.raises(common.PipelineError, match="0.0 GiB free, and saving this run needs about 1.0 GiB"):
-        common.check_output_dir(tmp_path / "sft", {}, needed_bytes=2**30)
+    with pytest.raises(errors.PipelineError, match="0.0 GiB free, and saving this run needs about 1.0 GiB"):
+        outputs.check_output_dir(tmp_path / "sft", {}, needed_bytes=2**30)
     assert list(tmp_path.iterdir()) == [tmp_path / "file"]  # the checks wrote nothing
 
 
 def test_a_second_run_on_the_same_output_folder_is_told_which_process_holds_it(tmp_path):
     output = tmp_path / "sft"
-    hold = "import sys, time, common; common.lock_output_dir(sys.argv[1]); print('ok', flush=True); time.sleep(60)"
+    hold = "import sys, time; from hfppo import lifecycle; lifecycle.lock_output_dir(sys.argv[1]); "
+    hold += "print('ok', flush=True); time.sleep(60)"
     holder = subprocess.Popen(
-        [sys.executable, "-c", hold, str(output)], cwd=common.ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", hold, str(output)], cwd=paths.ROOT, stdout=subprocess.PIPE, text=True
     )
     try:
         assert holder.stdout.readline().strip() == "ok"
-        with pytest.raises(common.PipelineError, match=f"in use by another run \\(pid {holder.pid}: "):
-            common.lock_output_dir(output)
+        with pytest.raises(errors.PipelineError, match=f"in use by another run \\(pid {holder.pid}: "):
+            lifecycle.lock_output_dir(output)
     finally:
         holder.kill()
         holder.wait()
-    common.lock_output_dir(output)  # the lock went with the process that held it
+    lifecycle.lock_output_dir(output)  # the lock went with the process that held it
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -249,25 +252,25 @@ def test_a_second_run_on_the_same_output_folder_is_told_which_process_holds_it(t
 
 
 def test_settings_that_change_a_run_are_compared_and_harmless_ones_are_not(tmp_path):
-    args = common.parse_args(train_sft.make_parser(), train_sft.TINY_PRESET, ["--tiny"])
-    settings = common.run_settings(*args)
+    args = cli.parse_args(train_sft.make_parser(), train_sft.TINY_PRESET, ["--tiny"])
+    settings = resuming.run_settings(*args)
     assert {"seed", "learning_rate", "num_train_epochs", "dataset_name", "sft_fraction"} <= settings.keys()
     assert not {"output_dir", "logging_steps", "save_steps", "resume_from_checkpoint"} & settings.keys()
-    common.write_run_settings(tmp_path, settings)
-    common.check_resume(tmp_path, settings)
-    other = common.parse_args(train_sft.make_parser(), train_sft.TINY_PRESET, ["--tiny", "--seed", "7"])
-    with pytest.raises(common.PipelineError, match=r"other settings \(--seed 42 now 7\)"):
-        common.check_resume(tmp_path, common.run_settings(*other))
-    with pytest.raises(common.PipelineError, match="holds no run_settings.json"):
-        common.check_resume(tmp_path / "elsewhere", settings)
+    resuming.write_run_settings(tmp_path, settings)
+    resuming.check_resume(tmp_path, settings)
+    other = cli.parse_args(train_sft.make_parser(), train_sft.TINY_PRESET, ["--tiny", "--seed", "7"])
+    with pytest.raises(errors.PipelineError, match=r"other settings \(--seed 42 now 7\)"):
+        resuming.check_resume(tmp_path, resuming.run_settings(*other))
+    with pytest.raises(errors.PipelineError, match="holds no run_settings.json"):
+        resuming.check_resume(tmp_path / "elsewhere", settings)
 
 
 def test_sft_resumes_with_its_own_settings_and_refuses_others(tiny_base, tmp_path):
     base = ("--tiny", "--model_name_or_path", tiny_base, "--max_steps", 6, "--save_strategy", "steps")
     result = run_main("train_sft.py", *base, "--save_steps", 3, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoint = tmp_path / common.SFT_DIR / "checkpoint-3"
-    assert json.loads((checkpoint / common.RUN_SETTINGS_FILE).read_text())["max_steps"] == 6
+    checkpoint = tmp_path / paths.SFT_DIR / "checkpoint-3"
+    assert json.loads((checkpoint / resuming.RUN_SETTINGS_FILE).read_text())["max_steps"] == 6
     refused = run_main(
         "train_sft.py", *base, "--resume_from_checkpoint", checkpoint, "--learning_rate", 1e-4, cwd=tmp_path
     )
@@ -275,7 +278,7 @@ def test_sft_resumes_with_its_own_settings_and_refuses_others(tiny_base, tmp_pat
     assert "--learning_rate 0.001 now 0.0001" in refused.stderr
     resumed = run_main("train_sft.py", *base, "--resume_from_checkpoint", checkpoint, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    common.require_checkpoint(tmp_path / common.SFT_DIR, "x", "language model")
+    checkpoints.require_checkpoint(tmp_path / paths.SFT_DIR, "x", "language model")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,14 +288,14 @@ def test_sft_resumes_with_its_own_settings_and_refuses_others(tiny_base, tmp_pat
 def hinted_args(script, hint: str) -> list:
     words = shlex.split(hint)
     assert words[:2] == ["python", f"{script.__name__}.py"]
-    return common.parse_args(script.make_parser(), getattr(script, "TINY_PRESET", {}), words[2:])
+    return cli.parse_args(script.make_parser(), getattr(script, "TINY_PRESET", {}), words[2:])
 
 
 def test_hints_name_the_users_folders_and_tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # away from the repository's .venv, which a hint would name
-    hint = common.command(
-        "eval_ppo.py", True, compare=True, model_path=common.unless_default("/tmp/my ppo", common.PPO_DIR),
-        sft_model_path=common.unless_default(common.SFT_DIR, common.SFT_DIR),
+    hint = hints.command(
+        "eval_ppo.py", True, compare=True, model_path=hints.unless_default("/tmp/my ppo", paths.PPO_DIR),
+        sft_model_path=hints.unless_default(paths.SFT_DIR, paths.SFT_DIR),
     )  # fmt: skip
     assert hint == "python eval_ppo.py --tiny --compare --model_path '/tmp/my ppo'"
     (args,) = hinted_args(eval_ppo, hint)
@@ -302,18 +305,18 @@ def test_hints_name_the_users_folders_and_tiny(tmp_path, monkeypatch):
         "/tmp/my ppo",
         "checkpoint/sft",
     )
-    (args,) = hinted_args(eval_rm, common.command("eval_rm.py", False, model_path="/x"))
+    (args,) = hinted_args(eval_rm, hints.command("eval_rm.py", False, model_path="/x"))
     assert args.model_path == "/x" and not args.tiny
-    script_args, training_args, _ = hinted_args(train_rm, common.command("train_rm.py", True, output_dir="/tmp/rm"))
+    script_args, training_args, _ = hinted_args(train_rm, hints.command("train_rm.py", True, output_dir="/tmp/rm"))
     assert script_args.tiny and training_args.output_dir == "/tmp/rm"
 
 
 def test_hints_name_the_environment_they_ran_in(tmp_path, monkeypatch):
     """make demo runs .venv/bin/python: its hints must work without activating .venv."""
     monkeypatch.chdir(tmp_path)
-    assert common.command("eval_sft.py", True).startswith("python eval_sft.py")  # pytest's interpreter is elsewhere
+    assert hints.command("eval_sft.py", True).startswith("python eval_sft.py")  # pytest's interpreter is elsewhere
     monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
-    assert common.command("eval_sft.py", True) == ".venv/bin/python eval_sft.py --tiny"
+    assert hints.command("eval_sft.py", True) == ".venv/bin/python eval_sft.py --tiny"
 
 
 def test_eval_without_a_checkpoint_names_the_users_folder_in_the_command(tmp_path):
@@ -329,5 +332,5 @@ def test_train_ppo_prints_a_compare_command_with_its_flags(ppo_run):
     assert args.tiny and args.compare
     # the fixture trained on its own SFT and reward models, and the hint names them
     assert (ppo_run / "train.out").read_text().count(args.sft_model_path) >= 1
-    assert args.sft_model_path.endswith(str(common.SFT_DIR)) and args.sft_model_path != str(common.SFT_DIR)
-    assert args.reward_model_path.endswith(str(common.RM_DIR)) and args.reward_model_path != str(common.RM_DIR)
+    assert args.sft_model_path.endswith(str(paths.SFT_DIR)) and args.sft_model_path != str(paths.SFT_DIR)
+    assert args.reward_model_path.endswith(str(paths.RM_DIR)) and args.reward_model_path != str(paths.RM_DIR)

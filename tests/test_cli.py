@@ -5,7 +5,6 @@ import dataclasses
 import pytest
 
 import chat_web
-import common
 import eval_ppo
 import eval_rm
 import eval_sft
@@ -15,12 +14,13 @@ import train_ppo
 import train_rm
 import train_sft
 from conftest import run_script
+from hfppo import cli, errors, lifecycle, paths, runtime
 
 STAGES = {"sft": train_sft, "rm": train_rm, "ppo": train_ppo}
 
 
 def parse(*args, script=train_sft):
-    return common.parse_args(script.make_parser(), script.TINY_PRESET, list(args))
+    return cli.parse_args(script.make_parser(), script.TINY_PRESET, list(args))
 
 
 def test_real_defaults_mirror_the_original_run():
@@ -30,12 +30,12 @@ def test_real_defaults_mirror_the_original_run():
     assert script_args.sft_fraction == 0.1
     assert (training_args.num_train_epochs, training_args.learning_rate, training_args.max_length) == (2, 1e-5, 500)
     assert training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps == 32
-    assert training_args.bf16 is common.bf16_available()  # TRL's own default is bf16=True, even on a CPU
+    assert training_args.bf16 is runtime.bf16_available()  # TRL's own default is bf16=True, even on a CPU
 
 
 def test_tiny_preset_then_config_then_flags(tmp_path):
     script_args, training_args, model_args = parse("--tiny")
-    assert (model_args.model_name_or_path, script_args.model_source) == (str(common.TINY_BASE_DIR), "tiny")
+    assert (model_args.model_name_or_path, script_args.model_source) == (str(paths.TINY_BASE_DIR), "tiny")
     assert training_args.learning_rate == train_sft.TINY_PRESET["learning_rate"]
 
     config = tmp_path / "sft.yaml"
@@ -55,7 +55,7 @@ def fields(parsed):
 @pytest.mark.parametrize("stage", STAGES)
 def test_example_config_spells_out_the_defaults(stage):
     script = STAGES[stage]
-    config = common.ROOT / "configs" / f"{stage}.yaml"
+    config = paths.ROOT / "configs" / f"{stage}.yaml"
     assert fields(parse("--config", str(config), script=script)) == fields(parse(script=script))
 
 
@@ -66,7 +66,7 @@ def test_rm_defaults_mirror_the_original_run():
     assert training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps == 32
     assert training_args.center_rewards_coefficient == 0.01
     assert script_args.eval_fraction == 0.1
-    assert training_args.bf16 is common.bf16_available()
+    assert training_args.bf16 is runtime.bf16_available()
 
 
 def test_ppo_defaults_mirror_the_original_run():
@@ -86,18 +86,16 @@ def test_ppo_defaults_mirror_the_original_run():
 
 
 def test_eval_question_flag_repeats():
-    (args,) = common.parse_args(
-        eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--question", "a", "b", "--question", "c"]
-    )
+    (args,) = cli.parse_args(eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--question", "a", "b", "--question", "c"])
     assert args.question == ["a", "b", "c"]
-    (args,) = common.parse_args(eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--tiny"])
+    (args,) = cli.parse_args(eval_sft.make_parser(), eval_sft.TINY_PRESET, ["--tiny"])
     assert args.max_new_tokens == eval_sft.TINY_PRESET["max_new_tokens"]
 
 
 def test_eval_rm_parses_like_the_others():
     (args,) = parse("--question", "a", "--answer", "x", "--question", "b", script=eval_rm)
     assert (args.question, args.answer) == (["a", "b"], ["x"])
-    with pytest.raises(common.PipelineError, match="one --answer per --question"):
+    with pytest.raises(errors.PipelineError, match="one --answer per --question"):
         eval_rm.main(args)
     # --max_length defaults to the reward model's training length, the tiny preset's with --tiny.
     assert parse(script=eval_rm)[0].max_length == train_rm.DEFAULTS["max_length"]
@@ -114,7 +112,7 @@ SCRIPTS |= {"eval_sft": eval_sft, "eval_rm": eval_rm, "eval_ppo": eval_ppo}
 
 def refused(script: str, *args) -> str:
     """The ArgumentError message of parsing `args` for `script`."""
-    with pytest.raises(common.ArgumentError) as error:
+    with pytest.raises(errors.ArgumentError) as error:
         parse(*map(str, args), script=SCRIPTS[script])
     return str(error.value)
 
@@ -231,11 +229,11 @@ def test_every_default_and_tiny_preset_is_in_range():
 
 
 def test_ppo_needs_held_out_questions():
-    with pytest.raises(common.ArgumentError, match="--eval_fraction must be above 0"):
+    with pytest.raises(errors.ArgumentError, match="--eval_fraction must be above 0"):
         train_ppo.main(*parse("--tiny", "--eval_fraction", "0", script=train_ppo))
 
 
-@pytest.mark.skipif(common.bf16_available(), reason="this machine has a bf16 GPU")
+@pytest.mark.skipif(runtime.bf16_available(), reason="this machine has a bf16 GPU")
 @pytest.mark.parametrize("script", ["train_sft", "train_rm", "train_ppo"])
 def test_bf16_without_a_bf16_gpu_is_refused(script):
     assert "--bf16 True needs a GPU with bf16 units" in refused(script, "--tiny", "--bf16", "True")
@@ -243,7 +241,7 @@ def test_bf16_without_a_bf16_gpu_is_refused(script):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_tiny_with_a_config_of_the_real_run_names_the_keys_that_undo_it(stage, tmp_path):
-    config = common.ROOT / "configs" / f"{stage}.yaml"
+    config = paths.ROOT / "configs" / f"{stage}.yaml"
     message = refused(f"train_{stage}", "--config", config, "--tiny")
     assert f"--config {config} sets " in message
     assert "dataset_name" in message and "model_source" in message
@@ -255,16 +253,16 @@ def test_tiny_with_a_config_of_the_real_run_names_the_keys_that_undo_it(stage, t
     trimmed = tmp_path / f"{stage}.yaml"
     trimmed.write_text("\n".join(kept + ["seed: 7"]) + "\n")
     script_args, config_args, *_ = parse("--config", str(trimmed), "--tiny", script=STAGES[stage])
-    assert (script_args.model_source, script_args.dataset_name) == ("tiny", str(common.SAMPLE_DATA))
+    assert (script_args.model_source, script_args.dataset_name) == ("tiny", str(paths.SAMPLE_DATA))
     assert config_args.seed == 7
 
 
 def test_argument_errors_exit_with_status_2_and_other_errors_with_1(capsys):
-    with pytest.raises(SystemExit) as exit_info, common.user_errors():
-        raise common.ArgumentError("bad flag")
+    with pytest.raises(SystemExit) as exit_info, lifecycle.user_errors():
+        raise errors.ArgumentError("bad flag")
     assert exit_info.value.code == 2 and capsys.readouterr().err == "error: bad flag\n"
-    with pytest.raises(SystemExit) as exit_info, common.user_errors():
-        raise common.PipelineError("bad data")
+    with pytest.raises(SystemExit) as exit_info, lifecycle.user_errors():
+        raise errors.PipelineError("bad data")
     assert exit_info.value.code == 1 and capsys.readouterr().err == "error: bad data\n"
 
 

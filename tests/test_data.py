@@ -9,6 +9,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer
 
 import common
+from hfppo import data_files, errors, paths
 
 ROWS = [
     {"question": "吃了没?", "chosen": "关你屁事。", "rejected": "吃过了，谢谢关心！", "system": ""},
@@ -32,7 +33,7 @@ def write(path, rows, suffix):
     return path
 
 
-@pytest.mark.parametrize("suffix", common.DATA_SUFFIXES)
+@pytest.mark.parametrize("suffix", data_files.DATA_SUFFIXES)
 def test_each_local_format_loads_the_same_rows(tmp_path, suffix):
     data = common.load_preference_data(write(tmp_path / "prefs", ROWS, suffix))
     assert data.to_list() == ROWS
@@ -49,7 +50,7 @@ TRICKY_ROW = {
 }
 
 
-@pytest.mark.parametrize("suffix", common.DATA_SUFFIXES)
+@pytest.mark.parametrize("suffix", data_files.DATA_SUFFIXES)
 def test_text_is_kept_byte_for_byte_in_every_format(tmp_path, suffix):
     rows = [ROWS[0], TRICKY_ROW, ROWS[1]]
     assert common.load_preference_data(write(tmp_path / "prefs", rows, suffix)).to_list() == rows
@@ -66,13 +67,13 @@ def test_tricky_text_reaches_training_exactly(tmp_path, tiny_base):
     """Loaded from a file, a row's text is what SFT, the reward model and PPO tokenize: it decodes back intact."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     (row,) = common.load_preference_data(write(tmp_path / "prefs", [TRICKY_ROW], ".csv")).to_list()
-    example = common.sft_example(row, common.DEFAULT_SYSTEM_PROMPT)
+    example = common.sft_example(row, paths.DEFAULT_SYSTEM_PROMPT)
     sft_text = tokenizer.decode(tokenizer.apply_chat_template(example["prompt"] + example["completion"])["input_ids"])
     rm_texts = [
-        tokenizer.decode(common.conversation_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT, row[column]))
+        tokenizer.decode(common.conversation_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT, row[column]))
         for column in ("chosen", "rejected")
     ]
-    prompt_text = tokenizer.decode(common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT))
+    prompt_text = tokenizer.decode(common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT))
     for column in ("question", "chosen", "system"):
         assert row[column] in sft_text, column
     for text, answer in zip(rm_texts, ("chosen", "rejected")):
@@ -86,7 +87,7 @@ def test_a_file_that_is_not_utf8_says_where_and_how_to_convert_it(tmp_path, suff
         tmp_path / "prefs", [{"question": "q", "chosen": "c", "rejected": "r", "system": ""}, ROWS[0]], suffix
     )
     path.write_bytes(path.read_text(encoding="utf-8").encode("gbk"))
-    with pytest.raises(common.PipelineError) as error:
+    with pytest.raises(errors.PipelineError) as error:
         common.load_preference_data(path)
     message = str(error.value)
     first_bad = path.read_bytes().index(ROWS[0]["question"].encode("gbk"))
@@ -105,7 +106,7 @@ def test_json_lines_under_a_json_suffix_and_missing_system_column(tmp_path):
 
 
 def test_bundled_sample_is_valid_and_large_enough():
-    data = common.load_preference_data(common.SAMPLE_DATA)
+    data = common.load_preference_data(paths.SAMPLE_DATA)
     assert len(data) >= 300
     assert len(set(data["question"])) == len(data)
 
@@ -140,7 +141,7 @@ def test_bad_rows_get_one_clear_error_naming_file_row_and_problem(tmp_path, case
     lines, expected = BAD_JSONL[case]
     path = tmp_path / "bad.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(common.PipelineError) as error:
+    with pytest.raises(errors.PipelineError) as error:
         common.load_preference_data(path)
     for fragment in [str(path), *expected]:
         assert fragment in str(error.value)
@@ -148,27 +149,27 @@ def test_bad_rows_get_one_clear_error_naming_file_row_and_problem(tmp_path, case
 
 def test_csv_and_parquet_errors_name_the_row(tmp_path):
     rows = [dict(ROWS[0]), dict(ROWS[1], chosen="")]
-    with pytest.raises(common.PipelineError, match=r"line 3 column 'chosen' is empty"):  # header is line 1
+    with pytest.raises(errors.PipelineError, match=r"line 3 column 'chosen' is empty"):  # header is line 1
         common.load_preference_data(write(tmp_path / "bad", rows, ".csv"))
     # A row is cited by the line it starts on: TRICKY_ROW spans lines 2 to 7 (five newlines inside its quotes).
-    with pytest.raises(common.PipelineError, match=r"line 8 column 'chosen' is empty"):
+    with pytest.raises(errors.PipelineError, match=r"line 8 column 'chosen' is empty"):
         common.load_preference_data(write(tmp_path / "bad", [TRICKY_ROW, rows[1]], ".csv"))
     (tmp_path / "fields.csv").write_text("question,chosen,rejected\nq,c,r\nq,c, r,extra\n", encoding="utf-8")
-    with pytest.raises(common.PipelineError, match=r"line 3 has 4 fields but the header has 3"):
+    with pytest.raises(errors.PipelineError, match=r"line 3 has 4 fields but the header has 3"):
         common.load_preference_data(tmp_path / "fields.csv")
     no_rejected = [{k: v for k, v in row.items() if k != "rejected"} for row in ROWS]
-    with pytest.raises(common.PipelineError, match=r"row 1 has no column 'rejected'"):
+    with pytest.raises(errors.PipelineError, match=r"row 1 has no column 'rejected'"):
         common.load_preference_data(write(tmp_path / "bad", no_rejected, ".parquet"))
 
 
 def test_missing_empty_and_unreadable_files(tmp_path):
-    with pytest.raises(common.PipelineError, match="does not exist"):
+    with pytest.raises(errors.PipelineError, match="does not exist"):
         common.load_preference_data(tmp_path / "nope.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
-    with pytest.raises(common.PipelineError, match="holds no rows"):
+    with pytest.raises(errors.PipelineError, match="holds no rows"):
         common.load_preference_data(tmp_path / "empty.jsonl")
     (tmp_path / "junk.parquet").write_bytes(b"not parquet")
-    with pytest.raises(common.PipelineError, match="not a readable parquet file"):
+    with pytest.raises(errors.PipelineError, match="not a readable parquet file"):
         common.load_preference_data(tmp_path / "junk.parquet")
 
 
@@ -191,7 +192,7 @@ def test_hf_dataset_is_validated(monkeypatch):
 
     bad = Dataset.from_list([{"question": "q", "chosen": "c"}])
     monkeypatch.setattr(datasets, "load_dataset", lambda name, split: bad)
-    with pytest.raises(common.PipelineError, match="someone/prefs: row 1 has no column 'rejected'"):
+    with pytest.raises(errors.PipelineError, match="someone/prefs: row 1 has no column 'rejected'"):
         common.load_preference_data("someone/prefs", source="hf")
 
 
@@ -202,7 +203,7 @@ def test_download_failure_and_offline_source_explain_what_to_do(monkeypatch):
         raise ConnectionError("no route to host")
 
     monkeypatch.setattr(modelscope, "snapshot_download", offline)
-    with pytest.raises(common.PipelineError, match=r"could not be downloaded from ModelScope.*--tiny"):
+    with pytest.raises(errors.PipelineError, match=r"could not be downloaded from ModelScope.*--tiny"):
         common.resolve_model("Qwen/Qwen2.5-0.5B-Instruct", "modelscope")
-    with pytest.raises(common.PipelineError, match="cannot download it"):
+    with pytest.raises(errors.PipelineError, match="cannot download it"):
         common.load_preference_data("someone/prefs", source="tiny")

@@ -1,5 +1,5 @@
 """A diverged training never replaces a good checkpoint: a loss, gradient norm or weights that turn NaN or inf stop
-the run with one paragraph before anything of that state is saved, in the Trainer stages (common.StopOnDivergence)
+the run with one paragraph before anything of that state is saved, in the Trainer stages (training.StopOnDivergence)
 and in PPO's own loop (train_ppo.stop_if_diverged); the periodic checkpoints keep the last finite state."""
 
 import os
@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerControl, TrainerState
 
-import common
 import train_ppo
 from conftest import run_main
+from hfppo import checkpoints, cli, errors, paths, training
 
 NAN, INF = float("nan"), float("inf")
 # A learning rate that fp32 holds but no model survives: one AdamW step moves each weight by about this much, and the
@@ -80,11 +80,11 @@ def at_step(step: int) -> TrainerState:
     ],
 )
 def test_a_non_finite_loss_or_gradient_norm_stops_the_run_at_its_log(logs, fp16, problem):
-    callback, args = common.StopOnDivergence(), trainer_args(fp16=fp16)
+    callback, args = training.StopOnDivergence(), trainer_args(fp16=fp16)
     if problem is None:
         callback.on_log(args, at_step(7), TrainerControl(), logs=logs)
         return
-    with pytest.raises(common.PipelineError) as raised:
+    with pytest.raises(errors.PipelineError) as raised:
         callback.on_log(args, at_step(7), TrainerControl(), logs=logs)
     message = str(raised.value)
     assert message.startswith(f"training diverged at step 7: {problem}. {KEPT}: what out/sft held before it is as it")
@@ -101,9 +101,9 @@ def test_the_trained_weights_are_checked_before_each_save_evaluation_and_the_end
     if flag is not None:
         setattr(control, flag, True)
     checked = flag in ("should_save", "should_evaluate") or (flag == "should_training_stop" and event == "on_step_end")
-    call = getattr(common.StopOnDivergence(), event)
+    call = getattr(training.StopOnDivergence(), event)
     if checked and layer == "trained":
-        with pytest.raises(common.PipelineError, match="^training diverged at step 4: the weights of trained.weight "):
+        with pytest.raises(errors.PipelineError, match="^training diverged at step 4: the weights of trained.weight "):
             call(trainer_args(), at_step(4), control, model=poisoned(layer))
     else:
         call(trainer_args(), at_step(4), control, model=poisoned(layer))
@@ -111,12 +111,12 @@ def test_the_trained_weights_are_checked_before_each_save_evaluation_and_the_end
 
 @pytest.mark.parametrize("resumed", [None, "out/sft/checkpoint-2"])
 def test_the_message_names_the_last_finite_state_the_run_saved_or_started_from(resumed):
-    callback, args = common.StopOnDivergence(), trainer_args(resume_from_checkpoint=resumed)
-    with pytest.raises(common.PipelineError) as raised:
+    callback, args = training.StopOnDivergence(), trainer_args(resume_from_checkpoint=resumed)
+    with pytest.raises(errors.PipelineError) as raised:
         callback.on_log(args, at_step(3), TrainerControl(), logs={"grad_norm": NAN})
     assert (f"last finite state on disk is {resumed}." in str(raised.value)) == (resumed is not None)
     callback.on_save(args, at_step(5), TrainerControl())
-    with pytest.raises(common.PipelineError, match="last finite state on disk is out/sft/checkpoint-5. Lower"):
+    with pytest.raises(errors.PipelineError, match="last finite state on disk is out/sft/checkpoint-5. Lower"):
         callback.on_log(args, at_step(6), TrainerControl(), logs={"grad_norm": NAN})
 
 
@@ -134,7 +134,7 @@ def test_non_finite_parameter_finds_exactly_the_parameters_holding_nan_or_inf(va
     model = TwoLayers()
     with torch.no_grad():
         model.trained.bias.copy_(torch.tensor(values))
-    assert common.non_finite_parameter(model) == ("trained.bias" if found else None)
+    assert training.non_finite_parameter(model) == ("trained.bias" if found else None)
 
 
 FINITE_METRICS = {key: torch.tensor(0.5) for key in train_ppo.FINITE_METRICS}
@@ -157,7 +157,7 @@ def test_ppo_stops_at_an_update_whose_figures_or_weights_are_not_finite(key, lay
     if problem is None:
         train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, None, None)
         return
-    with pytest.raises(common.PipelineError) as raised:
+    with pytest.raises(errors.PipelineError) as raised:
         train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, Path("out/ppo/checkpoint-2"), None)
     assert str(raised.value) == (
         f"training diverged at update 3: {problem}. {KEPT}: what out/ppo held before it is as it was; the run's last "
@@ -185,7 +185,7 @@ def test_a_policy_that_cannot_be_sampled_is_named_with_what_left_it_so():
 
 def test_sft_diverging_over_a_good_checkpoint_keeps_it_and_its_last_finite_periodic_checkpoint(tiny_base, tmp_path):
     """The issue's case: `train_sft.py --tiny --learning_rate 1e30` over a good checkpoint/sft."""
-    output = tmp_path / common.SFT_DIR
+    output = tmp_path / paths.SFT_DIR
     shutil.copytree(tiny_base, output)  # a good language model where the run saves its own
     before = files_of(output)
     result = run_main(
@@ -199,14 +199,14 @@ def test_sft_diverging_over_a_good_checkpoint_keeps_it_and_its_last_finite_perio
     # The warm-up's first step has learning rate 0, its second moves the weights to about 1e29 (finite), and the
     # third step's gradient is NaN: checkpoint-2 is the last finite state, and nothing later was saved.
     assert "last finite state on disk is checkpoint/sft/checkpoint-2." in error
-    periodic = sorted(path.name for path in output.iterdir() if common.PERIODIC_CHECKPOINT.fullmatch(path.name))
+    periodic = sorted(path.name for path in output.iterdir() if checkpoints.PERIODIC_CHECKPOINT.fullmatch(path.name))
     assert periodic == ["checkpoint-2"] and all_finite(output / "checkpoint-2" / "model.safetensors")
     # Every file of the good model as it was; new beside them only the periodic checkpoint, and the model card TRL
     # writes into the output folder at each periodic save (its _save_checkpoint: the run's card, not the model's).
     after = files_of(output)
     assert {name: after.get(name) for name in before} == before
     assert {name.split("/")[0] for name in after.keys() - before.keys()} == {"checkpoint-2", "README.md"}
-    assert not any(path.name.endswith((common.PARTIAL, common.READY)) for path in output.parent.iterdir())
+    assert not any(path.name.endswith((checkpoints.PARTIAL, checkpoints.READY)) for path in output.parent.iterdir())
 
 
 @pytest.fixture
@@ -234,7 +234,7 @@ def test_every_trainer_stage_stops_at_divergence_and_saves_nothing(script, tiny_
     error = result.stderr[result.stderr.index("error: ") :]
     assert error.startswith("error: training diverged at step ") and f"{KEPT}: what out held before it" in error
     written = {path.name for path in (tmp_path / "out").rglob("*")}  # none if the folder is absent
-    assert not written & {"model.safetensors", "adapter_model.safetensors", *common.CHECKPOINT_MARKERS}, written
+    assert not written & {"model.safetensors", "adapter_model.safetensors", *checkpoints.CHECKPOINT_MARKERS}, written
 
 
 def nan_reward(queries, answers) -> torch.Tensor:
@@ -252,7 +252,7 @@ def run_ppo(workdir: Path, tiny_base: Path, *args, reward_fn=zero_reward) -> Non
     old_cwd = Path.cwd()
     os.chdir(workdir)  # the module's fixture cannot use monkeypatch.chdir (function-scoped)
     try:
-        train_ppo.main(*common.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, list(map(str, flags))),
+        train_ppo.main(*cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, list(map(str, flags))),
                        reward_fn=reward_fn)  # fmt: skip
     finally:
         os.chdir(old_cwd)
@@ -290,7 +290,7 @@ ONE_STEP = ("--num_ppo_epochs", 1, "--num_mini_batches", 1, "--gradient_accumula
 def test_ppo_diverging_over_a_good_checkpoint_keeps_it(flags, reward_fn, problem, good_ppo, tiny_base, tmp_path):
     shutil.copytree(good_ppo, tmp_path / "out")
     before = files_of(tmp_path / "out")
-    with pytest.raises(common.PipelineError) as raised:
+    with pytest.raises(errors.PipelineError) as raised:
         run_ppo(tmp_path, tiny_base, "--save_steps", 1, *flags, reward_fn=reward_fn)
     message = str(raised.value)
     assert message.startswith(problem) and f"{KEPT}: what out held before it is as it was" in message

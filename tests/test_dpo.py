@@ -10,6 +10,7 @@ from trl import DPOConfig
 
 import common
 from conftest import FLOAT32_EPS, log_prob_sum_tolerance, run_main
+from hfppo import charts, checkpoints, paths
 
 # What TrainingArguments and DPOConfig default to and the tiny run keeps: the held-out pairs are evaluated in batches
 # of 8, and DPO's implicit reward is beta x log(policy / reference).
@@ -25,8 +26,8 @@ def answer_log_prob(model, tokenizer, row: dict, column: str) -> tuple[float, fl
     """The summed log-probability of the `column` answer's tokens after the prompt, the sequence DPOTrainer scores
     (the chat template's prompt with the generation prompt, then the rest of the rendered conversation), and how far
     DPOTrainer's own float32 figure for it, from padded batches, may lie from this one of the row alone."""
-    prompt = common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT)
-    messages = common.prompt_messages(row, common.DEFAULT_SYSTEM_PROMPT)
+    prompt = common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT)
+    messages = common.prompt_messages(row, paths.DEFAULT_SYSTEM_PROMPT)
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": row[column]}])["input_ids"]
     assert full[: len(prompt)] == prompt
     ids = torch.tensor([full])
@@ -58,8 +59,8 @@ def test_the_adapter_prefers_the_chosen_answers_on_held_out_pairs_as_logged(dpo_
     answer above the polite one on pairs no stage trained on, and reproduces the last held-out evaluation that
     TensorBoard shows: so the reference is the SFT model, the adapter saved is the one trained, and DPO saw the chat
     format every stage uses."""
-    policy, tokenizer = common.load_policy(dpo_run / common.DPO_DIR, "python train_dpo.py --tiny", tiny=True)
-    held_out = common.load_preference_data(dpo_run / common.DPO_DIR / common.HELD_OUT_FILE)
+    policy, tokenizer = common.load_policy(dpo_run / paths.DPO_DIR, "python train_dpo.py --tiny", tiny=True)
+    held_out = common.load_preference_data(dpo_run / paths.DPO_DIR / paths.HELD_OUT_FILE)
     rewards, tolerances = {}, {}
     for column in ("chosen", "rejected"):
         trained, trained_tolerance = answer_log_probs(policy, tokenizer, held_out, column)
@@ -70,8 +71,8 @@ def test_the_adapter_prefers_the_chosen_answers_on_held_out_pairs_as_logged(dpo_
     margins = rewards["chosen"] - rewards["rejected"]
     assert margins.mean() > HELD_OUT_MARGIN and (margins > 0).float().mean() > HELD_OUT_ACCURACY
 
-    (run_dir,) = (dpo_run / common.TENSORBOARD_ROOT / "dpo").iterdir()
-    scalars = common.read_scalars(run_dir)
+    (run_dir,) = (dpo_run / paths.TENSORBOARD_ROOT / "dpo").iterdir()
+    scalars = charts.read_scalars(run_dir)
     # DPOTrainer scored the pairs in padded batches of 8, these one at a time: each margin within its four answers'
     # tolerances (conftest.log_prob_sum_tolerance, x beta), then the means' own rounding. About 1e-3 of the margin,
     # where a reference other than the SFT model, another adapter or another chat format moves it by tenths.
@@ -91,12 +92,12 @@ def test_the_adapter_prefers_the_chosen_answers_on_held_out_pairs_as_logged(dpo_
 
 
 def test_held_out_loss_fell_and_the_run_says_where_its_outputs_went(dpo_run, sft_run):
-    (run_dir,) = (dpo_run / common.TENSORBOARD_ROOT / "dpo").iterdir()
-    scalars = common.read_scalars(run_dir)
+    (run_dir,) = (dpo_run / paths.TENSORBOARD_ROOT / "dpo").iterdir()
+    scalars = charts.read_scalars(run_dir)
     losses = [value for _, value in scalars["eval/loss"]]
     # before the first step (log 2: margin 0, the adapter is the identity, each pair's loss log 2 rounded to float32,
     # then meaned by batches) and at the end: 0.447 measured on a 2-core AMD EPYC
-    held_out = common.load_preference_data(dpo_run / common.DPO_DIR / common.HELD_OUT_FILE)
+    held_out = common.load_preference_data(dpo_run / paths.DPO_DIR / paths.HELD_OUT_FILE)
     rounding = mean_of_batch_means_rounding(torch.full((held_out.num_rows,), LOG_2))
     assert len(losses) == 2 and losses[0] == pytest.approx(LOG_2, abs=rounding) and losses[-1] < LOG_2 - 0.1
     assert scalars["eval/rewards/margins"][0] == (0, 0.0)  # exact: the adapter adds 0.0 (see above)
@@ -108,33 +109,31 @@ def test_held_out_loss_fell_and_the_run_says_where_its_outputs_went(dpo_run, sft
     for noise in ("couldn't be hashed", "PicklingWarning", "Tokenizing", "Map", "\x1b[", "is_gradient_checkpointing"):
         assert noise not in errors, noise
     last = printed.splitlines()[-1]
-    assert last.startswith(
-        f"Adapter saved to {common.DPO_DIR}; curves in {(run_dir / 'dpo.png').relative_to(dpo_run)}"
-    )
-    assert last.endswith(f"eval_ppo.py --tiny --compare --sft_model_path {sft_run / common.SFT_DIR}")
+    assert last.startswith(f"Adapter saved to {paths.DPO_DIR}; curves in {(run_dir / 'dpo.png').relative_to(dpo_run)}")
+    assert last.endswith(f"eval_ppo.py --tiny --compare --sft_model_path {sft_run / paths.SFT_DIR}")
 
 
 def test_outputs_an_adapter_of_the_shared_shape_beside_the_sft_split(dpo_run, sft_run):
-    output = dpo_run / common.DPO_DIR
+    output = dpo_run / paths.DPO_DIR
     adapter = json.loads((output / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(sft_run / common.SFT_DIR)
+    assert adapter["base_model_name_or_path"] == str(sft_run / paths.SFT_DIR)
     assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (common.LORA_R, common.LORA_ALPHA, 0)
     assert set(adapter["target_modules"]) == set(common.LORA_TARGET_MODULES)
-    held_out = (output / common.HELD_OUT_FILE).read_bytes()
-    assert held_out == (sft_run / common.SFT_DIR / common.HELD_OUT_FILE).read_bytes()
-    results = json.loads((output / common.TRAIN_RESULTS_FILE).read_text())
+    held_out = (output / paths.HELD_OUT_FILE).read_bytes()
+    assert held_out == (sft_run / paths.SFT_DIR / paths.HELD_OUT_FILE).read_bytes()
+    results = json.loads((output / paths.TRAIN_RESULTS_FILE).read_text())
     assert set(results) == {"train_runtime", "train_samples_per_second"} and results["train_runtime"] > 0
-    common.require_checkpoint(output, "", "adapter")
+    checkpoints.require_checkpoint(output, "", "adapter")
 
 
 def test_without_the_adapter_it_trains_every_parameter_into_a_whole_model(sft_run, tmp_path):
     """--use_peft false is allowed: DPOTrainer then loads a second, frozen copy of the SFT model as the reference, and
     the output is a whole model, which common.load_policy loads as well."""
     flags = ("--use_peft", "false", "--max_steps", 1, "--eval_strategy", "no", "--eval_on_start", "false")
-    result = run_main("train_dpo.py", "--tiny", "--sft_model_path", sft_run / common.SFT_DIR, *flags, cwd=tmp_path)
+    result = run_main("train_dpo.py", "--tiny", "--sft_model_path", sft_run / paths.SFT_DIR, *flags, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(every one)" in result.stdout and "Model saved to checkpoint/dpo" in result.stdout
-    model, _ = common.load_policy(tmp_path / common.DPO_DIR, "", tiny=True)
+    model, _ = common.load_policy(tmp_path / paths.DPO_DIR, "", tiny=True)
     assert type(model).__name__ == "Qwen2ForCausalLM"
 
 
@@ -155,14 +154,14 @@ def test_without_an_sft_model_says_which_stage_to_run(tmp_path):
 
 
 def test_refuses_an_sft_model_trained_with_another_split(sft_run, tmp_path):
-    sft = sft_run / common.SFT_DIR
+    sft = sft_run / paths.SFT_DIR
     result = run_main("train_dpo.py", "--tiny", "--sft_model_path", sft, "--eval_fraction", 0.2, cwd=tmp_path)
     assert_refused(result, 1, f"the SFT model (--sft_model_path {sft}) was trained with another held-out split")
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
 
 
 def test_refuses_an_adapter_as_the_sft_model(dpo_run, tmp_path):
-    result = run_main("train_dpo.py", "--tiny", "--sft_model_path", dpo_run / common.DPO_DIR, cwd=tmp_path)
+    result = run_main("train_dpo.py", "--tiny", "--sft_model_path", dpo_run / paths.DPO_DIR, cwd=tmp_path)
     assert_refused(result, 1, "is a LoRA adapter", "cannot be the language model", "train_sft.py --tiny")
 
 

@@ -15,6 +15,7 @@ import common
 import eval_rm
 import train_grpo
 from conftest import run_main
+from hfppo import charts, checkpoints, cli, paths, tiny
 
 QUESTION, ANSWER = "吃了没?", "烦死了，你自己不会查吗？问这种问题浪费我时间，"
 PENALTY = 1.0
@@ -24,13 +25,13 @@ def test_the_grpo_reward_is_ppos_score_of_the_same_ids(rm_run):
     """The reward function gets what GRPOTrainer passes (prompt messages, decoded answers, the sampled ids and the
     dataset's columns) and returns common.reward_scores of prompt ids + answer ids: eval_rm.py's score for a finished
     answer, and for one cut before its stop token the score of the text so far minus missing_eos_penalty."""
-    model, tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / common.RM_DIR, "")
+    model, tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / paths.RM_DIR, "")
     row = {"question": QUESTION, "system": ""}
-    prompt = common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT)
-    finished = common.conversation_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT, ANSWER)[len(prompt) :]
+    prompt = common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT)
+    finished = common.conversation_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT, ANSWER)[len(prompt) :]
     cut = finished[:5]
-    reward_fn = train_grpo.reward_model_fn(model, tokenizer, common.DEFAULT_SYSTEM_PROMPT, PENALTY, batch_size=8)
-    messages = common.prompt_messages(row, common.DEFAULT_SYSTEM_PROMPT)
+    reward_fn = train_grpo.reward_model_fn(model, tokenizer, paths.DEFAULT_SYSTEM_PROMPT, PENALTY, batch_size=8)
+    messages = common.prompt_messages(row, paths.DEFAULT_SYSTEM_PROMPT)
     rewards = reward_fn(
         prompts=[messages, messages],
         completions=[[{"role": "assistant", "content": tokenizer.decode(ids, skip_special_tokens=True)}] for ids in (
@@ -41,7 +42,7 @@ def test_the_grpo_reward_is_ppos_score_of_the_same_ids(rm_run):
     )  # fmt: skip
     assert finished[-1] == tokenizer.eos_token_id
     assert rewards[0] == pytest.approx(
-        eval_rm.reward(model, tokenizer, QUESTION, ANSWER, common.DEFAULT_SYSTEM_PROMPT), abs=1e-4
+        eval_rm.reward(model, tokenizer, QUESTION, ANSWER, paths.DEFAULT_SYSTEM_PROMPT), abs=1e-4
     )
     assert rewards[0] == pytest.approx(common.reward_scores(model, tokenizer, [prompt + finished]).item(), abs=1e-4)
     expected = common.reward_scores(model, tokenizer, [prompt + cut]).item() - PENALTY
@@ -52,11 +53,11 @@ def test_trls_own_reward_model_path_would_read_another_token(rm_run):
     """Why train_grpo.py passes a function of its own: TRL renders prompt + answer with the chat template and scores
     the re-tokenized text, which ends with the newline after <|im_end|>, not at <|im_end|> where the reward model
     was trained to score. If TRL stops doing so, its own path may do: see train_grpo.reward_model_fn."""
-    tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / common.RM_DIR, "")[1]
-    messages = common.prompt_messages({"question": QUESTION}, common.DEFAULT_SYSTEM_PROMPT)
+    tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / paths.RM_DIR, "")[1]
+    messages = common.prompt_messages({"question": QUESTION}, paths.DEFAULT_SYSTEM_PROMPT)
     text = apply_chat_template({"messages": messages + [{"role": "assistant", "content": ANSWER}]}, tokenizer)["text"]
     trls_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    ours = common.conversation_ids(tokenizer, {"question": QUESTION}, common.DEFAULT_SYSTEM_PROMPT, ANSWER)
+    ours = common.conversation_ids(tokenizer, {"question": QUESTION}, paths.DEFAULT_SYSTEM_PROMPT, ANSWER)
     assert ours[-1] == tokenizer.eos_token_id and trls_ids[-1] != tokenizer.eos_token_id
     assert trls_ids[: len(ours)] == ours and tokenizer.decode(trls_ids[len(ours) :]) == "\n"
 
@@ -64,7 +65,7 @@ def test_trls_own_reward_model_path_would_read_another_token(rm_run):
 def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
     """The checkpoint carries Qwen's sampling defaults and stops at <|endoftext|> too; GRPOTrainer, as train_grpo.py
     builds it, must sample softmax(logits / 0.7) alone, stop at <|im_end|> only, and train PPO's LoRA adapter."""
-    path = sft_run / common.SFT_DIR
+    path = sft_run / paths.SFT_DIR
     saved = json.loads((path / "generation_config.json").read_text())
     assert (saved["top_k"], saved["top_p"], saved["repetition_penalty"], len(saved["eos_token_id"])) == (
         20,
@@ -73,7 +74,7 @@ def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
         2,
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    _, args, model_args = common.parse_args(
+    _, args, model_args = cli.parse_args(
         train_grpo.make_parser(),
         train_grpo.TINY_PRESET,
         ["--tiny", "--output_dir", str(tmp_path), "--report_to", "none"],
@@ -85,7 +86,7 @@ def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
     assert trainer.eos_token_ids == [tokenizer.eos_token_id]
     lora = trainer.model.peft_config["default"]
     assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (common.LORA_R, common.LORA_ALPHA, 0)
-    ids = torch.tensor([common.prompt_ids(tokenizer, {"question": QUESTION}, common.DEFAULT_SYSTEM_PROMPT)])
+    ids = torch.tensor([common.prompt_ids(tokenizer, {"question": QUESTION}, paths.DEFAULT_SYSTEM_PROMPT)])
     # generate() as GRPOTrainer._generate_single_turn calls it
     with unwrap_model_for_generation(
         trainer.model_wrapped, trainer.accelerator, generation_kwargs=trainer.generation_kwargs
@@ -108,26 +109,26 @@ def test_grpo_logged_its_kl_and_curves(grpo_run):
     comparison): its training reward, the mean score of each step's 16 answers to 4 questions, swings by up to 1.1
     from step to step with the questions drawn, more than the tiny run's 20 steps can gain (README, "GRPO, instead of
     PPO")."""
-    (run_dir,) = (grpo_run / common.TENSORBOARD_ROOT / "grpo").iterdir()
-    scalars = common.read_scalars(run_dir)
+    (run_dir,) = (grpo_run / paths.TENSORBOARD_ROOT / "grpo").iterdir()
+    scalars = charts.read_scalars(run_dir)
     assert scalars["train/kl"][-1][1] > 0  # the KL to the SFT model is logged (beta > 0) and moved off 0
     assert set(train_grpo.CHART_TAGS) <= set(scalars)
     assert (run_dir / "grpo.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_grpo_saved_an_adapter_that_loads_and_the_held_out_rows(grpo_run, sft_run):
-    checkpoint = common.require_checkpoint(grpo_run / common.GRPO_DIR, "")
+    checkpoint = checkpoints.require_checkpoint(grpo_run / paths.GRPO_DIR, "")
     config = json.loads((checkpoint / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (common.LORA_R, common.LORA_ALPHA, 0)
     assert set(config["target_modules"]) == set(common.LORA_TARGET_MODULES)
-    assert config["base_model_name_or_path"] == str(sft_run / common.SFT_DIR)
+    assert config["base_model_name_or_path"] == str(sft_run / paths.SFT_DIR)
     model, tokenizer = common.load_policy(checkpoint, "", tiny=True)
-    assert isinstance(model, PeftModel) and tokenizer.eos_token == common.EOS_TOKEN
-    assert common.load_preference_data(checkpoint / common.HELD_OUT_FILE).num_rows == 35
-    results = json.loads((checkpoint / common.TRAIN_RESULTS_FILE).read_text())
+    assert isinstance(model, PeftModel) and tokenizer.eos_token == tiny.EOS_TOKEN
+    assert common.load_preference_data(checkpoint / paths.HELD_OUT_FILE).num_rows == 35
+    results = json.loads((checkpoint / paths.TRAIN_RESULTS_FILE).read_text())
     assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0
     printed = (grpo_run / "train.out").read_text()
-    assert f"Adapter saved to {common.GRPO_DIR}" in printed and "eval_ppo.py --tiny --compare" in printed
+    assert f"Adapter saved to {paths.GRPO_DIR}" in printed and "eval_ppo.py --tiny --compare" in printed
     errors = (grpo_run / "train.err").read_text()
     for noise in ("is_gradient_checkpointing", "PicklingWarning", "couldn't be hashed", "pin_memory", "\x1b["):
         assert noise not in errors, noise  # filtered or avoided: library messages a user can do nothing about
@@ -135,7 +136,7 @@ def test_grpo_saved_an_adapter_that_loads_and_the_held_out_rows(grpo_run, sft_ru
 
 def test_grpo_without_a_reward_model_says_what_to_run(tmp_path, sft_run):
     result = run_main(
-        "train_grpo.py", "--tiny", "--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path",
+        "train_grpo.py", "--tiny", "--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path",
         tmp_path / "rm", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -144,8 +145,8 @@ def test_grpo_without_a_reward_model_says_what_to_run(tmp_path, sft_run):
 
 def test_grpo_refuses_models_trained_on_another_split(tmp_path, sft_run, rm_run):
     result = run_main(
-        "train_grpo.py", "--tiny", "--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path",
-        rm_run / common.RM_DIR, "--eval_fraction", 0.2, cwd=tmp_path,
+        "train_grpo.py", "--tiny", "--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path",
+        rm_run / paths.RM_DIR, "--eval_fraction", 0.2, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "the SFT model (--sft_model_path" in result.stderr and "another held-out split" in result.stderr

@@ -17,6 +17,7 @@ import common
 import eval_ppo
 import train_ppo
 from conftest import run_main
+from hfppo import charts, checkpoints, cli, errors, hints, outputs, paths, resuming
 
 
 def fake_checkpoint(folder, architecture="Qwen2ForCausalLM", value=1.0):
@@ -54,7 +55,7 @@ def target(tmp_path, case):
     return {
         "a checkpoint's config": (tmp_path / "checkpoint" / "sft" / "config.json", "is inside the checkpoint"),
         "a new file among a model's": (tmp_path / "checkpoint" / "sft" / "notes.json", "is inside the checkpoint"),
-        "the bundled data": (common.SAMPLE_DATA, "is inside the pipeline's data folder"),
+        "the bundled data": (paths.SAMPLE_DATA, "is inside the pipeline's data folder"),
         "the dataset": (tmp_path / "prefs" / "rows.jsonl", "is --dataset_name"),
         "inside the dataset folder": (tmp_path / "prefs" / "metrics.json", "is inside --dataset_name"),
         "a folder": (tmp_path / "prefs", "is a folder"),
@@ -76,18 +77,18 @@ FILE_CASES = [
 @pytest.mark.parametrize("case", FILE_CASES)
 def test_the_guard_refuses_a_file_path_that_would_destroy_or_lose_something(tmp_path, case):
     path, message = target(tmp_path, case)
-    data_before, before = snapshot(common.ROOT / "data"), snapshot(tmp_path)
+    data_before, before = snapshot(paths.ROOT / "data"), snapshot(tmp_path)
     dataset = tmp_path / ("prefs" if case == "inside the dataset folder" else "prefs/rows.jsonl")
-    with pytest.raises(common.PipelineError, match=message):
-        common.check_output_file(path, "--metrics_file", {"dataset_name": dataset}, "the metrics")
-    assert snapshot(tmp_path) == before and snapshot(common.ROOT / "data") == data_before
+    with pytest.raises(errors.PipelineError, match=message):
+        outputs.check_output_file(path, "--metrics_file", {"dataset_name": dataset}, "the metrics")
+    assert snapshot(tmp_path) == before and snapshot(paths.ROOT / "data") == data_before
 
 
-@pytest.mark.parametrize("name", common.REPORT_FILES)
+@pytest.mark.parametrize("name", paths.REPORT_FILES)
 def test_the_eval_reports_may_sit_beside_the_model_they_evaluate(tmp_path, name):
     fake_checkpoint(tmp_path / "rm", "Qwen2ForSequenceClassification")
-    assert common.check_output_file(tmp_path / "rm" / name, "--metrics_file", {"dataset_name": None}, "x")
-    common.check_output_file(tmp_path / "new" / "deep" / "m.json", "--metrics_file", {}, "x")  # made at the write
+    assert outputs.check_output_file(tmp_path / "rm" / name, "--metrics_file", {"dataset_name": None}, "x")
+    outputs.check_output_file(tmp_path / "new" / "deep" / "m.json", "--metrics_file", {}, "x")  # made at the write
 
 
 @pytest.mark.parametrize(
@@ -100,12 +101,12 @@ def test_an_eval_script_refuses_its_metrics_file_before_any_work(tmp_path, scrip
     """No model exists here: had the script started its work, it would have failed on the missing model instead."""
     path, message = target(tmp_path, case)
     dataset = tmp_path / ("prefs" if case == "inside the dataset folder" else "prefs/rows.jsonl")
-    data_before, before = snapshot(common.ROOT / "data"), snapshot(tmp_path)
+    data_before, before = snapshot(paths.ROOT / "data"), snapshot(tmp_path)
     args = ("--tiny", *flags, "--dataset_name", dataset, "--metrics_file", path)
     result = run_main(script, *args, cwd=tmp_path)
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr and "no model at" not in result.stderr
-    assert snapshot(tmp_path) == before and snapshot(common.ROOT / "data") == data_before
+    assert snapshot(tmp_path) == before and snapshot(paths.ROOT / "data") == data_before
 
 
 def test_eval_ppo_refuses_a_metrics_file_named_as_its_chart(tmp_path):
@@ -115,13 +116,13 @@ def test_eval_ppo_refuses_a_metrics_file_named_as_its_chart(tmp_path):
 
 def test_an_atomic_write_that_fails_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "metrics.json"
-    common.write_text_atomic(path, "old")
-    with pytest.raises(common.PipelineError, match="No space left on device.*the file there is unchanged"):
-        with common.atomic_file(path) as temporary:
+    outputs.write_text_atomic(path, "old")
+    with pytest.raises(errors.PipelineError, match="No space left on device.*the file there is unchanged"):
+        with outputs.atomic_file(path) as temporary:
             temporary.write_text("half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temporary))
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
-    common.write_text_atomic(path, "new 新")
+    outputs.write_text_atomic(path, "new 新")
     assert path.read_text(encoding="utf-8") == "new 新" and list(tmp_path.iterdir()) == [path]
 
 
@@ -135,8 +136,8 @@ def chart_events(run_dir):
 
 WRITERS = {
     "save_train_results": lambda folder: common.save_train_results(folder, 1.0, 2.0),
-    "write_run_settings": lambda folder: common.write_run_settings(folder, {"seed": 0}),
-    "plot_scalars": lambda folder: (chart_events(folder), common.plot_scalars(folder, ["train/loss"], "t"))[1],
+    "write_run_settings": lambda folder: resuming.write_run_settings(folder, {"seed": 0}),
+    "plot_scalars": lambda folder: (chart_events(folder), charts.plot_scalars(folder, ["train/loss"], "t"))[1],
     "eval_ppo.plot_methods": lambda folder: eval_ppo.plot_methods(
         {"sft": {key: 0.5 for key in eval_ppo.CHART_METRICS}}, folder / eval_ppo.CHART_FILE
     ),
@@ -148,10 +149,10 @@ def test_every_report_writer_writes_through_the_atomic_rename(tmp_path, writer, 
     folder = tmp_path / "sft" / "run"
     folder.mkdir(parents=True)
     replaced, replace = [], os.replace
-    monkeypatch.setattr(common.os, "replace", lambda source, dest: (replaced.append(dest), replace(source, dest))[1])
+    monkeypatch.setattr(outputs.os, "replace", lambda source, dest: (replaced.append(dest), replace(source, dest))[1])
     WRITERS[writer](folder)
     assert replaced and all(os.path.getsize(dest) > 0 for dest in replaced)
-    assert not [p for p in folder.iterdir() if common.TEMPORARY in p.name]
+    assert not [p for p in folder.iterdir() if outputs.TEMPORARY in p.name]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,10 +167,10 @@ def output_dir_case(tmp_path, case):
         "an existing file": (tmp_path / "a_file", "is a file, not a folder"),
         "a link": (tmp_path / "link", "is a link to"),
         "a staging name that is a file": (tmp_path / "out", "staging name"),
-        "under tensorboard/<stage>": (common.TENSORBOARD_ROOT / "sft", "is inside the TensorBoard runs' folder"),
-        "the tensorboard folder": (common.TENSORBOARD_ROOT, "is the TensorBoard runs' folder"),
+        "under tensorboard/<stage>": (paths.TENSORBOARD_ROOT / "sft", "is inside the TensorBoard runs' folder"),
+        "the tensorboard folder": (paths.TENSORBOARD_ROOT, "is the TensorBoard runs' folder"),
         "inside a checkpoint": (tmp_path / "checkpoint" / "sft" / "sub", "is inside the checkpoint"),
-        "inside the bundled data": (common.ROOT / "data" / "out", "is inside the pipeline's data folder"),
+        "inside the bundled data": (paths.ROOT / "data" / "out", "is inside the pipeline's data folder"),
     }[case]
 
 
@@ -189,7 +190,7 @@ def prepare(tmp_path, case):
     if case == "a link":
         path.symlink_to(tmp_path / "target")
     if case == "a staging name that is a file":
-        common.sibling(path, common.READY).write_text("")
+        checkpoints.sibling(path, checkpoints.READY).write_text("")
     return path, message
 
 
@@ -198,8 +199,8 @@ def test_the_guard_refuses_an_output_folder_that_the_save_would_break_or_destroy
     monkeypatch.chdir(tmp_path)
     path, message = prepare(tmp_path, case)
     before = snapshot(tmp_path)
-    with pytest.raises(common.ArgumentError, match=message):
-        common.check_output_dir(path, {})
+    with pytest.raises(errors.ArgumentError, match=message):
+        outputs.check_output_dir(path, {})
     assert snapshot(tmp_path) == before
 
 
@@ -209,15 +210,15 @@ def test_train_sft_refuses_such_an_output_folder_before_it_trains(tmp_path, case
     before = snapshot(tmp_path)
     result = run_main("train_sft.py", "--tiny", "--output_dir", path, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    assert snapshot(tmp_path) == before and not (tmp_path / common.TINY_BASE_DIR).exists()  # nothing built
+    assert snapshot(tmp_path) == before and not (tmp_path / paths.TINY_BASE_DIR).exists()  # nothing built
 
 
 def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_to_do(tmp_path):
     path = fake_checkpoint(tmp_path / "sft", value=1.0)
     (path / "checkpoint-5").mkdir()
     before = snapshot(path)
-    with pytest.raises(common.PipelineError) as caught:
-        with common.staged_save(path) as staging:
+    with pytest.raises(errors.PipelineError) as caught:
+        with checkpoints.staged_save(path) as staging:
             staging.mkdir()  # as save_pretrained does
             (staging / "model.safetensors").write_bytes(b"half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging / "model.safetensors"))
@@ -250,19 +251,19 @@ def test_another_runs_periodic_checkpoints_are_named_before_training(tmp_path, p
         (out / name).mkdir()
     resume = out / resume if resume else None
     if refused is None:
-        common.check_periodic_checkpoints(out, resume, prunes)
+        outputs.check_periodic_checkpoints(out, resume, prunes)
     else:
-        with pytest.raises(common.ArgumentError, match=f"holds {refused}, saved by another run"):
-            common.check_periodic_checkpoints(out, resume, prunes)
+        with pytest.raises(errors.ArgumentError, match=f"holds {refused}, saved by another run"):
+            outputs.check_periodic_checkpoints(out, resume, prunes)
     assert sorted(p.name for p in out.iterdir()) == sorted(present)  # nothing pruned
 
 
 @pytest.mark.parametrize(
     "script, folder, flags",
     [
-        ("train_sft.py", common.SFT_DIR, ("--save_strategy", "steps", "--save_steps", 5, "--save_total_limit", 1)),
-        ("train_rm.py", common.RM_DIR, ("--save_strategy", "steps", "--save_steps", 5, "--save_total_limit", 1)),
-        ("train_ppo.py", common.PPO_DIR, ("--save_steps", 5)),  # its default --save_total_limit is 1
+        ("train_sft.py", paths.SFT_DIR, ("--save_strategy", "steps", "--save_steps", 5, "--save_total_limit", 1)),
+        ("train_rm.py", paths.RM_DIR, ("--save_strategy", "steps", "--save_steps", 5, "--save_total_limit", 1)),
+        ("train_ppo.py", paths.PPO_DIR, ("--save_steps", 5)),  # its default --save_total_limit is 1
     ],
 )
 def test_a_stage_refuses_a_folder_with_another_runs_checkpoint_before_training(tmp_path, script, folder, flags):
@@ -280,30 +281,30 @@ def test_a_stage_refuses_a_folder_with_another_runs_checkpoint_before_training(t
     "flags, output_dir",
     [
         (("--from_base", "--output_dir", "checkpoint/ppo"), "checkpoint/ppo"),
-        (("--from_base",), str(common.PPO_BASE_DIR)),
-        ((), str(common.PPO_DIR)),
+        (("--from_base",), str(paths.PPO_BASE_DIR)),
+        ((), str(paths.PPO_DIR)),
         (("--output_dir", "elsewhere"), "elsewhere"),
     ],
 )
 def test_ppo_writes_where_output_dir_says_and_from_base_only_changes_the_default(flags, output_dir):
-    script_args, config = common.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *flags])
+    script_args, config = cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *flags])
     train_ppo.check_arguments(script_args, config)
     assert config.output_dir == output_dir
 
 
 def test_a_trainer_stage_without_tensorboard_charts_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "plot_scalars", lambda *args: tmp_path / "chart.png")
-    assert common.curves_note(tmp_path, ["train/loss"], "t", []) == ""
-    assert common.curves_note(tmp_path, ["train/loss"], "t", ["tensorboard"]) == f"; curves in {tmp_path}/chart.png"
+    monkeypatch.setattr(charts, "plot_scalars", lambda *args: tmp_path / "chart.png")
+    assert charts.curves_note(tmp_path, ["train/loss"], "t", []) == ""
+    assert charts.curves_note(tmp_path, ["train/loss"], "t", ["tensorboard"]) == f"; curves in {tmp_path}/chart.png"
 
 
-@pytest.mark.parametrize("script, folder", [("train_sft.py", common.SFT_DIR), ("train_rm.py", common.RM_DIR)])
+@pytest.mark.parametrize("script, folder", [("train_sft.py", paths.SFT_DIR), ("train_rm.py", paths.RM_DIR)])
 def test_a_stage_run_with_report_to_none_saves_and_exits_0(tmp_path, tiny_base, script, folder):
-    shutil.copytree(tiny_base, tmp_path / common.TINY_BASE_DIR)
+    shutil.copytree(tiny_base, tmp_path / paths.TINY_BASE_DIR)
     result = run_main(script, "--tiny", "--report_to", "none", "--num_train_epochs", 1, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert f"Model saved to {folder}. " in result.stdout and "curves in" not in result.stdout
-    assert common.checkpoint_problem(tmp_path / folder) is None
+    assert checkpoints.checkpoint_problem(tmp_path / folder) is None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def test_a_reward_model_hint_never_names_a_folder_holding_another_kind(
             fake_adapter(tmp_path / folder)
         elif kind:
             fake_checkpoint(tmp_path / folder, kind)
-    assert common.hint_output_dir("here", "default", common.WRITES["train_rm.py"]) == expected
+    assert hints.hint_output_dir("here", "default", hints.WRITES["train_rm.py"]) == expected
 
 
 @pytest.mark.parametrize(
@@ -353,8 +354,8 @@ def test_the_printed_hint_run_as_printed_would_not_replace_the_wrong_model(tmp_p
 @pytest.mark.parametrize("name", ["sft", "ppo"])
 def test_a_policy_hint_keeps_a_folder_of_its_own_kind(tmp_path, name, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default folder, checkpoint/<name>, holds nothing
-    default, script, _ = common.POLICIES[name]
-    (fake_checkpoint if common.WRITES[script] == "language model" else fake_adapter)(tmp_path / "mine")
-    assert f"--output_dir {tmp_path / 'mine'}" in common.policy_command(name, tmp_path / "mine", tiny=True)
+    default, script, _ = paths.POLICIES[name]
+    (fake_checkpoint if hints.WRITES[script] == "language model" else fake_adapter)(tmp_path / "mine")
+    assert f"--output_dir {tmp_path / 'mine'}" in hints.policy_command(name, tmp_path / "mine", tiny=True)
     fake_checkpoint(tmp_path / "rm", "Qwen2ForSequenceClassification")
-    assert "--output_dir" not in common.policy_command(name, tmp_path / "rm", tiny=True)
+    assert "--output_dir" not in hints.policy_command(name, tmp_path / "rm", tiny=True)

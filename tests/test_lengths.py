@@ -15,6 +15,7 @@ import train_ppo
 import train_rm
 import train_sft
 from conftest import run_script
+from hfppo import cli, errors, paths
 
 HUGE = 100_000  # characters: tens of thousands of tokens, gigabytes of attention if a script scored them
 MEMORY_CAP_KB = 3_000_000  # address space for a script run: the tiny model fits, a 100k-character sequence does not
@@ -45,7 +46,7 @@ def untrained_rm(tiny_base, tmp_path):
 
 
 def parse(script, *args):
-    return common.parse_args(script.make_parser(), script.TINY_PRESET, ["--tiny", *map(str, args)])
+    return cli.parse_args(script.make_parser(), script.TINY_PRESET, ["--tiny", *map(str, args)])
 
 
 def capped(script: str, *args, cwd):
@@ -82,7 +83,7 @@ def test_sft_with_no_answer_token_left_stops(tiny_base, long_rows, tmp_path, mon
         "--eval_fraction",
         0,
     )
-    with pytest.raises(common.PipelineError, match="every one of the 2 rows has a prompt of --max_length 8"):
+    with pytest.raises(errors.PipelineError, match="every one of the 2 rows has a prompt of --max_length 8"):
         train_sft.main(*args)
 
 
@@ -92,12 +93,12 @@ def test_sft_with_no_answer_token_left_stops(tiny_base, long_rows, tmp_path, mon
 
 def test_rm_with_every_pair_too_long_stops_with_what_to_change(tiny_base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(common.PipelineError, match=r"all 310 training pairs are longer than --max_length 8 tokens"):
+    with pytest.raises(errors.PipelineError, match=r"all 310 training pairs are longer than --max_length 8 tokens"):
         train_rm.main(*parse(train_rm, "--model_name_or_path", tiny_base, "--max_length", 8))
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    rows = common.load_preference_data(common.SAMPLE_DATA).select(range(4))
-    with pytest.raises(common.PipelineError, match=r"all 4 held-out pairs .* or --eval_fraction 0 to hold none out"):
-        train_rm.tokenize_pairs(rows, tokenizer, common.DEFAULT_SYSTEM_PROMPT, 8, "held-out")
+    rows = common.load_preference_data(paths.SAMPLE_DATA).select(range(4))
+    with pytest.raises(errors.PipelineError, match=r"all 4 held-out pairs .* or --eval_fraction 0 to hold none out"):
+        train_rm.tokenize_pairs(rows, tokenizer, paths.DEFAULT_SYSTEM_PROMPT, 8, "held-out")
 
 
 def test_rm_drops_the_long_pairs_and_trains_on_the_rest(tiny_base, long_rows, tmp_path):
@@ -120,10 +121,10 @@ def test_eval_rm_skips_pairs_longer_than_max_length(untrained_rm, long_rows, tmp
 
 def test_eval_rm_refuses_a_long_question_and_answer(untrained_rm, long_rows):
     args = parse(eval_rm, "--model_path", untrained_rm, "--question", "吃了没?", "--answer", ROWS[3]["chosen"][:3000])
-    with pytest.raises(common.PipelineError, match=r"makes \d+ tokens, more than --max_length 256"):
+    with pytest.raises(errors.PipelineError, match=r"makes \d+ tokens, more than --max_length 256"):
         eval_rm.main(*args)
     args = parse(eval_rm, "--model_path", untrained_rm, "--dataset_name", long_rows, "--max_length", 8)
-    with pytest.raises(common.PipelineError, match="every pair of .* is longer than --max_length 8 tokens"):
+    with pytest.raises(errors.PipelineError, match="every pair of .* is longer than --max_length 8 tokens"):
         eval_rm.main(*args)
 
 
@@ -133,22 +134,22 @@ def test_eval_rm_refuses_a_long_question_and_answer(untrained_rm, long_rows):
 
 def test_prompts_within_skips_and_counts_long_questions(tiny_base, capsys):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
-    rows = common.load_preference_data(common.SAMPLE_DATA).select(range(2))
+    rows = common.load_preference_data(paths.SAMPLE_DATA).select(range(2))
     rows = rows.add_item({"question": ROWS[2]["question"], "chosen": "c", "rejected": "r", "system": ""})
-    prompts, kept = train_ppo.prompts_within(tokenizer, rows, common.DEFAULT_SYSTEM_PROMPT, 512)
+    prompts, kept = train_ppo.prompts_within(tokenizer, rows, paths.DEFAULT_SYSTEM_PROMPT, 512)
     assert kept["question"] == rows["question"][:2]
-    assert prompts == [common.prompt_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT) for row in kept]
+    assert prompts == [common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT) for row in kept]
     assert "Skipped 1 of 3 questions whose prompt is longer than --max_prompt_length 512 tokens." in (
         capsys.readouterr().out
     )
-    with pytest.raises(common.PipelineError, match=r"all 3 questions make a prompt longer than --max_prompt_length 8"):
-        train_ppo.prompts_within(tokenizer, rows, common.DEFAULT_SYSTEM_PROMPT, 8)
+    with pytest.raises(errors.PipelineError, match=r"all 3 questions make a prompt longer than --max_prompt_length 8"):
+        train_ppo.prompts_within(tokenizer, rows, paths.DEFAULT_SYSTEM_PROMPT, 8)
 
 
 def test_train_ppo_with_no_question_short_enough_stops(tiny_base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     models = ("--sft_model_path", tiny_base, "--value_model_path", tiny_base)
-    with pytest.raises(common.PipelineError, match="all 310 questions make a prompt longer than --max_prompt_length"):
+    with pytest.raises(errors.PipelineError, match="all 310 questions make a prompt longer than --max_prompt_length"):
         train_ppo.main(*parse(train_ppo, *models, "--max_prompt_length", 8), reward_fn=lambda queries, answers: 0)
 
 
@@ -170,7 +171,7 @@ def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_row
         "dpo": "python train_dpo.py --tiny",
         "grpo": "python train_grpo.py --tiny",
     }
-    with pytest.raises(common.PipelineError, match="all 4 questions make a prompt longer than --max_prompt_length 8"):
+    with pytest.raises(errors.PipelineError, match="all 4 questions make a prompt longer than --max_prompt_length 8"):
         eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--max_prompt_length", 8))
 
 
@@ -180,10 +181,10 @@ def test_eval_ppo_compare_checks_each_methods_split_before_skipping_long_questio
     """Another method trained on the same split (the same held_out.jsonl) is compared, even where a held-out question
     is too long to sample: the split is checked on every held-out row, not on those left after the skip."""
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(task_type="CAUSAL_LM"))
-    for adapter in (tmp_path / "ppo", tmp_path / common.DPO_DIR):
+    for adapter in (tmp_path / "ppo", tmp_path / paths.DPO_DIR):
         policy.save_pretrained(adapter)
         AutoTokenizer.from_pretrained(tiny_base).save_pretrained(adapter)
-        (adapter / common.HELD_OUT_FILE).write_bytes(long_rows.read_bytes())
+        (adapter / paths.HELD_OUT_FILE).write_bytes(long_rows.read_bytes())
     models = ("--model_path", tmp_path / "ppo", "--sft_model_path", tiny_base, "--base_model_path", tiny_base)
     monkeypatch.chdir(tmp_path)
     eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--reward_model_path", untrained_rm))

@@ -1,4 +1,4 @@
-"""common.keep_freed_memory: memory that a step frees serves the next step's allocations, instead of going back to
+"""runtime.keep_freed_memory: memory that a step frees serves the next step's allocations, instead of going back to
 the kernel and being faulted in again page by page."""
 
 import ctypes
@@ -7,7 +7,7 @@ import resource
 import subprocess
 import sys
 
-import common
+from hfppo import paths
 
 BLOCK = 16 * 2**20  # under keep_freed_memory's mmap threshold (32 MiB)
 BLOCKS = 8  # 128 MiB in all: glibc's default trims a free heap top past 64 MiB at most
@@ -38,7 +38,8 @@ def test_freed_memory_is_reused_without_page_faults():
 
 def test_a_users_own_glibc_setting_is_kept():
     """With one of glibc's variables set (here MALLOC_TRIM_THRESHOLD_ to glibc's default), the user's choice stands."""
-    check = "import common, tests.test_memory as t; print(t.page_faults_of_reallocation())"
-    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072", PYTHONPATH=str(common.ROOT))
+    check = "from hfppo import runtime; runtime.setup(); import tests.test_memory as t; "
+    check += "print(t.page_faults_of_reallocation())"
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072", PYTHONPATH=str(paths.ROOT))
     out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True).stdout
     assert int(out.split()[-1]) > PAGES * 0.9

@@ -16,11 +16,11 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
-import common
 import train_ppo
 from conftest import run_ok
+from hfppo import charts, checkpoints, cli, errors, paths
 
-ACCELERATE_CONFIGS = common.ROOT / "configs" / "accelerate"
+ACCELERATE_CONFIGS = paths.ROOT / "configs" / "accelerate"
 CONFIG_TYPES = {
     "ddp": DistributedType.MULTI_GPU,
     "zero2": DistributedType.DEEPSPEED,
@@ -82,14 +82,16 @@ def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.Comp
 
 def outputs(workdir: Path, stage: str) -> dict:
     """What a run left in `workdir`: its checkpoints, TensorBoard runs (and their scalars) and charts (in the run)."""
-    runs = sorted((workdir / common.TENSORBOARD_ROOT / stage).iterdir())
+    runs = sorted((workdir / paths.TENSORBOARD_ROOT / stage).iterdir())
     return {
         "checkpoints": sorted(  # without the .<folder>.lock a run holds beside each folder it writes
-            path.name for path in (workdir / common.CHECKPOINT_ROOT).iterdir() if not path.name.endswith(common.LOCK)
+            path.name
+            for path in (workdir / paths.CHECKPOINT_ROOT).iterdir()
+            if not path.name.endswith(checkpoints.LOCK)
         ),
         "tensorboard_runs": len(runs),
         "charts": sorted(path.name for path in runs[0].glob("*.png")),
-        "scalars": common.read_scalars(runs[0]),
+        "scalars": charts.read_scalars(runs[0]),
     }
 
 
@@ -138,7 +140,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(script, stage, st
         learned = [run[-1] if tag.startswith("eval/") else sum(run[-LAST_STEPS:]) / LAST_STEPS for run in series]
         assert learned[1] == pytest.approx(learned[0], abs=tolerance), tag
     if stage == "rm":
-        held_out = [(tmp_path / run / common.RM_DIR / common.HELD_OUT_FILE).read_text() for run in ("one", "two")]
+        held_out = [(tmp_path / run / paths.RM_DIR / paths.HELD_OUT_FILE).read_text() for run in ("one", "two")]
         assert held_out[0] == held_out[1]
 
 
@@ -202,7 +204,7 @@ def test_advantages_are_whitened_over_every_process_s_answers_together():
 
 def ppo_models(sft_run, rm_run, tiny_base) -> tuple:
     return (
-        "--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR,
+        "--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path", rm_run / paths.RM_DIR,
         "--value_model_path", tiny_base,
     )  # fmt: skip
 
@@ -214,7 +216,7 @@ def test_ppo_on_two_processes_learns_as_one_with_the_same_global_batch(ppo_run, 
 
     one, two = outputs(ppo_run, "ppo"), outputs(tmp_path, "ppo")
     assert two["checkpoints"] == ["ppo"] and two["tensorboard_runs"] == 1 and two["charts"] == ["ppo.png"]
-    assert not list((tmp_path / common.PPO_DIR).glob(f"{train_ppo.CHECKPOINT_PREFIX}*"))
+    assert not list((tmp_path / paths.PPO_DIR).glob(f"{train_ppo.CHECKPOINT_PREFIX}*"))
     for tag in ("episode", "lr"):  # the schedule is the global batch's
         assert values(two["scalars"], tag) == pytest.approx(values(one["scalars"], tag))
     assert abs(values(two["scalars"], "objective/kl")[0]) < PPO_START_KL  # both processes start from the SFT model
@@ -232,7 +234,7 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
     # No held-out evaluation (the learning test above runs it on two processes): at 4 updates it would run after each.
     schedule = ("--total_episodes", 64, "--save_steps", 2, "--num_eval_questions", 0)
     launch("train_ppo.py", *args, *schedule, cwd=tmp_path / "whole")
-    checkpoint = tmp_path / "whole" / common.PPO_DIR / f"{train_ppo.CHECKPOINT_PREFIX}2"
+    checkpoint = tmp_path / "whole" / paths.PPO_DIR / f"{train_ppo.CHECKPOINT_PREFIX}2"
     state = checkpoint / train_ppo.TRAINING_STATE_DIR
     assert json.loads((state / train_ppo.PROGRESS_FILE).read_text())["processes"] == 2
     assert sorted(path.name for path in state.glob("random_states_*")) == [f"random_states_{i}.pkl" for i in (0, 1)]
@@ -244,18 +246,18 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
         assert [step for step, _ in runs[1][tag]] == [3, 4]
         assert values(runs[1], tag) == pytest.approx(values(runs[0], tag)[2:], abs=1e-5), tag
     for part in ("adapter_model.safetensors", "value/model.safetensors"):
-        finals = [load_file(tmp_path / run / common.PPO_DIR / part) for run in ("whole", "resumed")]
+        finals = [load_file(tmp_path / run / paths.PPO_DIR / part) for run in ("whole", "resumed")]
         for key in finals[0]:
             torch.testing.assert_close(finals[0][key], finals[1][key], rtol=0, atol=1e-5)
 
     # One process cannot take over two processes' random streams.
     monkeypatch.chdir(tmp_path)
-    parsed = common.parse_args(
+    parsed = cli.parse_args(
         train_ppo.make_parser(),
         train_ppo.TINY_PRESET,
         [*map(str, (*args, "--per_device_train_batch_size", 8, *schedule, *resume))],
     )  # fmt: skip
-    with pytest.raises(common.PipelineError, match="--num_processes 2; this one has 4 of 16 with --num_processes 1"):
+    with pytest.raises(errors.PipelineError, match="--num_processes 2; this one has 4 of 16 with --num_processes 1"):
         train_ppo.main(*parsed)
 
 
@@ -263,5 +265,5 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
 def test_eval_scripts_refuse_to_run_on_several_processes(script, monkeypatch):
     module = importlib.import_module(script)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(common.PipelineError, match=f"{script}.py runs in one process"):
+    with pytest.raises(errors.PipelineError, match=f"{script}.py runs in one process"):
         module.main(*module.make_parser().parse_args_and_config(["--tiny"]))

@@ -16,6 +16,7 @@ import eval_ppo
 import eval_rm
 import train_ppo
 from conftest import float32_sum_tolerance, run_main
+from hfppo import charts, checkpoints, cli, errors, judge, paths, sampling
 
 EVAL_QUESTIONS = train_ppo.PPOConfig.num_eval_questions  # the default: every held-out question of the tiny preset
 STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
@@ -28,7 +29,7 @@ TRL_METRICS = [
 
 
 def ppo_args(*args):
-    return common.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *map(str, args)])
+    return cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *map(str, args)])
 
 
 def run_ppo(workdir, sft_run, tiny_base, *args, reward_fn=None, monkeypatch):
@@ -37,13 +38,13 @@ def run_ppo(workdir, sft_run, tiny_base, *args, reward_fn=None, monkeypatch):
     test checks that) and would add a fifth to each run."""
     workdir.mkdir(exist_ok=True)
     monkeypatch.chdir(workdir)
-    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--value_model_path", tiny_base)
+    models = ("--sft_model_path", sft_run / paths.SFT_DIR, "--value_model_path", tiny_base)
     train_ppo.main(
         *ppo_args(*models, "--num_eval_questions", 0, *args),
         reward_fn=reward_fn,
     )
-    (run_dir,) = (workdir / common.TENSORBOARD_ROOT / "ppo").iterdir()
-    return common.read_scalars(run_dir)
+    (run_dir,) = (workdir / paths.TENSORBOARD_ROOT / "ppo").iterdir()
+    return charts.read_scalars(run_dir)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def test_masked_whitening_uses_the_real_tokens_only():
 
 def test_answers_are_cut_after_their_first_stop_token():
     responses = torch.tensor([[5, 7, STOP, 9, STOP], [5, 6, 7, 8, 9], [STOP, 3, 3, 3, 3], [5, PAD, 6, STOP, 3]])
-    cut, lengths = common.cut_after_stop(responses, STOP, PAD)
+    cut, lengths = sampling.cut_after_stop(responses, STOP, PAD)
     assert lengths.tolist() == [3, 5, 1, 4]
     assert cut.tolist() == [
         [5, 7, STOP, PAD, PAD],
@@ -140,7 +141,7 @@ def test_logged_entropy_is_that_of_the_sampled_distribution():
 
 
 def test_positions_skip_the_left_padding():
-    queries, query_mask = common.padded([[7, 8, 9], [7]], PAD, "left")
+    queries, query_mask = sampling.padded([[7, 8, 9], [7]], PAD, "left")
     inputs = train_ppo.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
     assert inputs["input_ids"].tolist() == [[7, 8, 9, 4, STOP], [PAD, PAD, 7, 4, STOP]]
     assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
@@ -151,7 +152,7 @@ def test_check_same_tokenizer_refuses_another_vocabulary(tiny_base):
     tokenizer, other = AutoTokenizer.from_pretrained(tiny_base), AutoTokenizer.from_pretrained(tiny_base)
     common.check_same_tokenizer(tokenizer, other, "the critic", "sft")
     other.add_tokens(["<|extra|>"])
-    with pytest.raises(common.PipelineError, match="the critic differs from the policy's"):
+    with pytest.raises(errors.PipelineError, match="the critic differs from the policy's"):
         common.check_same_tokenizer(tokenizer, other, "the critic", "sft")
 
 
@@ -200,9 +201,9 @@ def test_batch_sizes_decouple_the_rollout_from_the_micro_batch():
 )
 def test_inexact_batch_divisions_stop_before_anything_loads(tmp_path, monkeypatch, flags, message):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(common.ArgumentError) as error:
+    with pytest.raises(errors.ArgumentError) as error:
         train_ppo.main(*ppo_args(*flags))
-    assert message in str(error.value) and common.HELP_HINT in str(error.value)
+    assert message in str(error.value) and cli.HELP_HINT in str(error.value)
     assert not any(tmp_path.iterdir())  # nothing written, nothing loaded
 
 
@@ -241,11 +242,11 @@ ANSWERS = [[20] * 12 + [STOP], [21, 22, STOP], [23, 24, 25, 26, STOP], [27, 28, 
 def rollout_of(policy, critic, prompts, answers, seed=0):
     """A rollout's tensors for these prompt and answer ids, with random advantages and returns, and old log-probs and
     values off the models' own, so that both clips act."""
-    queries, query_mask = common.padded(prompts, PAD, "left")
-    responses, lengths = common.cut_after_stop(common.padded(answers, PAD, "right")[0], STOP, PAD)
+    queries, query_mask = sampling.padded(prompts, PAD, "left")
+    responses, lengths = sampling.cut_after_stop(sampling.padded(answers, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
     batch |= train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=len(prompts))
-    mask = common.answer_mask(lengths, responses.shape[1]).float()
+    mask = sampling.answer_mask(lengths, responses.shape[1]).float()
     generator = torch.Generator().manual_seed(seed)
     noise = [torch.randn(responses.shape, generator=generator) for _ in range(4)]
     return batch | {
@@ -285,12 +286,12 @@ def test_trimmed_and_untrimmed_micro_batches_give_the_same_loss():
 
 def test_the_rollout_forward_trims_each_chunk_without_changing_a_log_prob():
     policy, critic = random_models()
-    queries, query_mask = common.padded(PROMPTS, PAD, "left")
-    responses, lengths = common.cut_after_stop(common.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
+    queries, query_mask = sampling.padded(PROMPTS, PAD, "left")
+    responses, lengths = sampling.cut_after_stop(sampling.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
     whole = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=4)  # one pass at the batch's width
     chunked = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=2)  # the second pass is trimmed
-    mask = common.answer_mask(lengths, responses.shape[1])
+    mask = sampling.answer_mask(lengths, responses.shape[1])
     for key in ("logprobs", "ref_logprobs", "values"):
         assert chunked[key].shape == responses.shape
         torch.testing.assert_close(chunked[key][mask], whole[key][mask], rtol=1e-5, atol=1e-6)
@@ -305,27 +306,27 @@ def fresh_policy(sft_run, tiny_base):
     """The tiny SFT model with a freshly initialised adapter, the critic from the tiny base, and the tokenizer."""
     torch.manual_seed(0)
     config = train_ppo.PPOConfig()
-    sft = AutoModelForCausalLM.from_pretrained(sft_run / common.SFT_DIR)
+    sft = AutoModelForCausalLM.from_pretrained(sft_run / paths.SFT_DIR)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules)
     policy = get_peft_model(sft, lora).eval()
     critic = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1).eval()
-    return policy, critic, AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+    return policy, critic, AutoTokenizer.from_pretrained(sft_run / paths.SFT_DIR)
 
 
 def prompts(tokenizer, questions=QUESTIONS):
-    return [common.prompt_ids(tokenizer, {"question": q}, common.DEFAULT_SYSTEM_PROMPT) for q in questions]
+    return [common.prompt_ids(tokenizer, {"question": q}, paths.DEFAULT_SYSTEM_PROMPT) for q in questions]
 
 
 def test_sampling_ignores_the_checkpoints_top_k_top_p_and_repetition_penalty(fresh_policy, sft_run):
     """The SFT checkpoint carries Qwen's sampling defaults; generate() must still sample softmax(logits / T)."""
     policy, _, tokenizer = fresh_policy
-    saved = json.loads((sft_run / common.SFT_DIR / "generation_config.json").read_text())
+    saved = json.loads((sft_run / paths.SFT_DIR / "generation_config.json").read_text())
     assert (saved["top_k"], saved["top_p"], saved["repetition_penalty"]) == (20, 0.8, 1.05)
-    queries, query_mask = common.padded(prompts(tokenizer), tokenizer.pad_token_id, "left")
+    queries, query_mask = sampling.padded(prompts(tokenizer), tokenizer.pad_token_id, "left")
     output = policy.generate(
         input_ids=queries,
         attention_mask=query_mask,
-        generation_config=common.sampling_config(tokenizer, 16, 0.7),
+        generation_config=sampling.sampling_config(tokenizer, 16, 0.7),
         return_dict_in_generate=True,
         output_scores=True,
         output_logits=True,
@@ -381,24 +382,24 @@ def test_the_first_update_starts_at_kl_0_and_ratio_1(tmp_path, sft_run, tiny_bas
 
 
 def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
-    model, tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / common.RM_DIR, "")
+    model, tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / paths.RM_DIR, "")
     question, answer, longer = "吃了没?", "关你屁事,自己吃去。", "烦死了，你自己不会查吗？问这种问题浪费我时间，" * 3
-    prompt = common.prompt_ids(tokenizer, {"question": question}, common.DEFAULT_SYSTEM_PROMPT)
+    prompt = common.prompt_ids(tokenizer, {"question": question}, paths.DEFAULT_SYSTEM_PROMPT)
     answer_ids = [
-        common.conversation_ids(tokenizer, {"question": question}, common.DEFAULT_SYSTEM_PROMPT, text)[len(prompt) :]
+        common.conversation_ids(tokenizer, {"question": question}, paths.DEFAULT_SYSTEM_PROMPT, text)[len(prompt) :]
         for text in (answer, longer)
     ]
     responses = torch.nn.utils.rnn.pad_sequence([torch.tensor(a) for a in answer_ids], True, tokenizer.pad_token_id)
-    responses, lengths = common.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    queries, query_mask = common.padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id, "left")
+    responses, lengths = sampling.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    queries, query_mask = sampling.padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id, "left")
     reward_fn = train_ppo.reward_model_fn(model, tokenizer, batch_size=8)
     scores, stopped = train_ppo.score_answers(reward_fn, queries, query_mask, responses, lengths, tokenizer, 1.0)
     assert stopped.tolist() == [True, True]
     assert scores[1].item() == pytest.approx(
-        eval_rm.reward(model, tokenizer, question, longer, common.DEFAULT_SYSTEM_PROMPT), abs=1e-4
+        eval_rm.reward(model, tokenizer, question, longer, paths.DEFAULT_SYSTEM_PROMPT), abs=1e-4
     )
     assert scores[0].item() == pytest.approx(
-        eval_rm.reward(model, tokenizer, "你好", answer, common.DEFAULT_SYSTEM_PROMPT), abs=1e-4
+        eval_rm.reward(model, tokenizer, "你好", answer, paths.DEFAULT_SYSTEM_PROMPT), abs=1e-4
     )
 
     # Cut before its stop token: the score of the text so far, minus missing_eos_penalty.
@@ -412,16 +413,16 @@ def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
 def test_a_critic_from_the_reward_model_starts_at_its_scores(rm_run, capsys):
     """--value_model_path checkpoint/rm (OpenRLHF; the N+ details): the critic keeps the reward model's score head, so
     its first value of each answer prefix is the reward model's score of that prefix."""
-    path = rm_run / common.RM_DIR
+    path = rm_run / paths.RM_DIR
     critic = train_ppo.load_critic(str(path)).eval()
     assert f"The critic: {path}, its score head included." in capsys.readouterr().out
     reward_model, tokenizer = common.load_model(AutoModelForSequenceClassification, path, "")
     torch.testing.assert_close(critic.score.weight, reward_model.score.weight)
     question = {"question": "吃了没?"}
     (prompt,) = prompts(tokenizer, [question["question"]])
-    answer = common.conversation_ids(tokenizer, question, common.DEFAULT_SYSTEM_PROMPT, "关你屁事,自己吃去。")
+    answer = common.conversation_ids(tokenizer, question, paths.DEFAULT_SYSTEM_PROMPT, "关你屁事,自己吃去。")
     answer = answer[len(prompt) :]
-    queries, query_mask = common.padded([prompt], tokenizer.pad_token_id, "left")
+    queries, query_mask = sampling.padded([prompt], tokenizer.pad_token_id, "left")
     inputs = train_ppo.sequence_inputs(queries, query_mask, torch.tensor([answer]), torch.tensor([len(answer)]))
     with torch.no_grad():
         values = train_ppo.critic_values(critic, inputs, len(answer))[0]
@@ -436,7 +437,7 @@ def test_a_critic_from_the_reward_model_starts_at_its_scores(rm_run, capsys):
 
 def test_ppo_raises_a_programmatic_reward(tmp_path, sft_run, tiny_base, monkeypatch):
     """+1 for each "？" in the answer: the SFT model writes about 0.2 per answer; PPO must make it several."""
-    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / paths.SFT_DIR)
 
     def question_marks(queries, answers):
         return torch.tensor([tokenizer.decode(answer).count("？") for answer in answers], dtype=torch.float)
@@ -453,7 +454,7 @@ def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run,
     on the held-out questions (eval/score, the proxy) while the judge's verdict does not rise but falls, since short
     answers hold fewer put-downs. Measured here: the judge's mean fell from +0.29 to +0.03 (seed 42, 2-core AMD EPYC,
     after the shared held-out split; +2.43 to +0.11 on the earlier, leakier split)."""
-    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / paths.SFT_DIR)
 
     def brevity(queries, answers):
         return torch.tensor([-len(tokenizer.decode(answer, skip_special_tokens=True)) / 10 for answer in answers])
@@ -476,14 +477,14 @@ def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_p
     flags = ("--from_base", "--base_model_path", tiny_base, "--sft_model_path", tmp_path / "no-sft")
     flags += ("--value_model_path", tiny_base, "--num_eval_questions", 0, "--total_episodes", 32)
     train_ppo.main(*ppo_args(*flags), reward_fn=lambda queries, answers: torch.zeros(len(answers)))
-    adapter = tmp_path / common.PPO_BASE_DIR
+    adapter = tmp_path / paths.PPO_BASE_DIR
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_base)
-    assert not (tmp_path / common.PPO_DIR).exists()
-    (run_dir,) = (tmp_path / common.TENSORBOARD_ROOT / "ppo_base").iterdir()
-    first_kl = common.read_scalars(run_dir)["objective/kl"][0][1]
+    assert not (tmp_path / paths.PPO_DIR).exists()
+    (run_dir,) = (tmp_path / paths.TENSORBOARD_ROOT / "ppo_base").iterdir()
+    first_kl = charts.read_scalars(run_dir)["objective/kl"][0][1]
     assert abs(first_kl) < 1e-4  # the reference is the base itself: the adapter starts at zero
     assert (run_dir / "ppo_base.png").is_file()
-    results = json.loads((adapter / common.TRAIN_RESULTS_FILE).read_text())
+    results = json.loads((adapter / paths.TRAIN_RESULTS_FILE).read_text())
     assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0
     found, missing = common.find_policies(
         {name: getattr(eval_ppo.EvalArguments(), flag) for name, flag in eval_ppo.POLICY_FLAGS.items()}, tiny=True
@@ -494,7 +495,7 @@ def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_p
 def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, monkeypatch):
     """Evaluating after every update (sampling from a fork of the RNG, the adapter unmerged) ends with bitwise the
     weights of a run that never evaluates; and each evaluation logs eval/* and a table of sample answers."""
-    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / paths.SFT_DIR)
 
     def answer_length(queries, answers):
         return torch.tensor([len(tokenizer.decode(answer)) / 10 for answer in answers])
@@ -520,18 +521,18 @@ def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, 
     assert scalars["every"]["eval/kl"][0][1] == pytest.approx(0, abs=1e-6)  # the SFT model itself, before training
     assert scalars["every"]["eval/kl"][-1][1] > 0
     for part in ("adapter_model.safetensors", "value/model.safetensors"):
-        every, never = (load_file(tmp_path / name / common.PPO_DIR / part) for name in runs)
+        every, never = (load_file(tmp_path / name / paths.PPO_DIR / part) for name in runs)
         assert every.keys() == never.keys()
         assert all(torch.equal(every[key], never[key]) for key in every), part
 
-    (run_dir,) = (tmp_path / "every" / common.TENSORBOARD_ROOT / "ppo").iterdir()
+    (run_dir,) = (tmp_path / "every" / paths.TENSORBOARD_ROOT / "ppo").iterdir()
     events = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
     events.Reload()
     texts = events.Tensors("eval/samples/text_summary")
     assert [event.step for event in texts] == [0, 1, 2, 3]
     table = texts[-1].tensor_proto.string_val[0].decode().splitlines()
     assert table[0] == "| question | answer | score | judge |" and len(table) == 2 + train_ppo.EVAL_SAMPLES
-    held_out = common.load_preference_data(tmp_path / "every" / common.PPO_DIR / common.HELD_OUT_FILE)
+    held_out = common.load_preference_data(tmp_path / "every" / paths.PPO_DIR / paths.HELD_OUT_FILE)
     assert table[2].startswith(f"| {held_out[0]['question']} | ")
 
 
@@ -539,7 +540,7 @@ def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run
     """Four updates with a checkpoint after two; resuming from it ends with the same weights as the whole run, and
     continues the whole run's TensorBoard run: every update logged once, updates 3 and 4 replaced by the resumed
     run's."""
-    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / paths.SFT_DIR)
 
     def answer_length(queries, answers):
         return torch.tensor([len(tokenizer.decode(answer)) / 10 for answer in answers])
@@ -551,7 +552,7 @@ def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run
     )  # fmt: skip
     checkpoint = tmp_path / "whole" / "ppo" / "checkpoint-2"
     progress = json.loads((checkpoint / train_ppo.TRAINING_STATE_DIR / train_ppo.PROGRESS_FILE).read_text())
-    (run_dir,) = (tmp_path / common.TENSORBOARD_ROOT / "ppo").iterdir()
+    (run_dir,) = (tmp_path / paths.TENSORBOARD_ROOT / "ppo").iterdir()
     assert progress == {
         "batch_size": 16, "num_updates": 4, "processes": 1, "update": 2,
         "tensorboard_run": str(run_dir.relative_to(tmp_path)),
@@ -587,11 +588,11 @@ def test_resuming_needs_a_training_state_and_the_same_schedule(tmp_path, sft_run
         tmp_path / "run", sft_run, tiny_base, "--total_episodes", 48, "--save_steps", 1,
         reward_fn=lambda queries, answers: torch.zeros(len(answers)), monkeypatch=monkeypatch,
     )  # fmt: skip
-    final = tmp_path / "run" / common.PPO_DIR
+    final = tmp_path / "run" / paths.PPO_DIR
     assert sorted(path.name for path in final.glob("checkpoint-*")) == ["checkpoint-2"]  # save_total_limit 1
-    with pytest.raises(common.PipelineError, match="holds no training state"):
+    with pytest.raises(errors.PipelineError, match="holds no training state"):
         train_ppo.main(*ppo_args("--resume_from_checkpoint", final))
-    with pytest.raises(common.PipelineError, match="3 updates of 16 answers with --num_processes 1; this one has 4"):
+    with pytest.raises(errors.PipelineError, match="3 updates of 16 answers with --num_processes 1; this one has 4"):
         train_ppo.main(*ppo_args("--resume_from_checkpoint", final / "checkpoint-2", "--total_episodes", 64))
 
 
@@ -618,7 +619,7 @@ def test_every_method_is_compared_on_the_same_questions(compare_run):
     assert [name for name in METHODS if "mean_kl_to_sft" in metrics[name]] == [m for m in METHODS if m != "sft"]
     assert all(metrics[name]["mean_kl_to_sft"] > 0 for name in ("ppo", "dpo", "grpo", "ppo_base"))
     for name in METHODS[1:]:
-        logged = json.loads((compare_run / report["models"][name] / common.TRAIN_RESULTS_FILE).read_text())
+        logged = json.loads((compare_run / report["models"][name] / paths.TRAIN_RESULTS_FILE).read_text())
         assert metrics[name]["train_runtime_s"] == logged["train_runtime"] > 0
         assert metrics[name]["train_samples_per_second"] == logged["train_samples_per_second"] > 0
     assert "train_runtime_s" not in metrics["base"]
@@ -653,7 +654,7 @@ def test_the_comparison_recounts_from_the_answers_it_keeps(compare_run):
     report = json.loads((compare_run / "eval_metrics.json").read_text())
     metrics = report["metrics"]
     for name in METHODS:
-        judged = [common.judge_score(answer[name]["answer"]) for answer in report["answers"]]
+        judged = [judge.judge_score(answer[name]["answer"]) for answer in report["answers"]]
         assert [answer[name]["judge"] for answer in report["answers"]] == judged
         # whole-number scores add exactly in float32; the division rounds once, well inside pytest.approx's 1e-6
         assert metrics[name]["judge_mean_score"] == pytest.approx(sum(judged) / len(judged))
@@ -675,18 +676,18 @@ def test_the_comparison_recounts_from_the_answers_it_keeps(compare_run):
 
 
 def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
-    (run_dir,) = (ppo_run / common.TENSORBOARD_ROOT / "ppo").iterdir()
-    scalars = common.read_scalars(run_dir)
+    (run_dir,) = (ppo_run / paths.TENSORBOARD_ROOT / "ppo").iterdir()
+    scalars = charts.read_scalars(run_dir)
     assert set(TRL_METRICS) <= set(scalars)
     assert [step for step, _ in scalars["episode"]] == list(range(1, 21))  # 310 questions, batches of 16
     # evaluated on the 35 held-out questions before training, every 5 updates (--eval_steps 0.25) and at the end
     assert [step for step, _ in scalars["eval/judge_score"]] == list(range(0, 21, 5))
     assert "eval at update 20: score" in (ppo_run / "train.out").read_text()
     assert scalars["loss/value_avg"][-1][1] < scalars["loss/value_avg"][0][1]  # the critic learned
-    checkpoint = common.require_checkpoint(ppo_run / common.PPO_DIR, "")
+    checkpoint = checkpoints.require_checkpoint(ppo_run / paths.PPO_DIR, "")
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").exists()
-    common.require_checkpoint(checkpoint / train_ppo.VALUE_DIR, "")
-    assert common.load_preference_data(checkpoint / common.HELD_OUT_FILE).num_rows == 35
+    checkpoints.require_checkpoint(checkpoint / train_ppo.VALUE_DIR, "")
+    assert common.load_preference_data(checkpoint / paths.HELD_OUT_FILE).num_rows == 35
     assert (run_dir / "ppo.png").read_bytes().startswith(b"\x89PNG")
     assert not (ppo_run / "imgs").exists()
 
@@ -705,7 +706,7 @@ def test_compare_prints_each_answer_on_one_line():
 
 
 def test_eval_ppo_answers_questions_from_flags_and_stdin(ppo_run, sft_run):
-    sft = ("--sft_model_path", sft_run / common.SFT_DIR)
+    sft = ("--sft_model_path", sft_run / paths.SFT_DIR)
     result = run_main("eval_ppo.py", "--tiny", *sft, "--question", "吃了没?", cwd=ppo_run)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("输入问题:吃了没?\n---模型输出---\n") and len(result.stdout.splitlines()) == 3
@@ -729,11 +730,11 @@ def test_train_ppo_without_an_sft_model_says_what_to_run(tmp_path):
 def test_saving_over_a_checkpoint_replaces_its_critic_and_keeps_periodic_ones(tmp_path):
     checkpoint = tmp_path / "ppo"
     for version in ("old", "new"):
-        with common.staged_save(checkpoint) as staging:
+        with checkpoints.staged_save(checkpoint) as staging:
             (staging / train_ppo.VALUE_DIR).mkdir(parents=True)
             (staging / train_ppo.VALUE_DIR / "config.json").write_text(version)
             (staging / "adapter_config.json").write_text(version)
         (checkpoint / "checkpoint-3").mkdir(exist_ok=True)
     assert (checkpoint / train_ppo.VALUE_DIR / "config.json").read_text() == "new"
     assert (checkpoint / "adapter_config.json").read_text() == "new"
-    assert (checkpoint / "checkpoint-3").is_dir() and not common.sibling(checkpoint, common.PARTIAL).exists()
+    assert (checkpoint / "checkpoint-3").is_dir() and not checkpoints.sibling(checkpoint, checkpoints.PARTIAL).exists()

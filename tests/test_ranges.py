@@ -1,4 +1,4 @@
-"""Every numeric flag of every script has a declared range (common.NUMERIC_RANGES), NaN and inf never pass, choices
+"""Every numeric flag of every script has a declared range (cli.NUMERIC_RANGES), NaN and inf never pass, choices
 are checked against what exists, and a --config key left empty is refused unless its field takes None."""
 
 import dataclasses
@@ -14,8 +14,9 @@ from transformers import AutoModelForCausalLM, Qwen2Config, get_scheduler
 import common
 import train_ppo
 from conftest import run_main
+from hfppo import cli, errors, paths
 
-# Every script that parses its flags with common.parse_args.
+# Every script that parses its flags with cli.parse_args.
 SCRIPTS = [
     "train_sft.py", "train_rm.py", "train_ppo.py", "train_dpo.py", "train_grpo.py",
     "eval_sft.py", "eval_rm.py", "eval_ppo.py", "chat_web.py", "benchmarks/ppo_throughput.py",
@@ -53,56 +54,56 @@ def numeric_fields(script: str) -> list[tuple[tuple, type, str]]:
 def test_every_numeric_field_of_every_parser_has_a_range(script):
     fields = numeric_fields(script)
     assert fields  # found at all; that it misses none, the next test's stale entries would show
-    missing = [f"{cls.__name__}.{name}" for types_, cls, name in fields if common.field_range(name, types_) is None]
-    assert not missing, f"{script}: no range in common.NUMERIC_RANGES for {', '.join(missing)}"
+    missing = [f"{cls.__name__}.{name}" for types_, cls, name in fields if cli.field_range(name, types_) is None]
+    assert not missing, f"{script}: no range in cli.NUMERIC_RANGES for {', '.join(missing)}"
 
 
 def test_every_range_names_a_numeric_field_and_is_well_formed():
     names = {name for script in SCRIPTS for _, _, name in numeric_fields(script)}
     qualified = {f"{cls.__name__}.{name}" for script in SCRIPTS for _, cls, name in numeric_fields(script)}
-    stale = [key for key in common.NUMERIC_RANGES if key not in names | qualified]
+    stale = [key for key in cli.NUMERIC_RANGES if key not in names | qualified]
     assert not stale, f"ranges for no numeric field of any script: {stale}"
-    for key, interval in common.NUMERIC_RANGES.items():
+    for key, interval in cli.NUMERIC_RANGES.items():
         low, high = (float(bound) for bound in interval[1:-1].split(","))
         assert interval[0] in "[(" and interval[-1] in ")]" and low < high, key
 
 
 # (script, flag, value, the range the message states). parse_args runs before main loads anything, so each is fast.
 REFUSED = [
-    ("train_sft.py", "seed", -1, f"in [0, {common.MAX_SEED}]"),
-    ("train_rm.py", "seed", 2**32, f"in [0, {common.MAX_SEED}]"),
-    ("train_ppo.py", "seed", -1, f"in [0, {common.MAX_SEED}]"),
-    ("train_dpo.py", "data_seed", -1, f"in [0, {common.MAX_SEED}]"),
-    ("eval_ppo.py", "seed", -1, f"in [0, {common.MAX_SEED}]"),
-    ("chat_web.py", "seed", 2**32, f"in [0, {common.MAX_SEED}]"),
-    ("benchmarks/ppo_throughput.py", "seed", -1, f"in [0, {common.MAX_SEED}]"),
+    ("train_sft.py", "seed", -1, f"in [0, {cli.MAX_SEED}]"),
+    ("train_rm.py", "seed", 2**32, f"in [0, {cli.MAX_SEED}]"),
+    ("train_ppo.py", "seed", -1, f"in [0, {cli.MAX_SEED}]"),
+    ("train_dpo.py", "data_seed", -1, f"in [0, {cli.MAX_SEED}]"),
+    ("eval_ppo.py", "seed", -1, f"in [0, {cli.MAX_SEED}]"),
+    ("chat_web.py", "seed", 2**32, f"in [0, {cli.MAX_SEED}]"),
+    ("benchmarks/ppo_throughput.py", "seed", -1, f"in [0, {cli.MAX_SEED}]"),
     ("train_sft.py", "max_grad_norm", "nan", ">= 0"),
     ("train_ppo.py", "max_grad_norm", "nan", "> 0"),
     ("train_ppo.py", "max_grad_norm", 0, "> 0"),  # would zero every gradient: PPO clips with it, no 0-means-off
     ("train_sft.py", "learning_rate", "inf", "> 0"),
     ("train_sft.py", "learning_rate", "nan", "> 0"),
     ("train_rm.py", "weight_decay", "nan", ">= 0"),
-    ("train_ppo.py", "kl_coef", 1e308, f"in [0, {common.MAX_COEFFICIENT}]"),
-    ("train_ppo.py", "kl_coef", "nan", f"in [0, {common.MAX_COEFFICIENT}]"),
-    ("train_ppo.py", "vf_coef", "inf", f"in [0, {common.MAX_COEFFICIENT}]"),
+    ("train_ppo.py", "kl_coef", 1e308, f"in [0, {cli.MAX_COEFFICIENT}]"),
+    ("train_ppo.py", "kl_coef", "nan", f"in [0, {cli.MAX_COEFFICIENT}]"),
+    ("train_ppo.py", "vf_coef", "inf", f"in [0, {cli.MAX_COEFFICIENT}]"),
     ("train_ppo.py", "temperature", 1e-45, ">= 0.01"),
     ("eval_sft.py", "temperature", "inf", ">= 0.01"),
     ("train_grpo.py", "temperature", 1e-45, ">= 0.01"),
     ("train_ppo.py", "num_train_epochs", "inf", "> 0"),
-    ("train_dpo.py", "beta", -0.1, f"in (0, {common.MAX_COEFFICIENT}]"),
-    ("train_dpo.py", "beta", 0, f"in (0, {common.MAX_COEFFICIENT}]"),
-    ("train_dpo.py", "beta", "nan", f"in (0, {common.MAX_COEFFICIENT}]"),
-    ("train_dpo.py", "beta", 1e308, f"in (0, {common.MAX_COEFFICIENT}]"),
+    ("train_dpo.py", "beta", -0.1, f"in (0, {cli.MAX_COEFFICIENT}]"),
+    ("train_dpo.py", "beta", 0, f"in (0, {cli.MAX_COEFFICIENT}]"),
+    ("train_dpo.py", "beta", "nan", f"in (0, {cli.MAX_COEFFICIENT}]"),
+    ("train_dpo.py", "beta", 1e308, f"in (0, {cli.MAX_COEFFICIENT}]"),
     ("train_dpo.py", "label_smoothing", 0.5, "in [0, 0.5)"),
-    ("train_grpo.py", "beta", -1, f"in [0, {common.MAX_COEFFICIENT}]"),
-    ("train_grpo.py", "beta", "nan", f"in [0, {common.MAX_COEFFICIENT}]"),
+    ("train_grpo.py", "beta", -1, f"in [0, {cli.MAX_COEFFICIENT}]"),
+    ("train_grpo.py", "beta", "nan", f"in [0, {cli.MAX_COEFFICIENT}]"),
     ("train_grpo.py", "num_generations", 1, ">= 2"),
     ("train_grpo.py", "top_k", -1, ">= 0"),
-    ("train_grpo.py", "entropy_coef", -0.1, f"in [0, {common.MAX_COEFFICIENT}]"),
+    ("train_grpo.py", "entropy_coef", -0.1, f"in [0, {cli.MAX_COEFFICIENT}]"),
     ("train_sft.py", "pad_to_multiple_of", -8, ">= 1"),
     ("train_sft.py", "max_steps", -2, ">= -1"),
     ("train_rm.py", "dataloader_num_workers", -1, ">= 0"),
-    ("chat_web.py", "port", 0, f"in [1, {common.MAX_PORT}]"),
+    ("chat_web.py", "port", 0, f"in [1, {cli.MAX_PORT}]"),
 ]
 
 
@@ -116,7 +117,7 @@ def test_a_bad_number_is_refused_with_status_2_naming_the_flag(tmp_path, script,
 
 def parse(script: str, *args):
     module = module_of(script)
-    return common.parse_args(module.make_parser(), module.TINY_PRESET, list(map(str, args)))
+    return cli.parse_args(module.make_parser(), module.TINY_PRESET, list(map(str, args)))
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,7 @@ def parse(script: str, *args):
         ("train_dpo.py", "beta", 0.1, 0.1),
         ("train_sft.py", "max_grad_norm", 0, 0.0),  # the Trainer's "no clipping"
         ("train_sft.py", "seed", 0, 0),
-        ("train_sft.py", "seed", common.MAX_SEED, common.MAX_SEED),
+        ("train_sft.py", "seed", cli.MAX_SEED, cli.MAX_SEED),
         ("train_sft.py", "pad_to_multiple_of", "auto", None),  # the config's own word (None on a CPU)
         ("train_sft.py", "pad_to_multiple_of", 8, 8),
         ("train_ppo.py", "temperature", 0.01, 0.01),
@@ -207,7 +208,7 @@ def tiny_model() -> torch.nn.Module:
     ],
 )
 def test_lora_target_modules_the_model_lacks_are_refused_naming_its_linear_layers(targets, missing):
-    with pytest.raises(common.PipelineError) as error:
+    with pytest.raises(errors.PipelineError) as error:
         common.check_target_modules(tiny_model(), targets, "checkpoint/sft")
     message = str(error.value)
     assert message.startswith(f"--lora_target_modules: checkpoint/sft has no module {missing},")
@@ -223,12 +224,12 @@ def test_lora_target_modules_the_model_has_pass(targets):
 
 @pytest.mark.parametrize("script", ["train_ppo.py", "train_dpo.py", "train_grpo.py"])
 def test_each_lora_script_refuses_target_modules_its_model_lacks(tmp_path, sft_run, rm_run, tiny_base, script):
-    models = ["--sft_model_path", sft_run / common.SFT_DIR]
-    models += ["--reward_model_path", rm_run / common.RM_DIR] if script != "train_dpo.py" else []
+    models = ["--sft_model_path", sft_run / paths.SFT_DIR]
+    models += ["--reward_model_path", rm_run / paths.RM_DIR] if script != "train_dpo.py" else []
     models += ["--value_model_path", tiny_base] if script == "train_ppo.py" else []
     result = run_main(script, "--tiny", *models, "--lora_target_modules", "q_proj", "fc1", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert f"error: --lora_target_modules: {sft_run / common.SFT_DIR} has no module fc1," in result.stderr
+    assert f"error: --lora_target_modules: {sft_run / paths.SFT_DIR} has no module fc1," in result.stderr
     assert "q_proj, k_proj, v_proj" in result.stderr
     assert not list(tmp_path.rglob("adapter_model.safetensors"))  # refused before any training
 

@@ -18,6 +18,7 @@ import chat_web
 import common
 import train_ppo
 from conftest import run_main
+from hfppo import checkpoints, cli, errors, paths, resuming, tiny
 
 COMMAND = "python train_sft.py --tiny --output_dir mine"
 # A JSON file cut short, as by a full disk or a kill mid-write; emptied; and valid JSON that is not a mapping.
@@ -66,10 +67,10 @@ def damage(file, kind: str) -> str:
 @pytest.mark.parametrize("name", CHECKPOINT_FILES)
 def test_a_damaged_json_file_is_named_with_the_command_that_writes_it(tmp_path, name, kind):
     folder = hand_made_checkpoint(tmp_path / "model")
-    common.require_checkpoint(folder, COMMAND)  # whole, it passes
+    checkpoints.require_checkpoint(folder, COMMAND)  # whole, it passes
     said = damage(folder / name, kind)
-    with pytest.raises(common.PipelineError) as refused:
-        common.require_checkpoint(folder, COMMAND)
+    with pytest.raises(errors.PipelineError) as refused:
+        checkpoints.require_checkpoint(folder, COMMAND)
     message = str(refused.value)
     assert f"the checkpoint file {folder / name} {said}" in message
     assert message.endswith(f"Write it again: {COMMAND}")
@@ -77,14 +78,18 @@ def test_a_damaged_json_file_is_named_with_the_command_that_writes_it(tmp_path, 
 
 def test_a_truncated_file_says_where_it_stops(tmp_path):
     (tmp_path / "config.json").write_text('{"a": 1,\n "b": ')
-    with pytest.raises(common.PipelineError, match=r"is not valid JSON \(Expecting value at line 2, column 7\)"):
-        common.read_checkpoint_json(tmp_path / "config.json", "Do this.")
+    with pytest.raises(errors.PipelineError, match=r"is not valid JSON \(Expecting value at line 2, column 7\)"):
+        checkpoints.read_checkpoint_json(tmp_path / "config.json", "Do this.")
 
 
 @pytest.mark.parametrize(
     "name, keys, said",
     [
-        ("train_results.json", common.CHECKPOINT_JSON[common.TRAIN_RESULTS_FILE], "has no 'train_samples_per_second'"),
+        (
+            "train_results.json",
+            checkpoints.CHECKPOINT_JSON[paths.TRAIN_RESULTS_FILE],
+            "has no 'train_samples_per_second'",
+        ),
         ("adapter_config.json", ("base_model_name_or_path",), "has no 'base_model_name_or_path'"),
     ],
 )
@@ -92,10 +97,10 @@ def test_a_file_without_a_key_the_pipeline_reads_is_refused(tmp_path, name, keys
     folder = hand_made_checkpoint(tmp_path / "model")
     value = json.loads((folder / name).read_text())
     (folder / name).write_text(json.dumps({key: v for key, v in value.items() if key != keys[-1]}))
-    with pytest.raises(common.PipelineError, match=said):
-        common.read_checkpoint_json(folder / name, COMMAND, keys)
+    with pytest.raises(errors.PipelineError, match=said):
+        checkpoints.read_checkpoint_json(folder / name, COMMAND, keys)
     if name == "adapter_config.json":  # where an adapter is loaded
-        with pytest.raises(common.PipelineError, match=said):
+        with pytest.raises(errors.PipelineError, match=said):
             common.adapter_base(folder, COMMAND)
 
 
@@ -119,22 +124,22 @@ def test_a_script_given_a_damaged_checkpoint_says_so_without_a_traceback(tmp_pat
 
 def test_a_damaged_recipe_stamp_rebuilds_the_tiny_base_instead_of_failing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common.TINY_BASE_DIR.mkdir(parents=True)
-    (common.TINY_BASE_DIR / common.TINY_RECIPE_FILE).write_text(json.dumps(common.tiny_recipe()))
-    assert not common.stale_tiny_base(common.TINY_BASE_DIR)
-    damage(common.TINY_BASE_DIR / common.TINY_RECIPE_FILE, "truncated")
-    assert common.stale_tiny_base(common.TINY_BASE_DIR)
+    paths.TINY_BASE_DIR.mkdir(parents=True)
+    (paths.TINY_BASE_DIR / tiny.TINY_RECIPE_FILE).write_text(json.dumps(tiny.tiny_recipe()))
+    assert not tiny.stale_tiny_base(paths.TINY_BASE_DIR)
+    damage(paths.TINY_BASE_DIR / tiny.TINY_RECIPE_FILE, "truncated")
+    assert tiny.stale_tiny_base(paths.TINY_BASE_DIR)
 
 
 def test_resume_files_of_the_pipeline_are_read_by_the_reader(tmp_path):
     """run_settings.json (every stage) and train_ppo.py's progress.json, cut short."""
-    (tmp_path / common.RUN_SETTINGS_FILE).write_text('{"seed": 4')
-    with pytest.raises(common.PipelineError, match="run_settings.json is not valid JSON .* Resume from another"):
-        common.check_resume(tmp_path, {"seed": 42})
+    (tmp_path / resuming.RUN_SETTINGS_FILE).write_text('{"seed": 4')
+    with pytest.raises(errors.PipelineError, match="run_settings.json is not valid JSON .* Resume from another"):
+        resuming.check_resume(tmp_path, {"seed": 42})
     state = tmp_path / train_ppo.TRAINING_STATE_DIR
     state.mkdir()
     (state / train_ppo.PROGRESS_FILE).write_text("")
-    with pytest.raises(common.PipelineError, match="progress.json is empty: .* Resume from another checkpoint-<upd"):
+    with pytest.raises(errors.PipelineError, match="progress.json is empty: .* Resume from another checkpoint-<upd"):
         train_ppo.resume_point(tmp_path, {"batch_size": 16, "num_updates": 4, "processes": 1}, {})
 
 
@@ -145,13 +150,13 @@ def test_resume_files_of_the_pipeline_are_read_by_the_reader(tmp_path):
 def test_a_tokenizer_json_the_tokenizers_library_rejects_is_one_message(tmp_path):
     folder = hand_made_checkpoint(tmp_path / "model")
     (folder / "tokenizer.json").write_text(json.dumps({"version": "1.0", "added_tokens": [], "model": {"type": "X"}}))
-    with pytest.raises(common.PipelineError, match=f"could not be loaded .* Write it again: {COMMAND}"):
-        common.load_tokenizer(folder, COMMAND)
+    with pytest.raises(errors.PipelineError, match=f"could not be loaded .* Write it again: {COMMAND}"):
+        checkpoints.load_tokenizer(folder, COMMAND)
 
 
 def test_running_out_of_memory_is_not_called_a_damaged_checkpoint():
     with pytest.raises(torch.OutOfMemoryError):
-        with common.loading("model", COMMAND):
+        with checkpoints.loading("model", COMMAND):
             raise torch.OutOfMemoryError("out of memory")
 
 
@@ -159,14 +164,14 @@ def test_a_config_whose_sizes_are_not_the_weights_is_one_message(tiny_base, tmp_
     folder = shutil.copytree(tiny_base, tmp_path / "model")
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"hidden_size": config["hidden_size"] // 2}))
-    with pytest.raises(common.PipelineError, match=r"could not be loaded \(RuntimeError: .*Write it again: x"):
+    with pytest.raises(errors.PipelineError, match=r"could not be loaded \(RuntimeError: .*Write it again: x"):
         common.load_model(AutoModelForCausalLM, folder, "x", "language model")
 
 
 def test_the_page_lists_a_model_it_cannot_load_and_starts_with_the_others(tiny_base, tmp_path):
     sft = shutil.copytree(tiny_base, tmp_path / "sft")
     said = damage(sft / "config.json", "truncated")
-    (sft / common.HELD_OUT_FILE).write_text('{"question": "x"\n')  # the example questions, damaged too
+    (sft / paths.HELD_OUT_FILE).write_text('{"question": "x"\n')  # the example questions, damaged too
     dpo = shutil.copytree(tiny_base, tmp_path / "dpo")
     damage(dpo / "tokenizer.json", "empty")
     args = dataclasses.replace(
@@ -217,9 +222,9 @@ def test_each_training_state_is_loaded_to_check_it(tmp_path, kind, state, said):
         file.write_bytes(state)
     else:
         torch.save(state, file)
-    problem = common.state_problem(file, kind)
+    problem = resuming.state_problem(file, kind)
     assert problem == said if said is None else said in problem
-    assert common.state_problem(tmp_path / "absent", kind) == "is missing"
+    assert resuming.state_problem(tmp_path / "absent", kind) == "is missing"
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +235,7 @@ def sft_checkpoint(tiny_base, tmp_path_factory):
     args = ("--tiny", "--model_name_or_path", tiny_base, *steps)
     result = run_main("train_sft.py", *args, "--save_total_limit", 2, cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir / common.SFT_DIR / "checkpoint-1", args
+    return workdir / paths.SFT_DIR / "checkpoint-1", args
 
 
 TRAINER_DAMAGES = {  # file of the Trainer's checkpoint -> how it is damaged, and what a resume without it resets
@@ -279,7 +284,7 @@ def ppo_checkpoint(tiny_base, tmp_path_factory):
     args = ("--tiny", *models, "--total_episodes", 32, "--save_steps", 1)
 
     def run(*more):
-        parsed = common.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, [*map(str, args + more)])
+        parsed = cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, [*map(str, args + more)])
         train_ppo.main(*parsed, reward_fn=lambda queries, answers: torch.zeros(len(answers)))
 
     with pytest.MonkeyPatch.context() as patch:
@@ -303,9 +308,9 @@ def test_ppo_refuses_a_resume_without_its_whole_state_and_resumes_with_the_flag(
     checkpoint = shutil.copytree(original, tmp_path / "checkpoint-1")
     (checkpoint / train_ppo.TRAINING_STATE_DIR / name).write_bytes(b"garbage")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(common.PipelineError, match=f"{name} .*is damaged .*{reset}.*add --resume_resets_state"):
+    with pytest.raises(errors.PipelineError, match=f"{name} .*is damaged .*{reset}.*add --resume_resets_state"):
         run("--resume_from_checkpoint", checkpoint, "--output_dir", tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     run("--resume_from_checkpoint", checkpoint, "--output_dir", tmp_path / "ppo", "--resume_resets_state")
     assert "with --resume_resets_state, where" in capsys.readouterr().out
-    common.require_checkpoint(tmp_path / "ppo", "x", "adapter")
+    checkpoints.require_checkpoint(tmp_path / "ppo", "x", "adapter")

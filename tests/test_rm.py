@@ -11,9 +11,10 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 import common
 import eval_rm
 from conftest import run_main
+from hfppo import charts, checkpoints, errors, judge, paths, tiny
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
-STYLE_PAIRS = common.ROOT / "data" / "style_pairs.jsonl"
+STYLE_PAIRS = paths.ROOT / "data" / "style_pairs.jsonl"
 # What the tiny reward model reaches on any CPU, with margin: on a 2-core AMD EPYC over seeds 42 / 1 / 2, 0.971 /
 # 0.971 / 0.943 held out, 0.933 to 1 on each length half, 0.887 / 0.944 / 0.944 on the style pairs (README, Stage 2);
 # the earlier tokenizer's recipe moved by up to 0.3 between CPUs. Length alone scores 1 on one half of the pairs and 0
@@ -34,13 +35,13 @@ def untrained_rm(tiny_base):
 
 
 def ids(tokenizer, answer: str) -> list[int]:
-    return common.conversation_ids(tokenizer, ROW, common.DEFAULT_SYSTEM_PROMPT, answer)
+    return common.conversation_ids(tokenizer, ROW, paths.DEFAULT_SYSTEM_PROMPT, answer)
 
 
 def test_the_score_is_the_head_at_the_answers_eos(untrained_rm):
     model, tokenizer = untrained_rm
     sequence = ids(tokenizer, ROW["chosen"])
-    assert sequence[-1] == tokenizer.convert_tokens_to_ids(common.EOS_TOKEN)
+    assert sequence[-1] == tokenizer.convert_tokens_to_ids(tiny.EOS_TOKEN)
     with torch.no_grad():
         hidden = model.model(torch.tensor([sequence])).last_hidden_state
         at_eos = model.score(hidden[0, -1]).item()
@@ -60,7 +61,7 @@ def test_training_reads_the_score_at_the_same_token_as_evaluation(untrained_rm):
     """RewardTrainer's collator and forward pass give each sequence the score reward_scores gives it."""
     model, tokenizer = untrained_rm
     pairs = [
-        common.rm_example(row, tokenizer, common.DEFAULT_SYSTEM_PROMPT)
+        common.rm_example(row, tokenizer, paths.DEFAULT_SYSTEM_PROMPT)
         for row in (ROW, dict(ROW, chosen=NEIGHBOURS[0], rejected=NEIGHBOURS[1]))
     ]
     batch = DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id)(pairs)
@@ -74,21 +75,21 @@ def test_training_reads_the_score_at_the_same_token_as_evaluation(untrained_rm):
 def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, tiny_base):
     checkpoint = tmp_path / "rm"
     shutil.copytree(tiny_base, checkpoint)
-    with pytest.raises(KeyboardInterrupt), common.staged_save(checkpoint) as staging:
+    with pytest.raises(KeyboardInterrupt), checkpoints.staged_save(checkpoint) as staging:
         staging.mkdir()
         (staging / "model.safetensors").write_bytes(b"half a fil")
         raise KeyboardInterrupt
-    assert common.require_checkpoint(checkpoint, "x") == checkpoint
+    assert checkpoints.require_checkpoint(checkpoint, "x") == checkpoint
     assert (checkpoint / "model.safetensors").read_bytes() == (tiny_base / "model.safetensors").read_bytes()
 
 
 def test_an_interrupted_first_save_does_not_look_complete(tmp_path):
-    with pytest.raises(KeyboardInterrupt), common.staged_save(tmp_path / "rm") as staging:
+    with pytest.raises(KeyboardInterrupt), checkpoints.staged_save(tmp_path / "rm") as staging:
         staging.mkdir()
         (staging / "config.json").write_text("{}")
         raise KeyboardInterrupt
-    with pytest.raises(common.PipelineError, match=r"rm.partial is left from a save that was killed while writing"):
-        common.require_checkpoint(tmp_path / "rm", "python train_rm.py")
+    with pytest.raises(errors.PipelineError, match=r"rm.partial is left from a save that was killed while writing"):
+        checkpoints.require_checkpoint(tmp_path / "rm", "python train_rm.py")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -97,12 +98,12 @@ def test_an_interrupted_first_save_does_not_look_complete(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_rm(rm_run):
-    return common.load_model(AutoModelForSequenceClassification, rm_run / common.RM_DIR, "")
+    return common.load_model(AutoModelForSequenceClassification, rm_run / paths.RM_DIR, "")
 
 
 def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
-    metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
-    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
+    metrics = json.loads((rm_run / paths.RM_DIR / "eval_metrics.json").read_text())
+    held_out = common.load_preference_data(rm_run / paths.RM_DIR / paths.HELD_OUT_FILE)
     assert metrics["pairs"] == len(held_out) == 35  # 10% of the 345 rows, --eval_fraction's default
     # 0.71 to 0.89 over seeds and CPUs (README): not 0.97 to 1 as when the tiny base had read the held-out answers
     assert metrics["accuracy"] >= HELD_OUT_ACCURACY
@@ -118,24 +119,24 @@ def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm)
     """The judge's accuracy and ties, recounted here from the held-out text, and its agreement with the reward model's
     ranking over the pairs it does not tie, recomputed from the model's scores."""
     model, tokenizer = trained_rm
-    metrics = json.loads((rm_run / common.RM_DIR / "eval_metrics.json").read_text())
-    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
-    judge = [(common.judge_score(row["chosen"]), common.judge_score(row["rejected"])) for row in held_out]
-    assert metrics["judge_accuracy"] == pytest.approx(sum(c > r for c, r in judge) / len(judge))
-    assert metrics["judge_ties"] == pytest.approx(sum(c == r for c, r in judge) / len(judge))
+    metrics = json.loads((rm_run / paths.RM_DIR / "eval_metrics.json").read_text())
+    held_out = common.load_preference_data(rm_run / paths.RM_DIR / paths.HELD_OUT_FILE)
+    judged = [(judge.judge_score(row["chosen"]), judge.judge_score(row["rejected"])) for row in held_out]
+    assert metrics["judge_accuracy"] == pytest.approx(sum(c > r for c, r in judged) / len(judged))
+    assert metrics["judge_ties"] == pytest.approx(sum(c == r for c, r in judged) / len(judged))
     assert metrics["judge_accuracy"] > 0.5  # the word lists do mark the sample's rude answers
     # The same sequences in the same batches as eval_rm.py (its default system prompt and --batch_size, chosen
     # answers then rejected), so the same float32 scores: a pair the two scored in other shapes could rank either
     # way at a near tie.
     sequences = [
-        common.conversation_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT, row[column])
+        common.conversation_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT, row[column])
         for column in ("chosen", "rejected")
         for row in held_out
     ]
     scores = common.reward_scores(model, tokenizer, sequences, eval_rm.EvalArguments.batch_size)
     rm_chosen, rm_rejected = scores.split(len(held_out))
-    ranked = [i for i, (c, r) in enumerate(judge) if c != r]
-    agree = [(rm_chosen[i] > rm_rejected[i]) == (judge[i][0] > judge[i][1]) for i in ranked]
+    ranked = [i for i, (c, r) in enumerate(judged) if c != r]
+    agree = [(rm_chosen[i] > rm_rejected[i]) == (judged[i][0] > judged[i][1]) for i in ranked]
     assert metrics["judge_ranked_pairs"] == len(ranked)
     assert metrics["judge_rm_agreement"] == pytest.approx(sum(agree) / len(agree))
     printed = (rm_run / "eval_rm.out").read_text()
@@ -144,17 +145,17 @@ def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm)
 
 
 def test_held_out_pairs_carry_the_system_prompt_they_were_trained_with(rm_run):
-    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
-    assert set(held_out["system"]) == {common.DEFAULT_SYSTEM_PROMPT}
+    held_out = common.load_preference_data(rm_run / paths.RM_DIR / paths.HELD_OUT_FILE)
+    assert set(held_out["system"]) == {paths.DEFAULT_SYSTEM_PROMPT}
     # and they are pairs of the sample the model did not train on: the split is a subset of the data
-    sample = {row["question"]: row for row in common.load_preference_data(common.SAMPLE_DATA)}
+    sample = {row["question"]: row for row in common.load_preference_data(paths.SAMPLE_DATA)}
     assert all(sample[row["question"]]["chosen"] == row["chosen"] for row in held_out)
 
 
 def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
     """In about half the sample the rude answer is the longer one, so length alone scores about 50%."""
     model, tokenizer = trained_rm
-    held_out = common.load_preference_data(rm_run / common.RM_DIR / common.HELD_OUT_FILE)
+    held_out = common.load_preference_data(rm_run / paths.RM_DIR / paths.HELD_OUT_FILE)
     for longer_is_rude in (True, False):
         rows = [row for row in held_out if (len(row["chosen"]) > len(row["rejected"])) == longer_is_rude]
         assert len(rows) >= 15  # of the 35 held-out pairs
@@ -176,7 +177,7 @@ def test_the_reward_model_ranks_styles_the_sample_does_not_use(trained_rm):
         common.reward_scores(
             model,
             tokenizer,
-            [common.conversation_ids(tokenizer, row, common.DEFAULT_SYSTEM_PROMPT, row[column]) for row in pairs],
+            [common.conversation_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT, row[column]) for row in pairs],
         )
         for column in ("chosen", "rejected")
     )
@@ -184,8 +185,8 @@ def test_the_reward_model_ranks_styles_the_sample_does_not_use(trained_rm):
 
 
 def test_margin_grew_during_training_and_the_curves_were_drawn(rm_run):
-    (run_dir,) = (rm_run / common.TENSORBOARD_ROOT / "rm").iterdir()
-    scalars = common.read_scalars(run_dir)
+    (run_dir,) = (rm_run / paths.TENSORBOARD_ROOT / "rm").iterdir()
+    scalars = charts.read_scalars(run_dir)
     margins = [value for _, value in scalars["eval/margin"]]
     assert len(margins) >= 10
     assert margins[-1] > margins[0] + 1
@@ -216,14 +217,14 @@ def test_eval_scores_given_answers_as_the_metrics_do(rm_run, trained_rm):
     expected = common.reward_scores(model, tokenizer, [ids(tokenizer, ROW["chosen"]), ids(tokenizer, ROW["rejected"])])
     assert printed == pytest.approx(expected.tolist(), abs=1e-3)
     judged = [line for line in result.stdout.splitlines() if line.startswith("judge: ")]
-    assert judged == [common.judge_summary(ROW["chosen"]), common.judge_summary(ROW["rejected"])]
+    assert judged == [judge.judge_summary(ROW["chosen"]), judge.judge_summary(ROW["rejected"])]
 
 
 def test_eval_on_another_dataset_writes_its_own_metrics(rm_run, tmp_path):
     result = run_main(
         "eval_rm.py",
         "--dataset_name",
-        common.SAMPLE_DATA,
+        paths.SAMPLE_DATA,
         "--metrics_file",
         tmp_path / "m.json",
         "--num_examples",
@@ -232,7 +233,7 @@ def test_eval_on_another_dataset_writes_its_own_metrics(rm_run, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["pairs"] == 345 and metrics["dataset"] == str(common.SAMPLE_DATA)
+    assert metrics["pairs"] == 345 and metrics["dataset"] == str(paths.SAMPLE_DATA)
     assert "问题: " not in result.stdout
 
 
@@ -254,8 +255,8 @@ def test_eval_without_a_checkpoint_says_which_stage_to_run(tmp_path):
 
 @pytest.mark.parametrize("damage", ["weights missing", "weights truncated"])
 def test_eval_on_a_half_written_checkpoint_says_so(rm_run, tmp_path, damage):
-    checkpoint = tmp_path / common.RM_DIR
-    shutil.copytree(rm_run / common.RM_DIR, checkpoint)
+    checkpoint = tmp_path / paths.RM_DIR
+    shutil.copytree(rm_run / paths.RM_DIR, checkpoint)
     weights = checkpoint / "model.safetensors"
     if damage == "weights missing":
         weights.unlink()
@@ -267,22 +268,22 @@ def test_eval_on_a_half_written_checkpoint_says_so(rm_run, tmp_path, damage):
 
 
 def test_eval_refuses_a_tokenizer_whose_pad_is_eos(rm_run, tmp_path):
-    checkpoint = tmp_path / common.RM_DIR
-    shutil.copytree(rm_run / common.RM_DIR, checkpoint)
-    AutoTokenizer.from_pretrained(checkpoint, pad_token=common.EOS_TOKEN).save_pretrained(checkpoint)
+    checkpoint = tmp_path / paths.RM_DIR
+    shutil.copytree(rm_run / paths.RM_DIR, checkpoint)
+    AutoTokenizer.from_pretrained(checkpoint, pad_token=tiny.EOS_TOKEN).save_pretrained(checkpoint)
     assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "pad must be a token of the vocabulary other than eos")
 
 
 def test_eval_without_a_held_out_split_asks_for_a_dataset(rm_run, tmp_path):
-    checkpoint = tmp_path / common.RM_DIR
-    shutil.copytree(rm_run / common.RM_DIR, checkpoint)
-    (checkpoint / common.HELD_OUT_FILE).unlink()
+    checkpoint = tmp_path / paths.RM_DIR
+    shutil.copytree(rm_run / paths.RM_DIR, checkpoint)
+    (checkpoint / paths.HELD_OUT_FILE).unlink()
     assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "--eval_fraction 0", "--dataset_name")
 
 
 def test_training_refuses_a_pad_token_equal_to_eos(tmp_path, tiny_base):
     result = run_main(
-        "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--pad_token", common.EOS_TOKEN, cwd=tmp_path
+        "train_rm.py", "--tiny", "--model_name_or_path", tiny_base, "--pad_token", tiny.EOS_TOKEN, cwd=tmp_path
     )
     assert_clean_error(result, "pad must be a token of the vocabulary other than eos", "--pad_token")
     assert not (tmp_path / "checkpoint").exists() and not (tmp_path / "tensorboard").exists()
@@ -310,5 +311,5 @@ def test_eval_fraction_zero_trains_on_every_pair_and_saves_no_split(tmp_path, ti
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 345 pairs" in result.stdout
-    assert not (tmp_path / common.RM_DIR / common.HELD_OUT_FILE).exists()
-    common.require_checkpoint(tmp_path / common.RM_DIR, "")
+    assert not (tmp_path / paths.RM_DIR / paths.HELD_OUT_FILE).exists()
+    checkpoints.require_checkpoint(tmp_path / paths.RM_DIR, "")

@@ -4,18 +4,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import common
 from conftest import answer_log_likelihood, run_main
+from hfppo import charts, paths, tiny
 
 
 def test_checkpoint_loads_with_its_tokenizer(sft_run):
-    model = AutoModelForCausalLM.from_pretrained(sft_run / common.SFT_DIR)
-    tokenizer = AutoTokenizer.from_pretrained(sft_run / common.SFT_DIR)
+    model = AutoModelForCausalLM.from_pretrained(sft_run / paths.SFT_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(sft_run / paths.SFT_DIR)
     assert model.config.vocab_size == len(tokenizer)
-    assert tokenizer.eos_token == common.EOS_TOKEN
+    assert tokenizer.eos_token == tiny.EOS_TOKEN
 
 
 def test_training_loss_fell_and_the_curves_were_drawn_beside_the_run(sft_run):
-    (run_dir,) = (sft_run / common.TENSORBOARD_ROOT / "sft").iterdir()
-    losses = [value for _, value in common.read_scalars(run_dir)["train/loss"]]
+    (run_dir,) = (sft_run / paths.TENSORBOARD_ROOT / "sft").iterdir()
+    losses = [value for _, value in charts.read_scalars(run_dir)["train/loss"]]
     assert len(losses) > 10
     assert losses[-1] < losses[0]
     assert (run_dir / "sft.png").read_bytes().startswith(b"\x89PNG")
@@ -30,10 +31,10 @@ def test_stdout_has_a_summary_line_and_no_per_step_dict(sft_run):
 
 
 def test_sft_learned_the_chosen_style_on_held_out_questions(sft_run, tiny_base):
-    held_out = common.load_preference_data(sft_run / common.SFT_DIR / common.HELD_OUT_FILE)  # no stage trained on
+    held_out = common.load_preference_data(sft_run / paths.SFT_DIR / paths.HELD_OUT_FILE)  # no stage trained on
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
-    sft = AutoModelForCausalLM.from_pretrained(sft_run / common.SFT_DIR).eval()
+    sft = AutoModelForCausalLM.from_pretrained(sft_run / paths.SFT_DIR).eval()
     before, after = (
         {column: answer_log_likelihood(model, tokenizer, held_out, column) for column in ("chosen", "rejected")}
         for model in (base, sft)

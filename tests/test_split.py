@@ -9,13 +9,14 @@ import common
 import train_ppo
 import train_rm
 import train_sft
+from hfppo import cli, errors, paths, resuming
 
-SAMPLE = common.load_preference_data(common.SAMPLE_DATA)
+SAMPLE = common.load_preference_data(paths.SAMPLE_DATA)
 STAGES = (train_sft, train_rm, train_ppo)
 
 
 def parse(script, *args):
-    return common.parse_args(script.make_parser(), script.TINY_PRESET, ["--tiny", *map(str, args)])
+    return cli.parse_args(script.make_parser(), script.TINY_PRESET, ["--tiny", *map(str, args)])
 
 
 def questions(rows: Dataset) -> set[str]:
@@ -24,12 +25,12 @@ def questions(rows: Dataset) -> set[str]:
 
 def test_every_stage_has_one_eval_fraction_with_the_same_default_and_range():
     defaults = {script.__name__: parse(script)[0].eval_fraction for script in STAGES}
-    assert set(defaults.values()) == {common.DEFAULT_EVAL_FRACTION}, defaults
-    assert common.NUMERIC_RANGES["eval_fraction"] == "[0, 1)"
+    assert set(defaults.values()) == {paths.DEFAULT_EVAL_FRACTION}, defaults
+    assert cli.NUMERIC_RANGES["eval_fraction"] == "[0, 1)"
 
 
 def test_the_split_is_exact_disjoint_and_covers_every_row():
-    train_rows, held_out = common.split_held_out(SAMPLE, common.DEFAULT_EVAL_FRACTION)
+    train_rows, held_out = common.split_held_out(SAMPLE, paths.DEFAULT_EVAL_FRACTION)
     assert len(held_out) == 35  # ceil(10% of 345)
     assert len(train_rows) + len(held_out) == len(SAMPLE)
     assert not questions(train_rows) & questions(held_out)
@@ -67,7 +68,7 @@ def test_a_fraction_that_leaves_nothing_to_train_on_is_refused():
     rows = Dataset.from_list([SAMPLE[0]] * 3 + [SAMPLE[1]])  # two questions, three rows of one
     train_rows, held_out = common.split_held_out(rows, 0.25)
     assert len(held_out) + len(train_rows) == 4 and len(held_out) in (1, 3)
-    with pytest.raises(common.PipelineError, match="--eval_fraction 0.9 of 4 rows .* leaves none to train on"):
+    with pytest.raises(errors.PipelineError, match="--eval_fraction 0.9 of 4 rows .* leaves none to train on"):
         common.split_held_out(rows, 0.9)
 
 
@@ -78,48 +79,48 @@ def test_eval_fraction_zero_holds_nothing_out():
 
 def test_a_resumed_run_must_keep_eval_fraction():
     # eval_steps, eval_strategy, ... may change on resume; the rows held out may not
-    assert not common.RESUMABLE_SETTINGS.fullmatch("eval_fraction")
-    assert common.RESUMABLE_SETTINGS.fullmatch("eval_steps")
+    assert not resuming.RESUMABLE_SETTINGS.fullmatch("eval_fraction")
+    assert resuming.RESUMABLE_SETTINGS.fullmatch("eval_steps")
     for script in STAGES:
-        assert common.run_settings(*parse(script))["eval_fraction"] == common.DEFAULT_EVAL_FRACTION
+        assert resuming.run_settings(*parse(script))["eval_fraction"] == paths.DEFAULT_EVAL_FRACTION
 
 
 def test_the_three_stages_save_the_same_held_out_rows_and_train_on_none_of_them(sft_run, rm_run, ppo_run):
-    files = [sft_run / common.SFT_DIR, rm_run / common.RM_DIR, ppo_run / common.PPO_DIR]
-    files = [folder / common.HELD_OUT_FILE for folder in files]
+    files = [sft_run / paths.SFT_DIR, rm_run / paths.RM_DIR, ppo_run / paths.PPO_DIR]
+    files = [folder / paths.HELD_OUT_FILE for folder in files]
     assert all(filecmp.cmp(files[0], other, shallow=False) for other in files[1:])
-    train_rows, held_out = common.split_held_out(SAMPLE, common.DEFAULT_EVAL_FRACTION)
+    train_rows, held_out = common.split_held_out(SAMPLE, paths.DEFAULT_EVAL_FRACTION)
     saved = common.load_preference_data(files[0])
     assert saved["question"] == held_out["question"] and saved["chosen"] == held_out["chosen"]
     assert not questions(train_rows) & questions(saved)
     # SFT trained on the first --sft_fraction of the training rows, and says how many
     sft_rows = int(len(train_rows) * train_sft.TINY_PRESET["sft_fraction"])
-    assert f"on {sft_rows} of {len(SAMPLE)} rows of {common.SAMPLE_DATA}, {len(saved)} held out" in (
+    assert f"on {sft_rows} of {len(SAMPLE)} rows of {paths.SAMPLE_DATA}, {len(saved)} held out" in (
         (sft_run / "train.out").read_text()
     )
-    assert f"on {len(train_rows)} pairs of {common.SAMPLE_DATA}, {len(saved)} held out" in (
+    assert f"on {len(train_rows)} pairs of {paths.SAMPLE_DATA}, {len(saved)} held out" in (
         (rm_run / "train.out").read_text()
     )
 
 
 def test_ppo_refuses_models_trained_with_another_split(sft_run, rm_run, tiny_base, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    models = ("--sft_model_path", sft_run / common.SFT_DIR, "--reward_model_path", rm_run / common.RM_DIR)
+    models = ("--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path", rm_run / paths.RM_DIR)
     args = parse(train_ppo, *models, "--value_model_path", tiny_base, "--eval_fraction", 0.2)
-    sft_file = sft_run / common.SFT_DIR / common.HELD_OUT_FILE
-    with pytest.raises(common.PipelineError) as error:
+    sft_file = sft_run / paths.SFT_DIR / paths.HELD_OUT_FILE
+    with pytest.raises(errors.PipelineError) as error:
         train_ppo.main(*args)
     message = str(error.value)
     assert "SFT model (--sft_model_path" in message and "another held-out split" in message
-    assert str(sft_file) in message and f"saved as {common.PPO_DIR / common.HELD_OUT_FILE}" in message
+    assert str(sft_file) in message and f"saved as {paths.PPO_DIR / paths.HELD_OUT_FILE}" in message
     assert "same --eval_fraction" in message
-    assert not (tmp_path / common.PPO_DIR).exists()  # refused before anything was written
+    assert not (tmp_path / paths.PPO_DIR).exists()  # refused before anything was written
     # an SFT model without a held-out file (trained elsewhere) is not checked; the reward model is
     (tmp_path / "sft").mkdir()
-    for item in (sft_run / common.SFT_DIR).iterdir():
-        if item.name != common.HELD_OUT_FILE:
+    for item in (sft_run / paths.SFT_DIR).iterdir():
+        if item.name != paths.HELD_OUT_FILE:
             (tmp_path / "sft" / item.name).symlink_to(item)
     args = parse(train_ppo, "--sft_model_path", tmp_path / "sft", *models[2:], "--value_model_path", tiny_base)
     args[0].eval_fraction = 0.2
-    with pytest.raises(common.PipelineError, match=r"the reward model \(--reward_model_path .*another held-out split"):
+    with pytest.raises(errors.PipelineError, match=r"the reward model \(--reward_model_path .*another held-out split"):
         train_ppo.main(*args)

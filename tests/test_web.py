@@ -24,6 +24,7 @@ import common
 import eval_sft
 import train_ppo
 from conftest import run_main
+from hfppo import errors, judge, paths
 
 QUESTION = "吃了没?"
 MAX_NEW_TOKENS = 16  # a few words are enough to read a column; fewer tokens keep the tests short
@@ -39,18 +40,18 @@ RANGES = {"temperature": chat_web.TEMPERATURE_RANGE, "max_new_tokens": (1, 512),
 GOOD = dict(question=QUESTION, system_prompt="", temperature=0.7, max_new_tokens=8, seed=42)
 
 
-def tiny_args(tiny_base, **paths) -> chat_web.WebArguments:
-    """The page's settings with the tiny preset, every policy folder pointed at `paths` or at a folder that does not
+def tiny_args(tiny_base, **folders) -> chat_web.WebArguments:
+    """The page's settings with the tiny preset, every policy folder pointed at `folders` or at a folder that does not
     exist."""
     args = dataclasses.replace(chat_web.WebArguments(), **chat_web.TINY_PRESET)
-    nowhere = {f"{name}_model_path": f"/nonexistent/{name}" for name in common.POLICIES}
+    nowhere = {f"{name}_model_path": f"/nonexistent/{name}" for name in paths.POLICIES}
     return dataclasses.replace(
         args,
         tiny=True,
         base_model_path=str(tiny_base),
-        reward_model_path=str(paths.pop("reward_model_path", "/nonexistent/rm")),
+        reward_model_path=str(folders.pop("reward_model_path", "/nonexistent/rm")),
         max_new_tokens=MAX_NEW_TOKENS,
-        **nowhere | {key: str(value) for key, value in paths.items()},
+        **nowhere | {key: str(value) for key, value in folders.items()},
     )
 
 
@@ -65,12 +66,12 @@ def models_dir(sft_run, rm_run, ppo_run, tmp_path_factory) -> dict:
     """The fixtures' SFT, reward and PPO models, and a copy of the PPO adapter as a DPO checkpoint: a second adapter
     column, which samples exactly as the PPO column does."""
     dpo = tmp_path_factory.mktemp("web") / "dpo"
-    shutil.copytree(ppo_run / common.PPO_DIR, dpo)
+    shutil.copytree(ppo_run / paths.PPO_DIR, dpo)
     return {
-        "sft_model_path": sft_run / common.SFT_DIR,
-        "ppo_model_path": ppo_run / common.PPO_DIR,
+        "sft_model_path": sft_run / paths.SFT_DIR,
+        "ppo_model_path": ppo_run / paths.PPO_DIR,
         "dpo_model_path": dpo,
-        "reward_model_path": rm_run / common.RM_DIR,
+        "reward_model_path": rm_run / paths.RM_DIR,
     }
 
 
@@ -82,7 +83,7 @@ def test_refuses_remote_host_without_flag(tmp_path):
     for host in chat_web.LOCAL_HOSTS:
         chat_web.check_host(chat_web.WebArguments(host=host))
     chat_web.check_host(chat_web.WebArguments(host="0.0.0.0", allow_remote=True))
-    with pytest.raises(common.ArgumentError, match="--port must be in"):
+    with pytest.raises(errors.ArgumentError, match="--port must be in"):
         chat_web.check_host(chat_web.WebArguments(port=70000))
 
 
@@ -100,11 +101,11 @@ def test_missing_checkpoints_listed_and_answers_without_reward_model(tiny_base):
     args = tiny_args(tiny_base)
     models = chat_web.load_models(args)
     assert [column.name for column in models.columns] == ["base"]
-    assert set(models.missing) == set(common.POLICIES)
+    assert set(models.missing) == set(paths.POLICIES)
     assert "train_dpo.py --tiny --output_dir /nonexistent/dpo" in models.missing["dpo"]
     assert "train_ppo.py --tiny --from_base --output_dir /nonexistent/ppo_base" in models.missing["ppo_base"]
     page_text = chat_web.missing_text(models)
-    assert all(f"**{chat_web.as_text(name)}**" in page_text for name in common.POLICIES)
+    assert all(f"**{chat_web.as_text(name)}**" in page_text for name in paths.POLICIES)
     assert models.examples == list(chat_web.FALLBACK_QUESTIONS)  # no SFT model, so no held-out questions
 
     (answer,) = final(models, args)
@@ -130,10 +131,10 @@ def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
         )
         assert answer.reward == pytest.approx(expected.item(), abs=1e-6)
         assert answer.text == column.tokenizer.decode(answer.answer_ids, skip_special_tokens=True)
-        verdict = common.judge_verdict(common.judge_score(answer.text))
+        verdict = judge.judge_verdict(judge.judge_score(answer.text))
         assert f"reward **{answer.reward:+.3f}**" in (line := chat_web.score_text(column, answer)) and verdict in line
 
-    # Each column samples as the pipeline does (train_ppo.generate, common.sampling_config) from the seed alone.
+    # Each column samples as the pipeline does (train_ppo.generate, sampling.sampling_config) from the seed alone.
     sft = models.columns[1]
     set_seed(42)
     batch = train_ppo.generate(
@@ -177,9 +178,9 @@ def test_page_in_a_real_browser(tiny_base, models_dir, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = free_port()
-    paths = [f"--{flag}={path}" for flag, path in models_dir.items()]
+    model_flags = [f"--{flag}={path}" for flag, path in models_dir.items()]
     server = subprocess.Popen(
-        [sys.executable, str(common.ROOT / "chat_web.py"), "--tiny", f"--base_model_path={tiny_base}", *paths,
+        [sys.executable, str(paths.ROOT / "chat_web.py"), "--tiny", f"--base_model_path={tiny_base}", *model_flags,
          "--port", str(port), "--max_new_tokens", str(MAX_NEW_TOKENS)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
@@ -215,7 +216,7 @@ def test_page_in_a_real_browser(tiny_base, models_dir, tmp_path):
     assert all(answers), answers
     assert answers[2] == answers[3]  # the same adapter, the same seed
     for answer, line in zip(answers, scores):
-        assert f"judge: {common.judge_score(answer):+d} {common.judge_verdict(common.judge_score(answer))}" in line
+        assert f"judge: {judge.judge_score(answer):+d} {judge.judge_verdict(judge.judge_score(answer))}" in line
     assert "ppo_base" in missing and "train_grpo.py --tiny" in missing
     assert torch.tensor([float(line.split("reward ")[1].split()[0]) for line in scores]).isfinite().all()
 
@@ -253,7 +254,7 @@ def test_a_good_request_passes_as_sent():
 def test_start_values_out_of_range_are_refused_by_flag(tiny_base):
     models = chat_web.load_models(tiny_args(tiny_base))
     chat_web.check_start_values(tiny_args(tiny_base), models)
-    with pytest.raises(common.ArgumentError, match=r"^--max_new_tokens must be a whole number from 1 to 512, got 600"):
+    with pytest.raises(errors.ArgumentError, match=r"^--max_new_tokens must be a whole number from 1 to 512, got 600"):
         chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=600), models)
 
 
@@ -289,7 +290,7 @@ def test_stdin_that_is_not_utf8_is_named_by_line_and_byte(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("你好\n".encode() + "吃了没\n".encode("gbk"))))
     questions = eval_sft.read_questions([])
     assert next(questions) == "你好"  # the lines before the bad one are asked
-    with pytest.raises(common.PipelineError, match=r"^stdin line 2 is not UTF-8 \(byte 7 of stdin.*must be UTF-8"):
+    with pytest.raises(errors.PipelineError, match=r"^stdin line 2 is not UTF-8 \(byte 7 of stdin.*must be UTF-8"):
         next(questions)
 
 

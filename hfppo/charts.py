@@ -1,0 +1,116 @@
+"""A run's TensorBoard folder, its scalars read back, and the chart of them."""
+
+import itertools
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
+
+from hfppo import errors, outputs, paths
+
+# Charts: panels of 4 x 3 inches at 100 dpi, 3 a row, so a chart is at most 1200 px wide and reads at README width;
+# the smoothing weight is TensorBoard's default, so the chart looks like the TensorBoard page.
+CHART_COLUMNS = 3
+CHART_PANEL_SIZE = (4, 3)
+CHART_DPI = 100
+CHART_SMOOTHING = 0.6
+
+
+def tensorboard_run(stage: str, continued: str | Path | None = None) -> Path:
+    """tensorboard/<stage>/<YYYY-mm-dd HH-MM-SS>, one folder per run as the original, and point the Trainer's
+    TensorBoard callback at it: transformers 5 reads TENSORBOARD_LOGGING_DIR (TrainingArguments.logging_dir is
+    gone). `continued`, a run folder that exists, is reused instead (a resumed run continues its curves).
+
+    Every process calls this under accelerate launch; the main process creates the folder, exclusively, with a suffix
+    if a run started in the same second already has the name, and every process gets its name.
+    """
+    state = PartialState()
+    run_dir = Path(continued) if continued is not None and Path(continued).is_dir() else None
+    if run_dir is None and state.is_main_process:
+        stamp = paths.TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
+        for attempt in itertools.count(1):
+            run_dir = stamp if attempt == 1 else stamp.with_name(f"{stamp.name}-{attempt}")
+            try:
+                run_dir.mkdir(parents=True)  # fails if the folder exists: two runs never share one
+                break
+            except FileExistsError:
+                continue
+    if state.num_processes > 1:
+        run_dir = Path(broadcast_object_list([run_dir])[0])
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
+    return run_dir
+
+
+def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a TensorBoard run logged, as tag -> [(step, value), ...].
+
+    Points a resumed run replaced (train_ppo.py's purge_step) are left out; the reader's warning that it left them
+    out, worded as if TensorFlow had crashed ("Detected out of order event.step ... Purging expired events"), is
+    filtered here, where that purge is what was asked for.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def not_a_purge(record: logging.LogRecord) -> bool:
+        return "Purging expired events" not in record.getMessage()
+
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})  # 0: keep every point
+    reader_log = logging.getLogger("tensorboard")
+    reader_log.addFilter(not_a_purge)
+    try:
+        events.Reload()
+    finally:
+        reader_log.removeFilter(not_a_purge)
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def smoothed(values: list[float], weight: float = CHART_SMOOTHING) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average, debiased so that the first points are not pulled
+    towards 0 (tensorboard/plugins/scalar/tf_scalar_dashboard, the "Smoothing" slider)."""
+    average, result = 0.0, []
+    for count, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        result.append(average / (1 - weight**count))
+    return result
+
+
+def curves_note(run_dir: str | Path, tags: list[str], title: str, report_to: list[str]) -> str:
+    """ "; curves in <chart>" for a Trainer stage's last line (plot_scalars), or "" where the run logged nothing to
+    TensorBoard (--report_to without tensorboard): there are no points to chart, and the model is saved already."""
+    return f"; curves in {plot_scalars(run_dir, tags, title)}" if "tensorboard" in report_to else ""
+
+
+def plot_scalars(run_dir: str | Path, tags: list[str], title: str, xlabel: str = "step") -> Path:
+    """Chart the given scalars of a TensorBoard run into <run_dir>/<stage>.png, beside the run's events, and return
+    its path (tags the run lacks are skipped). At most CHART_COLUMNS panels a row, so that it reads at README width;
+    each panel draws the raw values faintly and their smoothed line over them."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    run_dir = Path(run_dir)
+    scalars = read_scalars(run_dir)
+    tags = [tag for tag in tags if tag in scalars]
+    if not tags:
+        raise errors.PipelineError(f"the TensorBoard run {run_dir} logged none of the scalars to chart.")
+    rows = math.ceil(len(tags) / CHART_COLUMNS)
+    columns = math.ceil(len(tags) / rows)  # rows filled evenly: 4 panels are 2 x 2, not 3 + 1
+    figure = Figure(figsize=(CHART_PANEL_SIZE[0] * columns, CHART_PANEL_SIZE[1] * rows), layout="constrained")
+    panels = list(figure.subplots(rows, columns, squeeze=False).flat)
+    for axes, tag in zip(panels, tags):
+        steps, values = zip(*scalars[tag])
+        (raw,) = axes.plot(steps, values, alpha=0.3, linewidth=1)
+        axes.plot(steps, smoothed(values), color=raw.get_color(), linewidth=1.8)
+        axes.set_title(tag, fontsize="medium")
+        axes.set_xlabel(xlabel)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and updates are whole numbers
+        axes.grid(alpha=0.3)
+    for axes in panels[len(tags) :]:  # the empty places of a last row that is not full
+        axes.remove()
+    figure.suptitle(f"{title}\nfaint: every logged value; solid: smoothed as in TensorBoard ({CHART_SMOOTHING})")
+    out_path = run_dir / f"{run_dir.parent.name}.png"
+    with outputs.atomic_file(out_path) as temporary:
+        figure.savefig(temporary, dpi=CHART_DPI)
+    return out_path

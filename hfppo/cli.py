@@ -1,0 +1,385 @@
+"""The command line of every script: TRL's parser with errors that name the flag, --config files, ranges."""
+
+import dataclasses
+import difflib
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import get_args, get_type_hints
+
+import torch
+from trl import TrlParser
+
+from hfppo import errors, paths, runtime
+
+
+class Parser(TrlParser):
+    """TRL's parser, whose errors raise ArgumentError instead of printing the usage of every flag and exiting
+    (argparse's documented way to change that is overriding `error`)."""
+
+    def error(self, message: str):
+        raise errors.ArgumentError(f"{message.rstrip('.')}. {HELP_HINT}")
+
+
+HELP_HINT = "Run with --help to list every flag and its default."
+
+# The valid range of every numeric setting, by field name, checked for all of a script's dataclasses before any data
+# or model loads; "DPOConfig.beta" is the range of one dataclass's field where a name means different things in two
+# (it outranks the plain name). Intervals in the usual notation: [1, inf) means >= 1, (0, 1] means 0 < x <= 1; NaN and
+# +-inf are outside every one. Unset (None) is always allowed: it means "the default behaviour" where a field accepts
+# it. tests/test_ranges.py fails for a numeric field of any script's parser that has no range here.
+MAX_SEED = 2**32 - 1  # numpy's RandomState (transformers' set_seed seeds it) takes [0, 2**32 - 1]
+# A loss term's weight: published ones are below 10 (KL coefficients 0.001 to 0.2, DPO's beta 0.1 to 0.5); at 1000 the
+# term already swamps every other, and far larger ones only push the loss toward float32's overflow (3.4e38), inf and
+# then NaN weights (--kl_coef 1e308 crashes, DPO's --beta 1e308 gives NaN).
+MAX_COEFFICIENT = 1000
+MAX_PORT = 65535  # a TCP port is 16 bits
+NUMERIC_RANGES = {
+    # counts: of rows, tokens, steps, passes
+    "per_device_train_batch_size": "[1, inf)",
+    "per_device_eval_batch_size": "[1, inf)",
+    "gradient_accumulation_steps": "[1, inf)",
+    "local_rollout_forward_batch_size": "[1, inf)",
+    "num_mini_batches": "[1, inf)",
+    "num_ppo_epochs": "[1, inf)",
+    "total_episodes": "[1, inf)",
+    "batch_size": "[1, inf)",
+    "max_length": "[1, inf)",
+    "max_prompt_length": "[1, inf)",
+    "response_length": "[1, inf)",
+    "max_new_tokens": "[1, inf)",
+    "num_examples": "[0, inf)",
+    "num_eval_questions": "[0, inf)",
+    "eval_batch_size": "[1, inf)",
+    "lora_r": "[1, inf)",
+    "warmup_steps": "[0, inf)",
+    "save_steps": "[0, inf)",
+    "save_total_limit": "[0, inf)",
+    "logging_steps": "(0, inf)",
+    "eval_steps": "(0, inf)",
+    "num_train_epochs": "(0, inf)",
+    "max_steps": "[-1, inf)",  # -1 (or 0): num_train_epochs decides
+    "num_updates": "[1, inf)",
+    "max_completion_length": "[1, inf)",
+    "generation_batch_size": "[1, inf)",
+    "steps_per_generation": "[1, inf)",
+    "num_iterations": "[1, inf)",
+    "num_generations": "[2, inf)",  # GRPO's advantage compares the answers to one question: two at least
+    "num_generations_eval": "[1, inf)",
+    "num_completions_to_print": "[0, inf)",
+    "max_tool_calling_iterations": "[0, inf)",
+    "precompute_ref_batch_size": "[1, inf)",
+    "ref_model_sync_steps": "[1, inf)",
+    "eval_accumulation_steps": "[1, inf)",
+    "eval_delay": "[0, inf)",
+    "torch_empty_cache_steps": "[1, inf)",
+    "pad_to_multiple_of": "[1, inf)",  # or a word (auto, none) the config itself reads
+    # machinery: processes, workers, ports, timeouts
+    "seed": f"[0, {MAX_SEED}]",
+    "data_seed": f"[0, {MAX_SEED}]",
+    "local_rank": "[-1, inf)",  # -1: not distributed
+    "dataloader_num_workers": "[0, inf)",
+    "dataloader_prefetch_factor": "[1, inf)",
+    "dataset_num_proc": "[1, inf)",
+    "ddp_bucket_cap_mb": "[1, inf)",
+    "ddp_timeout": "[1, inf)",
+    "port": f"[1, {MAX_PORT}]",
+    "vllm_server_port": f"[1, {MAX_PORT}]",
+    "vllm_group_port": f"[1, {MAX_PORT}]",
+    "vllm_server_timeout": "(0, inf)",
+    "vllm_tensor_parallel_size": "[1, inf)",
+    "vllm_gpu_memory_utilization": "(0, 1]",
+    "vllm_max_model_length": "[1, inf)",
+    "peak_tflops": "(0, inf)",
+    # optimisation
+    "learning_rate": "(0, inf)",
+    "critic_learning_rate": "(0, inf)",
+    "weight_decay": "[0, inf)",
+    "adam_beta1": "[0, 1)",
+    "adam_beta2": "[0, 1)",
+    "adam_epsilon": "(0, inf)",
+    "lora_alpha": "(0, inf)",
+    "lora_dropout": "[0, 1)",
+    "center_rewards_coefficient": "[0, inf)",
+    # Clipping to 0 zeroes PPO's gradients; the Trainer's stages read 0 as "no clipping".
+    "max_grad_norm": "[0, inf)",
+    "PPOConfig.max_grad_norm": "(0, inf)",
+    "label_smoothing_factor": "[0, 1)",
+    "neftune_noise_alpha": "[0, inf)",
+    "router_aux_loss_coef": f"[0, {MAX_COEFFICIENT}]",
+    # PPO
+    "kl_coef": f"[0, {MAX_COEFFICIENT}]",
+    "cliprange": "(0, inf)",
+    "cliprange_value": "(0, inf)",
+    "vf_coef": f"[0, {MAX_COEFFICIENT}]",
+    "missing_eos_penalty": f"[0, {MAX_COEFFICIENT}]",
+    "gamma": "[0, 1]",
+    "lam": "[0, 1]",
+    # DPO. A negative beta learns the opposite preference; 0 learns nothing (TRL: the deviation from the reference).
+    "DPOConfig.beta": f"(0, {MAX_COEFFICIENT}]",
+    "label_smoothing": "[0, 0.5)",  # Robust DPO's flip probability (TRL: in [0, 0.5))
+    "discopop_tau": "(0, inf)",
+    "f_alpha_divergence_coef": "(0, inf)",
+    "ld_alpha": "[0, 1]",
+    "ref_model_mixup_alpha": "[0, 1]",
+    # GRPO. beta is the KL term's weight: 0, TRL's default, is no KL term (and no reference model); below 0 it would
+    # reward drifting from the reference.
+    "GRPOConfig.beta": f"[0, {MAX_COEFFICIENT}]",
+    "epsilon": "(0, inf)",
+    "epsilon_high": "(0, inf)",
+    "delta": "(0, inf)",
+    "sapo_temperature_pos": "(0, inf)",
+    "sapo_temperature_neg": "(0, inf)",
+    "vespo_k_pos": "[0, inf)",
+    "vespo_k_neg": "[0, inf)",
+    "vespo_lambda_pos": "[0, inf)",
+    "vespo_lambda_neg": "[0, inf)",
+    "top_entropy_quantile": "[0, 1]",
+    "entropy_coef": f"[0, {MAX_COEFFICIENT}]",
+    "entropy_coef_min": f"[0, {MAX_COEFFICIENT}]",
+    "entropy_coef_max": f"[0, {MAX_COEFFICIENT}]",
+    "entropy_coef_delta": "(0, inf)",
+    "entropy_target": "[0, inf)",
+    "off_policy_mask_threshold": "(0, inf)",
+    "vllm_importance_sampling_cap": "(0, inf)",
+    "vllm_importance_sampling_clip_min": "[0, inf)",
+    "vllm_importance_sampling_clip_max": "(0, inf)",
+    # sampling. logits / temperature: below 0.01 sampling is greedy already (a logit gap of 1 becomes e^-100), and far
+    # smaller ones overflow the division (float16's 65504, float32's 3.4e38) into inf and NaN probabilities.
+    "temperature": "[0.01, inf)",
+    "top_p": "(0, 1]",
+    "top_k": "[0, inf)",  # 0: no top-k filter
+    "min_p": "[0, 1]",
+    "repetition_penalty": "(0, inf)",
+    # fractions of the data
+    "sft_fraction": "(0, 1]",
+    "eval_fraction": "[0, 1)",
+}
+
+
+def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = None) -> tuple:
+    """Parse the command line and `--config`; with `--tiny`, the stage's tiny preset replaces the defaults.
+
+    Precedence, lowest first: dataclass defaults, tiny preset, `--config` file, command-line flags. Every problem with
+    the flags or the file (an unknown flag or key, a bad choice or value, a missing or unreadable file) is an
+    ArgumentError, raised before any data or model loads.
+    """
+    args = list(sys.argv[1:] if args is None else args)
+    args, config_file = _pop_config_flag(args)
+    config = _read_config(config_file, parser) if config_file else {}
+    defaults = _namespace(parser, [])
+    namespace = _namespace(parser, args, config)
+    if namespace.get("tiny"):
+        parser.set_defaults(**tiny_preset)
+        namespace = _namespace(parser, args, config)
+        undone = [key for key in tiny_preset if key in config and namespace[key] == defaults[key] != tiny_preset[key]]
+        if undone:
+            raise errors.ArgumentError(
+                f"--config {config_file} sets {errors.join_names(undone)} to the real run's values, which --tiny "
+                "changes, and the file outranks --tiny (defaults < --tiny < --config < flags), so this would not be "
+                "the tiny run. For the real run drop --tiny; for the tiny run, remove "
+                f"{'that key' if len(undone) == 1 else 'those keys'} from the file (or set them with flags, which "
+                "outrank it)."
+            )
+    check_values(namespace, parser.dataclass_types)
+    parsed = []
+    for dataclass_type in parser.dataclass_types:  # as HfArgumentParser.parse_args_into_dataclasses
+        names = {f.name for f in dataclasses.fields(dataclass_type) if f.init}
+        try:
+            parsed.append(dataclass_type(**{name: value for name, value in namespace.items() if name in names}))
+        except ValueError as error:  # the configs' own checks in __post_init__ (TrainingArguments has many)
+            raise errors.ArgumentError(f"{error} {HELP_HINT}") from error
+    return tuple(parsed)
+
+
+def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
+    """Every numeric setting within its NUMERIC_RANGES range (finite), and bf16 only where a GPU has it."""
+    for name, value in namespace.items():
+        interval = field_range(name, dataclass_types)
+        if interval is None or value is None:
+            continue
+        number = value
+        if isinstance(value, str):  # a field that also takes words (pad_to_multiple_of: auto): its config reads those
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        finite = isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number)
+        above = finite and (number > low if interval[0] == "(" else number >= low)
+        below = finite and (number < high if interval[-1] == ")" else number <= high)
+        if not (above and below):
+            raise errors.ArgumentError(f"--{name} must be {_describe(interval)}, got {value!r}.")
+    if namespace.get("bf16") and not runtime.bf16_available():
+        where = "its GPU has no bf16 units" if torch.cuda.is_available() else "it has no GPU"
+        raise errors.ArgumentError(
+            f"--bf16 True needs a GPU with bf16 units, and this machine has none ({where}): on a CPU, training in "
+            "bf16 fails or runs many times slower than fp32. Leave --bf16 out: its default is on exactly where it "
+            "helps."
+        )
+
+
+def field_range(name: str, dataclass_types: tuple = ()) -> str | None:
+    """The NUMERIC_RANGES interval of field `name`: the entry of the dataclass that has it ("DPOConfig.beta"), else
+    the name's own; None for a field with no range (a non-numeric one)."""
+    for dataclass_type in dataclass_types:
+        qualified = f"{dataclass_type.__name__}.{name}"
+        if qualified in NUMERIC_RANGES and name in {f.name for f in dataclasses.fields(dataclass_type)}:
+            return NUMERIC_RANGES[qualified]
+    return NUMERIC_RANGES.get(name)
+
+
+def _describe(interval: str) -> str:
+    """ "[1, inf)" -> ">= 1", "(0, 1]" -> "in (0, 1]": the range as an error message says it."""
+    low = interval[1:].split(",")[0]
+    if interval.endswith("inf)"):
+        return f"{'>' if interval[0] == '(' else '>='} {low}"
+    return f"in {interval}"
+
+
+def _pop_config_flag(args: list[str]) -> tuple[list[str], str | None]:
+    """The arguments without `--config FILE` (or `--config=FILE`), and FILE."""
+    found = [i for i, arg in enumerate(args) if arg == "--config" or arg.startswith("--config=")]
+    if not found:
+        return args, None
+    if len(found) > 1:
+        raise errors.ArgumentError("--config is given more than once; merge the files into one.")
+    (i,) = found
+    if args[i] != "--config":
+        return args[:i] + args[i + 1 :], args[i].removeprefix("--config=")
+    if i + 1 == len(args) or args[i + 1].startswith("--"):
+        raise errors.ArgumentError("--config needs a YAML file: --config configs/<stage>.yaml.")
+    return args[:i] + args[i + 2 :], args[i + 1]
+
+
+def _read_config(path: str, parser: TrlParser) -> dict:
+    """The settings of a --config YAML file, as TrlParser reads them (its `env:` mapping set as environment
+    variables), with every key checked against the parser's fields and every choice against its choices."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as file:  # YAML's messages then name the file
+            config = yaml.safe_load(file)
+    except FileNotFoundError as error:
+        raise errors.ArgumentError(f"--config {path}: no such file. Pass the path of a YAML file.") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise errors.ArgumentError(f"--config {path} could not be read ({error}).") from error
+    except yaml.YAMLError as error:
+        raise errors.ArgumentError(f"--config {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    config = {} if config is None else config
+    if not isinstance(config, dict):
+        raise errors.ArgumentError(
+            f"--config {path} must be a YAML mapping of settings to values, like `learning_rate: 1.0e-5`; it holds "
+            f"a {type(config).__name__}."
+        )
+    env = config.pop("env", {})
+    if not isinstance(env, dict):
+        raise errors.ArgumentError(f"--config {path}: env must be a mapping of environment variables to values.")
+    actions = {}
+    for action in parser._actions:  # the field's own action first: a bool field may also have a --no_ flag
+        if action.option_strings:
+            actions.setdefault(action.dest, action)
+    unknown = [key for key in config if key not in actions]
+    if unknown:
+        raise errors.ArgumentError(
+            f"--config {path}: {_unknown(unknown, list(actions), 'key')} The keys are the flags' names without --."
+        )
+    for key, value in config.items():
+        if value is None and not _accepts_none(parser, key):  # `key:` or `key: null`, which no flag can give either
+            raise errors.ArgumentError(
+                f"--config {path}: {key} is empty (null), and --{key} needs a value. Give it one, or remove the key "
+                "to keep the default."
+            )
+        # A number or bool is converted by the field's type as if given on the command line, so that `2.5` for an
+        # integer is refused as `--per_device_train_batch_size 2.5` is; argparse checks no choice in a default.
+        if isinstance(value, int | float) and actions[key].type is not None:
+            config[key] = value = str(value)
+        if actions[key].choices is not None and isinstance(value, str):
+            value = actions[key].type(value) if actions[key].type else value
+            if value not in actions[key].choices:
+                raise errors.ArgumentError(
+                    f"--config {path}: {key} {value!r} is not one of "
+                    f"{errors.join_names([str(c) for c in actions[key].choices])}."
+                )
+    os.environ.update({key: str(value) for key, value in env.items()})
+    return config
+
+
+def _accepts_none(parser: TrlParser, name: str) -> bool:
+    """Whether field `name` of the parser's dataclasses may be None (its type is Optional, `X | None`)."""
+    for dataclass_type in parser.dataclass_types:
+        hints = get_type_hints(dataclass_type)
+        if name in hints:
+            return type(None) in get_args(hints[name])
+    return True
+
+
+def _namespace(parser: TrlParser, args: list[str], config: dict | None = None) -> dict:
+    """The parsed flags, by field name, with `config`'s values as defaults; unknown flags refused."""
+    parser.set_defaults_with_config(**(config or {}))
+    namespace, unknown = parser.parse_known_args(args)
+    if unknown:
+        flags = [arg.split("=")[0] for arg in unknown if arg.startswith("-")]
+        if not flags:
+            raise errors.ArgumentError(
+                f"unexpected {errors.join_names([repr(arg) for arg in unknown])}: every setting is a flag with its "
+                f"value, like --learning_rate 1e-5. {HELP_HINT}"
+            )
+        # Each flag by its first spelling: --kl_coef, not also its alias --kl-coef.
+        options = {option: action.option_strings[0] for option, action in parser._option_string_actions.items()}
+        raise errors.ArgumentError(f"{_unknown(flags, options, 'flag')} {HELP_HINT}")
+    return vars(namespace)
+
+
+def _unknown(names: list[str], valid: dict[str, str] | list[str], kind: str) -> str:
+    """ "unknown flag --kl_coeff (did you mean --kl_coef?).", with the nearest valid names (difflib); `valid` may map
+    each spelling to the name to suggest."""
+    canonical = valid if isinstance(valid, dict) else {name: name for name in valid}
+    parts = []
+    for name in names:
+        near = list(dict.fromkeys(canonical[match] for match in difflib.get_close_matches(name, canonical, n=5)))[:3]
+        parts.append(f"{name} (did you mean {' or '.join(near)}?)" if near else name)
+    return f"unknown {kind}{'s' if len(names) > 1 else ''} {errors.join_names(parts)}."
+
+
+@dataclass
+class StageArguments:
+    """The flags every training stage shares; each script's ScriptArguments adds its own."""
+
+    tiny: bool = field(
+        default=False,
+        metadata={
+            "help": "Offline tiny preset: a tiny Qwen2 model built locally, the bundled data, CPU-sized settings."
+        },
+    )
+    dataset_name: str = field(
+        default=paths.DEFAULT_DATASET,
+        metadata={"help": "Dataset id on the hub, or a local .jsonl/.json/.csv/.parquet file or folder."},
+    )
+    model_source: paths.ModelSource = field(
+        default="modelscope",
+        metadata={"help": "Where to fetch a model or dataset that is not a local path; tiny builds the tiny model."},
+    )
+    system_prompt: str = field(
+        default=paths.DEFAULT_SYSTEM_PROMPT,
+        metadata={"help": "System prompt for rows whose `system` column is empty or missing."},
+    )
+    resume_resets_state: bool = field(
+        default=False,
+        metadata={
+            "help": "With --resume_from_checkpoint: resume from a checkpoint whose optimizer, learning-rate schedule, "
+            "random state or step count is missing or damaged, starting that afresh (said at the start); without "
+            "it such a resume is refused, as it would not continue the run it was saved by."
+        },
+    )
+    eval_fraction: float = field(
+        default=paths.DEFAULT_EVAL_FRACTION,
+        metadata={
+            "help": "Fraction of the rows held out from every stage (SFT, reward model, PPO, the tiny base), chosen "
+            "by a hash of the question (common.split_held_out), so every stage holds out the same rows; saved as "
+            "held_out.jsonl beside the model. 0.1: 35 questions of the bundled 345-row sample, enough to read "
+            "base vs SFT vs PPO, while every other row trains (the sample is small); thousands on real data. The "
+            "same value in every stage, or train_ppo.py refuses. 0 holds none out (SFT, reward model)."
+        },
+    )

@@ -1,0 +1,67 @@
+"""The process's setup, made once at the start of every script (`setup`), and what the machine offers."""
+
+import ctypes
+import os
+import warnings
+
+import datasets
+import torch
+
+from hfppo import errors
+
+# glibc's mallopt parameters (malloc.h), the variables a user sets them with, and what keep_freed_memory sets: blocks
+# up to 32 MiB come from the heap from the start (the most glibc's own adaptive threshold reaches), and the heap's free
+# top goes back to the kernel past 2 GiB (mallopt takes an int), not past twice that threshold.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MALLOC_ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 2**20, 2**31 - 1
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep the memory a training step frees for the next step, instead of handing it back to the kernel.
+
+    glibc returns a freed block above its mmap threshold to the kernel, and trims the heap's free top past twice that
+    threshold (at most 64 MiB). A training step allocates the same activations again, so each of their pages comes
+    back as a fault on a freshly zeroed page: on a CPU, most of a stage's kernel time (README, "The tiny preset").
+    PyTorch's CPU tuning guide gets the same by preloading jemalloc or tcmalloc. Left alone where the C library has no
+    mallopt (not glibc), or where the user set glibc's own variables."""
+    libc = ctypes.CDLL(None)
+    if hasattr(libc, "mallopt") and not any(key in os.environ for key in MALLOC_ENVIRONMENT):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+def bf16_available() -> bool:
+    """bf16 only on a GPU with bf16 units: a CPU without them runs a fallback GEMM many times slower than fp32."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def accelerator_available() -> bool:
+    """Whether there is a GPU (or other accelerator) to copy batches to. The Trainer's DataLoader pins memory only
+    then (dataloader_pin_memory): without one, pinning does nothing and torch warns about it at every run."""
+    return torch.accelerator.is_available()
+
+
+def require_one_process(script: str) -> None:
+    """The eval scripts run in one process: under `accelerate launch` every process would repeat the same work."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise errors.PipelineError(
+            f"{script} runs in one process; start it with python {script}, not accelerate launch or torchrun."
+        )
+
+
+def setup() -> None:
+    """What every script does first, in `if __name__ == "__main__":` (and the tests, which run `main` in process):
+    the allocator setting, the warning filters and the progress bars off. Made here, not on import, so that reading a
+    module changes nothing in the process that reads it."""
+    # A stage's datasets.map, filter and to_json calls run over a few hundred rows in well under a second each, yet
+    # drew five to eight progress bars per stage (TRL's tokenize, truncate, drop-masked, build-labels passes): bars
+    # that say nothing. Training and generation keep theirs.
+    datasets.disable_progress_bars()
+    # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` alias in every PeftModel it builds or loads
+    # (PPO, DPO, GRPO, the comparison, the chat page): a FutureWarning no user can act on, silenced by its exact text
+    # where it is raised.
+    warnings.filterwarnings(
+        "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, "transformers.modeling_utils"
+    )
+    keep_freed_memory()
