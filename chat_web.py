@@ -33,14 +33,13 @@ from transformers import (  # noqa: E402
 )
 
 import common  # noqa: E402
-import train_ppo  # noqa: E402
-from hfppo import cli, errors, hints, judge, lifecycle, paths, runtime, sampling  # noqa: E402
+from hfppo import cli, errors, hints, judge, lifecycle, paths, runtime, sampling, tiny  # noqa: E402
 
 # The models the --tiny stages write, and PPO's tiny answer length.
 TINY_PRESET = dict(
     base_model_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
-    max_new_tokens=train_ppo.TINY_PRESET["response_length"],
+    max_new_tokens=tiny.TINY_RESPONSE_LENGTH,
 )
 # Hosts that only this machine reaches.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -193,7 +192,7 @@ def load_models(args: WebArguments) -> Models:
             missing[name] = str(error)
             continue
         # An adapter comes back unmerged on a model of its own (load_policy loads its base afresh for each), so
-        # merging changes no other column; merged, it generates as fast as a plain model (train_ppo.merged).
+        # merging changes no other column; merged, it generates as fast as a plain model (sampling.merged).
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         columns.append(Column(name, path, model, tokenizer))
@@ -290,9 +289,9 @@ def answer_text(tokenizer, answer_ids: list[int], finished: bool) -> str:
 
 def score(models: Models, column: Column, answer: Answer) -> None:
     """The reward model's score of prompt + answer ids, read at the answer's last token as PPO reads it
-    (train_ppo.reward_model_fn: common.reward_scores), without PPO's penalty for an answer cut short."""
+    (common.reward_model_fn: common.reward_scores), without PPO's penalty for an answer cut short."""
     if column.reward_problem is None:
-        reward_fn = train_ppo.reward_model_fn(models.reward_model, models.reward_tokenizer, batch_size=1)
+        reward_fn = common.reward_model_fn(models.reward_model, models.reward_tokenizer, batch_size=1)
         answer.reward = reward_fn([answer.prompt_ids], [answer.answer_ids])[0].item()
     answer.done = True
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
 
@@ -290,6 +291,11 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str] | None
         )
 
 
+# The longest conversation the reward model trains on and scores, in tokens, by default: train_rm.py's and
+# eval_rm.py's --max_length.
+REWARD_MAX_LENGTH = 500
+
+
 @torch.no_grad()
 def reward_scores(
     model, tokenizer, sequences: list[list[int]], batch_size: int | None = None, progress: str | None = None
@@ -310,9 +316,50 @@ def reward_scores(
     return torch.cat(scores)
 
 
+def reward_model_fn(reward_model, tokenizer, batch_size: int, missing_eos_penalty: float = 0.0) -> sampling.RewardFn:
+    """The reward model's score of each prompt + answer (token ids), read at the answer's last token (reward_scores),
+    in batches: the same token RewardTrainer trained on and eval_rm.py scores; minus `missing_eos_penalty` where that
+    token is not the stop token (sampling.penalised). GRPO passes its penalty here; PPO passes none and subtracts its
+    own in sampling.score_answers, which scores with any reward function, and the comparison and the page none."""
+
+    def score(queries: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
+        sequences = [query + answer for query, answer in zip(queries, answers)]
+        scores = reward_scores(reward_model, tokenizer, sequences, batch_size)
+        stopped = torch.tensor([bool(answer) and answer[-1] == tokenizer.eos_token_id for answer in answers])
+        return sampling.penalised(scores, stopped.to(scores.device), missing_eos_penalty)
+
+    return score
+
+
 def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
     """Token ids of system + user + the assistant generation prompt: what a policy answers from."""
     return tokenizer.apply_chat_template(prompt_messages(row, system_prompt), add_generation_prompt=True)["input_ids"]
+
+
+# The longest prompt (system prompt + question, in the chat template), in tokens, by default: train_ppo.py's
+# --max_prompt_length, and eval_ppo.py's, which skips the same questions.
+MAX_PROMPT_LENGTH = 512
+
+
+def prompts_within(
+    tokenizer, rows: Dataset, system_prompt: str, max_prompt_length: int, log: Callable[[str], None] = print
+) -> tuple[list[list[int]], Dataset]:
+    """The prompt ids of the rows whose prompt is at most `max_prompt_length` tokens, and those rows; the others are
+    skipped and counted. Training and eval_ppo.py --compare both take their questions through here."""
+    prompts = [prompt_ids(tokenizer, row, system_prompt) for row in rows]
+    kept = [i for i, prompt in enumerate(prompts) if len(prompt) <= max_prompt_length]
+    if not kept:
+        raise errors.PipelineError(
+            f"all {len(prompts)} questions make a prompt longer than --max_prompt_length {max_prompt_length} tokens "
+            f"(the shortest has {min(map(len, prompts))}), so none is left. Raise --max_prompt_length, or use "
+            "shorter questions or a shorter --system_prompt."
+        )
+    if len(kept) < len(prompts):
+        log(
+            f"Skipped {len(prompts) - len(kept)} of {len(prompts)} questions whose prompt is longer than "
+            f"--max_prompt_length {max_prompt_length} tokens."
+        )
+    return [prompts[i] for i in kept], rows.select(kept)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,15 +22,27 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
 import common
-import train_ppo
-from eval_sft import read_questions
-from hfppo import charts, checkpoints, cli, errors, hints, judge, lifecycle, outputs, paths, runtime
+from hfppo import (
+    charts,
+    checkpoints,
+    cli,
+    console,
+    errors,
+    hints,
+    judge,
+    lifecycle,
+    outputs,
+    paths,
+    runtime,
+    sampling,
+    tiny,
+)
 
 # The models train_ppo.py --tiny trained, and the tiny preset's answer length.
 TINY_PRESET = dict(
     base_model_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
-    max_new_tokens=train_ppo.TINY_PRESET["response_length"],
+    max_new_tokens=tiny.TINY_RESPONSE_LENGTH,
 )
 
 
@@ -101,7 +113,7 @@ class EvalArguments:
     )
     max_new_tokens: int = field(default=200, metadata={"help": "Longest answer, in tokens (PPO's response_length)."})
     max_prompt_length: int = field(
-        default=train_ppo.PPOConfig.max_prompt_length,
+        default=common.MAX_PROMPT_LENGTH,
         metadata={"help": "--compare: questions whose prompt is longer, in tokens, are skipped (as in training)."},
     )
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, as in PPO's rollouts."})
@@ -136,7 +148,7 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
 def sample(
     model, tokenizer, prompts: list[list[int]], args: EvalArguments, progress: str | None = None
 ) -> dict[str, torch.Tensor]:
-    return train_ppo.generate(
+    return sampling.generate(
         model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.batch_size, model.device, progress
     )
 
@@ -184,8 +196,8 @@ def compare(args: EvalArguments) -> None:
     common.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
     )
-    reward_fn = train_ppo.reward_model_fn(reward_model, tokenizer, args.batch_size)
-    prompts, rows = train_ppo.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
+    reward_fn = common.reward_model_fn(reward_model, tokenizer, args.batch_size)
+    prompts, rows = common.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
     held_out_file = Path(args.model_path) / paths.HELD_OUT_FILE
     base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
     folders = {"base": base_path} | found
@@ -209,7 +221,7 @@ def compare(args: EvalArguments) -> None:
         batch = sample(model, tokenizer, prompts, args, f"Sampling {name}")
         results[name] = score(batch, reward_fn, tokenizer)
         if name != "sft":
-            results[name]["kl"] = train_ppo.kl_to_reference(
+            results[name]["kl"] = sampling.kl_to_reference(
                 model, batch, args.temperature, args.batch_size, reference=sft
             ).cpu()
         del model
@@ -282,10 +294,10 @@ def compare(args: EvalArguments) -> None:
 def score(batch: dict[str, torch.Tensor], reward_fn, tokenizer) -> dict:
     """A method's answers, scored by the reward model as PPO scores them (without missing_eos_penalty: `stopped`
     reports the cut answers) and by the lexicon judge."""
-    scores, stopped = train_ppo.score_answers(
+    scores, stopped = sampling.score_answers(
         reward_fn, batch["queries"], batch["query_mask"], batch["responses"], batch["lengths"], tokenizer, 0.0
     )
-    answers = train_ppo.answer_texts(tokenizer, batch)
+    answers = sampling.answer_texts(tokenizer, batch)
     return {
         "scores": scores.cpu(),
         "judge": judge.judge_scores(answers),
@@ -397,7 +409,7 @@ def chat(args: EvalArguments) -> None:
     model = ppo.merge_and_unload()  # one set of weights: generation runs at the SFT model's speed
     set_seed(args.seed)
     try:
-        for question in read_questions(args.question):
+        for question in console.read_questions(args.question):
             batch = sample(
                 model, tokenizer, [common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)], args
             )

@@ -19,11 +19,10 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import common
-import train_rm
-from hfppo import cli, errors, hints, judge, lifecycle, outputs, paths, runtime
+from hfppo import cli, errors, hints, judge, lifecycle, outputs, paths, runtime, tiny
 
 # The reward model's training length: the tiny preset's for a model train_rm.py --tiny wrote.
-TINY_PRESET = dict(max_length=train_rm.TINY_PRESET["max_length"])
+TINY_PRESET = dict(max_length=tiny.TINY_RM_MAX_LENGTH)
 
 
 @dataclass
@@ -57,7 +56,7 @@ class EvalArguments:
     num_examples: int = field(default=3, metadata={"help": "Pairs to print with their rewards before the metrics."})
     batch_size: int = field(default=8, metadata={"help": "Sequences scored per forward pass."})
     max_length: int = field(
-        default=train_rm.DEFAULTS["max_length"],
+        default=common.REWARD_MAX_LENGTH,
         metadata={
             "help": "Longest conversation scored, in tokens, as train_rm.py's --max_length: longer pairs are skipped "
             "and counted, a longer --question/--answer is refused: the reward model never saw longer ones, and "

@@ -5,15 +5,13 @@ python eval_sft.py --tiny --question 吃了没?     # one or more --question, th
 echo 吃了没? | python eval_sft.py --tiny         # one question per stdin line when stdin is not a terminal
 """
 
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 import common
-from hfppo import cli, errors, hints, lifecycle, paths, runtime
+from hfppo import cli, console, hints, lifecycle, paths, runtime
 
 # The tiny model answers in a few dozen tokens; Qwen gets room for a paragraph.
 TINY_PRESET = dict(max_new_tokens=64)
@@ -41,49 +39,6 @@ class EvalArguments:
     seed: int = field(default=42, metadata={"help": "Seed for sampling, so a run can be repeated."})
 
 
-NOT_UTF8 = "stdin must be UTF-8 text"  # said by both ways of reading it
-
-
-def read_questions(cli_questions: list[str]) -> Iterator[str]:
-    """--question flags if given, else a prompt loop on a terminal, else one question per stdin line.
-
-    Each question is shown after the prompt `输入问题:`, typed there on a terminal, echoed otherwise.
-    """
-    if not cli_questions and sys.stdin.isatty():
-        while True:
-            try:
-                question = input("输入问题:")
-            except (EOFError, KeyboardInterrupt):
-                print()
-                return
-            except UnicodeDecodeError:  # typed on a terminal in another encoding: it can be typed again
-                print(f"That line is not UTF-8 ({NOT_UTF8}); type it again.", file=sys.stderr)
-                continue
-            if question.strip():
-                yield question
-    else:
-        for question in cli_questions or (line.strip() for line in stdin_lines() if line.strip()):
-            print(f"输入问题:{question}")
-            yield question
-
-
-def stdin_lines() -> Iterator[str]:
-    """stdin's lines, decoded as UTF-8 whatever the locale says. A line that is not UTF-8 stops the questions with
-    its line number and byte offset: skipping it would answer a list the user did not give, and a file in another
-    encoding (GBK, say) would have every Chinese line skipped."""
-    offset = 0
-    for number, line in enumerate(sys.stdin.buffer, 1):
-        try:
-            yield line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise errors.PipelineError(
-                f"stdin line {number} is not UTF-8 (byte {offset + error.start} of stdin, {error.reason}); the "
-                f"questions before it were answered. {NOT_UTF8}: convert the file first, e.g. iconv -f GBK -t "
-                "UTF-8 questions.txt > questions-utf8.txt."
-            ) from error
-        offset += len(line)
-
-
 @torch.no_grad()
 def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
     input_ids = torch.tensor([common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)])
@@ -104,7 +59,7 @@ def main(args: EvalArguments) -> None:
     set_seed(args.seed)
 
     try:
-        for question in read_questions(args.question):
+        for question in console.read_questions(args.question):
             print("---模型输出---")
             print(answer(model, tokenizer, question, args), flush=True)
     except KeyboardInterrupt:

@@ -93,8 +93,8 @@ class ScriptArguments(cli.StageArguments):
     )
 
 
-def reward_model_fn(model, tokenizer, system_prompt: str, missing_eos_penalty: float, batch_size: int):
-    """A reward function of TRL's signature that scores each answer as train_ppo.py does: common.reward_scores on the
+def trl_reward_function(model, tokenizer, system_prompt: str, missing_eos_penalty: float, batch_size: int):
+    """common.reward_model_fn in TRL's signature of a reward function: each answer scored as train_ppo.py does, on the
     prompt's ids (common.prompt_ids) followed by the sampled answer's ids, read at the answer's last token, minus
     `missing_eos_penalty` where that token is not the stop token.
 
@@ -107,14 +107,13 @@ def reward_model_fn(model, tokenizer, system_prompt: str, missing_eos_penalty: f
     finished, and text re-tokenized need not give the ids the policy sampled.
     """
 
+    score = common.reward_model_fn(model, tokenizer, batch_size, missing_eos_penalty)
+
     def reward_model(prompts, completions, completion_ids, question, system, **kwargs) -> list[float]:
-        sequences = [
-            common.prompt_ids(tokenizer, {"question": q, "system": s}, system_prompt) + answer
-            for q, s, answer in zip(question, system, completion_ids)
+        queries = [
+            common.prompt_ids(tokenizer, {"question": q, "system": s}, system_prompt) for q, s in zip(question, system)
         ]
-        scores = common.reward_scores(model, tokenizer, sequences, batch_size).cpu()
-        stopped = torch.tensor([answer[-1] == tokenizer.eos_token_id for answer in completion_ids])
-        return (scores - missing_eos_penalty * (~stopped).float()).tolist()
+        return score(queries, completion_ids).cpu().tolist()
 
     return reward_model
 
@@ -187,7 +186,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     common.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({script_args.reward_model_path})", script_args.sft_model_path
     )
-    reward_fn = reward_model_fn(
+    reward_fn = trl_reward_function(
         reward_model,
         tokenizer,
         script_args.system_prompt,

@@ -31,8 +31,7 @@ import re
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -62,11 +61,9 @@ from hfppo import (
     resuming,
     runtime,
     sampling,
+    tiny,
     training,
 )
-
-# Scores answers: (prompt ids, answer ids ending at the stop token, or cut at response_length) -> one score each.
-RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
 
 CHECKPOINT_PREFIX = "checkpoint-"  # periodic checkpoints: checkpoint-<update>
 # In each periodic checkpoint: accelerate's save_state (weights, optimizer, scheduler, every process's RNG) and the
@@ -108,7 +105,7 @@ TINY_PRESET = dict(
     model_source="tiny",
     base_model_path=str(paths.TINY_BASE_DIR),
     value_model_path=str(paths.TINY_BASE_DIR),
-    response_length=48,
+    response_length=tiny.TINY_RESPONSE_LENGTH,
     learning_rate=3e-3,
     num_train_epochs=1,
     per_device_train_batch_size=8,
@@ -208,7 +205,7 @@ class PPOConfig:
     )
     response_length: int = field(default=200, metadata={"help": "Longest answer, in tokens."})
     max_prompt_length: int = field(
-        default=512,
+        default=common.MAX_PROMPT_LENGTH,
         metadata={
             "help": "Longest prompt (system prompt + question, in the chat template), in tokens; questions with a "
             "longer one are skipped and counted, here and in eval_ppo.py --compare."
@@ -285,7 +282,7 @@ class PolicyAndValue(nn.Module):
         self.critic = critic
 
     def forward(self, inputs: dict[str, torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return response_logits(self.policy, inputs, width), critic_values(self.critic, inputs, width)
+        return sampling.response_logits(self.policy, inputs, width), sampling.critic_values(self.critic, inputs, width)
 
 
 def load_critic(path: str) -> nn.Module:
@@ -323,12 +320,6 @@ def load_critic(path: str) -> nn.Module:
     else:
         PartialState().print(f"The critic: {path}, its score head included.")
     return critic
-
-
-def critic_values(critic: nn.Module, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
-    """V(s_t) for each answer token t: the score head on the hidden state of the token before it."""
-    hidden = getattr(critic, critic.base_model_prefix)(**inputs).last_hidden_state[:, -width - 1 : -1]
-    return critic.score(hidden).squeeze(-1).float()
 
 
 @dataclass
@@ -424,26 +415,7 @@ def make_optimizer(policy: nn.Module, critic: nn.Module, config: "PPOConfig") ->
     )
 
 
-PROMPT_KEYS = ("queries", "query_mask")  # left-padded: their padding is on the left
-ANSWER_KEYS = ("responses", "mask", "logprobs", "values", "advantages", "returns")  # one column per answer token
 PPO_STATS = ("approxkl", "clipfrac", "policy_loss", "value_loss", "value_clipfrac", "ratio", "entropy")
-
-
-def trimmed(rollout: dict[str, torch.Tensor], rows: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The rollout's `rows`, cut to their longest prompt and longest answer instead of the whole batch's.
-
-    The columns cut are padding in every one of these rows: left of every prompt (position ids count real tokens
-    only) or right of every answer (no real token attends to a later one). So each real token's log-prob, value and
-    loss term is the same, to float rounding (a test checks the loss), and the passes are shorter.
-    """
-    part = {key: value[rows] for key, value in rollout.items()}
-    first = int(part["query_mask"].any(0).int().argmax())  # the first column with a prompt token in any row
-    width = int(part["lengths"].max())
-    return (
-        part
-        | {key: part[key][:, first:] for key in PROMPT_KEYS if key in part}
-        | {key: part[key][:, :width] for key in ANSWER_KEYS if key in part}
-    )
 
 
 def ppo_loss(
@@ -451,7 +423,7 @@ def ppo_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO loss of a micro batch of the rollout, policy loss + vf_coef x value loss, and its statistics."""
     m, advantages, old_values, returns = micro["mask"], micro["advantages"], micro["values"], micro["returns"]
-    inputs = sequence_inputs(micro["queries"], micro["query_mask"], micro["responses"], micro["lengths"])
+    inputs = sampling.sequence_inputs(micro["queries"], micro["query_mask"], micro["responses"], micro["lengths"])
     logits, new_values = model(inputs, micro["responses"].shape[1])
     new_logprobs = selective_log_softmax(logits, micro["responses"], config.temperature)
 
@@ -498,14 +470,6 @@ def masked_whiten(
     return (values - mean) * torch.rsqrt(variance + WHITEN_EPS) * mask
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token KL(pi || pi_ref) from the sampled token (Schulman 2020, "Approximating KL divergence")."""
-    log_ratio = ref_logprobs - logprobs
-    if estimator == "k1":
-        return -log_ratio
-    return log_ratio.exp() - 1 - log_ratio
-
-
 def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2015, arXiv:1506.02438), (advantages, returns).
 
@@ -522,167 +486,14 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -
     return advantages, advantages + values
 
 
-def reward_model_fn(reward_model, tokenizer, batch_size: int) -> RewardFn:
-    """The reward model's score of each prompt + answer, read at the answer's last token (common.reward_scores), in
-    batches: the same token RewardTrainer trained on and eval_rm.py scores."""
-
-    def score(queries: list[list[int]], answers: list[list[int]]) -> torch.Tensor:
-        sequences = [query + answer for query, answer in zip(queries, answers)]
-        return common.reward_scores(reward_model, tokenizer, sequences, batch_size)
-
-    return score
-
-
-def score_answers(reward_fn: RewardFn, queries, query_mask, responses, lengths, tokenizer, missing_eos_penalty: float):
-    """Each answer's score, minus `missing_eos_penalty` where the answer was cut before its stop token."""
-    prompt_lists = [query[mask.bool()].tolist() for query, mask in zip(queries, query_mask)]
-    answer_lists = [response[:length].tolist() for response, length in zip(responses, lengths)]
-    scores = reward_fn(prompt_lists, answer_lists).to(responses.device).float()
-    stopped = responses[torch.arange(len(responses)), lengths - 1] == tokenizer.eos_token_id
-    return scores - missing_eos_penalty * (~stopped).float(), stopped
-
-
-def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.Tensor]:
-    """Model inputs for left-padded prompts followed by their answers, with position ids that skip the padding."""
-    attention_mask = torch.cat([query_mask, sampling.answer_mask(lengths, responses.shape[1]).long()], dim=1)
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    return {
-        "input_ids": torch.cat([queries, responses], dim=1),
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-    }
-
-
-def response_logits(model, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
-    """The logits that predict each of the last `width` tokens (the answer), without computing the prompt's."""
-    return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-
-
-@contextmanager
-def merged(policy: PeftModel) -> Iterator[PeftModel]:
-    """The adapter folded into the weights while generating, then taken out again.
-
-    Unmerged, every adapted layer runs two extra small matmuls per token, and generation is bound by kernel launches
-    (on an H100, 11.6 s against 5.2 s for 8 answers of 200 tokens: README, Stage 3). Each merge and unmerge rounds
-    the fp32 base weights (the reference) by about one unit in the last place, 6e-8 relative: far below what moves a
-    log-prob.
-    Weights held in bf16 (DeepSpeed casts them) would round by 4e-3 and drift, so those generate unmerged.
-    """
-    if policy.get_base_model().dtype != torch.float32:
-        yield policy
-        return
-    policy.merge_adapter()
-    try:
-        yield policy
-    finally:
-        policy.unmerge_adapter()
-
-
-@torch.no_grad()
-def generate(
-    policy,
-    tokenizer,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    temperature: float,
-    chunk: int,
-    device,
-    progress: str | None = None,
-    over_another_bar: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Sampled answers to `prompts`, `chunk` at a time, cut after their first stop token, with the left-padded prompts;
-    with a progress bar titled `progress` if given (training has its own bar over the updates). `over_another_bar`:
-    drawn on the line of a bar still open (training's, during evaluation) and cleared when done, since a bar below
-    another moves the cursor with terminal escape codes, which a log file keeps as garbage.
-
-    generate() runs with the KV cache and stops once every answer in the chunk has its stop token.
-    """
-    generation_config = sampling.sampling_config(tokenizer, max_new_tokens, temperature)
-    queries, query_mask = (tensor.to(device) for tensor in sampling.padded(prompts, tokenizer.pad_token_id, "left"))
-    responses = []
-    bar = tqdm(
-        total=len(prompts),
-        desc=progress,
-        unit="answer",
-        disable=progress is None,
-        position=0 if over_another_bar else None,
-        leave=not over_another_bar,
-    )
-    for i in range(0, len(prompts), chunk):
-        output = policy.generate(
-            input_ids=queries[i : i + chunk],
-            attention_mask=query_mask[i : i + chunk],
-            generation_config=generation_config,
-        )
-        responses.extend(output[:, queries.shape[1] :])
-        bar.update(len(output))
-    bar.close()
-    responses = nn.utils.rnn.pad_sequence(responses, batch_first=True, padding_value=tokenizer.pad_token_id)
-    responses, lengths = sampling.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
-
-
-@torch.no_grad()
-def forward_rollout(
-    policy,
-    critic: nn.Module | None,
-    batch: dict[str, torch.Tensor],
-    temperature: float,
-    chunk: int,
-    reference: bool = True,
-) -> dict[str, torch.Tensor]:
-    """For each answer token: the policy's log-probs, the reference's (its adapter off) unless `reference` is False,
-    and, given a critic, its value.
-
-    The log-probs come from a forward pass, not from generate()'s processed scores, so they are those of the plain
-    temperature-scaled softmax that the training pass computes too.
-    """
-    sequences = {key: batch[key] for key in ("queries", "query_mask", "responses", "lengths")}
-    num_answers, width = batch["responses"].shape
-    logprobs, ref_logprobs, values = [], [], []
-    for rows in torch.arange(num_answers).split(chunk):
-        part = trimmed(sequences, rows)  # each output padded back to the batch's width with zeros
-        responses, part_width = part["responses"], part["responses"].shape[1]
-        inputs = sequence_inputs(part["queries"], part["query_mask"], responses, part["lengths"])
-        logits = response_logits(policy, inputs, part_width)
-        logprobs.append(selective_log_softmax(logits, responses, temperature))
-        if reference:
-            with policy.disable_adapter():  # the reference: the same weights without the adapter
-                ref_logits = response_logits(policy, inputs, part_width)
-            ref_logprobs.append(selective_log_softmax(ref_logits, responses, temperature))
-        if critic is not None:
-            values.append(critic_values(critic, inputs, part_width))
-    outputs = {"logprobs": logprobs} | ({"ref_logprobs": ref_logprobs} if reference else {})
-    outputs |= {"values": values} if values else {}
-    return {
-        key: torch.cat([nn.functional.pad(piece, (0, width - piece.shape[1])) for piece in pieces])
-        for key, pieces in outputs.items()
-    }
-
-
-def answer_texts(tokenizer, batch: dict[str, torch.Tensor]) -> list[str]:
-    """Each sampled answer as text, without its stop token: what the judge reads and a person sees."""
-    return [tokenizer.decode(r[:n], skip_special_tokens=True) for r, n in zip(batch["responses"], batch["lengths"])]
-
-
-def kl_to_reference(
-    policy, batch: dict[str, torch.Tensor], temperature: float, chunk: int, reference=None
-) -> torch.Tensor:
-    """Per answer, the sum over its tokens of log pi(token) - log pi_ref(token): objective/kl's k1 estimate. pi_ref
-    is `reference` if given (another model: eval_ppo.py --compare's SFT model), else the policy, adapter off."""
-    if reference is None:
-        rollout = forward_rollout(policy, None, batch, temperature, chunk)
-        logprobs, ref_logprobs = rollout["logprobs"], rollout["ref_logprobs"]
-    else:
-        logprobs = forward_rollout(policy, None, batch, temperature, chunk, reference=False)["logprobs"]
-        ref_logprobs = forward_rollout(reference, None, batch, temperature, chunk, reference=False)["logprobs"]
-    kl = kl_estimate(logprobs, ref_logprobs, "k1")
-    return (kl * sampling.answer_mask(batch["lengths"], kl.shape[1])).sum(1)
-
-
 @torch.no_grad()
 def evaluate(
-    policy: PeftModel, tokenizer, reward_fn: RewardFn, prompts: list[list[int]], config: PPOConfig, accelerator
+    policy: PeftModel,
+    tokenizer,
+    reward_fn: sampling.RewardFn,
+    prompts: list[list[int]],
+    config: PPOConfig,
+    accelerator,
 ) -> tuple[dict[str, float], dict[str, list]]:
     """The policy on the held-out `prompts`: mean score (the reward model's, or reward_fn's; no missing_eos_penalty),
     the lexicon judge's mean score and share judged rude, KL to the SFT model (k1, summed over each answer), mean
@@ -697,7 +508,7 @@ def evaluate(
     device = accelerator.device
     with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
         torch.manual_seed(config.seed)
-        batch = generate(
+        batch = sampling.generate(
             policy,
             tokenizer,
             prompts,
@@ -709,11 +520,11 @@ def evaluate(
             over_another_bar=True,
         )
     with accelerator.autocast():
-        scores, stopped = score_answers(
+        scores, stopped = sampling.score_answers(
             reward_fn, batch["queries"], batch["query_mask"], batch["responses"], batch["lengths"], tokenizer, 0.0
         )
-        kl = kl_to_reference(policy, batch, config.temperature, config.eval_batch_size)
-    answers = answer_texts(tokenizer, batch)
+        kl = sampling.kl_to_reference(policy, batch, config.temperature, config.eval_batch_size)
+    answers = sampling.answer_texts(tokenizer, batch)
     judged = judge.judge_scores(answers)
     metrics = {
         "eval/score": scores.mean().item(),
@@ -781,27 +592,6 @@ def process_share(order: PromptOrder, update: int, batch_size: int, accelerator:
     local_batch_size = batch_size // accelerator.num_processes
     start = accelerator.process_index * local_batch_size
     return order[update * batch_size : (update + 1) * batch_size][start : start + local_batch_size]
-
-
-def prompts_within(
-    tokenizer, rows: Dataset, system_prompt: str, max_prompt_length: int, log: Callable[[str], None] = print
-) -> tuple[list[list[int]], Dataset]:
-    """The prompt ids of the rows whose prompt is at most `max_prompt_length` tokens, and those rows; the others are
-    skipped and counted. Training and eval_ppo.py --compare both take their questions through here."""
-    prompts = [common.prompt_ids(tokenizer, row, system_prompt) for row in rows]
-    kept = [i for i, prompt in enumerate(prompts) if len(prompt) <= max_prompt_length]
-    if not kept:
-        raise errors.PipelineError(
-            f"all {len(prompts)} questions make a prompt longer than --max_prompt_length {max_prompt_length} tokens "
-            f"(the shortest has {min(map(len, prompts))}), so none is left. Raise --max_prompt_length, or use "
-            "shorter questions or a shorter --system_prompt."
-        )
-    if len(kept) < len(prompts):
-        log(
-            f"Skipped {len(prompts) - len(kept)} of {len(prompts)} questions whose prompt is longer than "
-            f"--max_prompt_length {max_prompt_length} tokens."
-        )
-    return [prompts[i] for i in kept], rows.select(kept)
 
 
 def periodic_checkpoints(output_dir: Path) -> list[Path]:
@@ -967,8 +757,8 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
 
 
 def load_models(
-    inputs: Inputs, config: PPOConfig, reward_fn: RewardFn | None, device, rollout_chunk: int
-) -> tuple[object, PeftModel, nn.Module, RewardFn]:
+    inputs: Inputs, config: PPOConfig, reward_fn: sampling.RewardFn | None, device, rollout_chunk: int
+) -> tuple[object, PeftModel, nn.Module, sampling.RewardFn]:
     """(tokenizer, policy, critic, reward function): the policy's starting point with a new LoRA adapter (adapter
     off: the reference), the critic, and the reward model's scores unless `reward_fn` is given. All three models must
     share the policy's tokenizer. Every model stays in eval mode and LoRA dropout is 0: with no dropout anywhere,
@@ -999,7 +789,7 @@ def load_models(
         )
         common.check_pad_token(rm_tokenizer, inputs.reward, reward_model)
         common.check_same_tokenizer(tokenizer, rm_tokenizer, f"the reward model ({inputs.reward})", inputs.policy)
-        reward_fn = reward_model_fn(reward_model.to(device), tokenizer, rollout_chunk)
+        reward_fn = common.reward_model_fn(reward_model.to(device), tokenizer, rollout_chunk)
     return tokenizer, policy, critic, reward_fn
 
 
@@ -1133,7 +923,7 @@ def evaluate_and_log(
     )
 
 
-def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | None = None) -> None:
+def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.RewardFn | None = None) -> None:
     """Train the policy; `reward_fn` replaces the reward model (a programmatic reward, as in the tests)."""
     # Arguments, the accelerator and the update's sizes; every division exact.
     check_arguments(script_args, config)
@@ -1188,13 +978,15 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
     unwrapped = accelerator.unwrap_model(model)
 
     # Prompts, in one shuffled order per epoch for the whole run; the held-out ones for evaluation.
-    prompts, _ = prompts_within(
+    prompts, _ = common.prompts_within(
         tokenizer, train_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print
     )
     order = PromptOrder(len(prompts), config.seed)
     eval_rows = held_out.select(range(min(config.num_eval_questions, len(held_out))))
     eval_prompts, eval_rows = (
-        prompts_within(tokenizer, eval_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print)
+        common.prompts_within(
+            tokenizer, eval_rows, script_args.system_prompt, config.max_prompt_length, accelerator.print
+        )
         if len(eval_rows)
         else ([], eval_rows)
     )
@@ -1234,8 +1026,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         #    per-step weight casts would cost more than bf16 saves at this batch size).
         started = time.perf_counter()
         try:
-            with merged(unwrapped.policy) as policy:
-                batch = generate(
+            with sampling.merged(unwrapped.policy) as policy:
+                batch = sampling.generate(
                     policy,
                     tokenizer,
                     batch_prompts,
@@ -1259,7 +1051,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         #    the policy's and the reference's log-prob of each answer token and the critic's value before it.
         started = time.perf_counter()
         with accelerator.autocast():
-            scores, stopped = score_answers(
+            scores, stopped = sampling.score_answers(
                 reward_fn,
                 batch["queries"],
                 batch["query_mask"],
@@ -1268,7 +1060,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
                 tokenizer,
                 config.missing_eos_penalty,
             )
-            batch |= forward_rollout(
+            batch |= sampling.forward_rollout(
                 unwrapped.policy, unwrapped.critic, batch, config.temperature, sizes.rollout_chunk
             )
         time_scoring = timer(started)
@@ -1276,7 +1068,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
         # 3. KL: a per-token penalty -kl_coef * KL(pi || pi_ref) keeps the policy near its starting point, and the
         #    score is added at the answer's last token (Ziegler et al. 2019, arXiv:1909.08593).
         logprobs, ref_logprobs, values = batch["logprobs"] * mask, batch["ref_logprobs"] * mask, batch["values"] * mask
-        kl = kl_estimate(logprobs, ref_logprobs, config.kl_estimator) * mask
+        kl = sampling.kl_estimate(logprobs, ref_logprobs, config.kl_estimator) * mask
         non_score_reward = -config.kl_coef * kl
         rewards = non_score_reward.clone()
         rewards[torch.arange(len(rewards)), lengths - 1] += scores
@@ -1299,7 +1091,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: RewardFn | 
             for mini_batch in torch.randperm(sizes.local_batch).split(sizes.mini_batch):
                 for rows in mini_batch.split(config.per_device_train_batch_size):
                     with accelerator.accumulate(model):
-                        loss, micro_stats = ppo_loss(model, trimmed(rollout, rows), config)
+                        loss, micro_stats = ppo_loss(model, sampling.trimmed(rollout, rows), config)
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and per_model_clipping:
                             for name, part in (("policy", unwrapped.policy), ("critic", unwrapped.critic)):

@@ -16,7 +16,7 @@ from datasets import Dataset
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 import common
-from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, tiny, training
 
 # The original run: the base model (not the SFT one), every row, 2 epochs, 4 x 8 pairs per step.
 DEFAULTS = dict(
@@ -26,7 +26,7 @@ DEFAULTS = dict(
     per_device_train_batch_size=4,
     gradient_accumulation_steps=8,
     learning_rate=1e-5,
-    max_length=500,
+    max_length=common.REWARD_MAX_LENGTH,
     # Adds 0.01 * (r_chosen + r_rejected)^2 to the loss (Eisenstein et al. 2023, arXiv:2312.09244): rewards stay
     # centred on 0, so a positive score means "the preferred style" and PPO's reward scale does not drift.
     center_rewards_coefficient=0.01,
@@ -53,7 +53,7 @@ TINY_PRESET = dict(
     weight_decay=0.1,
     lr_scheduler_type="cosine",
     warmup_steps=5,
-    max_length=256,
+    max_length=tiny.TINY_RM_MAX_LENGTH,
     save_strategy="no",
 )
 CHART_TAGS = ["train/loss", "train/accuracy", "eval/accuracy", "eval/margin"]

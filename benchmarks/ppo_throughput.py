@@ -251,11 +251,11 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
         torch.cuda.reset_peak_memory_stats()
     with (
         contextlib.chdir(models),  # its TensorBoard run goes to <models>/tensorboard
-        mock.patch.object(common, "sampling_config", full_length),
+        mock.patch.object(sampling, "sampling_config", full_length),
         # no end-of-run chart: not timed, and it needs matplotlib, which benchmarks/gpu.sh does not carry
-        mock.patch.object(common, "plot_scalars", lambda run_dir, *args, **kwargs: run_dir),
+        mock.patch.object(charts, "plot_scalars", lambda run_dir, *args, **kwargs: run_dir),
         # an update starts by merging the adapter for generation (time/generation counts the merge too)
-        mock.patch.object(train_ppo, "merged", timed("start", train_ppo.merged)),
+        mock.patch.object(sampling, "merged", timed("start", sampling.merged)),
         mock.patch.object(train_ppo, "save_checkpoint", timed("end", train_ppo.save_checkpoint)),
     ):
         train_ppo.main(script_args, config)

@@ -38,6 +38,10 @@ TINY_BASE_TRAINING = dict(
     max_length=256,
 )
 TINY_RECIPE_FILE = "tiny_recipe.json"  # in the tiny base's folder: what it was built from (tiny_recipe)
+# Lengths the tiny stages train with, which the scripts that read their models use too: PPO's answer length (what
+# eval_ppo.py and chat_web.py generate for the tiny models) and the reward model's conversation length (eval_rm.py).
+TINY_RESPONSE_LENGTH = 48
+TINY_RM_MAX_LENGTH = 256
 
 
 def tiny_recipe(seed: int = TINY_SEED) -> dict:

@@ -30,7 +30,7 @@ def test_the_grpo_reward_is_ppos_score_of_the_same_ids(rm_run):
     prompt = common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT)
     finished = common.conversation_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT, ANSWER)[len(prompt) :]
     cut = finished[:5]
-    reward_fn = train_grpo.reward_model_fn(model, tokenizer, paths.DEFAULT_SYSTEM_PROMPT, PENALTY, batch_size=8)
+    reward_fn = train_grpo.trl_reward_function(model, tokenizer, paths.DEFAULT_SYSTEM_PROMPT, PENALTY, batch_size=8)
     messages = common.prompt_messages(row, paths.DEFAULT_SYSTEM_PROMPT)
     rewards = reward_fn(
         prompts=[messages, messages],
@@ -52,7 +52,7 @@ def test_the_grpo_reward_is_ppos_score_of_the_same_ids(rm_run):
 def test_trls_own_reward_model_path_would_read_another_token(rm_run):
     """Why train_grpo.py passes a function of its own: TRL renders prompt + answer with the chat template and scores
     the re-tokenized text, which ends with the newline after <|im_end|>, not at <|im_end|> where the reward model
-    was trained to score. If TRL stops doing so, its own path may do: see train_grpo.reward_model_fn."""
+    was trained to score. If TRL stops doing so, its own path may do: see train_grpo.trl_reward_function."""
     tokenizer = common.load_model(AutoModelForSequenceClassification, rm_run / paths.RM_DIR, "")[1]
     messages = common.prompt_messages({"question": QUESTION}, paths.DEFAULT_SYSTEM_PROMPT)
     text = apply_chat_template({"messages": messages + [{"role": "assistant", "content": ANSWER}]}, tokenizer)["text"]

@@ -136,14 +136,14 @@ def test_prompts_within_skips_and_counts_long_questions(tiny_base, capsys):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     rows = common.load_preference_data(paths.SAMPLE_DATA).select(range(2))
     rows = rows.add_item({"question": ROWS[2]["question"], "chosen": "c", "rejected": "r", "system": ""})
-    prompts, kept = train_ppo.prompts_within(tokenizer, rows, paths.DEFAULT_SYSTEM_PROMPT, 512)
+    prompts, kept = common.prompts_within(tokenizer, rows, paths.DEFAULT_SYSTEM_PROMPT, 512)
     assert kept["question"] == rows["question"][:2]
     assert prompts == [common.prompt_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT) for row in kept]
     assert "Skipped 1 of 3 questions whose prompt is longer than --max_prompt_length 512 tokens." in (
         capsys.readouterr().out
     )
     with pytest.raises(errors.PipelineError, match=r"all 3 questions make a prompt longer than --max_prompt_length 8"):
-        train_ppo.prompts_within(tokenizer, rows, paths.DEFAULT_SYSTEM_PROMPT, 8)
+        common.prompts_within(tokenizer, rows, paths.DEFAULT_SYSTEM_PROMPT, 8)
 
 
 def test_train_ppo_with_no_question_short_enough_stops(tiny_base, tmp_path, monkeypatch):

@@ -114,16 +114,16 @@ def test_kl_estimators(ratio, k1, k3):
     logprobs, ref_logprobs = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.5 * ratio)])
     log_terms = [math.log(0.5), math.log(0.5 * ratio), math.log(ratio)]
     k1_tolerance = float32_sum_tolerance(log_terms)
-    assert train_ppo.kl_estimate(logprobs, ref_logprobs, "k1").item() == pytest.approx(k1, abs=k1_tolerance)
+    assert sampling.kl_estimate(logprobs, ref_logprobs, "k1").item() == pytest.approx(k1, abs=k1_tolerance)
     k3_tolerance = k1_tolerance + float32_sum_tolerance([ratio, 1, math.log(ratio)])
-    assert train_ppo.kl_estimate(logprobs, ref_logprobs, "k3").item() == pytest.approx(k3, abs=k3_tolerance)
+    assert sampling.kl_estimate(logprobs, ref_logprobs, "k3").item() == pytest.approx(k3, abs=k3_tolerance)
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
 def test_kl_estimators_are_0_between_equal_log_probs(estimator):
     """Exact: x - x is 0.0 and exp(0.0) 1.0 in any float arithmetic."""
     logprobs = torch.tensor([math.log(0.5), -3.7])
-    assert train_ppo.kl_estimate(logprobs, logprobs, estimator).tolist() == [0.0, 0.0]
+    assert sampling.kl_estimate(logprobs, logprobs, estimator).tolist() == [0.0, 0.0]
 
 
 def test_logged_entropy_is_that_of_the_sampled_distribution():
@@ -142,7 +142,7 @@ def test_logged_entropy_is_that_of_the_sampled_distribution():
 
 def test_positions_skip_the_left_padding():
     queries, query_mask = sampling.padded([[7, 8, 9], [7]], PAD, "left")
-    inputs = train_ppo.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
+    inputs = sampling.sequence_inputs(queries, query_mask, torch.tensor([[4, STOP], [4, STOP]]), torch.tensor([2, 1]))
     assert inputs["input_ids"].tolist() == [[7, 8, 9, 4, STOP], [PAD, PAD, 7, 4, STOP]]
     assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 0]]
     assert inputs["position_ids"][:, :4].tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
@@ -245,7 +245,7 @@ def rollout_of(policy, critic, prompts, answers, seed=0):
     queries, query_mask = sampling.padded(prompts, PAD, "left")
     responses, lengths = sampling.cut_after_stop(sampling.padded(answers, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
-    batch |= train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=len(prompts))
+    batch |= sampling.forward_rollout(policy, critic, batch, 0.7, chunk=len(prompts))
     mask = sampling.answer_mask(lengths, responses.shape[1]).float()
     generator = torch.Generator().manual_seed(seed)
     noise = [torch.randn(responses.shape, generator=generator) for _ in range(4)]
@@ -265,7 +265,7 @@ def test_trimmed_and_untrimmed_micro_batches_give_the_same_loss():
     model = train_ppo.PolicyAndValue(policy, critic)
     rollout = rollout_of(policy, critic, PROMPTS, ANSWERS)
     rows = torch.tensor([1, 2])  # prompts of 3 and 4 tokens in a batch padded to 7, answers of 3 and 5 of 13
-    micro = train_ppo.trimmed(rollout, rows)
+    micro = sampling.trimmed(rollout, rows)
     assert micro["queries"].shape == (2, 4) and micro["responses"].shape == (2, 5)
     _, config = ppo_args()
     results = []
@@ -289,8 +289,8 @@ def test_the_rollout_forward_trims_each_chunk_without_changing_a_log_prob():
     queries, query_mask = sampling.padded(PROMPTS, PAD, "left")
     responses, lengths = sampling.cut_after_stop(sampling.padded(ANSWERS, PAD, "right")[0], STOP, PAD)
     batch = {"queries": queries, "query_mask": query_mask, "responses": responses, "lengths": lengths}
-    whole = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=4)  # one pass at the batch's width
-    chunked = train_ppo.forward_rollout(policy, critic, batch, 0.7, chunk=2)  # the second pass is trimmed
+    whole = sampling.forward_rollout(policy, critic, batch, 0.7, chunk=4)  # one pass at the batch's width
+    chunked = sampling.forward_rollout(policy, critic, batch, 0.7, chunk=2)  # the second pass is trimmed
     mask = sampling.answer_mask(lengths, responses.shape[1])
     for key in ("logprobs", "ref_logprobs", "values"):
         assert chunked[key].shape == responses.shape
@@ -338,14 +338,14 @@ def test_sampling_ignores_the_checkpoints_top_k_top_p_and_repetition_penalty(fre
 def test_rollout_training_pass_and_reference_agree_before_the_first_step(fresh_policy):
     policy, critic, tokenizer = fresh_policy
     torch.manual_seed(1)
-    batch = train_ppo.generate(policy, tokenizer, prompts(tokenizer, QUESTIONS * 2), 24, 0.7, 8, "cpu")
-    batch |= train_ppo.forward_rollout(policy, critic, batch, 0.7, 8)  # rollout chunks of 8
+    batch = sampling.generate(policy, tokenizer, prompts(tokenizer, QUESTIONS * 2), 24, 0.7, 8, "cpu")
+    batch |= sampling.forward_rollout(policy, critic, batch, 0.7, 8)  # rollout chunks of 8
     mask = torch.arange(batch["responses"].shape[1]) < batch["lengths"][:, None]
     assert mask.sum() > 50
 
     model = train_ppo.PolicyAndValue(policy, critic)
     for micro in torch.arange(len(mask)).split(2):  # the training pass's micro batches, with gradients
-        inputs = train_ppo.sequence_inputs(
+        inputs = sampling.sequence_inputs(
             batch["queries"][micro], batch["query_mask"][micro], batch["responses"][micro], batch["lengths"][micro]
         )
         logits, values = model(inputs, batch["responses"].shape[1])
@@ -392,8 +392,8 @@ def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
     responses = torch.nn.utils.rnn.pad_sequence([torch.tensor(a) for a in answer_ids], True, tokenizer.pad_token_id)
     responses, lengths = sampling.cut_after_stop(responses, tokenizer.eos_token_id, tokenizer.pad_token_id)
     queries, query_mask = sampling.padded(prompts(tokenizer, ["你好", question]), tokenizer.pad_token_id, "left")
-    reward_fn = train_ppo.reward_model_fn(model, tokenizer, batch_size=8)
-    scores, stopped = train_ppo.score_answers(reward_fn, queries, query_mask, responses, lengths, tokenizer, 1.0)
+    reward_fn = common.reward_model_fn(model, tokenizer, batch_size=8)
+    scores, stopped = sampling.score_answers(reward_fn, queries, query_mask, responses, lengths, tokenizer, 1.0)
     assert stopped.tolist() == [True, True]
     assert scores[1].item() == pytest.approx(
         eval_rm.reward(model, tokenizer, question, longer, paths.DEFAULT_SYSTEM_PROMPT), abs=1e-4
@@ -403,7 +403,7 @@ def test_the_ppo_reward_of_an_answer_is_eval_rms_score(rm_run, tiny_base):
     )
 
     # Cut before its stop token: the score of the text so far, minus missing_eos_penalty.
-    cut_scores, stopped = train_ppo.score_answers(
+    cut_scores, stopped = sampling.score_answers(
         reward_fn, queries[1:], query_mask[1:], responses[1:, :5], torch.tensor([5]), tokenizer, 1.0
     )
     expected = common.reward_scores(model, tokenizer, [prompt + answer_ids[1][:5]]).item() - 1.0
@@ -423,9 +423,9 @@ def test_a_critic_from_the_reward_model_starts_at_its_scores(rm_run, capsys):
     answer = common.conversation_ids(tokenizer, question, paths.DEFAULT_SYSTEM_PROMPT, "关你屁事,自己吃去。")
     answer = answer[len(prompt) :]
     queries, query_mask = sampling.padded([prompt], tokenizer.pad_token_id, "left")
-    inputs = train_ppo.sequence_inputs(queries, query_mask, torch.tensor([answer]), torch.tensor([len(answer)]))
+    inputs = sampling.sequence_inputs(queries, query_mask, torch.tensor([answer]), torch.tensor([len(answer)]))
     with torch.no_grad():
-        values = train_ppo.critic_values(critic, inputs, len(answer))[0]
+        values = sampling.critic_values(critic, inputs, len(answer))[0]
     prefixes = [prompt + answer[:t] for t in range(len(answer))]  # V(s_t): the text before answer token t
     expected = common.reward_scores(reward_model, tokenizer, prefixes)
     assert values.tolist() == pytest.approx(expected.tolist(), abs=1e-4)

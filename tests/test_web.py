@@ -21,10 +21,8 @@ from transformers import AutoTokenizer, TextIteratorStreamer, set_seed
 
 import chat_web
 import common
-import eval_sft
-import train_ppo
 from conftest import run_main
-from hfppo import errors, judge, paths
+from hfppo import console, errors, judge, paths, sampling
 
 QUESTION = "吃了没?"
 MAX_NEW_TOKENS = 16  # a few words are enough to read a column; fewer tokens keep the tests short
@@ -134,10 +132,10 @@ def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
         verdict = judge.judge_verdict(judge.judge_score(answer.text))
         assert f"reward **{answer.reward:+.3f}**" in (line := chat_web.score_text(column, answer)) and verdict in line
 
-    # Each column samples as the pipeline does (train_ppo.generate, sampling.sampling_config) from the seed alone.
+    # Each column samples as the pipeline does (sampling.generate, sampling.sampling_config) from the seed alone.
     sft = models.columns[1]
     set_seed(42)
-    batch = train_ppo.generate(
+    batch = sampling.generate(
         sft.model, sft.tokenizer, [answers[1].prompt_ids], MAX_NEW_TOKENS, args.temperature, 1, sft.model.device
     )
     assert batch["responses"][0, : batch["lengths"][0]].tolist() == answers[1].answer_ids
@@ -288,7 +286,7 @@ def test_a_character_split_across_tokens_comes_out_whole(tiny_base):
 
 def test_stdin_that_is_not_utf8_is_named_by_line_and_byte(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("你好\n".encode() + "吃了没\n".encode("gbk"))))
-    questions = eval_sft.read_questions([])
+    questions = console.read_questions([])
     assert next(questions) == "你好"  # the lines before the bad one are asked
     with pytest.raises(errors.PipelineError, match=r"^stdin line 2 is not UTF-8 \(byte 7 of stdin.*must be UTF-8"):
         next(questions)
