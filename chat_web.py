@@ -46,15 +46,6 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_PORT = 65535  # a TCP port is 16 bits
 # Questions offered when the SFT model saved no held-out rows: the README's demo questions.
 FALLBACK_QUESTIONS = ("吃了没?", "地球离太阳多远?", "推荐一本书")
-# What each column is, under its name.
-DESCRIPTIONS = {
-    "base": "the model before SFT",
-    "sft": "after SFT on the chosen answers",
-    "ppo": "PPO (LoRA) on the SFT model",
-    "ppo_base": "PPO (LoRA) on the base model",
-    "dpo": "DPO on the SFT model",
-    "grpo": "GRPO on the SFT model",
-}
 REPLACEMENT_CHARACTER = "\ufffd"  # what a decoder makes of bytes that are not (yet) a whole UTF-8 character
 ANSWER_LINES = 6  # the height of an answer box; longer answers scroll
 # What the page accepts in each sampling box, the same from the browser and from Gradio's API (check_request reads
@@ -165,7 +156,7 @@ def check_host(args: WebArguments) -> None:
 
 
 def policy_path(args: WebArguments, name: str) -> str:
-    return getattr(args, f"{name}_model_path")
+    return getattr(args, paths.METHODS[name].flag)
 
 
 def load_models(args: WebArguments) -> Models:
@@ -428,7 +419,7 @@ def build_page(models: Models, args: WebArguments) -> gr.Blocks:
                 with gr.Column(min_width=200):
                     outputs.append(
                         gr.Textbox(
-                            label=f"{column.name}: {DESCRIPTIONS.get(column.name, column.path)}",
+                            label=f"{column.name}: {paths.METHODS[column.name].description}",
                             lines=ANSWER_LINES,
                             interactive=False,
                             elem_id=f"answer-{column.name}",

@@ -52,17 +52,11 @@ AGREEMENT_RULE = (
     "of the questions where the judge scores two models' answers differently, the share where the reward model "
     "scores higher the answer the judge finds ruder"
 )
-# Every method --compare knows: its name in words, the model it starts from (its gain and the judge's agreement are
-# measured against that one), and the flag that names its folder (--model_path: the PPO adapter, which the chat uses).
-LABELS = {"base": "base", "sft": "SFT", "ppo": "PPO", "ppo_base": "PPO from the base", "dpo": "DPO", "grpo": "GRPO"}
-STARTS = {"sft": "base", "ppo": "sft", "ppo_base": "base", "dpo": "sft", "grpo": "sft"}
-POLICY_FLAGS = {
-    "sft": "sft_model_path",
-    "ppo": "model_path",
-    "ppo_base": "ppo_base_model_path",
-    "dpo": "dpo_model_path",
-    "grpo": "grpo_model_path",
-}
+# Of every method (paths.METHODS): its name in words, the model it starts from (its gain and the judge's agreement
+# are measured against that one), and, for a trained policy, the flag that names its folder.
+LABELS = {name: method.label for name, method in paths.METHODS.items()}
+STARTS = {name: method.start for name, method in paths.METHODS.items() if method.start}
+POLICY_FLAGS = {name: paths.METHODS[name].flag for name in paths.POLICIES}
 CHART_FILE = paths.COMPARISON_CHART  # beside the metrics file
 CHART_METRICS = {
     "mean_reward": "reward model score",
@@ -74,7 +68,11 @@ CHART_METRICS = {
 
 @dataclass
 class EvalArguments:
-    model_path: str = field(default=str(paths.PPO_DIR), metadata={"help": "The PPO checkpoint (a LoRA adapter)."})
+    ppo_model_path: str = field(
+        default=str(paths.PPO_DIR),
+        # --model_path, as in the other eval scripts, is the same flag: the name every script before this one took.
+        metadata={"help": "The PPO checkpoint (a LoRA adapter).", "aliases": ["--model_path"]},
+    )
     sft_model_path: str = field(
         default=str(paths.SFT_DIR), metadata={"help": "The SFT model the adapter was trained on."}
     )
@@ -121,7 +119,8 @@ class EvalArguments:
     batch_size: int = field(default=8, metadata={"help": "Answers generated and scored per forward pass."})
     num_examples: int = field(default=3, metadata={"help": "--compare: questions shown with every model's answer."})
     metrics_file: str | None = field(
-        default=None, metadata={"help": "--compare: where to write the JSON. Unset: <model_path>/eval_metrics.json."}
+        default=None,
+        metadata={"help": "--compare: where to write the JSON. Unset: <ppo_model_path>/eval_metrics.json."},
     )
 
 
@@ -130,19 +129,19 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
     ppo_command = hints.command(
         "train_ppo.py",
         args.tiny,
-        output_dir=hints.hint_output_dir(args.model_path, paths.PPO_DIR, hints.WRITES["train_ppo.py"]),
+        output_dir=hints.hint_output_dir(args.ppo_model_path, paths.PPO_DIR, hints.WRITES["train_ppo.py"]),
     )
-    checkpoints.require_checkpoint(args.model_path, ppo_command, "adapter")
-    trained_on = common.adapter_base(args.model_path, ppo_command)
+    checkpoints.require_checkpoint(args.ppo_model_path, ppo_command, "adapter")
+    trained_on = common.adapter_base(args.ppo_model_path, ppo_command)
     if Path(trained_on).resolve() != Path(args.sft_model_path).resolve():
         raise errors.PipelineError(
-            f"the adapter at {args.model_path} was trained on {trained_on}, not on --sft_model_path "
+            f"the adapter at {args.ppo_model_path} was trained on {trained_on}, not on --sft_model_path "
             f"{args.sft_model_path}. Pass --sft_model_path {trained_on}."
         )
     sft_command = hints.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command, "language model")
-    with checkpoints.loading(args.model_path, ppo_command):
-        return PeftModel.from_pretrained(sft, args.model_path).eval(), tokenizer
+    with checkpoints.loading(args.ppo_model_path, ppo_command):
+        return PeftModel.from_pretrained(sft, args.ppo_model_path).eval(), tokenizer
 
 
 def sample(
@@ -161,7 +160,7 @@ def one_line(answer: str) -> str:
 def report_paths(args: EvalArguments) -> tuple[Path, Path]:
     """Where --compare writes its JSON (--metrics_file, or eval_metrics.json beside the PPO adapter) and its chart
     (CHART_FILE beside it)."""
-    metrics_file = Path(args.metrics_file or Path(args.model_path) / paths.METRICS_FILE)
+    metrics_file = Path(args.metrics_file or Path(args.ppo_model_path) / paths.METRICS_FILE)
     if metrics_file.name == CHART_FILE:
         raise errors.ArgumentError(
             f"--metrics_file {metrics_file}: the chart is written beside it as {CHART_FILE}, so the two would be one "
@@ -177,7 +176,7 @@ def compare(args: EvalArguments) -> None:
         outputs.check_output_file(
             path, "--metrics_file", {"dataset_name": args.dataset_name}, "the comparison's metrics and answers"
         )
-    dataset, all_rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
+    dataset, all_rows = common.evaluation_data(args.dataset_name, args.ppo_model_path, args.model_source)
     rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
     reward_model, rm_tokenizer = common.load_model(
         AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
@@ -198,7 +197,7 @@ def compare(args: EvalArguments) -> None:
     )
     reward_fn = common.reward_model_fn(reward_model, tokenizer, args.batch_size)
     prompts, rows = common.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
-    held_out_file = Path(args.model_path) / paths.HELD_OUT_FILE
+    held_out_file = Path(args.ppo_model_path) / paths.HELD_OUT_FILE
     base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
     folders = {"base": base_path} | found
 

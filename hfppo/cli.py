@@ -280,6 +280,14 @@ def _read_config(path: str, parser: TrlParser) -> dict:
     for action in parser._actions:  # the field's own action first: a bool field may also have a --no_ flag
         if action.option_strings:
             actions.setdefault(action.dest, action)
+    # A flag's alias (its field's metadata "aliases": eval_ppo.py's --model_path) is a key as the flag is.
+    aliases = {
+        alias.removeprefix("--"): f.name
+        for dataclass_type in parser.dataclass_types
+        for f in dataclasses.fields(dataclass_type)
+        for alias in f.metadata.get("aliases", ())
+    }
+    config = {aliases.get(key, key): value for key, value in config.items()}
     unknown = [key for key in config if key not in actions]
     if unknown:
         raise errors.ArgumentError(

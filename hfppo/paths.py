@@ -1,5 +1,6 @@
 """Where things are: the bundled data, the default of every flag that names one, each stage's folder and files."""
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -23,15 +24,41 @@ PPO_DIR = CHECKPOINT_ROOT / "ppo"
 PPO_BASE_DIR = CHECKPOINT_ROOT / "ppo_base"  # train_ppo.py --from_base: PPO with the base model as its start
 DPO_DIR = CHECKPOINT_ROOT / "dpo"
 GRPO_DIR = CHECKPOINT_ROOT / "grpo"
-# Every trained policy that eval_ppo.py --compare and chat_web.py look for, in the pipeline's order: its default folder
-# and the script (with flags) that writes it. The base model, before any stage, is found by its own flag.
-POLICIES = {
-    "sft": (SFT_DIR, "train_sft.py", {}),
-    "ppo": (PPO_DIR, "train_ppo.py", {}),
-    "ppo_base": (PPO_BASE_DIR, "train_ppo.py", {"from_base": True}),
-    "dpo": (DPO_DIR, "train_dpo.py", {}),
-    "grpo": (GRPO_DIR, "train_grpo.py", {}),
+
+
+@dataclass(frozen=True)
+class Method:
+    """A model that eval_ppo.py --compare and chat_web.py show: the base model, or a policy a stage trains."""
+
+    label: str  # its name in words, in the comparison's table and verdicts
+    description: str  # what it is, under its column on the page
+    start: str | None  # the method whose model it moves from: its gain and the judge's agreement are measured there
+    flag: str  # the flag that names its folder, in eval_ppo.py and chat_web.py alike
+    folder: Path | None = None  # its default folder; None for the base, found by its own flag's default
+    script: str | None = None  # the script that writes it, with `script_flags`
+    script_flags: dict = field(default_factory=dict)
+
+
+# Every method, in the pipeline's order: the one table that the comparison, the page and the hints read.
+METHODS = {
+    "base": Method("base", "the model before SFT", None, "base_model_path"),
+    "sft": Method("SFT", "after SFT on the chosen answers", "base", "sft_model_path", SFT_DIR, "train_sft.py"),
+    "ppo": Method("PPO", "PPO (LoRA) on the SFT model", "sft", "ppo_model_path", PPO_DIR, "train_ppo.py"),
+    "ppo_base": Method(
+        "PPO from the base",
+        "PPO (LoRA) on the base model",
+        "base",
+        "ppo_base_model_path",
+        PPO_BASE_DIR,
+        "train_ppo.py",
+        {"from_base": True},
+    ),
+    "dpo": Method("DPO", "DPO on the SFT model", "sft", "dpo_model_path", DPO_DIR, "train_dpo.py"),
+    "grpo": Method("GRPO", "GRPO on the SFT model", "sft", "grpo_model_path", GRPO_DIR, "train_grpo.py"),
 }
+# The trained policies of METHODS, which eval_ppo.py --compare and chat_web.py look for: (their default folder, the
+# script that writes it, its flags). The base model, before any stage, is found by its own flag.
+POLICIES = {name: (m.folder, m.script, m.script_flags) for name, m in METHODS.items() if m.script}
 # Every training stage writes its wall time and throughput here beside its model (the name and keys of the Trainer's
 # save_metrics("train", ...)), for eval_ppo.py --compare.
 TRAIN_RESULTS_FILE = "train_results.json"

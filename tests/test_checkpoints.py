@@ -299,7 +299,7 @@ def test_hints_name_the_users_folders_and_tiny(tmp_path, monkeypatch):
     )  # fmt: skip
     assert hint == "python eval_ppo.py --tiny --compare --model_path '/tmp/my ppo'"
     (args,) = hinted_args(eval_ppo, hint)
-    assert (args.tiny, args.compare, args.model_path, args.sft_model_path) == (
+    assert (args.tiny, args.compare, args.ppo_model_path, args.sft_model_path) == (
         True,
         True,
         "/tmp/my ppo",
