@@ -906,16 +906,29 @@ def stop_if_diverged(
         raise divergence(update, problem, config, last_state)
 
 
-def evaluate_and_log(
-    update: int, policy, tokenizer, reward_fn, prompts, rows: Dataset, config: PPOConfig, accelerator, writer
-) -> None:
+@dataclass
+class Evaluation:
+    """What every evaluation of a run reads: the policy and its tokenizer, the reward, the held-out prompts and their
+    rows, and where the figures go (`writer` None on every process but the main one)."""
+
+    policy: PeftModel
+    tokenizer: object
+    reward_fn: sampling.RewardFn
+    prompts: list[list[int]]
+    rows: Dataset
+    config: PPOConfig
+    accelerator: Accelerator
+    writer: SummaryWriter | None
+
+
+def evaluate_and_log(update: int, run: Evaluation) -> None:
     """Evaluate on the held-out questions, log eval/* and sample answers at `update`, and say it in one line."""
-    metrics, samples = evaluate(policy, tokenizer, reward_fn, prompts, config, accelerator)
-    if writer is None:
+    metrics, samples = evaluate(run.policy, run.tokenizer, run.reward_fn, run.prompts, run.config, run.accelerator)
+    if run.writer is None:
         return
     for key, value in metrics.items():
-        writer.add_scalar(key, value, update)
-    writer.add_text("eval/samples", samples_markdown(rows["question"], samples, EVAL_SAMPLES), update)
+        run.writer.add_scalar(key, value, update)
+    run.writer.add_text("eval/samples", samples_markdown(run.rows["question"], samples, EVAL_SAMPLES), update)
     tqdm.write(
         f"eval at update {update}: score {metrics['eval/score']:+.3f}, judge {metrics['eval/judge_score']:+.2f} "
         f"({metrics['eval/judged_rude']:.2f} judged rude), KL {metrics['eval/kl']:.3f}, "
@@ -1008,7 +1021,9 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
             f"Evaluating on {len(eval_prompts)} held-out questions before the first update, every {eval_every} "
             "updates and after the last (eval/ in TensorBoard)."
         )
-    evaluation = (unwrapped.policy, tokenizer, reward_fn, eval_prompts, eval_rows, config, accelerator, writer)
+    evaluation = Evaluation(
+        unwrapped.policy, tokenizer, reward_fn, eval_prompts, eval_rows, config, accelerator, writer
+    )
     progress = tqdm(
         total=num_updates * batch_size,
         initial=start_update * batch_size,
@@ -1016,7 +1031,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         disable=not accelerator.is_main_process,
     )
     if eval_prompts and start_update == 0:  # the starting point itself, at KL 0
-        evaluate_and_log(0, *evaluation)
+        evaluate_and_log(0, evaluation)
     run_started = time.perf_counter()
     last_state = resume  # the last finite state this run saved, or started from
     for update in range(start_update, num_updates):
@@ -1121,7 +1136,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         )
         stop_if_diverged(update + 1, metrics, unwrapped, config, last_state, writer)
         if eval_prompts and ((update + 1) % eval_every == 0 or update + 1 == num_updates):
-            evaluate_and_log(update + 1, *evaluation)
+            evaluate_and_log(update + 1, evaluation)
 
         if config.save_steps and (update + 1) % config.save_steps == 0 and update + 1 < num_updates:
             last_state = Path(config.output_dir) / f"{CHECKPOINT_PREFIX}{update + 1}"

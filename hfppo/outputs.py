@@ -32,12 +32,26 @@ def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], need
     path = Path(output_dir)
     refuse_protected(path, "--output_dir", inputs, "saving", OUTPUT_DIR_AREAS)
     refuse_unswappable(path)
+    refuse_inside_checkpoint(output_dir)
+    refuse_other_files(output_dir)
+    check_room(output_dir, needed_bytes)
+
+
+def refuse_inside_checkpoint(output_dir: str | Path) -> None:
+    """An --output_dir inside a checkpoint folder, which that folder's next save would delete, is refused."""
+    path = Path(output_dir)
     checkpoint = checkpoint_around(path.resolve())
     if checkpoint is not None:
         raise errors.ArgumentError(
             f"--output_dir {output_dir} is inside the checkpoint {checkpoint}: the next save of that folder would "
             "delete it. Pass an --output_dir outside every checkpoint."
         )
+
+
+def refuse_other_files(output_dir: str | Path) -> None:
+    """An --output_dir holding files that are not a checkpoint (a save replaces the whole folder) is refused: only
+    periodic checkpoints, run locks and, beside those, the Trainer's model card may sit in a folder without a model."""
+    path = Path(output_dir)
     if path.is_dir() and checkpoints.checkpoint_problem(path) == "no model":
         strangers = sorted(
             e.name
@@ -54,6 +68,11 @@ def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], need
                 f"{', ...' if len(strangers) > 5 else ''}), and a save replaces the whole folder. Pass a new or empty "
                 "folder, or a checkpoint folder to overwrite."
             )
+
+
+def check_room(output_dir: str | Path, needed_bytes: int) -> None:
+    """The --output_dir can be written beside, and its disk has room for `needed_bytes`."""
+    path = Path(output_dir)
     existing = check_writable(
         path.resolve(),
         f"cannot write beside --output_dir {output_dir}",
