@@ -378,26 +378,7 @@ def resolve_model(name_or_path: str | Path, source: paths.ModelSource, rebuild_s
     if path.is_dir() and not (source == "tiny" and tiny.stale_tiny_base(path)):
         return str(path)
     if source == "tiny":
-        if path.is_dir() and not rebuild_stale:
-            print(
-                f"note: {path} was built by another recipe of the tiny preset (an earlier version of this project, or "
-                "other sample data); using it as it is: the models trained from it need it so (a new one would have "
-                "another tokenizer). train_sft.py --tiny and train_rm.py --tiny build it again, and the stages after "
-                "them then need training again."
-            )
-            return str(path)
-        load_preference_data(
-            paths.SAMPLE_DATA
-        )  # what the build reads: a bad sample fails in a second, before any build
-        state = PartialState()
-        with state.main_process_first():  # one process builds it, the others then find it
-            if state.is_main_process:
-                with checkpoints.waiting_lock(
-                    path, f"Waiting for another process building the tiny base at {path} ..."
-                ):
-                    if not path.is_dir() or tiny.stale_tiny_base(path):  # that process built today's: reuse it
-                        (build_tiny_base if state.num_processes == 1 else _build_tiny_base_alone)(path)
-        return str(path)
+        return built_tiny_base(path, rebuild_stale)
     if source == "modelscope":
         from modelscope import snapshot_download
 
@@ -465,13 +446,34 @@ def load_policy(path: str | Path, maker: str, tiny: bool):
 def adapter_base(path: str | Path, maker: str) -> str:
     """The model the LoRA adapter at `path` was trained on (its adapter_config.json's base_model_name_or_path)."""
     key = "base_model_name_or_path"
-    return checkpoints.read_checkpoint_json(Path(path) / "adapter_config.json", f"Write it again: {maker}", (key,))[
-        key
-    ]
+    config = checkpoints.read_checkpoint_json(Path(path) / "adapter_config.json", f"Write it again: {maker}", (key,))
+    return config[key]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The tiny base: built from the sample's training rows, so it needs the data loading and chat formatting above.
+
+
+def built_tiny_base(path: Path, rebuild_stale: bool) -> str:
+    """The tiny base at `path` (resolve_model's --model_source tiny): built there, once, where it is missing, and
+    built again where another recipe built it if `rebuild_stale`; one process builds while the others wait."""
+    if path.is_dir() and not rebuild_stale:
+        print(
+            f"note: {path} was built by another recipe of the tiny preset (an earlier version of this project, or "
+            "other sample data); using it as it is: the models trained from it need it so (a new one would have "
+            "another tokenizer). train_sft.py --tiny and train_rm.py --tiny build it again, and the stages after "
+            "them then need training again."
+        )
+        return str(path)
+    # What the build reads: a bad sample fails in a second, before any build.
+    load_preference_data(paths.SAMPLE_DATA)
+    state = PartialState()
+    with state.main_process_first():  # one process builds it, the others then find it
+        if state.is_main_process:
+            with checkpoints.waiting_lock(path, f"Waiting for another process building the tiny base at {path} ..."):
+                if not path.is_dir() or tiny.stale_tiny_base(path):  # that process built today's: reuse it
+                    (build_tiny_base if state.num_processes == 1 else _build_tiny_base_alone)(path)
+    return str(path)
 
 
 def build_tiny_base(path: str | Path, seed: int = tiny.TINY_SEED) -> None:

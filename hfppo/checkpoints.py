@@ -224,16 +224,22 @@ def checkpoint_step(folder: Path) -> int:
     return int(folder.name.split("-")[1])
 
 
-def require_checkpoint(path: str | Path, command: str, role: str | None = None) -> Path:
-    """`path` if it holds a complete checkpoint fit for `role` (see ROLES; None: any model or adapter), after settling
-    a save that was cut short; else a PipelineError that names the folder, the problem and the `command` that writes
-    the right thing."""
-    path = Path(path)
+def finish_interrupted_save(path: Path) -> None:
+    """Complete the swap of a save that was cut short at `path` (its <folder>.ready or <folder>.old is left), unless a
+    run is saving there now (it holds the folder's lock)."""
     if sibling(path, READY).exists() or sibling(path, OLD).exists():
         lock = try_lock(path)
         if lock is not None:  # no run is saving here now
             settle_checkpoint(path)
             lock.close()
+
+
+def require_checkpoint(path: str | Path, command: str, role: str | None = None) -> Path:
+    """`path` if it holds a complete checkpoint fit for `role` (see ROLES; None: any model or adapter), after
+    finishing a save that was cut short there (`finish_interrupted_save`: it renames folders); else a PipelineError
+    that names the folder, the problem and the `command` that writes the right thing."""
+    path = Path(path)
+    finish_interrupted_save(path)
     problem = checkpoint_problem(path)
     if problem == "no model":
         partial = sibling(path, PARTIAL)

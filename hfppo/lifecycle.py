@@ -78,9 +78,8 @@ def interrupted_run() -> str:
         return "nothing was saved."
     output, start = _RUN["output_dir"], _RUN["start"]
     try:
-        checkpoints.settle_checkpoint(
-            output
-        )  # a final save stopped during its swap: its complete model is then in place
+        # A final save stopped during its swap: its complete model is then in place.
+        checkpoints.settle_checkpoint(output)
     except OSError:
         pass  # what is left is settled by the next load or save, as after a kill
 

@@ -1,4 +1,4 @@
-"""Where things are: the bundled data, the default of every flag that names one, each stage's folder and files."""
+"""Where things are: the bundled data, each stage's folder and files, and the registry of methods (METHODS)."""
 
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -62,9 +62,8 @@ def stale_tiny_base(path: Path) -> bool:
     folder, which build_tiny_base alone writes, is ever rebuilt: any other is the user's."""
     if not path.is_dir() or path.resolve() != paths.TINY_BASE_DIR.resolve():
         return False
-    recipe, _ = checkpoints.json_file(
-        path / TINY_RECIPE_FILE
-    )  # None if missing or damaged: not known to be today's base
+    # None if missing or damaged: not known to be today's base.
+    recipe, _ = checkpoints.json_file(path / TINY_RECIPE_FILE)
     return recipe != tiny_recipe()
 
 
