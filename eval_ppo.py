@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
@@ -176,6 +177,36 @@ def compare(args: EvalArguments) -> None:
         outputs.check_output_file(
             path, "--metrics_file", {"dataset_name": args.dataset_name}, "the comparison's metrics and answers"
         )
+    comparison = sample_methods(args)
+    print_examples(comparison, args.num_examples)
+    results = comparison.results
+    metrics = {name: method_metrics(result, comparison.folders[name]) for name, result in results.items()}
+    agreement = {
+        f"{name}_vs_{STARTS[name]}": judge_agreement(results[name], results[STARTS[name]])
+        for name in results
+        if STARTS.get(name) in results
+    }
+    print_table(comparison, metrics, agreement, args)
+    metrics["judge_rm_agreement"] = agreement
+    checks = outcome(metrics)
+    print("\n".join(text for _, text in checks))
+    write_report(comparison, metrics, checks, args)
+
+
+@dataclass
+class Comparison:
+    """Every method's answers to the same held-out questions, with their scores, and where they came from."""
+
+    dataset: str  # the questions' dataset (the PPO run's held-out file unless --dataset_name)
+    rows: Dataset  # the questions, those within --max_prompt_length
+    folders: dict[str, str]  # {method: its folder}, of those found, the base model's first
+    missing: dict[str, str]  # {method: the command that makes it}, of those not found
+    results: dict[str, dict]  # {method: its answers, reward and judge scores (score), and KL to the SFT model}
+
+
+def sample_methods(args: EvalArguments) -> Comparison:
+    """Load each method found, one at a time beside the SFT model (the reference of each KL), and sample and score its
+    answers to the same held-out questions; a method that trained on them, or has another tokenizer, is refused."""
     dataset, all_rows = common.evaluation_data(args.dataset_name, args.ppo_model_path, args.model_source)
     rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
     reward_model, rm_tokenizer = common.load_model(
@@ -224,20 +255,23 @@ def compare(args: EvalArguments) -> None:
                 model, batch, args.temperature, args.batch_size, reference=sft
             ).cpu()
         del model
+    return Comparison(dataset, rows, folders, missing, results)
 
-    for i, row in enumerate(rows.select(range(min(args.num_examples, len(rows))))):
+
+def print_examples(comparison: Comparison, count: int) -> None:
+    """The first `count` questions, with every method's answer and its reward and judge scores."""
+    rows, results = comparison.rows, comparison.results
+    for i, row in enumerate(rows.select(range(min(count, len(rows))))):
         print(f"问题: {row['question']}")
         for name, result in results.items():
             print(
                 f"  {name:<8} {result['scores'][i]:+.3f} {result['judge'][i]:+3.0f}  {one_line(result['answers'][i])}"
             )
-    metrics = {name: method_metrics(result, folders[name]) for name, result in results.items()}
-    agreement = {
-        f"{name}_vs_{STARTS[name]}": judge_agreement(results[name], results[STARTS[name]])
-        for name in results
-        if STARTS.get(name) in results
-    }
 
+
+def print_table(comparison: Comparison, metrics: dict, agreement: dict, args: EvalArguments) -> None:
+    """Every method's figures, one row each, the methods not found, and the judge's agreement with the reward model."""
+    dataset, rows, missing = comparison.dataset, comparison.rows, comparison.missing
     print(f"\n{len(rows)} questions of {dataset}, sampled at temperature {args.temperature}, seed {args.seed}:")
     print(
         "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
@@ -262,19 +296,21 @@ def compare(args: EvalArguments) -> None:
             f"  {pair.replace('_vs_', ' vs '):<16} {share} of {a['questions']} questions ({a['ties']} judge ties "
             "left out)"
         )
-    metrics["judge_rm_agreement"] = agreement
-    checks = outcome(metrics)
-    print("\n".join(text for _, text in checks))
+
+
+def write_report(comparison: Comparison, metrics: dict, checks: list, args: EvalArguments) -> None:
+    """The chart of the methods' figures, and the JSON file of the settings, figures, checks and every answer."""
+    rows, folders, results = comparison.rows, comparison.folders, comparison.results
     metrics_file, chart_file = report_paths(args)
     chart = plot_methods(metrics, chart_file)
     report = {
-        "dataset": dataset,
+        "dataset": comparison.dataset,
         "questions": len(rows),
         "seed": args.seed,
         "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
         "models": {"reward": args.reward_model_path} | folders,
-        "missing": missing,
+        "missing": comparison.missing,
         "metrics": metrics,
         "checks": {text: passed for passed, text in checks},
         "answers": [
