@@ -12,6 +12,7 @@ class ArgumentError(PipelineError):
 
 
 def join_names(names: list[str]) -> str:
+    """Names listed as a sentence lists them: "a", "a and b", "a, b and c"."""
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 

@@ -71,10 +71,10 @@ def build_tiny_tokenizer(texts: list[str]):
     """A byte-level BPE tokenizer trained on `texts`, with Qwen's special tokens and Qwen2.5's chat template.
 
     Every Chinese character is a token of its own: merges stop at character boundaries, as in Chinese BERT's
-    vocabulary. Merged across characters, 3,644 of the 6,000 tokens were words and phrases (烦我, 别烦我, 来烦我,
-    烦死了, 很烦 ... and 懒得理你 whole), each seen a few times, and a reward model trained on 310 pairs learned
-    those tokens rather than the characters they share: it ranked 0.62 to 0.69 of the pairs in styles the sample
-    does not use right, against 0.89 to 0.94 now (data/README.md).
+    vocabulary. Merged across characters, most of the vocabulary became words and phrases (烦我, 别烦我, 烦死了 ...
+    and 懒得理你 whole), each seen a few times, and a reward model trained on the sample learned those tokens rather
+    than the characters they share, and ranked pairs in styles the sample does not use far worse (data/README.md has
+    the measurements).
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -47,8 +47,8 @@ def non_finite_parameter(model) -> str | None:
     trained = [
         (name, _own_values(parameter)) for name, parameter in model.named_parameters() if parameter.requires_grad
     ]
-    # A sum is NaN or inf where a value is, and about 20 times faster than testing each value (0.16 s for the 0.5B
-    # critic on one CPU thread); the test, run only then, tells a sum that overflowed from finite values apart.
+    # A sum is NaN or inf where a value is, and much faster than testing each value (one pass, one reduction); the
+    # test, run only then, tells a sum that overflowed from finite values apart.
     sums = torch.stack([values.sum().float() for _, values in trained]) if trained else torch.zeros(0)
     own = next(
         (
