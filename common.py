@@ -1703,14 +1703,22 @@ def check_writable(where: Path, cannot: str, consequence: str) -> Path:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temporary file beside `path` for the block to write, then renamed over `path` (os.replace, one atomic
     step): a reader or a kill sees the previous file or the new one whole, never half of it. A write that fails (a
-    full disk) leaves the previous file as it was and raises a PipelineError."""
+    full disk) leaves the previous file as it was and raises a PipelineError. A link is followed to the file it
+    names (as the guard checked it, and as a plain write would), not replaced; a device or a pipe there (/dev/null,
+    /dev/stdout) is written into, never replaced by a file: the rename would destroy it (as root, /dev/null itself)."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    in_place = path.exists() and not path.is_file()  # check_output_file refuses folders: a device or a pipe
     # The file's own suffix last, so that writers that infer the format from the name (savefig) still do.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}{TEMPORARY}{path.suffix}")
+    temporary = (
+        path if in_place else path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}{TEMPORARY}{path.suffix}")
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
-        os.replace(temporary, path)
+        if not in_place:
+            os.replace(temporary, path)
     except OSError as error:
         kept = "the file there is unchanged" if path.exists() else "nothing was written"
         raise PipelineError(
@@ -1718,7 +1726,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             "disk or pass a writable path, then run again."
         ) from error
     finally:
-        temporary.unlink(missing_ok=True)
+        if not in_place:
+            temporary.unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

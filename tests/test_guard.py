@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,6 +124,41 @@ def test_an_atomic_write_that_fails_keeps_the_previous_file_and_leaves_no_tempor
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
     common.write_text_atomic(path, "new 新")
     assert path.read_text(encoding="utf-8") == "new 新" and list(tmp_path.iterdir()) == [path]
+
+
+def link_to_a_file(tmp_path):
+    (tmp_path / "target.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("target.json")
+    return (
+        tmp_path / "link.json",
+        lambda: (tmp_path / "link.json").is_symlink() and ((tmp_path / "target.json").read_text() == "new"),
+    )
+
+
+# What a user passes as a file to write that is not a plain file: the write goes through it, never replaces it (a
+# rename over os.devnull as root would have replaced the device itself with a file).
+NOT_PLAIN_FILES = {
+    "a link to a file": link_to_a_file,
+    "a device": lambda tmp_path: (Path(os.devnull), lambda: Path(os.devnull).is_char_device()),
+}
+
+
+@pytest.mark.parametrize("case", NOT_PLAIN_FILES)
+def test_an_atomic_write_goes_through_a_link_or_into_a_device_without_replacing_it(tmp_path, case, monkeypatch):
+    path, kept = NOT_PLAIN_FILES[case](tmp_path)
+    replaced, replace = [], os.replace
+    # Record the renames, and make only those into tmp_path: a broken atomic_file must not replace os.devnull here.
+    monkeypatch.setattr(
+        common.os,
+        "replace",
+        lambda source, dest: (
+            replaced.append(Path(dest)),
+            Path(dest).is_relative_to(tmp_path) and replace(source, dest),
+        ),
+    )
+    common.write_text_atomic(path, "new")
+    assert path not in replaced and kept()
+    assert not [p for p in tmp_path.iterdir() if common.TEMPORARY in p.name]
 
 
 def chart_events(run_dir):
