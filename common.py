@@ -164,6 +164,9 @@ _HELD_LOCKS = {}  # this process's output-folder locks, by folder, open until it
 # chart): the only files a script writes into a checkpoint folder but its save. Any other would be, or sit among, the
 # model's own files.
 METRICS_FILE, COMPARISON_CHART = "eval_metrics.json", "methods.png"
+# Room a report needs on its disk, checked before the work: more than the largest (eval_ppo's metrics with every
+# answer, its chart) takes.
+REPORT_BYTES = 2**20
 REPORT_FILES = (METRICS_FILE, COMPARISON_CHART)
 TEMPORARY = ".tmp"  # in the name of a file that `atomic_file` writes before renaming it into place
 # Places that no script writes into, with what a write there would do: the bundled data (the sample, the lexicon, the
@@ -1619,11 +1622,18 @@ def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path 
             f"one of them, and the next save of that folder deletes it. Pass a path outside every checkpoint (only "
             f"{' and '.join(REPORT_FILES)} may sit beside a model)."
         )
-    check_writable(
+    existing = check_writable(
         where.parent,
         f"cannot write {flag} {path}",
         f"so {what} would be lost after the work. Pass a {flag} on a writable disk.",
     )
+    free = shutil.disk_usage(existing).free
+    if free < REPORT_BYTES:  # an empty file can still be created on a full disk: check_writable passes there
+        raise PipelineError(
+            f"cannot write {flag} {path}: its disk has {free // 1024} KiB free, less than the {REPORT_BYTES // 1024} "
+            f"KiB a report may take, so {what} would be lost after the work. Free some space or pass a {flag} on "
+            "another disk."
+        )
     return path
 
 

@@ -84,6 +84,21 @@ def test_the_guard_refuses_a_file_path_that_would_destroy_or_lose_something(tmp_
     assert snapshot(tmp_path) == before and snapshot(common.ROOT / "data") == data_before
 
 
+@pytest.mark.parametrize("free, refused", [(0, True), (common.REPORT_BYTES - 1, True), (common.REPORT_BYTES, False)])
+def test_the_guard_refuses_a_file_on_a_disk_without_room_for_it_before_the_work(tmp_path, monkeypatch, free, refused):
+    """A full disk still lets an empty file be created (check_writable passes): only its free space tells."""
+    monkeypatch.setattr(
+        common.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(2**30, 2**30 - free, free)
+    )
+    path = tmp_path / "metrics.json"
+    if refused:
+        with pytest.raises(common.PipelineError, match=f"its disk has {free // 1024} KiB free.*lost after the work"):
+            common.check_output_file(path, "--metrics_file", {}, "the metrics")
+    else:
+        assert common.check_output_file(path, "--metrics_file", {}, "the metrics") == path
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("name", common.REPORT_FILES)
 def test_the_eval_reports_may_sit_beside_the_model_they_evaluate(tmp_path, name):
     fake_checkpoint(tmp_path / "rm", "Qwen2ForSequenceClassification")
