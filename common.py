@@ -168,6 +168,7 @@ METRICS_FILE, COMPARISON_CHART = "eval_metrics.json", "methods.png"
 # answer, its chart) takes.
 REPORT_BYTES = 2**20
 REPORT_FILES = (METRICS_FILE, COMPARISON_CHART)
+MAX_LINK_HOPS = 40  # Linux follows at most 40 links in a path (ELOOP beyond)
 TEMPORARY = ".tmp"  # in the name of a file that `atomic_file` writes before renaming it into place
 # Places that no script writes into, with what a write there would do: the bundled data (the sample, the lexicon, the
 # style pairs) and, for an output folder, which a save replaces whole, the TensorBoard runs, this run's own included.
@@ -1611,6 +1612,8 @@ def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path 
     bundled data, a file among a checkpoint's own (only REPORT_FILES may sit beside a model), or a folder; check that
     its folder can be written, so that `what` is not lost after the work. Write it with `atomic_file`."""
     path = Path(path)
+    if is_stream(path):  # written into where it is (see atomic_file): no folder of files to check
+        return path
     if path.is_dir():
         raise ArgumentError(f"{flag} {path} is a folder; it names the file to write. Pass a file path.")
     refuse_protected(path, flag, {name: value for name, value in inputs.items() if value is not None}, "writing")
@@ -1717,9 +1720,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     names (as the guard checked it, and as a plain write would), not replaced; a device or a pipe there (/dev/null,
     /dev/stdout) is written into, never replaced by a file: the rename would destroy it (as root, /dev/null itself)."""
     path = Path(path)
-    if path.is_symlink():
+    in_place = is_stream(path)
+    if path.is_symlink() and not in_place:
         path = path.resolve()
-    in_place = path.exists() and not path.is_file()  # check_output_file refuses folders: a device or a pipe
     # The file's own suffix last, so that writers that infer the format from the name (savefig) still do.
     temporary = (
         path if in_place else path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}{TEMPORARY}{path.suffix}")
@@ -1738,6 +1741,18 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     finally:
         if not in_place:
             temporary.unlink(missing_ok=True)
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` names a device, a pipe or an open descriptor (/dev/null, /dev/stdout, /proc/self/fd/1), not a
+    file in a folder: following its links, one into /proc's descriptors, or one to neither a file nor a folder."""
+    for _ in range(MAX_LINK_HOPS):
+        if path.is_relative_to("/proc"):  # /dev/stdout -> /proc/self/fd/1: the stream, even when it is a file
+            return path.exists()
+        if not path.is_symlink():
+            break
+        path = path.parent / os.readlink(path)
+    return path.exists() and not path.is_file() and not path.is_dir()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

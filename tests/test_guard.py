@@ -150,10 +150,26 @@ def link_to_a_file(tmp_path):
     )
 
 
-# What a user passes as a file to write that is not a plain file: the write goes through it, never replaces it (a
-# rename over os.devnull as root would have replaced the device itself with a file).
+def descriptor_of_a_file(tmp_path):
+    """As /dev/stdout redirected to a file: a link to /proc/self/fd/N, open on it."""
+    captured = (tmp_path / "captured.txt").open("w")
+    inode = os.fstat(captured.fileno()).st_ino
+    (tmp_path / "stdout").symlink_to(f"/proc/self/fd/{captured.fileno()}")
+    return (
+        tmp_path / "stdout",
+        lambda: (
+            (captured.close() or (tmp_path / "captured.txt").stat().st_ino == inode)
+            and (tmp_path / "captured.txt").read_text() == "new"
+        ),
+    )
+
+
+# What a user passes as a file to write that is not a plain file: the guard lets it be, and the write goes through
+# it, never replaces it (a rename over os.devnull as root would replace the device itself with a file; one through
+# /dev/stdout, the file the shell redirects the output into).
 NOT_PLAIN_FILES = {
     "a link to a file": link_to_a_file,
+    "a descriptor's link to a file": descriptor_of_a_file,
     "a device": lambda tmp_path: (Path(os.devnull), lambda: Path(os.devnull).is_char_device()),
 }
 
@@ -171,6 +187,7 @@ def test_an_atomic_write_goes_through_a_link_or_into_a_device_without_replacing_
             Path(dest).is_relative_to(tmp_path) and replace(source, dest),
         ),
     )
+    assert common.check_output_file(path, "--metrics_file", {}, "the metrics") == path
     common.write_text_atomic(path, "new")
     assert path not in replaced and kept()
     assert not [p for p in tmp_path.iterdir() if common.TEMPORARY in p.name]
