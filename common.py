@@ -1658,7 +1658,13 @@ def refuse_protected(
     """An ArgumentError where `path` is, holds or sits inside one of the run's `inputs` ({flag: path}) or the
     places no script writes into (PROTECTED_AREAS, and `areas` of the same shape): what `verb` (saving, writing)
     there would destroy."""
-    where = path.resolve()
+    try:
+        where = path.resolve()
+    except (RuntimeError, OSError) as error:  # a link that leads back to itself (RuntimeError before Python 3.13)
+        raise ArgumentError(
+            f"{flag} {path} cannot be followed to a place ({error}): a link in it leads back to itself. Pass another "
+            f"{flag}."
+        ) from error
     for name, value in inputs.items():
         relation = path_relation(where, Path(value).resolve())
         if relation:

@@ -52,6 +52,7 @@ def target(tmp_path, case):
     (tmp_path / "prefs").mkdir()
     (tmp_path / "prefs" / "rows.jsonl").write_text('{"question": "q", "chosen": "a", "rejected": "b"}\n')
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "loop").symlink_to("loop")
     return {
         "a checkpoint's config": (tmp_path / "checkpoint" / "sft" / "config.json", "is inside the checkpoint"),
         "a new file among a model's": (tmp_path / "checkpoint" / "sft" / "notes.json", "is inside the checkpoint"),
@@ -60,6 +61,7 @@ def target(tmp_path, case):
         "inside the dataset folder": (tmp_path / "prefs" / "metrics.json", "is inside --dataset_name"),
         "a folder": (tmp_path / "prefs", "is a folder"),
         "under a file": (tmp_path / "a_file" / "metrics.json", "cannot write --metrics_file"),
+        "a link to itself": (tmp_path / "loop", "cannot be followed to a place"),
     }[case]
 
 
@@ -71,6 +73,7 @@ FILE_CASES = [
     "inside the dataset folder",
     "a folder",
     "under a file",
+    "a link to itself",
 ]
 
 
@@ -238,6 +241,7 @@ def output_dir_case(tmp_path, case):
         "the tensorboard folder": (common.TENSORBOARD_ROOT, "is the TensorBoard runs' folder"),
         "inside a checkpoint": (tmp_path / "checkpoint" / "sft" / "sub", "is inside the checkpoint"),
         "inside the bundled data": (common.ROOT / "data" / "out", "is inside the pipeline's data folder"),
+        "a link to itself": (tmp_path / "loop", "cannot be followed to a place"),
     }[case]
 
 
@@ -249,6 +253,7 @@ OUTPUT_DIR_CASES = [
     "the tensorboard folder",
     "inside a checkpoint",
     "inside the bundled data",
+    "a link to itself",
 ]
 
 
@@ -256,6 +261,8 @@ def prepare(tmp_path, case):
     path, message = output_dir_case(tmp_path, case)
     if case == "a link":
         path.symlink_to(tmp_path / "target")
+    if case == "a link to itself":
+        path.symlink_to(path.name)
     if case == "a staging name that is a file":
         common.sibling(path, common.READY).write_text("")
     return path, message
