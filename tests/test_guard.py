@@ -303,6 +303,26 @@ def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_
     assert snapshot(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["sft"]
 
 
+# What the benchmark's --work_dir/<shape> may hold before it builds its models there (replacing the folder whole).
+WORK_DIR_CASES = {
+    "a model (--work_dir checkpoint/base: the tiny base)": lambda folder: fake_checkpoint(folder),
+    "a user's file": lambda folder: (folder.mkdir(), (folder / "notes.txt").write_text("mine")),
+    "only one of the benchmark's models": lambda folder: fake_checkpoint(folder / "rm"),
+}
+
+
+@pytest.mark.parametrize("case", WORK_DIR_CASES)
+def test_the_benchmark_refuses_a_work_dir_whose_shape_folder_holds_something_else(tmp_path, case):
+    from benchmarks import ppo_throughput
+
+    folder = tmp_path / "tiny"
+    WORK_DIR_CASES[case](folder)
+    before = snapshot(tmp_path)
+    with pytest.raises(common.ArgumentError, match="holds files that are not this benchmark's models"):
+        ppo_throughput.build_models("tiny", folder, seed=0)
+    assert snapshot(tmp_path) == before
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Periodic checkpoints of another run
 
