@@ -1567,11 +1567,14 @@ def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
             lock.close()
 
 
-def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0) -> None:
+def check_output_dir(
+    output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0, kind: str | None = None
+) -> None:
     """Before anything loads, and without writing anything: refuse an output folder that is, holds or sits inside one
     of the run's `inputs` ({flag: path}), the bundled data or the TensorBoard runs, that sits inside a checkpoint, that
-    is a file or a link (the save swaps folders by renaming), or that holds files other than a checkpoint (a save
-    replaces the whole folder); check that it can be written and has room for `needed_bytes`."""
+    is a file or a link (the save swaps folders by renaming), that holds files other than a checkpoint (a save
+    replaces the whole folder) or a model of another kind than the run's `kind` (WRITES); check that it can be
+    written and has room for `needed_bytes`."""
     path = Path(output_dir)
     refuse_protected(path, "--output_dir", inputs, "saving", OUTPUT_DIR_AREAS)
     refuse_unswappable(path)
@@ -1593,6 +1596,12 @@ def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], need
                 f"{', ...' if len(strangers) > 5 else ''}), and a save replaces the whole folder. Pass a new or empty "
                 "folder, or a checkpoint folder to overwrite."
             )
+    held = model_kind(path) if kind is not None and path.is_dir() else None
+    if held in WRITES.values() and held != kind:  # the same kind is a run replacing its own earlier model
+        raise ArgumentError(
+            f"--output_dir {output_dir} holds {held_article(held)}, and this script writes {held_article(kind)}: "
+            f"saving would replace that {held} with it. Pass another --output_dir, or move {output_dir} away first."
+        )
     existing = check_writable(
         path.resolve(),
         f"cannot write beside --output_dir {output_dir}",
@@ -1604,6 +1613,11 @@ def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], need
             f"--output_dir {output_dir} is on a disk with {free / 2**30:.1f} GiB free, and saving this run needs "
             f"about {needed_bytes / 2**30:.1f} GiB. Free some space or pass an --output_dir on another disk."
         )
+
+
+def held_article(kind: str) -> str:
+    """A kind of WRITES with its article: "an adapter", "a reward model"."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path | None], what: str) -> Path:
@@ -1900,15 +1914,15 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
         )
 
 
-def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, str]) -> dict:
+def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, str], kind: str) -> dict:
     """What the Trainer stages check before any data or model loads, in this order: a resumed run has the settings
     its checkpoint was saved with (check_resume), and the output folder can take the model (check_output_dir), is
     none of the `inputs` ({flag: folder} of the models the run reads, the one it trains first: its size is the
-    save's) and holds no other run's periodic checkpoints (check_periodic_checkpoints). The run's settings, for
-    SaveRunSettings."""
+    save's), holds no model of another `kind` than the one it writes, and holds no other run's periodic checkpoints
+    (check_periodic_checkpoints). The run's settings, for SaveRunSettings."""
     settings = run_settings(script_args, training_args, model_args)
     check_resume(training_args.resume_from_checkpoint, settings)
-    check_output_dir(training_args.output_dir, inputs, save_size(next(iter(inputs.values()))))
+    check_output_dir(training_args.output_dir, inputs, save_size(next(iter(inputs.values()))), kind)
     prunes = training_args.save_strategy != "no" and bool(training_args.save_total_limit)
     check_periodic_checkpoints(training_args.output_dir, training_args.resume_from_checkpoint, prunes)
     return settings

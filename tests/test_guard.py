@@ -287,6 +287,35 @@ def test_train_sft_refuses_such_an_output_folder_before_it_trains(tmp_path, case
     assert snapshot(tmp_path) == before and not (tmp_path / common.TINY_BASE_DIR).exists()  # nothing built
 
 
+# (script, the model its --output_dir already holds, that model's kind): another kind than the script writes.
+OTHER_KINDS = [
+    ("train_sft.py", lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
+    ("train_rm.py", fake_checkpoint, "a language model"),
+    ("train_ppo.py", fake_checkpoint, "a language model"),
+    ("train_dpo.py", lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
+    ("train_grpo.py", fake_checkpoint, "a language model"),
+]
+
+
+@pytest.mark.parametrize("script, model, held", OTHER_KINDS, ids=[case[0] for case in OTHER_KINDS])
+def test_a_stage_refuses_an_output_folder_holding_a_model_of_another_kind(tmp_path, script, model, held):
+    """train_sft.py --output_dir checkpoint/rm replaced the reward model with a language model, exit 0."""
+    model(tmp_path / "other")
+    before = snapshot(tmp_path)
+    result = run_main(script, "--tiny", "--output_dir", tmp_path / "other", cwd=tmp_path)
+    assert result.returncode == 2 and f"holds {held}, and this script writes" in result.stderr, result.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["language model", "reward model", "adapter"])
+def test_a_stage_may_replace_a_model_of_its_own_kind(tmp_path, kind):
+    {
+        "language model": fake_checkpoint,
+        "reward model": lambda f: fake_checkpoint(f, "Qwen2ForSequenceClassification"),
+    }.get(kind, fake_adapter)(tmp_path / "mine")
+    common.check_output_dir(tmp_path / "mine", {}, 0, kind)
+
+
 def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_to_do(tmp_path):
     path = fake_checkpoint(tmp_path / "sft", value=1.0)
     (path / "checkpoint-5").mkdir()
