@@ -62,6 +62,7 @@ def target(tmp_path, case):
         "a folder": (tmp_path / "prefs", "is a folder"),
         "under a file": (tmp_path / "a_file" / "metrics.json", "cannot write --metrics_file"),
         "a link to itself": (tmp_path / "loop", "cannot be followed to a place"),
+        "an empty path": ("", "is a folder"),  # the current folder: the default was taken in silence
     }[case]
 
 
@@ -74,6 +75,7 @@ FILE_CASES = [
     "a folder",
     "under a file",
     "a link to itself",
+    "an empty path",
 ]
 
 
