@@ -193,8 +193,8 @@ def test_a_config_key_left_empty_is_unset_where_the_field_takes_none(tmp_path):
     _, ppo_config = parse("train_ppo.py", "--tiny", "--config", config)
     assert (ppo_config.total_episodes, ppo_config.critic_learning_rate) == (None, None)
     config.write_text("output_dir:\n")  # PPO's default is None: --from_base picks the folder
-    script_args, _ = parse("train_ppo.py", "--tiny", "--config", config)
-    assert script_args.output_dir is None
+    _, ppo_config = parse("train_ppo.py", "--tiny", "--config", config)
+    assert ppo_config.output_dir is None
 
 
 def tiny_model() -> torch.nn.Module:
