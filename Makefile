@@ -52,7 +52,7 @@ demo-rm:
 demo-rm-styles:
 	@echo "== the reward model on hand-written pairs in styles the sample does not use (never trained on)"
 	$(PYTHON) $(SRC)eval_rm.py --tiny --dataset_name $(SRC)data/style_pairs.jsonl --num_examples 0 \
-		--metrics_file checkpoint/rm/style_metrics.json < /dev/null
+		--metrics_file checkpoint/rm_style_metrics.json < /dev/null
 demo-chat-base:
 	@echo "== the tiny base, before SFT"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) $(SRC)eval_sft.py --tiny --model_path checkpoint/base/tiny

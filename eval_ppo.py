@@ -161,13 +161,16 @@ def one_line(answer: str) -> str:
 def report_paths(args: EvalArguments) -> tuple[Path, Path]:
     """Where --compare writes its JSON (--metrics_file, or eval_metrics.json beside the PPO adapter) and its chart
     (CHART_FILE beside it)."""
-    metrics_file = Path(args.metrics_file or Path(args.ppo_model_path) / paths.METRICS_FILE)
+    # Only unset means the default: an empty --metrics_file is the current folder, which the guard refuses.
+    metrics_file = Path(
+        Path(args.ppo_model_path) / paths.METRICS_FILE if args.metrics_file is None else args.metrics_file
+    )
     if metrics_file.name == CHART_FILE:
         raise errors.ArgumentError(
             f"--metrics_file {metrics_file}: the chart is written beside it as {CHART_FILE}, so the two would be one "
             "file. Pass another name."
         )
-    return metrics_file, metrics_file.with_name(CHART_FILE)
+    return metrics_file, metrics_file.parent / CHART_FILE  # not with_name: "." (an empty flag) has no name
 
 
 def compare(args: EvalArguments) -> None:

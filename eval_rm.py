@@ -144,7 +144,8 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
 
 def metrics_path(args: EvalArguments) -> Path:
     """Where the metrics go: --metrics_file, or eval_metrics.json beside the model."""
-    return Path(args.metrics_file or Path(args.model_path) / paths.METRICS_FILE)
+    # Only unset means the default: an empty --metrics_file is the current folder, which the guard refuses.
+    return Path(Path(args.model_path) / paths.METRICS_FILE if args.metrics_file is None else args.metrics_file)
 
 
 def reward(model, tokenizer, question: str, answer: str, system_prompt: str, max_length: int | None = None) -> float:

@@ -120,7 +120,11 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
             "every parameter against a second copy of the SFT model."
         )
     settings = resuming.check_trainer_run(
-        script_args, training_args, model_args, {"sft_model_path": script_args.sft_model_path}
+        script_args,
+        training_args,
+        model_args,
+        {"sft_model_path": script_args.sft_model_path},
+        hints.WRITES["train_dpo.py"],
     )
 
     # Data first: a bad file fails in a second, before any model loads.

@@ -951,6 +951,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         config.output_dir,
         {flag: getattr(script_args, flag) for flag in input_flags},
         checkpoints.save_size(script_args.value_model_path),
+        hints.WRITES["train_ppo.py"],
     )
     prunes = config.save_steps > 0 and config.save_total_limit > 0
     outputs.check_periodic_checkpoints(config.output_dir, config.resume_from_checkpoint, prunes)

@@ -97,7 +97,11 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         raise errors.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
 
     settings = resuming.check_trainer_run(
-        script_args, training_args, model_args, {"model_name_or_path": model_args.model_name_or_path}
+        script_args,
+        training_args,
+        model_args,
+        {"model_name_or_path": model_args.model_name_or_path},
+        hints.WRITES["train_rm.py"],
     )
 
     # Data first: a bad file fails in a second, before any download or write.

@@ -88,7 +88,11 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         )
 
     settings = resuming.check_trainer_run(
-        script_args, training_args, model_args, {"model_name_or_path": model_args.model_name_or_path}
+        script_args,
+        training_args,
+        model_args,
+        {"model_name_or_path": model_args.model_name_or_path},
+        hints.WRITES["train_sft.py"],
     )
 
     # Data first: a bad file fails in a second, before any download or write.

@@ -129,10 +129,17 @@ def build_models(shape: str, folder: Path, seed: int) -> None:
     tokenizer = tiny.build_tiny_tokenizer(
         [paths.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in data_files.REQUIRED_COLUMNS]
     )
-    if (folder / "rm" / "config.json").is_file():
+    # Both models or neither: they are built in a staging folder renamed into place whole.
+    if all((folder / model / "config.json").is_file() for model in ("sft", "rm")):
         if AutoTokenizer.from_pretrained(folder / "sft").get_vocab() == tokenizer.get_vocab():
             return
         print(f"{folder} holds models built with an earlier tokenizer: building them again.")
+    elif folder.exists() and any(folder.iterdir()):
+        names = ", ".join(sorted(entry.name for entry in folder.iterdir())[:5])
+        raise errors.ArgumentError(
+            f"--work_dir: {folder} holds files that are not this benchmark's models ({names}), and building them "
+            f"replaces the whole folder. Pass another --work_dir, a folder for the benchmark alone."
+        )
     else:
         print(f"Building random {shape} models in {folder} (once).")
     pad_id, eos_id = tokenizer.convert_tokens_to_ids([tiny.PAD_TOKEN, tiny.EOS_TOKEN])

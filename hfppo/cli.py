@@ -294,7 +294,11 @@ def _read_config(path: str, parser: TrlParser) -> dict:
             f"--config {path}: {_unknown(unknown, list(actions), 'key')} The keys are the flags' names without --."
         )
     for key, value in config.items():
-        if value is None and not _accepts_none(parser, key):  # `key:` or `key: null`, which no flag can give either
+        # `key:` or `key: null`, which no flag can give either; unset only where the field takes None and None means
+        # this script's default
+        if value is None and (
+            not _accepts_none(parser, key) or key in NULL_NOT_DEFAULT and actions[key].default is not None
+        ):
             raise errors.ArgumentError(
                 f"--config {path}: {key} is empty (null), and --{key} needs a value. Give it one, or remove the key "
                 "to keep the default."
@@ -312,6 +316,11 @@ def _read_config(path: str, parser: TrlParser) -> dict:
                 )
     os.environ.update({key: str(value) for key, value in env.items()})
     return config
+
+
+# Fields whose type takes None where the libraries do not read None as the script's default: TrainingArguments saves
+# to trainer_output for an output_dir of None (not checkpoint/<stage>) and refuses a report_to of None.
+NULL_NOT_DEFAULT = ("output_dir", "report_to")
 
 
 def _accepts_none(parser: TrlParser, name: str) -> bool:

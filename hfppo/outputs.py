@@ -9,10 +9,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hfppo import checkpoints, errors, paths
+from hfppo import checkpoints, errors, hints, paths
 
 # TRL's trainers write a model card into the output folder with each periodic checkpoint: beside one, it is theirs.
 TRAINER_MODEL_CARD = "README.md"
+# Room a report needs on its disk, checked before the work: more than the largest (eval_ppo's metrics with every
+# answer, its chart) takes.
+REPORT_BYTES = 2**20
+MAX_LINK_HOPS = 40  # Linux follows at most 40 links in a path (ELOOP beyond)
 TEMPORARY = ".tmp"  # in the name of a file that `atomic_file` writes before renaming it into place
 # Places that no script writes into, with what a write there would do: the bundled data (the sample, the lexicon, the
 # style pairs) and, for an output folder, which a save replaces whole, the TensorBoard runs, this run's own included.
@@ -24,16 +28,20 @@ OUTPUT_DIR_AREAS = {
 }
 
 
-def check_output_dir(output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0) -> None:
+def check_output_dir(
+    output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0, kind: str | None = None
+) -> None:
     """Before anything loads, and without writing anything: refuse an output folder that is, holds or sits inside one
     of the run's `inputs` ({flag: path}), the bundled data or the TensorBoard runs, that sits inside a checkpoint, that
-    is a file or a link (the save swaps folders by renaming), or that holds files other than a checkpoint (a save
-    replaces the whole folder); check that it can be written and has room for `needed_bytes`."""
+    is a file or a link (the save swaps folders by renaming), that holds files other than a checkpoint (a save
+    replaces the whole folder) or a model of another kind than the run's `kind` (WRITES); check that it can be
+    written and has room for `needed_bytes`."""
     path = Path(output_dir)
     refuse_protected(path, "--output_dir", inputs, "saving", OUTPUT_DIR_AREAS)
     refuse_unswappable(path)
     refuse_inside_checkpoint(output_dir)
     refuse_other_files(output_dir)
+    refuse_other_kind(output_dir, kind)
     check_room(output_dir, needed_bytes)
 
 
@@ -45,6 +53,18 @@ def refuse_inside_checkpoint(output_dir: str | Path) -> None:
         raise errors.ArgumentError(
             f"--output_dir {output_dir} is inside the checkpoint {checkpoint}: the next save of that folder would "
             "delete it. Pass an --output_dir outside every checkpoint."
+        )
+
+
+def refuse_other_kind(output_dir: str | Path, kind: str | None) -> None:
+    """An --output_dir holding a model of another kind (hints.WRITES) than the run's `kind` is refused: the save
+    would replace it. The same kind is a run replacing its own earlier model."""
+    path = Path(output_dir)
+    held = checkpoints.model_kind(path) if kind is not None and path.is_dir() else None
+    if held in hints.WRITES.values() and held != kind:
+        raise errors.ArgumentError(
+            f"--output_dir {output_dir} holds {held_article(held)}, and this script writes {held_article(kind)}: "
+            f"saving would replace that {held} with it. Pass another --output_dir, or move {output_dir} away first."
         )
 
 
@@ -86,12 +106,19 @@ def check_room(output_dir: str | Path, needed_bytes: int) -> None:
         )
 
 
+def held_article(kind: str) -> str:
+    """A kind of WRITES with its article: "an adapter", "a reward model"."""
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+
+
 def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path | None], what: str) -> Path:
     """The one guard of every file a script writes (metrics, charts, exports), before the work and without writing
     anything: refuse a path that is or sits inside one of the run's `inputs` ({flag: path}, None for unset) or the
     bundled data, a file among a checkpoint's own (only REPORT_FILES may sit beside a model), or a folder; check that
     its folder can be written, so that `what` is not lost after the work. Write it with `atomic_file`."""
     path = Path(path)
+    if is_stream(path):  # written into where it is (see atomic_file): no folder of files to check
+        return path
     if path.is_dir():
         raise errors.ArgumentError(f"{flag} {path} is a folder; it names the file to write. Pass a file path.")
     refuse_protected(path, flag, {name: value for name, value in inputs.items() if value is not None}, "writing")
@@ -103,11 +130,18 @@ def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path 
             f"one of them, and the next save of that folder deletes it. Pass a path outside every checkpoint (only "
             f"{' and '.join(paths.REPORT_FILES)} may sit beside a model)."
         )
-    check_writable(
+    existing = check_writable(
         where.parent,
         f"cannot write {flag} {path}",
         f"so {what} would be lost after the work. Pass a {flag} on a writable disk.",
     )
+    free = shutil.disk_usage(existing).free
+    if free < REPORT_BYTES:  # an empty file can still be created on a full disk: check_writable passes there
+        raise errors.PipelineError(
+            f"cannot write {flag} {path}: its disk has {free // 1024} KiB free, less than the {REPORT_BYTES // 1024} "
+            f"KiB a report may take, so {what} would be lost after the work. Free some space or pass a {flag} on "
+            "another disk."
+        )
     return path
 
 
@@ -122,7 +156,13 @@ def refuse_protected(
     """An ArgumentError where `path` is, holds or sits inside one of the run's `inputs` ({flag: path}) or the
     places no script writes into (PROTECTED_AREAS, and `areas` of the same shape): what `verb` (saving, writing)
     there would destroy."""
-    where = path.resolve()
+    try:
+        where = path.resolve()
+    except (RuntimeError, OSError) as error:  # a link that leads back to itself (RuntimeError before Python 3.13)
+        raise errors.ArgumentError(
+            f"{flag} {path} cannot be followed to a place ({error}): a link in it leads back to itself. Pass another "
+            f"{flag}."
+        ) from error
     for name, value in inputs.items():
         relation = path_relation(where, Path(value).resolve())
         if relation:
@@ -189,14 +229,22 @@ def check_writable(where: Path, cannot: str, consequence: str) -> Path:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temporary file beside `path` for the block to write, then renamed over `path` (os.replace, one atomic
     step): a reader or a kill sees the previous file or the new one whole, never half of it. A write that fails (a
-    full disk) leaves the previous file as it was and raises a PipelineError."""
+    full disk) leaves the previous file as it was and raises a PipelineError. A link is followed to the file it
+    names (as the guard checked it, and as a plain write would), not replaced; a device or a pipe there (/dev/null,
+    /dev/stdout) is written into, never replaced by a file: the rename would destroy it (as root, /dev/null itself)."""
     path = Path(path)
+    in_place = is_stream(path)
+    if path.is_symlink() and not in_place:
+        path = path.resolve()
     # The file's own suffix last, so that writers that infer the format from the name (savefig) still do.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}{TEMPORARY}{path.suffix}")
+    temporary = (
+        path if in_place else path.with_name(f".{path.name}.{os.getpid()}-{time.time_ns()}{TEMPORARY}{path.suffix}")
+    )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
-        os.replace(temporary, path)
+        if not in_place:
+            os.replace(temporary, path)
     except OSError as error:
         kept = "the file there is unchanged" if path.exists() else "nothing was written"
         raise errors.PipelineError(
@@ -204,7 +252,20 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             "disk or pass a writable path, then run again."
         ) from error
     finally:
-        temporary.unlink(missing_ok=True)
+        if not in_place:
+            temporary.unlink(missing_ok=True)
+
+
+def is_stream(path: Path) -> bool:
+    """Whether `path` names a device, a pipe or an open descriptor (/dev/null, /dev/stdout, /proc/self/fd/1), not a
+    file in a folder: following its links, one into /proc's descriptors, or one to neither a file nor a folder."""
+    for _ in range(MAX_LINK_HOPS):
+        if path.is_relative_to("/proc"):  # /dev/stdout -> /proc/self/fd/1: the stream, even when it is a file
+            return path.exists()
+        if not path.is_symlink():
+            break
+        path = path.parent / os.readlink(path)
+    return path.exists() and not path.is_file() and not path.is_dir()
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

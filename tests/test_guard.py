@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,6 +53,7 @@ def target(tmp_path, case):
     (tmp_path / "prefs").mkdir()
     (tmp_path / "prefs" / "rows.jsonl").write_text('{"question": "q", "chosen": "a", "rejected": "b"}\n')
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "loop").symlink_to("loop")
     return {
         "a checkpoint's config": (tmp_path / "checkpoint" / "sft" / "config.json", "is inside the checkpoint"),
         "a new file among a model's": (tmp_path / "checkpoint" / "sft" / "notes.json", "is inside the checkpoint"),
@@ -60,6 +62,8 @@ def target(tmp_path, case):
         "inside the dataset folder": (tmp_path / "prefs" / "metrics.json", "is inside --dataset_name"),
         "a folder": (tmp_path / "prefs", "is a folder"),
         "under a file": (tmp_path / "a_file" / "metrics.json", "cannot write --metrics_file"),
+        "a link to itself": (tmp_path / "loop", "cannot be followed to a place"),
+        "an empty path": ("", "is a folder"),  # the current folder: the default was taken in silence
     }[case]
 
 
@@ -71,6 +75,8 @@ FILE_CASES = [
     "inside the dataset folder",
     "a folder",
     "under a file",
+    "a link to itself",
+    "an empty path",
 ]
 
 
@@ -82,6 +88,21 @@ def test_the_guard_refuses_a_file_path_that_would_destroy_or_lose_something(tmp_
     with pytest.raises(errors.PipelineError, match=message):
         outputs.check_output_file(path, "--metrics_file", {"dataset_name": dataset}, "the metrics")
     assert snapshot(tmp_path) == before and snapshot(paths.ROOT / "data") == data_before
+
+
+@pytest.mark.parametrize("free, refused", [(0, True), (outputs.REPORT_BYTES - 1, True), (outputs.REPORT_BYTES, False)])
+def test_the_guard_refuses_a_file_on_a_disk_without_room_for_it_before_the_work(tmp_path, monkeypatch, free, refused):
+    """A full disk still lets an empty file be created (check_writable passes): only its free space tells."""
+    monkeypatch.setattr(
+        outputs.shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(2**30, 2**30 - free, free)
+    )
+    path = tmp_path / "metrics.json"
+    if refused:
+        with pytest.raises(errors.PipelineError, match=f"its disk has {free // 1024} KiB free.*lost after the work"):
+            outputs.check_output_file(path, "--metrics_file", {}, "the metrics")
+    else:
+        assert outputs.check_output_file(path, "--metrics_file", {}, "the metrics") == path
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", paths.REPORT_FILES)
@@ -124,6 +145,58 @@ def test_an_atomic_write_that_fails_keeps_the_previous_file_and_leaves_no_tempor
     assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
     outputs.write_text_atomic(path, "new 新")
     assert path.read_text(encoding="utf-8") == "new 新" and list(tmp_path.iterdir()) == [path]
+
+
+def link_to_a_file(tmp_path):
+    (tmp_path / "target.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("target.json")
+    return (
+        tmp_path / "link.json",
+        lambda: (tmp_path / "link.json").is_symlink() and ((tmp_path / "target.json").read_text() == "new"),
+    )
+
+
+def descriptor_of_a_file(tmp_path):
+    """As /dev/stdout redirected to a file: a link to /proc/self/fd/N, open on it."""
+    captured = (tmp_path / "captured.txt").open("w")
+    inode = os.fstat(captured.fileno()).st_ino
+    (tmp_path / "stdout").symlink_to(f"/proc/self/fd/{captured.fileno()}")
+    return (
+        tmp_path / "stdout",
+        lambda: (
+            (captured.close() or (tmp_path / "captured.txt").stat().st_ino == inode)
+            and (tmp_path / "captured.txt").read_text() == "new"
+        ),
+    )
+
+
+# What a user passes as a file to write that is not a plain file: the guard lets it be, and the write goes through
+# it, never replaces it (a rename over os.devnull as root would replace the device itself with a file; one through
+# /dev/stdout, the file the shell redirects the output into).
+NOT_PLAIN_FILES = {
+    "a link to a file": link_to_a_file,
+    "a descriptor's link to a file": descriptor_of_a_file,
+    "a device": lambda tmp_path: (Path(os.devnull), lambda: Path(os.devnull).is_char_device()),
+}
+
+
+@pytest.mark.parametrize("case", NOT_PLAIN_FILES)
+def test_an_atomic_write_goes_through_a_link_or_into_a_device_without_replacing_it(tmp_path, case, monkeypatch):
+    path, kept = NOT_PLAIN_FILES[case](tmp_path)
+    replaced, replace = [], os.replace
+    # Record the renames, and make only those into tmp_path: a broken atomic_file must not replace os.devnull here.
+    monkeypatch.setattr(
+        outputs.os,
+        "replace",
+        lambda source, dest: (
+            replaced.append(Path(dest)),
+            Path(dest).is_relative_to(tmp_path) and replace(source, dest),
+        ),
+    )
+    assert outputs.check_output_file(path, "--metrics_file", {}, "the metrics") == path
+    outputs.write_text_atomic(path, "new")
+    assert path not in replaced and kept()
+    assert not [p for p in tmp_path.iterdir() if outputs.TEMPORARY in p.name]
 
 
 def chart_events(run_dir):
@@ -171,6 +244,7 @@ def output_dir_case(tmp_path, case):
         "the tensorboard folder": (paths.TENSORBOARD_ROOT, "is the TensorBoard runs' folder"),
         "inside a checkpoint": (tmp_path / "checkpoint" / "sft" / "sub", "is inside the checkpoint"),
         "inside the bundled data": (paths.ROOT / "data" / "out", "is inside the pipeline's data folder"),
+        "a link to itself": (tmp_path / "loop", "cannot be followed to a place"),
     }[case]
 
 
@@ -182,6 +256,7 @@ OUTPUT_DIR_CASES = [
     "the tensorboard folder",
     "inside a checkpoint",
     "inside the bundled data",
+    "a link to itself",
 ]
 
 
@@ -189,6 +264,8 @@ def prepare(tmp_path, case):
     path, message = output_dir_case(tmp_path, case)
     if case == "a link":
         path.symlink_to(tmp_path / "target")
+    if case == "a link to itself":
+        path.symlink_to(path.name)
     if case == "a staging name that is a file":
         checkpoints.sibling(path, checkpoints.READY).write_text("")
     return path, message
@@ -213,6 +290,35 @@ def test_train_sft_refuses_such_an_output_folder_before_it_trains(tmp_path, case
     assert snapshot(tmp_path) == before and not (tmp_path / paths.TINY_BASE_DIR).exists()  # nothing built
 
 
+# (script, the model its --output_dir already holds, that model's kind): another kind than the script writes.
+OTHER_KINDS = [
+    ("train_sft.py", lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
+    ("train_rm.py", fake_checkpoint, "a language model"),
+    ("train_ppo.py", fake_checkpoint, "a language model"),
+    ("train_dpo.py", lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
+    ("train_grpo.py", fake_checkpoint, "a language model"),
+]
+
+
+@pytest.mark.parametrize("script, model, held", OTHER_KINDS, ids=[case[0] for case in OTHER_KINDS])
+def test_a_stage_refuses_an_output_folder_holding_a_model_of_another_kind(tmp_path, script, model, held):
+    """train_sft.py --output_dir checkpoint/rm replaced the reward model with a language model, exit 0."""
+    model(tmp_path / "other")
+    before = snapshot(tmp_path)
+    result = run_main(script, "--tiny", "--output_dir", tmp_path / "other", cwd=tmp_path)
+    assert result.returncode == 2 and f"holds {held}, and this script writes" in result.stderr, result.stderr
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["language model", "reward model", "adapter"])
+def test_a_stage_may_replace_a_model_of_its_own_kind(tmp_path, kind):
+    {
+        "language model": fake_checkpoint,
+        "reward model": lambda f: fake_checkpoint(f, "Qwen2ForSequenceClassification"),
+    }.get(kind, fake_adapter)(tmp_path / "mine")
+    outputs.check_output_dir(tmp_path / "mine", {}, 0, kind)
+
+
 def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_to_do(tmp_path):
     path = fake_checkpoint(tmp_path / "sft", value=1.0)
     (path / "checkpoint-5").mkdir()
@@ -227,6 +333,26 @@ def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_
     assert f"the previous checkpoint in {path} is intact" in message and "Free some space" in message
     assert f"resume from {path / 'checkpoint-5'}" in message
     assert snapshot(path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["sft"]
+
+
+# What the benchmark's --work_dir/<shape> may hold before it builds its models there (replacing the folder whole).
+WORK_DIR_CASES = {
+    "a model (--work_dir checkpoint/base: the tiny base)": lambda folder: fake_checkpoint(folder),
+    "a user's file": lambda folder: (folder.mkdir(), (folder / "notes.txt").write_text("mine")),
+    "only one of the benchmark's models": lambda folder: fake_checkpoint(folder / "rm"),
+}
+
+
+@pytest.mark.parametrize("case", WORK_DIR_CASES)
+def test_the_benchmark_refuses_a_work_dir_whose_shape_folder_holds_something_else(tmp_path, case):
+    from benchmarks import ppo_throughput
+
+    folder = tmp_path / "tiny"
+    WORK_DIR_CASES[case](folder)
+    before = snapshot(tmp_path)
+    with pytest.raises(errors.ArgumentError, match="holds files that are not this benchmark's models"):
+        ppo_throughput.build_models("tiny", folder, seed=0)
+    assert snapshot(tmp_path) == before
 
 
 # ----------------------------------------------------------------------------------------------------------------

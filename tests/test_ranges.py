@@ -173,6 +173,9 @@ def test_every_scheduler_ppo_offers_steps_as_its_loop_steps_it(name):
         ("train_sft.py", "num_train_epochs:\n", "num_train_epochs"),
         ("train_dpo.py", "beta: ~\n", "beta"),
         ("train_rm.py", "system_prompt: null\n", "system_prompt"),
+        # their types take None, but transformers saves to trainer_output, or refuses None, instead of the default
+        ("train_sft.py", "output_dir:\n", "output_dir"),
+        ("train_grpo.py", "report_to: null\n", "report_to"),
     ],
 )
 def test_a_config_key_left_empty_is_refused_naming_file_and_key(tmp_path, script, text, key):
@@ -190,6 +193,9 @@ def test_a_config_key_left_empty_is_unset_where_the_field_takes_none(tmp_path):
     assert ppo_config.total_episodes == 64  # the flag outranks the file
     _, ppo_config = parse("train_ppo.py", "--tiny", "--config", config)
     assert (ppo_config.total_episodes, ppo_config.critic_learning_rate) == (None, None)
+    config.write_text("output_dir:\n")  # PPO's default is None: --from_base picks the folder
+    _, ppo_config = parse("train_ppo.py", "--tiny", "--config", config)
+    assert ppo_config.output_dir is None
 
 
 def tiny_model() -> torch.nn.Module:
