@@ -5,13 +5,10 @@ resolution and loading, reward scoring. The machinery around them lives in the h
 """
 
 import hashlib
-import json
 import math
 import os
-import re
 import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -22,16 +19,9 @@ from accelerate import PartialState
 from datasets import Dataset
 from peft import PeftModel
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfppo import checkpoints, data_files, errors, hints, outputs, paths, runtime, sampling, tiny, training
-
-# The LoRA adapter each RL method trains on its starting model (PPO, DPO, GRPO): the same rank, scale and layers, so
-# that the methods change the model through the same parameters and compare on equal terms. The original's PPO values.
-LORA_R = 32
-LORA_ALPHA = 8
-LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
+from hfppo import checkpoints, data_files, errors, hints, paths, runtime, sampling, tiny
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
@@ -132,38 +122,6 @@ def check_same_held_out(held_out: Dataset, saved_as: Path, other_model: str | Pa
         )
 
 
-def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:
-    """A stage's held-out rows beside its model, each with the system prompt it was trained with, so the stage's
-    eval script sees exactly that split."""
-    rows = rows.map(lambda row: {"system": row["system"] or system_prompt})
-    rows.to_json(folder / paths.HELD_OUT_FILE, force_ascii=False)
-
-
-def save_train_results(folder: Path, runtime_s: float, samples_per_second: float) -> None:
-    """The run's wall time and examples per second, as the Trainer's train_results.json names them."""
-    results = {"train_runtime": runtime_s, "train_samples_per_second": samples_per_second}
-    outputs.write_text_atomic(Path(folder) / paths.TRAIN_RESULTS_FILE, json.dumps(results, indent=2) + "\n")
-
-
-def save_trainer_stage(
-    trainer, held_out: Dataset | None, system_prompt: str, metrics: dict, per_second: float | None = None
-) -> None:
-    """A Trainer stage's final save into its output_dir, whole or not at all (staged_save): the model or adapter and
-    its tokenizer, the held-out rows (if any) and train_results.json (the run's `metrics`' train_runtime, and
-    `per_second` examples a second, by default the Trainer's train_samples_per_second); then the TensorBoard writer is
-    closed, so that the stage's chart sees every point."""
-    with checkpoints.staged_save(trainer.args.output_dir) as staging:
-        trainer.save_model(staging)
-        if trainer.is_world_process_zero():
-            trainer.processing_class.save_pretrained(staging)
-            if held_out is not None and len(held_out):
-                save_held_out(held_out, system_prompt, staging)
-            if per_second is None:
-                per_second = metrics["train_samples_per_second"]
-            save_train_results(staging, metrics["train_runtime"], per_second)
-    trainer.end()
-
-
 def evaluation_data(
     dataset_name: str | None, model_path: str | Path, source: paths.ModelSource
 ) -> tuple[str, Dataset]:
@@ -260,34 +218,6 @@ def check_pad_token(tokenizer, where: str, model=None) -> None:
             f"{where}: the model's config.pad_token_id is {model.config.pad_token_id} but its tokenizer pads with "
             f"{tokenizer.pad_token!r} (id {tokenizer.pad_token_id}), so the reward would be read at the wrong token. "
             "Set pad_token_id in its config.json to the tokenizer's pad id."
-        )
-
-
-def check_target_modules(model: torch.nn.Module, targets: str | list[str] | None, where: str) -> None:
-    """Refuse a --lora_target_modules name that matches none of `model`'s modules, by PEFT's rule: a list's names match
-    a module by its last parts (q_proj: model.layers.0.self_attn.q_proj), one name alone is a regular expression of the
-    whole path (TRL's ModelConfig passes it as such), all-linear every linear layer. PEFT fails only when no name
-    matches anything and skips the rest in silence, which would train other layers than the flag says."""
-    if targets is None or targets == "all-linear":  # unset: PEFT's layers for the architecture
-        return
-    paths = [name for name, _ in model.named_modules()]
-    if isinstance(targets, str):
-        try:
-            missing = [] if any(re.fullmatch(targets, path) for path in paths) else [targets]
-        except re.error as error:
-            raise errors.PipelineError(
-                f"--lora_target_modules {targets!r} is not a regular expression ({error})."
-            ) from error
-    else:
-        missing = [name for name in targets if not any(path == name or path.endswith(f".{name}") for path in paths)]
-    if missing:
-        linear = dict.fromkeys(
-            p.rsplit(".", 1)[-1] for p, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-        )
-        raise errors.PipelineError(
-            f"--lora_target_modules: {where} has no module {errors.join_names(missing)}, so that adapter would not be "
-            f"where the flag says. Its linear layers are {errors.join_names(list(linear))}: name some of them (the "
-            f"default is {' '.join(LORA_TARGET_MODULES)})."
         )
 
 
@@ -477,67 +407,17 @@ def built_tiny_base(path: Path, rebuild_stale: bool) -> str:
 
 
 def build_tiny_base(path: str | Path, seed: int = tiny.TINY_SEED) -> None:
-    """Build the offline tiny base at `path`: tokenizer, random Qwen2 weights, then a short SFT on polite answers.
-
-    Only the sample's training rows at the default --eval_fraction (split_held_out) go into the tokenizer and the
-    SFT: a base that had read the held-out answers would let the reward model tell them apart by "text the base
-    knows" rather than by style (data/README.md). Deterministic for a given seed. Saved as a checkpoint is
-    (`staged_save`), so an interrupted build never leaves a folder that looks complete, and a base built by another
-    recipe (resolve_model) is replaced whole.
-    """
-    from transformers import Qwen2Config, Qwen2ForCausalLM, set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    path = Path(path)
-    if path.is_dir():
-        print(
-            f"{path} was built by another recipe of the tiny preset (an earlier version of this project, or other "
-            "sample data): building it again. Models trained from the old one need training again; the stages after "
-            "them refuse a model whose tokenizer differs from the policy's."
-        )
-    print(f"Building the tiny base model at {path} (once; later runs reuse it).")
+    """Build the offline tiny base at `path` (tiny.build_tiny_base) from the sample's training rows at the default
+    --eval_fraction (split_held_out): a base that had read the held-out answers would let the reward model tell them
+    apart by "text the base knows" rather than by style (data/README.md)."""
     data, _ = split_held_out(load_preference_data(paths.SAMPLE_DATA), paths.DEFAULT_EVAL_FRACTION)
     texts = [paths.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in data_files.REQUIRED_COLUMNS]
-    tokenizer = tiny.build_tiny_tokenizer(texts)
-
-    set_seed(seed)
-    pad_id, eos_id = tokenizer.convert_tokens_to_ids([tiny.PAD_TOKEN, tiny.EOS_TOKEN])
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        bos_token_id=pad_id,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        **tiny.TINY_MODEL_CONFIG,
-    )
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=pad_id, pad_token_id=pad_id, eos_token_id=[eos_id, pad_id], **tiny.QWEN_GENERATION_DEFAULTS
-    )
-
     polite = data.map(
         sft_example,
         fn_kwargs={"system_prompt": paths.DEFAULT_SYSTEM_PROMPT, "answer_column": "rejected"},
         remove_columns=data.column_names,
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        args = SFTConfig(
-            output_dir=scratch,
-            seed=seed,
-            bf16=False,  # fp32 everywhere, so the same seed gives the same weights
-            activation_checkpointing=False,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="epoch",  # the loss in the progress bar, once an epoch
-            dataloader_pin_memory=runtime.accelerator_available(),
-            **tiny.TINY_BASE_TRAINING,
-        )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=polite, processing_class=tokenizer)
-        training.compact_progress(trainer)
-        trainer.train()
-    with checkpoints.staged_save(path) as staging:
-        trainer.model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / tiny.TINY_RECIPE_FILE).write_text(json.dumps(tiny.tiny_recipe(seed), indent=2) + "\n")
+    tiny.build_tiny_base(path, texts, polite, seed)
 
 
 def _build_tiny_base_alone(path: Path) -> None:

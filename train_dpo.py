@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer, ModelConfig, get_peft_config
 
 import common
-from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, lora, outputs, paths, resuming, runtime, training
 
 # The original's recipe of the other stages (2 epochs, 4 x 8 pairs per step, max length 500), TRL's DPO loss (sigmoid,
 # beta 0.1), and the LoRA every RL method trains (common.LORA_*, PPO's: rank 32, alpha 8; dropout 0, as PPO, since
@@ -45,10 +45,10 @@ DEFAULTS = dict(
     bf16=runtime.bf16_available(),
     dataloader_pin_memory=runtime.accelerator_available(),
     use_peft=True,
-    lora_r=common.LORA_R,
-    lora_alpha=common.LORA_ALPHA,
+    lora_r=lora.LORA_R,
+    lora_alpha=lora.LORA_ALPHA,
     lora_dropout=0.0,
-    lora_target_modules=list(common.LORA_TARGET_MODULES),
+    lora_target_modules=list(lora.LORA_TARGET_MODULES),
 )
 # A CPU-sized run on the tiny SFT model: one pass over the 310 training pairs, at a learning rate that moves the tiny
 # model's held-out margin in seconds without overfitting (at 3e-3 the training loss reached 0.002 while the held-out
@@ -144,7 +144,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     if model_args.use_peft:  # DPOTrainer loads the model: its layers from an empty (meta-device) copy, in no time
         with init_empty_weights():
             layers = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(script_args.sft_model_path))
-        common.check_target_modules(layers, model_args.lora_target_modules, script_args.sft_model_path)
+        lora.check_target_modules(layers, model_args.lora_target_modules, script_args.sft_model_path)
     to_pairs = dict(fn_kwargs={"system_prompt": script_args.system_prompt}, remove_columns=data.column_names)
     train_dataset = train_rows.map(common.dpo_example, **to_pairs)
     eval_dataset = held_out.map(common.dpo_example, **to_pairs) if len(held_out) else None
@@ -182,7 +182,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     trainer.add_callback(training.SaveRunSettings(settings))
     trainer.add_callback(training.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
+    outputs.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
         curves = charts.curves_note(run_dir, CHART_TAGS, f"DPO: {script_args.sft_model_path}", training_args.report_to)

@@ -19,17 +19,17 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, get_peft_config
 
 import common
-from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, lora, outputs, paths, resuming, runtime, training
 
 # The real run: PPO's LoRA, sampling, answer length, learning rate and number of sampled answers, so that the two
 # methods differ in how they turn scores into updates only (README, GRPO, instead of PPO).
 DEFAULTS = dict(
     output_dir=str(paths.GRPO_DIR),
     use_peft=True,
-    lora_r=common.LORA_R,
-    lora_alpha=common.LORA_ALPHA,
+    lora_r=lora.LORA_R,
+    lora_alpha=lora.LORA_ALPHA,
     lora_dropout=0.0,  # as PPO's: no dropout anywhere, so log-probs are deterministic and the ratio is 1 at the start
-    lora_target_modules=list(common.LORA_TARGET_MODULES),
+    lora_target_modules=list(lora.LORA_TARGET_MODULES),
     disable_dropout=True,
     learning_rate=5e-6,  # PPO's (TRL's GRPO default is 1e-6)
     # 8 answers a question (TRL's default), 4 questions an optimizer step; 2 / 8 of an epoch samples 2 answers per
@@ -128,7 +128,7 @@ def make_trainer(sft_model_path: str, tokenizer, reward_fn, prompts, training_ar
     """
     policy = AutoModelForCausalLM.from_pretrained(sft_model_path, dtype=torch.float32)
     policy.generation_config.eos_token_id = tokenizer.eos_token_id
-    common.check_target_modules(policy, model_args.lora_target_modules, sft_model_path)
+    lora.check_target_modules(policy, model_args.lora_target_modules, sft_model_path)
     return GRPOTrainer(
         model=policy,
         reward_funcs=reward_fn,
@@ -212,7 +212,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     args = trainer.args
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     answers_per_second = trainer.state.global_step * batch / args.num_iterations / result.metrics["train_runtime"]
-    common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics, answers_per_second)
+    outputs.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics, answers_per_second)
 
     if trainer.is_world_process_zero():
         curves = charts.curves_note(

@@ -56,6 +56,7 @@ from hfppo import (
     hints,
     judge,
     lifecycle,
+    lora,
     outputs,
     paths,
     resuming,
@@ -226,15 +227,15 @@ class PPOConfig:
     vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss against the policy loss."})
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE's lambda."})
-    lora_r: int = field(default=common.LORA_R, metadata={"help": "LoRA rank."})
+    lora_r: int = field(default=lora.LORA_R, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(
-        default=common.LORA_ALPHA, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."}
+        default=lora.LORA_ALPHA, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."}
     )
     lora_dropout: float = field(
         default=0.0, metadata={"help": "0, so that log-probs are deterministic and the ratio measures policy change."}
     )
     lora_target_modules: list[str] = field(
-        default_factory=lambda: list(common.LORA_TARGET_MODULES),
+        default_factory=lambda: list(lora.LORA_TARGET_MODULES),
         metadata={"help": "The layers that get an adapter."},
     )
     eval_steps: float = field(
@@ -775,7 +776,7 @@ def load_models(
     )
     with checkpoints.loading(inputs.policy, inputs.policy_command):
         starting_point = AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32)
-    common.check_target_modules(starting_point, config.lora_target_modules, inputs.policy)
+    lora.check_target_modules(starting_point, config.lora_target_modules, inputs.policy)
     policy = get_peft_model(starting_point, lora)
     with checkpoints.loading(inputs.value, inputs.value_command):
         critic = load_critic(inputs.value)
@@ -1156,8 +1157,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     runtime = time.perf_counter() - run_started
 
     def held_out_and_results(folder: Path) -> None:  # for eval_ppo.py --compare
-        common.save_held_out(held_out, script_args.system_prompt, folder)
-        common.save_train_results(folder, runtime, (num_updates - start_update) * batch_size / runtime)
+        outputs.save_held_out(held_out, script_args.system_prompt, folder)
+        outputs.save_train_results(folder, runtime, (num_updates - start_update) * batch_size / runtime)
 
     save_checkpoint(Path(config.output_dir), accelerator, model, tokenizer, write_more=held_out_and_results)
     if accelerator.is_main_process:

@@ -16,7 +16,7 @@ from datasets import Dataset
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 import common
-from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, tiny, training
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, outputs, paths, resuming, runtime, tiny, training
 
 # The original run: the base model (not the SFT one), every row, 2 epochs, 4 x 8 pairs per step.
 DEFAULTS = dict(
@@ -152,7 +152,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     trainer.add_callback(training.SaveRunSettings(settings))
     trainer.add_callback(training.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
+    outputs.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
         curves = charts.curves_note(run_dir, CHART_TAGS, f"Reward model: {model_path}", training_args.report_to)

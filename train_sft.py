@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 import common
-from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, paths, resuming, runtime, training
+from hfppo import charts, checkpoints, cli, errors, hints, lifecycle, outputs, paths, resuming, runtime, training
 
 # The original run: "a small number of rude dialogues" (the first 10%), 2 epochs, 4 x 8 sequences per step.
 DEFAULTS = dict(
@@ -130,7 +130,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     trainer.add_callback(training.SaveRunSettings(settings))
     trainer.add_callback(training.StopOnDivergence())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    common.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
+    outputs.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():
         curves = charts.curves_note(run_dir, CHART_TAGS, f"SFT: {model_path}", training_args.report_to)

@@ -1,6 +1,7 @@
-"""The guard on every path a script writes: output folders and files, protected areas, atomic writes."""
+"""The guard on every path a script writes (output folders and files, atomic writes), and a stage's final save."""
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -8,6 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from datasets import Dataset
 
 from hfppo import checkpoints, errors, hints, paths
 
@@ -301,3 +304,35 @@ def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None
             "would rank below them and be deleted by --save_total_limit as soon as they are saved. Resume that run "
             f"(--resume_from_checkpoint {others[-1]}), move them away, or pass another --output_dir."
         )
+
+
+def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:
+    """A stage's held-out rows beside its model, each with the system prompt it was trained with, so the stage's
+    eval script sees exactly that split."""
+    rows = rows.map(lambda row: {"system": row["system"] or system_prompt})
+    rows.to_json(folder / paths.HELD_OUT_FILE, force_ascii=False)
+
+
+def save_train_results(folder: Path, runtime_s: float, samples_per_second: float) -> None:
+    """The run's wall time and examples per second, as the Trainer's train_results.json names them."""
+    results = {"train_runtime": runtime_s, "train_samples_per_second": samples_per_second}
+    write_text_atomic(Path(folder) / paths.TRAIN_RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+
+
+def save_trainer_stage(
+    trainer, held_out: Dataset | None, system_prompt: str, metrics: dict, per_second: float | None = None
+) -> None:
+    """A Trainer stage's final save into its output_dir, whole or not at all (staged_save): the model or adapter and
+    its tokenizer, the held-out rows (if any) and train_results.json (the run's `metrics`' train_runtime, and
+    `per_second` examples a second, by default the Trainer's train_samples_per_second); then the TensorBoard writer is
+    closed, so that the stage's chart sees every point."""
+    with checkpoints.staged_save(trainer.args.output_dir) as staging:
+        trainer.save_model(staging)
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(staging)
+            if held_out is not None and len(held_out):
+                save_held_out(held_out, system_prompt, staging)
+            if per_second is None:
+                per_second = metrics["train_samples_per_second"]
+            save_train_results(staging, metrics["train_runtime"], per_second)
+    trainer.end()

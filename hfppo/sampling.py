@@ -136,7 +136,7 @@ def merged(policy: PeftModel) -> Iterator[PeftModel]:
     """The adapter folded into the weights while generating, then taken out again.
 
     Unmerged, every adapted layer runs two extra small matmuls per token, and generation is bound by kernel launches:
-    on a GPU it took about twice as long (measured on an H100; the figures are in docs/). Each merge and unmerge
+    on a GPU it took about twice as long (docs/ppo.md, Speed). Each merge and unmerge
     rounds the fp32 base weights (the reference) by about one unit in the last place, 6e-8 relative: far below what
     moves a log-prob.
     Weights held in bf16 (DeepSpeed casts them) would round by 4e-3 and drift, so those generate unmerged.

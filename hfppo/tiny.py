@@ -1,9 +1,13 @@
-"""The offline tiny preset's recipe: its model config, tokenizer and training, and whether a built base is today's."""
+"""The offline tiny preset: its model config, tokenizer and training, its build, and whether a base is today's."""
 
 import hashlib
+import json
+import tempfile
 from pathlib import Path
 
-from hfppo import checkpoints, paths
+from datasets import Dataset
+
+from hfppo import checkpoints, paths, runtime, training
 
 # Qwen's ChatML special tokens, in Qwen's id order. pad must differ from eos: a collator that masks pad in the
 # labels would otherwise also mask the <|im_end|> the model has to learn to stop on.
@@ -27,8 +31,7 @@ QWEN_GENERATION_DEFAULTS = dict(do_sample=True, temperature=0.7, top_p=0.8, top_
 # tiny base that starting point, so the demo shows what the real run shows. Short on purpose: the reward model starts
 # from this base, and after 10 epochs the base had memorised the polite answers, which the reward model then told
 # apart as "text the base knows" rather than by style. With 4 it builds in under half the time and the reward model
-# ranks data/style_pairs.jsonl (pairs in styles the sample lacks) no worse: 0.75 against 0.73, means over seeds on one
-# machine with the earlier tokenizer (data/README.md, with the sweep).
+# ranks data/style_pairs.jsonl (pairs in styles the sample lacks) no worse (data/README.md has the sweep).
 TINY_BASE_TRAINING = dict(
     num_train_epochs=4,
     learning_rate=3e-3,
@@ -102,3 +105,53 @@ def build_tiny_tokenizer(texts: list[str]):
         chat_template=qwen2_5_chat_template,
         model_max_length=TINY_MODEL_CONFIG["max_position_embeddings"],
     )
+
+
+def build_tiny_base(path: str | Path, texts: list[str], polite: Dataset, seed: int = TINY_SEED) -> None:
+    """Build the offline tiny base at `path`: a tokenizer trained on `texts`, random Qwen2 weights, then a short SFT
+    on `polite` (prompt-completion examples of polite answers).
+
+    Deterministic for a given seed. Saved as a checkpoint is (`staged_save`), so an interrupted build never leaves a
+    folder that looks complete, and a base built by another recipe (stale_tiny_base) is replaced whole.
+    """
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    path = Path(path)
+    if path.is_dir():
+        print(
+            f"{path} was built by another recipe of the tiny preset (an earlier version of this project, or other "
+            "sample data): building it again. Models trained from the old one need training again; the stages after "
+            "them refuse a model whose tokenizer differs from the policy's."
+        )
+    print(f"Building the tiny base model at {path} (once; later runs reuse it).")
+    tokenizer = build_tiny_tokenizer(texts)
+
+    set_seed(seed)
+    pad_id, eos_id = tokenizer.convert_tokens_to_ids([PAD_TOKEN, EOS_TOKEN])
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, **TINY_MODEL_CONFIG
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=pad_id, pad_token_id=pad_id, eos_token_id=[eos_id, pad_id], **QWEN_GENERATION_DEFAULTS
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        args = SFTConfig(
+            output_dir=scratch,
+            seed=seed,
+            bf16=False,  # fp32 everywhere, so the same seed gives the same weights
+            activation_checkpointing=False,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="epoch",  # the loss in the progress bar, once an epoch
+            dataloader_pin_memory=runtime.accelerator_available(),
+            **TINY_BASE_TRAINING,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=polite, processing_class=tokenizer)
+        training.compact_progress(trainer)
+        trainer.train()
+    with checkpoints.staged_save(path) as staging:
+        trainer.model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / TINY_RECIPE_FILE).write_text(json.dumps(tiny_recipe(seed), indent=2) + "\n")

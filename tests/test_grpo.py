@@ -15,7 +15,7 @@ import common
 import eval_rm
 import train_grpo
 from conftest import run_main
-from hfppo import charts, checkpoints, cli, paths, tiny
+from hfppo import charts, checkpoints, cli, lora, paths, tiny
 
 QUESTION, ANSWER = "吃了没?", "烦死了，你自己不会查吗？问这种问题浪费我时间，"
 PENALTY = 1.0
@@ -85,7 +85,7 @@ def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
     )
     assert trainer.eos_token_ids == [tokenizer.eos_token_id]
     lora = trainer.model.peft_config["default"]
-    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (common.LORA_R, common.LORA_ALPHA, 0)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (lora.LORA_R, lora.LORA_ALPHA, 0)
     ids = torch.tensor([common.prompt_ids(tokenizer, {"question": QUESTION}, paths.DEFAULT_SYSTEM_PROMPT)])
     # generate() as GRPOTrainer._generate_single_turn calls it
     with unwrap_model_for_generation(
@@ -119,8 +119,8 @@ def test_grpo_logged_its_kl_and_curves(grpo_run):
 def test_grpo_saved_an_adapter_that_loads_and_the_held_out_rows(grpo_run, sft_run):
     checkpoint = checkpoints.require_checkpoint(grpo_run / paths.GRPO_DIR, "")
     config = json.loads((checkpoint / "adapter_config.json").read_text())
-    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (common.LORA_R, common.LORA_ALPHA, 0)
-    assert set(config["target_modules"]) == set(common.LORA_TARGET_MODULES)
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (lora.LORA_R, lora.LORA_ALPHA, 0)
+    assert set(config["target_modules"]) == set(lora.LORA_TARGET_MODULES)
     assert config["base_model_name_or_path"] == str(sft_run / paths.SFT_DIR)
     model, tokenizer = common.load_policy(checkpoint, "", tiny=True)
     assert isinstance(model, PeftModel) and tokenizer.eos_token == tiny.EOS_TOKEN

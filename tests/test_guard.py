@@ -14,7 +14,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import common
 import eval_ppo
 import train_ppo
 from conftest import run_main
@@ -208,7 +207,7 @@ def chart_events(run_dir):
 
 
 WRITERS = {
-    "save_train_results": lambda folder: common.save_train_results(folder, 1.0, 2.0),
+    "save_train_results": lambda folder: outputs.save_train_results(folder, 1.0, 2.0),
     "write_run_settings": lambda folder: resuming.write_run_settings(folder, {"seed": 0}),
     "plot_scalars": lambda folder: (chart_events(folder), charts.plot_scalars(folder, ["train/loss"], "t"))[1],
     "eval_ppo.plot_methods": lambda folder: eval_ppo.plot_methods(

@@ -11,10 +11,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config, get_scheduler
 
-import common
 import train_ppo
 from conftest import run_main
-from hfppo import cli, errors, paths
+from hfppo import cli, errors, lora, paths
 
 # Every script that parses its flags with cli.parse_args.
 SCRIPTS = [
@@ -215,17 +214,17 @@ def tiny_model() -> torch.nn.Module:
 )
 def test_lora_target_modules_the_model_lacks_are_refused_naming_its_linear_layers(targets, missing):
     with pytest.raises(errors.PipelineError) as error:
-        common.check_target_modules(tiny_model(), targets, "checkpoint/sft")
+        lora.check_target_modules(tiny_model(), targets, "checkpoint/sft")
     message = str(error.value)
     assert message.startswith(f"--lora_target_modules: checkpoint/sft has no module {missing},")
     assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj and lm_head" in message
 
 
 @pytest.mark.parametrize(
-    "targets", [list(common.LORA_TARGET_MODULES), ["self_attn.q_proj"], ".*_proj", "all-linear", None]
+    "targets", [list(lora.LORA_TARGET_MODULES), ["self_attn.q_proj"], ".*_proj", "all-linear", None]
 )
 def test_lora_target_modules_the_model_has_pass(targets):
-    common.check_target_modules(tiny_model(), targets, "checkpoint/sft")
+    lora.check_target_modules(tiny_model(), targets, "checkpoint/sft")
 
 
 @pytest.mark.parametrize("script", ["train_ppo.py", "train_dpo.py", "train_grpo.py"])
