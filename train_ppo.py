@@ -767,7 +767,7 @@ def load_models(
     tokenizer = checkpoints.load_tokenizer(inputs.policy, inputs.policy_command)
     common.check_pad_token(tokenizer, inputs.policy)
     torch.manual_seed(config.seed)  # the same initial adapter and score head in every process
-    lora = LoraConfig(
+    lora_config = LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
@@ -777,7 +777,7 @@ def load_models(
     with checkpoints.loading(inputs.policy, inputs.policy_command):
         starting_point = AutoModelForCausalLM.from_pretrained(inputs.policy, dtype=torch.float32)
     lora.check_target_modules(starting_point, config.lora_target_modules, inputs.policy)
-    policy = get_peft_model(starting_point, lora)
+    policy = get_peft_model(starting_point, lora_config)
     with checkpoints.loading(inputs.value, inputs.value_command):
         critic = load_critic(inputs.value)
     common.check_same_tokenizer(
