@@ -84,8 +84,8 @@ def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
         str(path), tokenizer, lambda completions, **kwargs: [0.0] * len(completions), prompts, args, model_args
     )
     assert trainer.eos_token_ids == [tokenizer.eos_token_id]
-    lora = trainer.model.peft_config["default"]
-    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (lora.LORA_R, lora.LORA_ALPHA, 0)
+    adapter = trainer.model.peft_config["default"]
+    assert (adapter.r, adapter.lora_alpha, adapter.lora_dropout) == (lora.LORA_R, lora.LORA_ALPHA, 0)
     ids = torch.tensor([common.prompt_ids(tokenizer, {"question": QUESTION}, paths.DEFAULT_SYSTEM_PROMPT)])
     # generate() as GRPOTrainer._generate_single_turn calls it
     with unwrap_model_for_generation(

@@ -168,8 +168,8 @@ def random_models(seed=0):
         num_key_value_heads=2, pad_token_id=PAD, num_labels=1,
     )  # fmt: skip
     config = train_ppo.PPOConfig()
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules)
-    policy = get_peft_model(AutoModelForCausalLM.from_config(shape), lora).eval()
+    lora_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules)
+    policy = get_peft_model(AutoModelForCausalLM.from_config(shape), lora_config).eval()
     return policy, AutoModelForSequenceClassification.from_config(shape).eval()
 
 
@@ -215,8 +215,8 @@ def test_actor_and_critic_learning_rates_reach_their_parameter_groups():
     assert {name: group["lr"] for name, group in groups.items()} == {"policy": 1e-4, "critic": 3e-5}
     assert {name: group["weight_decay"] for name, group in groups.items()} == {"policy": 0.0, "critic": 0.0}
     assert optimizer.defaults["fused"]  # transformers' default kernel (adamw_torch_fused), several times faster
-    lora = {id(p) for name, p in policy.named_parameters() if "lora_" in name}
-    assert {id(p) for p in groups["policy"]["params"]} == lora  # the adapter only: the SFT weights stay frozen
+    adapter = {id(p) for name, p in policy.named_parameters() if "lora_" in name}
+    assert {id(p) for p in groups["policy"]["params"]} == adapter  # the adapter only: the SFT weights stay frozen
     assert {id(p) for p in groups["critic"]["params"]} == {id(p) for p in critic.parameters()}
 
     # Adam's first step moves every parameter with a gradient by about its group's rate.
@@ -307,8 +307,8 @@ def fresh_policy(sft_run, tiny_base):
     torch.manual_seed(0)
     config = train_ppo.PPOConfig()
     sft = AutoModelForCausalLM.from_pretrained(sft_run / paths.SFT_DIR)
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules)
-    policy = get_peft_model(sft, lora).eval()
+    lora_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_target_modules)
+    policy = get_peft_model(sft, lora_config).eval()
     critic = AutoModelForSequenceClassification.from_pretrained(tiny_base, num_labels=1).eval()
     return policy, critic, AutoTokenizer.from_pretrained(sft_run / paths.SFT_DIR)
 
