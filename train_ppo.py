@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import resource
 import shutil
 import time
 import warnings
@@ -561,6 +562,14 @@ def timer(start: float) -> float:
     return time.perf_counter() - start
 
 
+def peak_memory_gib(device: torch.device) -> float:
+    """This process's peak memory so far, in GiB: on a GPU the most its tensors held (what a GPU budget is about),
+    elsewhere the process's peak resident set (ru_maxrss, KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 class PromptOrder:
     """Prompt indices for the whole run, one shuffle per epoch so that a resumed run takes the same prompts, drawn as
     the run reaches them: `order[start:stop]` shuffles the epochs up to `stop` and keeps those from `start` on, so a
@@ -1041,6 +1050,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
 
         # 1. Generate: sample an answer to each prompt from the current policy (fp32 weights, no autocast: the
         #    per-step weight casts would cost more than bf16 saves at this batch size).
+        update_cpu = time.process_time()  # time/cpu
         started = time.perf_counter()
         try:
             with sampling.merged(unwrapped.policy) as policy:
@@ -1121,12 +1131,16 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         scheduler.step()
         time_optimization = timer(started)
 
-        # Log the update, averaged over the processes (val/num_eos_tokens summed: a count).
+        # Log the update, averaged over the processes (val/num_eos_tokens summed: a count; memory/peak_gib the
+        # highest). time/cpu: the update's CPU seconds, every thread's, steadier than wall time on a shared machine.
         times = {"generation": time_generation, "scoring": time_scoring, "optimization": time_optimization}
+        times["cpu"] = time.process_time() - update_cpu
         metrics = update_metrics(scores, stopped, kl, non_score_reward, logprobs, lengths, stats, times)
         metrics = {key: value.detach().float().to(accelerator.device) for key, value in metrics.items()}
         metrics = accelerator.reduce(metrics, reduction="mean")
         metrics["val/num_eos_tokens"] = accelerator.reduce(stopped.float().sum(), reduction="sum")
+        peak = torch.tensor([peak_memory_gib(accelerator.device)], device=accelerator.device)
+        metrics["memory/peak_gib"] = accelerator.gather(peak).max()
         if writer is not None:
             for key, value in metrics.items():
                 writer.add_scalar(key, value.item(), update + 1)

@@ -12,31 +12,31 @@ Weights do not change what a pass costs, so the models are random: the policy/re
 model and the critic (the causal LM's checkpoint plus a new score head, as train_ppo.py builds it), all of one shape,
 built once into --work_dir. The tokenizer is the tiny preset's (about 2,300 ids, within every shape's vocabulary; the
 0.5B shape keeps Qwen2.5's 151,936-row embedding and LM head, so its passes cost what the real model's do). Every
-answer is exactly --response_length tokens (the stop token is suppressed with min_new_tokens on both sides), and
-every prompt has the same length (the bundled questions whose prompt has the most common length), so both sides do
-the same work and the FLOP count is exact up to attention.
+answer is exactly --response_length tokens (the random policy's generation_config.json suppresses its stop token, and
+both sides' generate() inherit that), and every prompt has the same length (the bundled questions whose prompt has
+the most common length), so both sides do the same work and the FLOP count is exact up to attention.
+
+Each side runs in a process of its own, as a user runs it: train_ppo.py with its flags, its figures read back from
+what it writes (train_results.json and its TensorBoard scalars), and benchmarks/trl112_ppo.py in the TRL 1.12 venv.
 """
 
-import contextlib
+import importlib.util
 import json
-import resource
+import shlex
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
-from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's modules, from any working folder
 
 import common  # noqa: E402
-import train_ppo  # noqa: E402
-from hfppo import charts, checkpoints, cli, data_files, errors, lifecycle, outputs, paths, runtime, sampling, tiny  # noqa: E402
+from hfppo import charts, checkpoints, cli, data_files, errors, lifecycle, outputs, paths, runtime, tiny  # noqa: E402
 
 SHAPES = {
     "tiny": dict(tiny.TINY_MODEL_CONFIG),
@@ -60,6 +60,7 @@ SHAPES = {
 GPU_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}
 TRL_VENV_PYTHON = Path(__file__).resolve().parents[1] / ".venv-trl112" / "bin" / "python"
 TRL_SCRIPT = Path(__file__).resolve().parent / "trl112_ppo.py"
+TRAIN_PPO = Path(__file__).resolve().parents[1] / "train_ppo.py"  # run as a user runs it, never imported (issue 26)
 PHASES = ("generation", "scoring", "optimization")
 # The tiny preset's PPO settings (train_ppo.py's TINY_PRESET: 16 answers per update in 2 minibatches of 8, 4 PPO
 # epochs, 48-token answers), the setting the issue compared against TRL 1.12.
@@ -114,24 +115,20 @@ class BenchmarkArguments:
 
 
 def build_models(shape: str, folder: Path, seed: int) -> None:
-    """The tokenizer, a random causal LM (policy, reference, critic's start) and a random reward model of `shape`;
-    built again where the folder's tokenizer is not the tiny preset's of today (an update changed it), since the
-    prompts' length, and so every figure, depends on it."""
-    from transformers import (
-        AutoTokenizer,
-        GenerationConfig,
-        Qwen2Config,
-        Qwen2ForCausalLM,
-        Qwen2ForSequenceClassification,
-    )
+    """The tokenizer, a random causal LM (policy, reference, critic's start) whose stop token is never sampled
+    (never_stopping) and a random reward model of `shape`; built again where the folder's tokenizer is not the tiny
+    preset's of today (an update changed it), since the prompts' length, and so every figure, depends on it."""
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
 
     data = common.load_preference_data(paths.SAMPLE_DATA)
     tokenizer = tiny.build_tiny_tokenizer(
         [paths.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in data_files.REQUIRED_COLUMNS]
     )
+    pad_id, eos_id = tokenizer.convert_tokens_to_ids([tiny.PAD_TOKEN, tiny.EOS_TOKEN])
     # Both models or neither: they are built in a staging folder renamed into place whole.
     if all((folder / model / "config.json").is_file() for model in ("sft", "rm")):
         if AutoTokenizer.from_pretrained(folder / "sft").get_vocab() == tokenizer.get_vocab():
+            never_stopping(pad_id, eos_id).save_pretrained(folder / "sft")  # models built before it get it too
             return
         print(f"{folder} holds models built with an earlier tokenizer: building them again.")
     elif folder.exists() and any(folder.iterdir()):
@@ -142,7 +139,6 @@ def build_models(shape: str, folder: Path, seed: int) -> None:
         )
     else:
         print(f"Building random {shape} models in {folder} (once).")
-    pad_id, eos_id = tokenizer.convert_tokens_to_ids([tiny.PAD_TOKEN, tiny.EOS_TOKEN])
     config = Qwen2Config(
         **{"vocab_size": len(tokenizer)} | SHAPES[shape], bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id
     )
@@ -150,7 +146,7 @@ def build_models(shape: str, folder: Path, seed: int) -> None:
     partial = checkpoints.sibling(folder, ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     policy = Qwen2ForCausalLM(config)
-    policy.generation_config = GenerationConfig(bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id)
+    policy.generation_config = never_stopping(pad_id, eos_id)
     policy.save_pretrained(partial / "sft")
     del policy
     Qwen2ForSequenceClassification(Qwen2Config(**config.to_dict() | {"num_labels": 1})).save_pretrained(partial / "rm")
@@ -158,6 +154,20 @@ def build_models(shape: str, folder: Path, seed: int) -> None:
         tokenizer.save_pretrained(partial / model)
     shutil.rmtree(folder, ignore_errors=True)
     partial.rename(folder)
+
+
+def never_stopping(pad_id: int, eos_id: int):
+    """The random policy's generation_config.json: its stop token suppressed (suppress_tokens: its logit is -inf at
+    every step), so every answer runs to --response_length and the FLOP count is exact. generate() takes each field
+    its caller left unset from the model's file, and neither train_ppo.py's sampling_config nor TRL 1.12's
+    PPOTrainer sets suppress_tokens, so both sides inherit it, with the same per-step cost as min_new_tokens'
+    suppression. A property of the benchmark's model, not a flag of train_ppo.py: sampling the policy with its stop
+    token suppressed is not sampling the policy that PPO computes log-probs for, a bias no real run should have.
+    main checks the answers' lengths, so a train_ppo.py that stopped inheriting it fails the benchmark, not its
+    figures."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=pad_id, eos_token_id=eos_id, pad_token_id=pad_id, suppress_tokens=[eos_id])
 
 
 def fixed_length_prompts(tokenizer, folder: Path) -> tuple[Path, list[list[int]]]:
@@ -206,27 +216,24 @@ def default_peak_tflops() -> float | None:
     return next((peak for gpu, peak in GPU_PEAK_TFLOPS.items() if gpu in name), None)
 
 
-def peak_memory_gib() -> float:
-    """The GPU's peak allocated memory, or on a CPU this process's peak resident set (Linux: ru_maxrss in KiB)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
 def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: int) -> dict:
-    """train_ppo.main for args.num_updates updates, timed from the first update's start to the final save; every
-    answer full length (min_new_tokens), and no chart at the end."""
+    """train_ppo.py for args.num_updates updates, in a process of its own with its flags, as a user runs it (never
+    imported: issue 26), in `models` (its TensorBoard run goes to <models>/tensorboard). Its figures are read back
+    from what it writes. Timed, as its train_results.json's train_runtime, from the first update's start to the last
+    one's end: loading the models before it and the final save and chart after it are left out. Per update, from its
+    TensorBoard scalars: each phase's seconds (time/generation, time/scoring, time/optimization), the CPU seconds of
+    every thread (time/cpu), the mean answer length, the episodes so far and the peak memory (memory/peak_gib)."""
     output_dir = models / "ppo_output"
     shutil.rmtree(output_dir, ignore_errors=True)
-    script_args = train_ppo.ScriptArguments(
-        dataset_name=str(dataset),
+    runs = models / paths.TENSORBOARD_ROOT / "ppo"
+    earlier = set(runs.iterdir()) if runs.is_dir() else set()
+    flags = dict(
+        dataset_name=dataset,
         model_source="tiny",
-        sft_model_path=str(models / "sft"),
-        reward_model_path=str(models / "rm"),
-        value_model_path=str(models / "sft"),
-    )
-    config = train_ppo.PPOConfig(
-        output_dir=str(output_dir),
+        sft_model_path=models / "sft",
+        reward_model_path=models / "rm",
+        value_model_path=models / "sft",
+        output_dir=output_dir,
         total_episodes=episodes,
         per_device_train_batch_size=args.per_device_train_batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -239,42 +246,25 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
         save_steps=0,
         num_eval_questions=0,  # evaluation on held-out questions is not training throughput (TRL 1.12 has none)
     )
-    sampling_config = sampling.sampling_config
-    marks = {}
-
-    def full_length(tokenizer, max_new_tokens, temperature):  # no stop token before max_new_tokens
-        generation_config = sampling_config(tokenizer, max_new_tokens, temperature)
-        generation_config.min_new_tokens = max_new_tokens
-        return generation_config
-
-    def timed(name, function):
-        def wrapper(*args, **kwargs):
-            marks.setdefault(name, (time.perf_counter(), time.process_time()))
-            return function(*args, **kwargs)
-
-        return wrapper
-
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    with (
-        contextlib.chdir(models),  # its TensorBoard run goes to <models>/tensorboard
-        mock.patch.object(sampling, "sampling_config", full_length),
-        # no end-of-run chart: not timed, and it needs matplotlib, which benchmarks/gpu.sh does not carry
-        mock.patch.object(charts, "plot_scalars", lambda run_dir, *args, **kwargs: run_dir),
-        # an update starts by merging the adapter for generation (time/generation counts the merge too)
-        mock.patch.object(sampling, "merged", timed("start", sampling.merged)),
-        mock.patch.object(train_ppo, "save_checkpoint", timed("end", train_ppo.save_checkpoint)),
-    ):
-        train_ppo.main(script_args, config)
-    run_dir = max((models / "tensorboard" / "ppo").iterdir(), key=lambda p: p.stat().st_mtime)
+    command = [
+        sys.executable,
+        str(TRAIN_PPO),
+        *(str(x) for name, value in flags.items() for x in (f"--{name}", value)),
+    ]
+    print(f"train_ppo.py: {shlex.join(command)}", flush=True)
+    if (code := subprocess.run(command, cwd=models).returncode) != 0:
+        raise errors.PipelineError(f"train_ppo.py exited with status {code}; its error is above.")
+    (run_dir,) = set(runs.iterdir()) - earlier  # the run's own: one folder per run (charts.tensorboard_run)
     scalars = charts.read_scalars(run_dir)
+    train_results = json.loads((output_dir / paths.TRAIN_RESULTS_FILE).read_text())
     return {
         "episodes": int(scalars["episode"][-1][1]),
-        "seconds": marks["end"][0] - marks["start"][0],
-        "cpu_seconds": marks["end"][1] - marks["start"][1],
+        "seconds": train_results["train_runtime"],
+        "cpu_seconds": sum(value for _, value in scalars["time/cpu"]),
         "phase_seconds": {phase: sum(value for _, value in scalars[f"time/{phase}"]) for phase in PHASES},
         "answer_length": sum(value for _, value in scalars["val/answer_length"]) / len(scalars["val/answer_length"]),
-        "peak_memory_gib": peak_memory_gib(),
+        # the GPU's peak allocated memory, or on a CPU the process's peak resident set
+        "peak_memory_gib": max(value for _, value in scalars["memory/peak_gib"]),
     }
 
 
@@ -350,6 +340,11 @@ def main(args: BenchmarkArguments) -> dict:
         )
     if args.output:  # written after the whole benchmark: checked before it
         outputs.check_output_file(args.output, "--output", {}, "the results")
+    if importlib.util.find_spec("matplotlib") is None:  # checked before the run, not after it
+        raise errors.PipelineError(
+            "train_ppo.py draws its chart (matplotlib) after its final save, and this Python has no matplotlib: "
+            "install it (requirements.txt), or carry its wheel where a GPU machine lacks it (benchmarks/gpu.sh)."
+        )
     batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.num_mini_batches
     episodes = args.num_updates * batch
     models = (Path(args.work_dir) / args.shape).resolve()
@@ -363,10 +358,11 @@ def main(args: BenchmarkArguments) -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
 
     ours = run_ours(args, models, dataset, episodes)
-    if round(ours["answer_length"]) != args.response_length:
+    if ours["answer_length"] != args.response_length:  # a mean of lengths up to response_length: all full
         raise errors.PipelineError(
-            f"answers averaged {ours['answer_length']:.1f} tokens, not {args.response_length}: the stop token was not "
-            "suppressed, so the FLOP count and the comparison would be off."
+            f"answers averaged {ours['answer_length']:.2f} tokens, not {args.response_length}: the stop token was not "
+            f"suppressed (suppress_tokens in {models / 'sft' / 'generation_config.json'}, which train_ppo.py's "
+            "generate() no longer inherits?), so the FLOP count and the comparison would be off."
         )
     results = {"hf-ppo": summarise(ours, flops, peak, args.response_length)}
     if args.trl == "yes" or (args.trl == "auto" and trl_python.exists()):

@@ -1,13 +1,16 @@
-"""benchmarks/ppo_throughput.py: the FLOP count against hand arithmetic, models built again for a new tokenizer, the
-tiny preset end to end (table and JSON), and the TRL 1.12 side with the ratio's ceiling where its venv exists."""
+"""benchmarks/ppo_throughput.py: the FLOP count against hand arithmetic, models built again for a new tokenizer, a
+policy that never stops, train_ppo.py run and never imported, the tiny preset end to end (table and JSON, its figures
+those the run wrote), and the TRL 1.12 side with the ratio's ceiling where its venv exists."""
 
+import ast
 import json
 
 import pytest
+import torch
 
 from benchmarks import ppo_throughput
 from conftest import run_main
-from hfppo import tiny
+from hfppo import charts, paths, sampling, tiny
 
 QWEN25_05B_PARAMETERS = 494_032_768  # Qwen2.5-0.5B's model card: 0.49B, of which 0.36B non-embedding
 
@@ -44,6 +47,44 @@ def test_models_of_an_earlier_tokenizer_are_built_again(tmp_path):
     assert weights.stat().st_mtime_ns != built
 
 
+def test_the_benchmark_policy_never_stops_under_train_ppo_sampling(tmp_path):
+    """Every answer is --response_length tokens, through the sampling train_ppo.py does (sampling.generate), even
+    with the stop token made the likeliest; without the policy's suppress_tokens the same policy stops at once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "tiny"
+    ppo_throughput.build_models("tiny", folder, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(folder / "sft")
+    policy = AutoModelForCausalLM.from_pretrained(folder / "sft")
+    _, prompts = ppo_throughput.fixed_length_prompts(tokenizer, folder)
+    eos = tokenizer.eos_token_id
+
+    def likeliest_stop(module, inputs, logits):
+        logits[..., eos] += 100.0
+        return logits
+
+    policy.lm_head.register_forward_hook(likeliest_stop)
+
+    def lengths():
+        torch.manual_seed(0)
+        return sampling.generate(policy, tokenizer, prompts[:4], 8, 0.7, 4, "cpu")["lengths"].tolist()
+
+    assert policy.generation_config.suppress_tokens == [eos]
+    assert lengths() == [8] * 4
+    policy.generation_config.suppress_tokens = None
+    assert lengths() == [1] * 4  # the control: the hook alone makes it stop at its first token
+
+
+def test_the_benchmark_imports_no_top_level_script():
+    """Issue 26: no file but a test imports a top-level script; the benchmark runs train_ppo.py as a user does."""
+    for path in (paths.ROOT / "benchmarks").glob("*.py"):
+        nodes = list(ast.walk(ast.parse(path.read_text(encoding="utf-8"))))
+        imported = [alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names]
+        imported += [node.module for node in nodes if isinstance(node, ast.ImportFrom) and node.module]
+        scripts = [name for name in imported if name.split(".")[0].startswith(("train_", "eval_"))]
+        assert not scripts, f"{path.name} imports {scripts}"
+
+
 def run_tiny(tmp_path, *args):
     output = tmp_path / "result.json"
     flags = ["--tiny", "--num_updates", 1, "--work_dir", tmp_path / "models", "--output", output, *args]
@@ -64,6 +105,16 @@ def test_tiny_benchmark_prints_table_and_json(tmp_path):
     # each phase takes part of the loop's time, so it runs more episodes per second than the whole loop
     assert all(rate > ours["episodes_per_s"] for rate in ours["phase_episodes_per_s"].values())
     assert "TRL 1.12" not in report["results"]
+    # the figures are those the train_ppo.py run wrote, and no answer stopped before its 48 tokens
+    models = tmp_path / "models" / "tiny"
+    (run_dir,) = (models / paths.TENSORBOARD_ROOT / "ppo").iterdir()
+    scalars = charts.read_scalars(run_dir)
+    train_results = json.loads((models / "ppo_output" / paths.TRAIN_RESULTS_FILE).read_text())
+    assert ours["seconds"] == train_results["train_runtime"]
+    assert ours["cpu_seconds_per_episode"] == pytest.approx(sum(value for _, value in scalars["time/cpu"]) / 16)
+    assert ours["peak_memory_gib"] == max(value for _, value in scalars["memory/peak_gib"])
+    assert [value for _, value in scalars["val/num_eos_tokens"]] == [0.0]
+    assert [value for _, value in scalars["val/answer_length"]] == [48.0]
 
 
 @pytest.mark.slow
