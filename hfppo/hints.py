@@ -7,13 +7,15 @@ from pathlib import Path
 
 from hfppo import checkpoints, paths
 
-# The kind of model (see model_kind) each training script writes with its default flags, for the hints that print it.
+# The kind of model (see model_kind) each script writes with its default flags, for the hints that print it and the
+# output guard (outputs.refuse_other_kind).
 WRITES = {
     "train_sft.py": "language model",
     "train_rm.py": "reward model",
     "train_ppo.py": "adapter",
     "train_dpo.py": "adapter",
     "train_grpo.py": "adapter",
+    "export.py": "language model",  # an adapter merged into its base
 }
 
 

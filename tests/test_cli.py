@@ -8,6 +8,7 @@ import chat_web
 import eval_ppo
 import eval_rm
 import eval_sft
+import export
 import train_dpo
 import train_grpo
 import train_ppo
@@ -107,7 +108,7 @@ def test_eval_rm_parses_like_the_others():
 
 SCRIPTS = {"train_sft": train_sft, "train_rm": train_rm, "train_ppo": train_ppo}
 SCRIPTS |= {"train_dpo": train_dpo, "train_grpo": train_grpo, "chat_web": chat_web}
-SCRIPTS |= {"eval_sft": eval_sft, "eval_rm": eval_rm, "eval_ppo": eval_ppo}
+SCRIPTS |= {"eval_sft": eval_sft, "eval_rm": eval_rm, "eval_ppo": eval_ppo, "export": export}
 
 
 def refused(script: str, *args) -> str:
