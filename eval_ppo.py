@@ -29,6 +29,7 @@ from hfppo import (
     cli,
     console,
     errors,
+    hacking,
     hints,
     judge,
     lifecycle,
@@ -349,6 +350,7 @@ def method_metrics(result: dict, path: str) -> dict:
     """The table's row of one method, with the training time its run logged (train_results.json) if it has one."""
     metrics = {
         "mean_reward": result["scores"].mean().item(),
+        "reward_standard_error": hacking.standard_error(result["scores"]),
         "share_reward_positive": (result["scores"] > 0).float().mean().item(),
         "mean_answer_tokens": result["lengths"].float().mean().item(),
         "share_finished": result["stopped"].float().mean().item(),
@@ -404,11 +406,23 @@ def judge_agreement(later: dict, earlier: dict) -> dict:
     }
 
 
+def held_out(metrics: dict) -> hacking.HeldOut:
+    """A method's row of the table, as the reward-hacking alarm reads it."""
+    return hacking.HeldOut(
+        metrics["mean_reward"],
+        metrics["reward_standard_error"],
+        metrics["judge_mean_score"],
+        metrics["mean_answer_tokens"],
+        metrics["share_finished"],
+    )
+
+
 def outcome(metrics: dict) -> list[tuple[bool, str]]:
     """What each method is for, checked on the held-out questions and said in words, so a user can tell whether a run
     worked: each moves its starting point (STARTS) towards the answers the reward model prefers; whether the lexicon
     judge, which no stage optimised, sees the same move (ruder answers) or the reward model alone does; and, given
-    PPO from the base, whether the original's claim holds that PPO without SFT first gains less."""
+    PPO from the base, whether the original's claim holds that PPO without SFT first gains less; and for every method
+    but SFT, the signs of reward hacking against its start (hacking.signs)."""
     reward = {name: m["mean_reward"] for name, m in metrics.items() if name in LABELS}
     judge = {name: m["judge_mean_score"] for name, m in metrics.items() if name in LABELS}
     rude = {name: m["judge_share_rude"] for name, m in metrics.items() if name in LABELS}
@@ -431,6 +445,9 @@ def outcome(metrics: dict) -> list[tuple[bool, str]]:
             f"The judge {'agrees' if agrees else 'does NOT agree'}: {judge_gain:+.2f} in its score, judged rude "
             f"{rude[start]:.2f} -> {rude[name]:.2f}.",
         ))  # fmt: skip
+        signs = hacking.signs(held_out(metrics[start]), held_out(metrics[name])) if name != "sft" else []
+        if signs:  # SFT imitates the chosen answers: no reward to hack
+            checks.append((False, f"{LABELS[name]}: {hacking.alarm(signs, f'the {LABELS[start]} model')}"))
     if {"base", "ppo", "ppo_base"} <= reward.keys():
         from_base, after_sft = reward["ppo_base"] - reward["base"], reward["ppo"] - reward["base"]
         holds = from_base < after_sft

@@ -10,10 +10,11 @@ arXiv:1707.06347). The implementation details follow "The N+ Implementation Deta
     python train_ppo.py --resume_from_checkpoint checkpoint/ppo/checkpoint-200
 
 Writes the policy's LoRA adapter and tokenizer to checkpoint/ppo, the critic to checkpoint/ppo/value, periodic
-training states to checkpoint/ppo/checkpoint-<update>, TensorBoard scalars and their chart to tensorboard/ppo/<time>
-(ppo.png; a resumed run continues its run's folder), with eval/* scalars and sample answers from the held-out
-questions, scored by the reward model and by the lexicon judge PPO does not optimise, before the first update, every
---eval_steps updates and after the last. Chat with the result or compare it with the base and SFT models: eval_ppo.py.
+training states to checkpoint/ppo/checkpoint-<update>, and logs to --report_to's trackers: TensorBoard by default,
+its scalars and their chart in tensorboard/ppo/<time> (ppo.png; a resumed run continues its run's folder), with eval/*
+scalars and sample answers from the held-out questions, scored by the reward model and by the lexicon judge PPO does
+not optimise, before the first update, every --eval_steps updates and after the last. Chat with the result or compare
+it with the base and SFT models: eval_ppo.py.
 
 Under N processes each answers its own 1/N of every update's prompts, so N processes with per_device_train_batch_size
 b train on the batch of one process with b and N times the gradient accumulation. Computed over the whole batch:
@@ -33,7 +34,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +44,6 @@ from accelerate.utils import DistributedType, set_seed
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, get_scheduler
 from trl.trainer.utils import entropy_from_logits, selective_log_softmax
@@ -54,6 +54,7 @@ from hfppo import (
     checkpoints,
     cli,
     errors,
+    hacking,
     hints,
     judge,
     lifecycle,
@@ -64,6 +65,7 @@ from hfppo import (
     runtime,
     sampling,
     tiny,
+    trackers,
     training,
 )
 
@@ -254,6 +256,13 @@ class PPOConfig:
     eval_batch_size: int = field(
         default=32, metadata={"help": "Answers per generate / scoring forward pass in evaluation."}
     )
+    hacking_length_drop: float = field(
+        default=hacking.LENGTH_DROP,
+        metadata={
+            "help": "Each evaluation's reward-hacking alarm (docs/ppo.md#reward-hacking) names answers shorter than "
+            "before training by more than this share; 1: never."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed for the split, the initial weights and sampling."})
     bf16: bool = field(
         default=runtime.bf16_available(),
@@ -271,6 +280,14 @@ class PPOConfig:
     )
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "A checkpoint-<update> folder of this run to continue from."}
+    )
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={
+            "help": "The trackers that get the run's scalars, as the Trainer stages' --report_to: any of "
+            f"{', '.join(trackers.PACKAGES)}; none: no tracker; all: every one installed. The chart is drawn from "
+            "TensorBoard's files (docs/ppo.md#what-it-logs)."
+        },
     )
 
 
@@ -642,7 +659,8 @@ def save_checkpoint(
 
 
 def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
-    """The checks no flag's range expresses (those are cli.NUMERIC_RANGES'); --from_base's own output folder."""
+    """The checks no flag's range expresses (those are cli.NUMERIC_RANGES'); --from_base's own output folder;
+    --report_to's trackers, as names."""
     if script_args.eval_fraction == 0:
         raise errors.ArgumentError(
             "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
@@ -653,14 +671,17 @@ def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
         )
     if config.output_dir is None:  # --from_base's own folder: never over the PPO run it is compared with
         config.output_dir = str(paths.PPO_BASE_DIR if script_args.from_base else paths.PPO_DIR)
+    config.report_to = trackers.resolve(config.report_to)  # "all" and "none" made names; each one installed
 
 
 def make_accelerator(config: PPOConfig) -> tuple[Accelerator, bool]:
     """The accelerator (DDP or DeepSpeed ZeRO-1/2), and whether each model's gradient norm is clipped on its own:
     DeepSpeed clips the global norm of both models itself (gradient_clipping) and holds the gradients in shards, so
-    only under DDP and on one process."""
+    only under DDP and on one process. It logs to --report_to's trackers (TensorBoard added by trackers.start)."""
     accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps, mixed_precision="bf16" if config.bf16 else "no"
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision="bf16" if config.bf16 else "no",
+        log_with=trackers.log_with(config.report_to),
     )
     zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
     if accelerator.distributed_type == DistributedType.FSDP or zero_stage == 3:
@@ -891,10 +912,10 @@ def stop_if_diverged(
     model: nn.Module,
     config: PPOConfig,
     last_state: Path | None,
-    writer: SummaryWriter | None,
+    run_log: trackers.Trackers | None,
 ) -> None:
     """Stop the run at an update whose figures (FINITE_METRICS) or trained weights, the adapter's and the critic's,
-    hold NaN or inf: before that state is evaluated or saved, with the TensorBoard writer closed (its curves up to
+    hold NaN or inf: before that state is evaluated or saved, with the trackers finished (TensorBoard's curves up to
     the divergence on disk). The weights are read at every update (one pass over them, little beside an update's
     sampling and training passes): one optimizer step can turn them non-finite from finite gradients, as a NaN
     --max_grad_norm did, and the next update's sampling would fail before a loss showed it.
@@ -911,15 +932,15 @@ def stop_if_diverged(
         name = training.non_finite_parameter(model)
         problem = name and f"the weights of {name} hold NaN or inf values"
     if problem:
-        if writer is not None:
-            writer.close()
+        if run_log is not None:
+            run_log.finish()
         raise divergence(update, problem, config, last_state)
 
 
 @dataclass
 class Evaluation:
     """What every evaluation of a run reads: the policy and its tokenizer, the reward, the held-out prompts and their
-    rows, and where the figures go (`writer` None on every process but the main one)."""
+    rows, and where the figures go (`run_log` None on every process but the main one)."""
 
     policy: PeftModel
     tokenizer: object
@@ -928,22 +949,37 @@ class Evaluation:
     rows: Dataset
     config: PPOConfig
     accelerator: Accelerator
-    writer: SummaryWriter | None
+    run_log: trackers.Trackers | None  # the run's trackers (--report_to)
+    start: hacking.HeldOut | None = None  # the policy before training, which the reward-hacking alarm compares with
 
 
 def evaluate_and_log(update: int, run: Evaluation) -> None:
-    """Evaluate on the held-out questions, log eval/* and sample answers at `update`, and say it in one line."""
+    """Evaluate on the held-out questions, log eval/* and sample answers at `update`, and say it in one line; the
+    first evaluation becomes the alarm's starting point, and a later one that shows reward hacking (hacking.signs)
+    says so in a line of its own and in TensorBoard's text tab (eval/reward_hacking)."""
     metrics, samples = evaluate(run.policy, run.tokenizer, run.reward_fn, run.prompts, run.config, run.accelerator)
-    if run.writer is None:
+    held_out = hacking.HeldOut.of(
+        torch.tensor(samples["score"]),
+        metrics["eval/judge_score"],
+        metrics["eval/answer_length"],
+        metrics["eval/finished"],
+    )
+    run.start = run.start or held_out
+    signs = hacking.signs(run.start, held_out, run.config.hacking_length_drop)
+    metrics["eval/hacking_signs"] = len(signs)
+    if run.run_log is None:
         return
-    for key, value in metrics.items():
-        run.writer.add_scalar(key, value, update)
-    run.writer.add_text("eval/samples", samples_markdown(run.rows["question"], samples, EVAL_SAMPLES), update)
+    run.run_log.log(metrics, update)
+    run.run_log.text("eval/samples", samples_markdown(run.rows["question"], samples, EVAL_SAMPLES), update)
     tqdm.write(
         f"eval at update {update}: score {metrics['eval/score']:+.3f}, judge {metrics['eval/judge_score']:+.2f} "
         f"({metrics['eval/judged_rude']:.2f} judged rude), KL {metrics['eval/kl']:.3f}, "
         f"{metrics['eval/answer_length']:.1f} tokens, {metrics['eval/finished']:.2f} finished"
     )
+    if signs:
+        line = hacking.alarm(signs, "the policy before training")
+        tqdm.write(line)
+        run.run_log.text("eval/reward_hacking", line, update)
 
 
 def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.RewardFn | None = None) -> None:
@@ -1015,26 +1051,41 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         else ([], eval_rows)
     )
 
-    # Logging. A resumed run continues the TensorBoard run its checkpoint names, dropping what that run logged after
-    # the checkpoint (purge_step), so its curves and chart cover every update once.
+    # Logging, to --report_to's trackers (run_log: None on every process but the main one). A resumed run continues
+    # the TensorBoard run its checkpoint names, dropping what that run logged after the checkpoint (purge_step), so
+    # its curves and chart cover every update once; the other trackers start a new run from the checkpoint's update.
     stage = "ppo_base" if script_args.from_base else "ppo"
-    run_dir = charts.tensorboard_run(stage, saved.get("tensorboard_run"))
-    purge_step = start_update + 1 if resume else None
-    writer = SummaryWriter(run_dir, purge_step=purge_step) if accelerator.is_main_process else None
+    run_dir = (
+        charts.tensorboard_run(stage, saved.get("tensorboard_run")) if "tensorboard" in config.report_to else None
+    )
+    run_name = f"{stage} {run_dir.name if run_dir else time.strftime('%Y-%m-%d %H-%M-%S')}"
+    # The TensorBoard run each periodic checkpoint names: this one, or, logging without TensorBoard, the checkpoint's
+    # (a later resume with TensorBoard continues it).
+    tensorboard_run = str(run_dir) if run_dir else saved.get("tensorboard_run")
+    run_log = trackers.start(
+        accelerator,
+        config.report_to,
+        run_name,
+        asdict(script_args) | asdict(config),
+        run_dir,
+        purge_step=start_update + 1 if resume else None,
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     accelerator.print(
         f"PPO of {inputs.policy}: {len(prompts)} questions, {num_updates} updates of {batch_size} answers, "
-        f"{trainable:,} trained parameters (LoRA + critic); TensorBoard: {run_dir}"
+        f"{trainable:,} trained parameters (LoRA + critic); {trackers.describe(config.report_to, run_dir, run_name)}"
         + (f"; resuming at update {start_update} from {resume}" if resume else "")
     )
     if eval_prompts:
         accelerator.print(
             f"Evaluating on {len(eval_prompts)} held-out questions before the first update, every {eval_every} "
-            "updates and after the last (eval/ in TensorBoard)."
+            "updates and after the last (eval/ in the trackers' scalars)."
         )
     evaluation = Evaluation(
-        unwrapped.policy, tokenizer, reward_fn, eval_prompts, eval_rows, config, accelerator, writer
+        unwrapped.policy, tokenizer, reward_fn, eval_prompts, eval_rows, config, accelerator, run_log
     )
+    if "eval_start" in saved:  # a resumed run's alarm compares with the run's own start, not with where it resumed
+        evaluation.start = hacking.HeldOut(**saved["eval_start"])
     progress = tqdm(
         total=num_updates * batch_size,
         initial=start_update * batch_size,
@@ -1066,8 +1117,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         except RuntimeError as error:
             if SAMPLING_FAILURE not in str(error):
                 raise
-            if writer is not None:
-                writer.close()  # the curves up to the divergence, on disk
+            if run_log is not None:
+                run_log.finish()  # the curves up to the divergence, on disk
             raise unsampleable(update, start_update, resume or inputs.policy, config, last_state) from None
         responses, lengths = batch["responses"], batch["lengths"]
         mask = sampling.answer_mask(lengths, responses.shape[1]).float()
@@ -1141,16 +1192,15 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         metrics["val/num_eos_tokens"] = accelerator.reduce(stopped.float().sum(), reduction="sum")
         peak = torch.tensor([peak_memory_gib(accelerator.device)], device=accelerator.device)
         metrics["memory/peak_gib"] = accelerator.gather(peak).max()
-        if writer is not None:
-            for key, value in metrics.items():
-                writer.add_scalar(key, value.item(), update + 1)
-            writer.add_scalar("lr", scheduler.get_last_lr()[0], update + 1)
-            writer.add_scalar("episode", (update + 1) * batch_size, update + 1)
+        if run_log is not None:
+            scalars = {key: value.item() for key, value in metrics.items()}
+            scalars |= {"lr": scheduler.get_last_lr()[0], "episode": (update + 1) * batch_size}
+            run_log.log(scalars, update + 1)
         progress.update(batch_size)
         progress.set_postfix(
             score=f"{metrics['objective/scores'].item():+.2f}", kl=f"{metrics['objective/kl'].item():.2f}"
         )
-        stop_if_diverged(update + 1, metrics, unwrapped, config, last_state, writer)
+        stop_if_diverged(update + 1, metrics, unwrapped, config, last_state, run_log)
         if eval_prompts and ((update + 1) % eval_every == 0 or update + 1 == num_updates):
             evaluate_and_log(update + 1, evaluation)
 
@@ -1161,7 +1211,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
                 accelerator,
                 model,
                 tokenizer,
-                progress=run | {"update": update + 1, "tensorboard_run": str(run_dir)},
+                progress=run
+                | {"update": update + 1}
+                | ({"tensorboard_run": tensorboard_run} if tensorboard_run else {})
+                | ({"eval_start": asdict(evaluation.start)} if evaluation.start else {}),
                 settings=settings,
             )
             if accelerator.is_main_process and config.save_total_limit:
@@ -1176,8 +1229,13 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
 
     save_checkpoint(Path(config.output_dir), accelerator, model, tokenizer, write_more=held_out_and_results)
     if accelerator.is_main_process:
-        writer.close()
-        chart = charts.plot_scalars(run_dir, CHART_TAGS, f"PPO: {inputs.policy}", xlabel="update")
+        run_log.finish()
+        curves = (
+            f"curves in {charts.plot_scalars(run_dir, CHART_TAGS, f'PPO: {inputs.policy}', xlabel='update')}"
+            if run_dir
+            else "no chart, which is drawn from TensorBoard's files: --report_to "
+            f"{' '.join(config.report_to) or 'none'} has no tensorboard"
+        )
         flag, default = (
             ("ppo_base_model_path", paths.PPO_BASE_DIR) if script_args.from_base else ("model_path", paths.PPO_DIR)
         )
@@ -1190,8 +1248,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
             reward_model_path=hints.unless_default(script_args.reward_model_path, paths.RM_DIR),
         )
         print(
-            f"Adapter saved to {config.output_dir}, critic to {Path(config.output_dir) / VALUE_DIR}; curves in "
-            f"{chart}. Compare it with every other method: {compare}"
+            f"Adapter saved to {config.output_dir}, critic to {Path(config.output_dir) / VALUE_DIR}; {curves}. "
+            f"Compare it with every other method: {compare}"
         )
 
 

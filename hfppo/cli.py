@@ -116,6 +116,7 @@ NUMERIC_RANGES = {
     "missing_eos_penalty": f"[0, {MAX_COEFFICIENT}]",
     "gamma": "[0, 1]",
     "lam": "[0, 1]",
+    "hacking_length_drop": "[0, 1]",
     # DPO. A negative beta learns the opposite preference; 0 learns nothing (TRL: the deviation from the reference).
     "DPOConfig.beta": f"(0, {MAX_COEFFICIENT}]",
     "label_smoothing": "[0, 0.5)",  # Robust DPO's flip probability (TRL: in [0, 0.5))

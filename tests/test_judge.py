@@ -100,7 +100,15 @@ def test_compare_counts_agreement_on_which_answer_is_ruder():
 
 def test_the_verdict_line_says_what_the_judge_says():
     def model(reward, judge, rude):
-        return {"mean_reward": reward, "judge_mean_score": judge, "judge_share_rude": rude}
+        # answers of one length, all finished, scores spread wide: no sign of reward hacking (tests/test_hacking.py)
+        return {
+            "mean_reward": reward,
+            "judge_mean_score": judge,
+            "judge_share_rude": rude,
+            "reward_standard_error": 1.0,
+            "mean_answer_tokens": 10.0,
+            "share_finished": 1.0,
+        }
 
     metrics = {"base": model(-1.5, -0.5, 0.1), "sft": model(1.8, 2.0, 0.9), "ppo": model(2.0, 1.5, 0.8)}
     metrics["ppo"]["mean_kl_to_sft"] = 1.0

@@ -16,7 +16,7 @@ import eval_ppo
 import eval_rm
 import train_ppo
 from conftest import float32_sum_tolerance, run_main
-from hfppo import charts, checkpoints, cli, errors, judge, paths, sampling
+from hfppo import charts, checkpoints, cli, errors, hacking, judge, paths, sampling
 
 EVAL_QUESTIONS = train_ppo.PPOConfig.num_eval_questions  # the default: every held-out question of the tiny preset
 STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
@@ -449,7 +449,7 @@ def test_ppo_raises_a_programmatic_reward(tmp_path, sft_run, tiny_base, monkeypa
     assert first < 1 and last > first + 2, scores
 
 
-def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run, tiny_base, monkeypatch):
+def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run, tiny_base, monkeypatch, capsys):
     """A programmatic reward for brevity, -1 per 10 characters, which the lexicon judge does not share: PPO raises it
     on the held-out questions (eval/score, the proxy) while the judge's verdict does not rise but falls, since short
     answers hold fewer put-downs. Measured here: the judge's mean fell from +0.29 to +0.03 (seed 42, 2-core AMD EPYC,
@@ -467,6 +467,10 @@ def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run,
     judge, rude = scalars["eval/judge_score"], scalars["eval/judged_rude"]
     assert final_proxy > proxy + 0.8, scalars["eval/score"]
     assert judge[-1][1] < judge[0][1] and rude[-1][1] <= rude[0][1], (judge, rude)
+    # and the alarm says so: the proxy up while the judge is not, at the last evaluation, not at the first
+    assert [signs for _, signs in scalars["eval/hacking_signs"]][0] == 0 and scalars["eval/hacking_signs"][-1][1] >= 1
+    printed = capsys.readouterr()
+    assert "Reward hacking? Against the policy before training: the reward model's score rose" in printed.out
 
 
 def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_path, sft_run, tiny_base, monkeypatch):
@@ -515,6 +519,7 @@ def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, 
         "eval/kl",
         "eval/answer_length",
         "eval/finished",
+        "eval/hacking_signs",
     ):
         assert [step for step, _ in scalars["every"][tag]] == [0, 1, 2, 3], tag
     assert not [tag for tag in scalars["never"] if tag.startswith("eval/")]
@@ -641,6 +646,12 @@ def test_the_comparison_says_in_words_what_its_figures_say(compare_run):
         label = eval_ppo.LABELS[name]
         assert f"{label} {'worked' if expected[-2] else 'did NOT work'}: its answers score {gain:+.2f}" in printed
         assert f"The judge {'agrees' if expected[-1] else 'does NOT agree'}: {judge_gain:+.2f}" in printed
+        signs = hacking.signs(eval_ppo.held_out(metrics[start]), eval_ppo.held_out(metrics[name]))
+        if name != "sft" and signs:  # each sign, in the verdicts, as a check that did not pass
+            expected.append(False)
+            assert (
+                f"{label}: Reward hacking? Against the {eval_ppo.LABELS[start]} model: {'; '.join(signs)}." in printed
+            )
     from_base = metrics["ppo_base"]["mean_reward"] - metrics["base"]["mean_reward"]
     after_sft = metrics["ppo"]["mean_reward"] - metrics["base"]["mean_reward"]
     assert list(report["checks"].values()) == [*expected, from_base < after_sft]
