@@ -1,5 +1,6 @@
 """Score answers with the reward model: how often it prefers the chosen answer, and by how much; beside it, the
-lexicon judge (judge.judge_score), a second opinion no stage trained on, and how often the two agree.
+lexicon judge (judge.judge_score), a second opinion no stage trained on, and how often the two agree; then an audit
+(hfppo/audit.py) of whether the score follows the style or a shortcut PPO can take: shorter answers, non-answers.
 
     python eval_rm.py                               # the held-out pairs train_rm.py saved: examples, then metrics
     python eval_rm.py --dataset_name my_prefs.jsonl # the same metrics on any preference file or hub dataset
@@ -19,7 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import common
-from hfppo import cli, errors, hints, judge, lifecycle, outputs, paths, runtime, tiny
+from hfppo import audit, cli, errors, hints, judge, lifecycle, outputs, paths, runtime, tiny
 
 # The reward model's training length: the tiny preset's for a model train_rm.py --tiny wrote.
 TINY_PRESET = dict(max_length=tiny.TINY_RM_MAX_LENGTH)
@@ -30,7 +31,7 @@ class EvalArguments:
     model_path: str = field(default=str(paths.RM_DIR), metadata={"help": "The reward model checkpoint."})
     tiny: bool = field(
         default=False,
-        metadata={"help": "The model came from train_rm.py --tiny (the checkpoint carries everything else)."},
+        metadata={"help": "The model was written by train_rm.py --tiny (the checkpoint carries everything else)."},
     )
     dataset_name: str | None = field(
         default=None,
@@ -66,6 +67,21 @@ class EvalArguments:
     metrics_file: str | None = field(
         default=None, metadata={"help": "Where to write the metrics as JSON. Unset: <model_path>/eval_metrics.json."}
     )
+    probes_file: str = field(
+        default=str(audit.PROBES_FILE),
+        metadata={
+            "help": 'The audit\'s probe answers: JSON Lines of {"kind": ..., "answer": ...}; kind '
+            f'"{audit.NON_ANSWER}" marks the answers that must not pay.'
+        },
+    )
+    audit: bool = field(
+        default=True,
+        metadata={
+            "help": "After the metrics, audit the model for shortcuts PPO can take: the score's correlation with "
+            "answer length, accuracy by which answer is the longer, and --probes_file's answers scored "
+            "(docs/reward_model.md#audit)."
+        },
+    )
 
 
 def pair_metrics(
@@ -90,8 +106,9 @@ def pair_metrics(
     }
 
 
-def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
-    """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, saved as JSON."""
+def evaluate_pairs(model, tokenizer, args: EvalArguments, probes: list[dict] | None) -> None:
+    """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, and the audit with
+    `probes` unless None, saved as JSON."""
     dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
 
     pairs = [
@@ -136,10 +153,32 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments) -> None:
         f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
         f"{metrics['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way"
     )
-    metrics_file = metrics_path(args)
     report = {"model_path": args.model_path, "dataset": dataset, "pairs": len(rows), "skipped_pairs": skipped}
+    if probes is not None:
+        findings = audit_model(model, tokenizer, args, rows, chosen, rejected, probes)
+        audit.print_audit(findings)
+        metrics["audit"] = findings.to_json()
+    metrics_file = metrics_path(args)
     outputs.write_text_atomic(metrics_file, json.dumps(report | metrics, indent=2) + "\n")
     print(f"Metrics written to {metrics_file}")
+
+
+def audit_model(model, tokenizer, args, rows, chosen: torch.Tensor, rejected: torch.Tensor, probes: list[dict]):
+    """audit.audit of the pairs' scores and answer lengths in tokens, with each probe answer scored after the first
+    audit.PROBE_QUESTIONS questions of `rows` (each row's own system prompt, as its pair) and averaged."""
+
+    def tokens(answers: list[str]) -> torch.Tensor:
+        return torch.tensor([len(tokenizer(answer, add_special_tokens=False)["input_ids"]) for answer in answers])
+
+    questions = list(rows.select(range(min(audit.PROBE_QUESTIONS, len(rows)))))
+    sequences = [
+        common.conversation_ids(tokenizer, row, args.system_prompt, probe["answer"])
+        for probe in probes
+        for row in questions
+    ]
+    scores = common.reward_scores(model, tokenizer, sequences, args.batch_size).cpu().view(len(probes), -1).mean(1)
+    scored = [probe | {"score": score} for probe, score in zip(probes, scores.tolist())]
+    return audit.audit(chosen, rejected, tokens(rows["chosen"]), tokens(rows["rejected"]), scored)
 
 
 def metrics_path(args: EvalArguments) -> Path:
@@ -188,8 +227,12 @@ def main(args: EvalArguments) -> None:
         )
     if not args.question:  # the metrics file is written after the whole evaluation: checked before it
         outputs.check_output_file(
-            metrics_path(args), "--metrics_file", {"dataset_name": args.dataset_name}, "the evaluation's metrics"
+            metrics_path(args),
+            "--metrics_file",
+            {"dataset_name": args.dataset_name, "probes_file": args.probes_file if args.audit else None},
+            "the evaluation's metrics",
         )
+    probes = audit.load_probes(args.probes_file) if args.audit and not args.question else None
     command = hints.reward_model_command(args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, command, "reward model")
     common.check_pad_token(tokenizer, args.model_path, model)
@@ -201,7 +244,7 @@ def main(args: EvalArguments) -> None:
             print(f"奖励: {score:+.3f}")
             print(judge.judge_summary(answer))
         return
-    evaluate_pairs(model, tokenizer, args)
+    evaluate_pairs(model, tokenizer, args, probes)
     if sys.stdin.isatty():
         chat(model, tokenizer, args.system_prompt, args.max_length)
 

@@ -11,7 +11,7 @@ from trl.trainer.reward_trainer import DataCollatorForPreference
 import common
 import eval_rm
 from conftest import run_main
-from hfppo import charts, checkpoints, errors, judge, paths, tiny
+from hfppo import audit, charts, checkpoints, errors, judge, paths, tiny
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事,自己吃去。", "rejected": "吃过了,谢谢关心!", "system": ""}
 STYLE_PAIRS = paths.ROOT / "data" / "style_pairs.jsonl"
@@ -166,6 +166,28 @@ def test_the_reward_model_learned_the_style_not_the_length(rm_run, trained_rm):
             for column in ("chosen", "rejected")
         )
         assert (chosen > rejected).float().mean() >= LENGTH_HALF_ACCURACY, longer_is_rude
+
+
+def test_the_audit_finds_that_saying_nothing_does_not_pay(rm_run, trained_rm):
+    """The sample's rows where a non-answer is rejected: the tiny reward model scores 。, 嗯。 and …… below the median
+    polite (rejected) held-out answer, so PPO cannot gain by answering nothing; the audit says so, and its figures are
+    the model's own."""
+    metrics = json.loads((rm_run / paths.RM_DIR / "eval_metrics.json").read_text())
+    report, printed = metrics["audit"], (rm_run / "eval_rm.out").read_text()
+    non_answers = [probe for probe in report["probes"] if probe["kind"] == audit.NON_ANSWER]
+    assert len(non_answers) == 3 and all(probe["score"] < report["median_rejected"] for probe in non_answers)
+    assert not any("non-answer" in verdict for verdict in report["verdicts"])
+    assert "Audit: does the score follow the style" in printed and f"{non_answers[0]['score']:+.2f}" in printed
+    # the medians are the held-out pairs' own; the probe, the mean of its score after the first 8 held-out questions
+    model, tokenizer = trained_rm
+    held_out = common.load_preference_data(rm_run / paths.RM_DIR / paths.HELD_OUT_FILE)
+    assert report["median_rejected"] < 0 < report["median_chosen"]
+    assert report["pairs_chosen_longer"] + report["pairs_chosen_shorter"] <= len(held_out)
+    questions = held_out.select(range(audit.PROBE_QUESTIONS))
+    ids = [common.conversation_ids(tokenizer, row, paths.DEFAULT_SYSTEM_PROMPT, "。") for row in questions]
+    scores = common.reward_scores(model, tokenizer, ids)
+    # the same sequences, right-padded in batches of another shape: float32 sums in another order
+    assert non_answers[0]["score"] == pytest.approx(scores.mean().item(), abs=1e-4)
 
 
 def test_the_reward_model_ranks_styles_the_sample_does_not_use(trained_rm):

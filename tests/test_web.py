@@ -268,12 +268,12 @@ def test_text_from_files_renders_as_itself():
 
 
 def test_a_character_split_across_tokens_comes_out_whole(tiny_base):
-    """龘 is in no training text: the tiny tokenizer spells it in two byte tokens. The page streams through
+    """龘 is in no training text: the tiny tokenizer spells it in byte tokens. The page streams through
     TextIteratorStreamer, which holds back the half character; the final text is decoded from all the ids, and an
     answer cut between the two tokens drops the half character rather than show U+FFFD."""
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     ids = tokenizer.encode("你龘好", add_special_tokens=False)
-    assert len(ids) == 4 and chr(0xFFFD) in tokenizer.decode(ids[1:2])  # a real split
+    assert len(ids) > 3 and chr(0xFFFD) in tokenizer.decode(ids[1:2])  # a real split
     streamer = TextIteratorStreamer(tokenizer, skip_special_tokens=True)
     for token in ids:
         streamer.put(torch.tensor([token]))
