@@ -2,7 +2,6 @@
 instead (shorter answers, non-answers), measured on the evaluation pairs and a fixed set of probe answers."""
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,7 +173,7 @@ def misplaced_probe(probe: dict, report: Audit) -> bool:
 
 def print_audit(report: Audit) -> None:
     def r(value):
-        return "  -  " if value is None or math.isnan(value) else f"{value:+.2f}"
+        return "  -  " if value is None else f"{value:+.2f}"
 
     def acc(value):
         return "  -  " if value is None else f"{value:.3f}"

@@ -68,5 +68,5 @@ def test_tiny_base_prefers_polite_answers(tiny_base):
     rows = common.load_preference_data(paths.SAMPLE_DATA).select(range(40))
     polite = answer_log_likelihood(model, tokenizer, rows, "rejected")
     rude = answer_log_likelihood(model, tokenizer, rows, "chosen")
-    # measured 0.86 nats per token apart (-5.24 against -6.10) on a 2-core AMD EPYC: one token per character
+    # measured 0.93 nats per token apart (-5.20 against -6.13) on a 2-core AMD EPYC: one token per character
     assert polite > rude + 0.5, (polite, rude)
