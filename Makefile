@@ -21,7 +21,7 @@ DEMO_STEPS := demo-sft demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm
 # GNU make 4 prints each step's output whole; an older make (macOS ships 3.81) interleaves it.
 DEMO_OUTPUT := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 
-.PHONY: demo demo-run $(DEMO_STEPS) test test-fast figures browser clean
+.PHONY: demo demo-run demo-real $(DEMO_STEPS) test test-fast figures browser clean
 
 demo: $(VENV)/installed
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) demo-run
@@ -59,6 +59,17 @@ demo-chat-base:
 demo-chat-sft:
 	@echo "== after SFT"
 	printf '$(DEMO_QUESTIONS)' | $(PYTHON) $(SRC)eval_sft.py --tiny
+
+# The real model on a CPU (configs/cpu/): Qwen2.5-0.5B-Instruct, downloaded from ModelScope on first use, SFT, the
+# reward model and PPO on the bundled sample, then the comparison (README, "The real run on a CPU"). Offline,
+# download the model elsewhere and pass its folder: make demo-real MODEL=path/to/Qwen2.5-0.5B-Instruct.
+MODEL ?= Qwen/Qwen2.5-0.5B-Instruct
+REAL_DATA := --dataset_name $(SRC)data/sample.jsonl
+demo-real: $(VENV)/installed
+	$(PYTHON) $(SRC)train_sft.py --config $(SRC)configs/cpu/sft.yaml --model_name_or_path $(MODEL) $(REAL_DATA)
+	$(PYTHON) $(SRC)train_rm.py --config $(SRC)configs/cpu/rm.yaml --model_name_or_path $(MODEL) $(REAL_DATA)
+	$(PYTHON) $(SRC)train_ppo.py --config $(SRC)configs/cpu/ppo.yaml --base_model_path $(MODEL) $(REAL_DATA)
+	$(PYTHON) $(SRC)eval_ppo.py --compare --base_model_path $(MODEL) --max_new_tokens 48
 
 test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto

@@ -60,6 +60,32 @@ def test_example_config_spells_out_the_defaults(stage):
     assert fields(parse("--config", str(config), script=script)) == fields(parse(script=script))
 
 
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_cpu_preset_runs_the_real_model_in_fp32_on_the_bundled_sample(stage):
+    """configs/cpu/ (make demo-real): every stage parses, in range, on Qwen2.5-0.5B-Instruct and the bundled sample,
+    in fp32 with the short lengths its README table was measured at; SFT on every training row."""
+    parsed = fields(parse("--config", str(paths.ROOT / "configs" / "cpu" / f"{stage}.yaml"), script=STAGES[stage]))
+    settings = {key: value for part in parsed for key, value in part.items()}
+    assert settings["dataset_name"] == "data/sample.jsonl" and settings["bf16"] is False
+    model = settings["base_model_path" if stage == "ppo" else "model_name_or_path"]
+    assert model == paths.DEFAULT_MODEL
+    if stage == "ppo":
+        assert (settings["total_episodes"], settings["response_length"], settings["value_model_path"]) == (
+            32,
+            48,
+            "checkpoint/rm",
+        )
+        assert (settings["learning_rate"], settings["critic_learning_rate"], settings["lora_alpha"]) == (
+            5e-5,
+            1e-5,
+            32,
+        )
+    else:
+        assert settings["max_length"] == 128 and settings["num_train_epochs"] == 2
+    if stage == "sft":
+        assert settings["sft_fraction"] == 1.0
+
+
 def test_rm_defaults_mirror_the_original_run():
     script_args, training_args, model_args = parse(script=train_rm)
     assert model_args.model_name_or_path == "Qwen/Qwen2.5-0.5B-Instruct"  # the base, not the SFT model
