@@ -70,8 +70,9 @@ class EvalArguments:
     probes_file: str = field(
         default=str(audit.PROBES_FILE),
         metadata={
-            "help": 'The audit\'s probe answers: JSON Lines of {"kind": ..., "answer": ...}; kind '
-            f'"{audit.NON_ANSWER}" marks the answers that must not pay.'
+            "help": 'The audit\'s probe answers: JSON Lines of {"kind": ..., "side": "chosen" or "rejected", '
+            f'"answer": ...}}, side the one a model that learned the style ranks it on; kind "{audit.NON_ANSWER}" '
+            "marks the answers that must not pay."
         },
     )
     audit: bool = field(
