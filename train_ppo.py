@@ -1230,10 +1230,10 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     save_checkpoint(Path(config.output_dir), accelerator, model, tokenizer, write_more=held_out_and_results)
     if accelerator.is_main_process:
         run_log.finish()
-        curves = (
-            f"curves in {charts.plot_scalars(run_dir, CHART_TAGS, f'PPO: {inputs.policy}', xlabel='update')}"
-            if run_dir
-            else "no chart, which is drawn from TensorBoard's files: --report_to "
+        curves = charts.curves_note(
+            run_dir, CHART_TAGS, f"PPO: {inputs.policy}", config.report_to, xlabel="update"
+        ) or (
+            "; no chart, which is drawn from TensorBoard's files: --report_to "
             f"{' '.join(config.report_to) or 'none'} has no tensorboard"
         )
         flag, default = (
@@ -1248,7 +1248,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
             reward_model_path=hints.unless_default(script_args.reward_model_path, paths.RM_DIR),
         )
         print(
-            f"Adapter saved to {config.output_dir}, critic to {Path(config.output_dir) / VALUE_DIR}; {curves}. "
+            f"Adapter saved to {config.output_dir}, critic to {Path(config.output_dir) / VALUE_DIR}{curves}. "
             f"Compare it with every other method: {compare}"
         )
 

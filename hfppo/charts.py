@@ -77,10 +77,10 @@ def smoothed(values: list[float], weight: float = CHART_SMOOTHING) -> list[float
     return result
 
 
-def curves_note(run_dir: str | Path, tags: list[str], title: str, report_to: list[str]) -> str:
-    """ "; curves in <chart>" for a Trainer stage's last line (plot_scalars), or "" where the run logged nothing to
+def curves_note(run_dir: str | Path, tags: list[str], title: str, report_to: list[str], xlabel: str = "step") -> str:
+    """ "; curves in <chart>" for a training stage's last line (plot_scalars), or "" where the run logged nothing to
     TensorBoard (--report_to without tensorboard): there are no points to chart, and the model is saved already."""
-    return f"; curves in {plot_scalars(run_dir, tags, title)}" if "tensorboard" in report_to else ""
+    return f"; curves in {plot_scalars(run_dir, tags, title, xlabel)}" if "tensorboard" in report_to else ""
 
 
 def plot_scalars(run_dir: str | Path, tags: list[str], title: str, xlabel: str = "step") -> Path:
