@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import re
-import resource
 import shutil
 import time
 import warnings
@@ -68,6 +67,7 @@ from hfppo import (
     trackers,
     training,
 )
+from hfppo.meter import PhaseMeter
 
 CHECKPOINT_PREFIX = "checkpoint-"  # periodic checkpoints: checkpoint-<update>
 # In each periodic checkpoint: accelerate's save_state (weights, optimizer, scheduler, every process's RNG) and the
@@ -570,21 +570,6 @@ def samples_markdown(questions: list[str], samples: dict[str, list], count: int)
     ]:
         lines.append(f"| {cell(question)} | {cell(answer)} | {score:+.3f} | {judged:+.0f} |")
     return "\n".join(lines)
-
-
-def timer(start: float) -> float:
-    """Seconds since `start`, after the GPU has finished the work queued so far."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    """This process's peak memory so far, in GiB: on a GPU the most its tensors held (what a GPU budget is about),
-    elsewhere the process's peak resident set (ru_maxrss, KiB on Linux)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 class PromptOrder:
@@ -1094,6 +1079,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     )
     if eval_prompts and start_update == 0:  # the starting point itself, at KL 0
         evaluate_and_log(0, evaluation)
+    meter = PhaseMeter(accelerator.device)
     run_started = time.perf_counter()
     last_state = resume  # the last finite state this run saved, or started from
     for update in range(start_update, num_updates):
@@ -1102,33 +1088,31 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         # 1. Generate: sample an answer to each prompt from the current policy (fp32 weights, no autocast: the
         #    per-step weight casts would cost more than bf16 saves at this batch size).
         update_cpu = time.process_time()  # time/cpu
-        started = time.perf_counter()
-        try:
-            with sampling.merged(unwrapped.policy) as policy:
-                batch = sampling.generate(
-                    policy,
-                    tokenizer,
-                    batch_prompts,
-                    config.response_length,
-                    config.temperature,
-                    sizes.rollout_chunk,
-                    accelerator.device,
-                )
-        except RuntimeError as error:
-            if SAMPLING_FAILURE not in str(error):
-                raise
-            if run_log is not None:
-                run_log.finish()  # the curves up to the divergence, on disk
-            raise unsampleable(update, start_update, resume or inputs.policy, config, last_state) from None
+        with meter("generation"):
+            try:
+                with sampling.merged(unwrapped.policy) as policy:
+                    batch = sampling.generate(
+                        policy,
+                        tokenizer,
+                        batch_prompts,
+                        config.response_length,
+                        config.temperature,
+                        sizes.rollout_chunk,
+                        accelerator.device,
+                    )
+            except RuntimeError as error:
+                if SAMPLING_FAILURE not in str(error):
+                    raise
+                if run_log is not None:
+                    run_log.finish()  # the curves up to the divergence, on disk
+                raise unsampleable(update, start_update, resume or inputs.policy, config, last_state) from None
         responses, lengths = batch["responses"], batch["lengths"]
         mask = sampling.answer_mask(lengths, responses.shape[1]).float()
-        time_generation = timer(started)
 
         # 2. Score: the reward model reads each answer at its last token; an answer cut before its stop token loses
         #    missing_eos_penalty, so the policy learns to finish within response_length. The same forward passes give
         #    the policy's and the reference's log-prob of each answer token and the critic's value before it.
-        started = time.perf_counter()
-        with accelerator.autocast():
+        with meter("scoring"), accelerator.autocast():
             scores, stopped = sampling.score_answers(
                 reward_fn,
                 batch["queries"],
@@ -1141,7 +1125,6 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
             batch |= sampling.forward_rollout(
                 unwrapped.policy, unwrapped.critic, batch, config.temperature, sizes.rollout_chunk
             )
-        time_scoring = timer(started)
 
         # 3. KL: a per-token penalty -kl_coef * KL(pi || pi_ref) keeps the policy near its starting point, and the
         #    score is added at the answer's last token (Ziegler et al. 2019, arXiv:1909.08593).
@@ -1159,39 +1142,40 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         # 5. Update: num_ppo_epochs passes over the batch in num_mini_batches shuffled minibatches; one optimizer
         #    step per minibatch, accumulated over micro batches of per_device_train_batch_size, each cut to its
         #    longest prompt and answer; each model's gradient norm clipped on its own (as OpenRLHF's actor and critic).
-        started = time.perf_counter()
         rollout = {
             "queries": batch["queries"], "query_mask": batch["query_mask"], "responses": responses, "lengths": lengths,
             "mask": mask, "logprobs": logprobs, "values": values, "advantages": advantages, "returns": returns,
         }  # fmt: skip
         stats = {key: [] for key in (*PPO_STATS, "policy_grad_norm", "critic_grad_norm")}
-        for _ in range(config.num_ppo_epochs):
-            for mini_batch in torch.randperm(sizes.local_batch).split(sizes.mini_batch):
-                for rows in mini_batch.split(config.per_device_train_batch_size):
-                    with accelerator.accumulate(model):
-                        loss, micro_stats = ppo_loss(model, sampling.trimmed(rollout, rows), config)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients and per_model_clipping:
-                            for name, part in (("policy", unwrapped.policy), ("critic", unwrapped.critic)):
-                                norm = accelerator.clip_grad_norm_(part.parameters(), config.max_grad_norm)
-                                stats[f"{name}_grad_norm"].append(norm)
-                        optimizer.step()
-                        optimizer.zero_grad()
-                    for key, value in micro_stats.items():
-                        stats[key].append(value)
-        scheduler.step()
-        time_optimization = timer(started)
+        with meter("optimization"):
+            for _ in range(config.num_ppo_epochs):
+                for mini_batch in torch.randperm(sizes.local_batch).split(sizes.mini_batch):
+                    for rows in mini_batch.split(config.per_device_train_batch_size):
+                        with accelerator.accumulate(model):
+                            loss, micro_stats = ppo_loss(model, sampling.trimmed(rollout, rows), config)
+                            accelerator.backward(loss)
+                            if accelerator.sync_gradients and per_model_clipping:
+                                for name, part in (("policy", unwrapped.policy), ("critic", unwrapped.critic)):
+                                    norm = accelerator.clip_grad_norm_(part.parameters(), config.max_grad_norm)
+                                    stats[f"{name}_grad_norm"].append(norm)
+                            optimizer.step()
+                            optimizer.zero_grad()
+                        for key, value in micro_stats.items():
+                            stats[key].append(value)
+            scheduler.step()
 
-        # Log the update, averaged over the processes (val/num_eos_tokens summed: a count; memory/peak_gib the
-        # highest). time/cpu: the update's CPU seconds, every thread's, steadier than wall time on a shared machine.
-        times = {"generation": time_generation, "scoring": time_scoring, "optimization": time_optimization}
-        times["cpu"] = time.process_time() - update_cpu
+        # Log the update, averaged over the processes (val/num_eos_tokens summed: a count; memory/*_gib the
+        # highest: memory/<phase>_gib each phase's peak, memory/peak_gib the update's). time/cpu: the update's CPU
+        # seconds, every thread's, steadier than wall time on a shared machine.
+        times = meter.seconds | {"cpu": time.process_time() - update_cpu}
         metrics = update_metrics(scores, stopped, kl, non_score_reward, logprobs, lengths, stats, times)
         metrics = {key: value.detach().float().to(accelerator.device) for key, value in metrics.items()}
         metrics = accelerator.reduce(metrics, reduction="mean")
         metrics["val/num_eos_tokens"] = accelerator.reduce(stopped.float().sum(), reduction="sum")
-        peak = torch.tensor([peak_memory_gib(accelerator.device)], device=accelerator.device)
-        metrics["memory/peak_gib"] = accelerator.gather(peak).max()
+        peaks = torch.tensor([*meter.peak_gib.values(), max(meter.peak_gib.values())], device=accelerator.device)
+        peaks = accelerator.gather(peaks[None]).amax(0)
+        for name, peak in zip([*meter.peak_gib, "peak"], peaks):
+            metrics[f"memory/{name}_gib"] = peak
         if run_log is not None:
             scalars = {key: value.item() for key, value in metrics.items()}
             scalars |= {"lr": scheduler.get_last_lr()[0], "episode": (update + 1) * batch_size}

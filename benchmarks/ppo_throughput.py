@@ -222,7 +222,8 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
     from what it writes. Timed, as its train_results.json's train_runtime, from the first update's start to the last
     one's end: loading the models before it and the final save and chart after it are left out. Per update, from its
     TensorBoard scalars: each phase's seconds (time/generation, time/scoring, time/optimization), the CPU seconds of
-    every thread (time/cpu), the mean answer length, the episodes so far and the peak memory (memory/peak_gib)."""
+    every thread (time/cpu), the mean answer length, the episodes so far and the peak memory, overall
+    (memory/peak_gib) and each phase's (memory/<phase>_gib)."""
     output_dir = models / "ppo_output"
     shutil.rmtree(output_dir, ignore_errors=True)
     runs = models / paths.TENSORBOARD_ROOT / "ppo"
@@ -263,8 +264,9 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
         "cpu_seconds": sum(value for _, value in scalars["time/cpu"]),
         "phase_seconds": {phase: sum(value for _, value in scalars[f"time/{phase}"]) for phase in PHASES},
         "answer_length": sum(value for _, value in scalars["val/answer_length"]) / len(scalars["val/answer_length"]),
-        # the GPU's peak allocated memory, or on a CPU the process's peak resident set
+        # the GPU's peak allocated memory, or on a CPU the process's peak resident set: overall and per phase
         "peak_memory_gib": max(value for _, value in scalars["memory/peak_gib"]),
+        "phase_peak_gib": {phase: max(value for _, value in scalars[f"memory/{phase}_gib"]) for phase in PHASES},
     }
 
 
@@ -297,6 +299,7 @@ def summarise(run: dict, flops: dict[str, float], peak_tflops: float | None, ans
         "tokens_per_s": episodes * answer / run["seconds"],
         "generation_tokens_per_s": episodes * answer / phases["generation"] if "generation" in phases else None,
         "peak_memory_gib": run["peak_memory_gib"],
+        "phase_peak_gib": run.get("phase_peak_gib") or {},
         "mfu": mfu(sum(flops.values()), run["seconds"]),
         "phase_mfu": {phase: mfu(flops[phase], seconds) for phase, seconds in phases.items()},
     }
@@ -314,6 +317,8 @@ def table(results: dict) -> str:
     rows.append(("generated tokens/s", *(cell(r["tokens_per_s"], ".1f") for r in results.values())))
     rows.append(("  in generation", *(cell(r["generation_tokens_per_s"], ".1f") for r in results.values())))
     rows.append(("peak memory GiB", *(cell(r["peak_memory_gib"], ".2f") for r in results.values())))
+    for phase in PHASES:
+        rows.append((f"  {phase}", *(cell(r["phase_peak_gib"].get(phase), ".2f") for r in results.values())))
     rows.append(("MFU", *(cell(r["mfu"], ".2%") for r in results.values())))
     for phase in PHASES:
         rows.append((f"  {phase}", *(cell(r["phase_mfu"].get(phase), ".2%") for r in results.values())))
