@@ -44,8 +44,8 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, get_scheduler
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedModel, get_scheduler
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 import common
 from hfppo import (
@@ -268,6 +268,14 @@ class PPOConfig:
         default=runtime.bf16_available(),
         metadata={"help": "bf16 autocast (on a GPU with bf16 units; fp32 otherwise)."},
     )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute each decoder layer of the policy and the critic in the update's backward pass instead "
+            "of holding its activations: a fraction of the update's memory for one more forward pass per micro "
+            "batch (docs/ppo.md, Memory)."
+        },
+    )
     save_steps: int = field(
         default=100, metadata={"help": "Save the full training state every this many updates; 0: only at the end."}
     )
@@ -300,8 +308,25 @@ class PolicyAndValue(nn.Module):
         self.policy = policy
         self.critic = critic
 
-    def forward(self, inputs: dict[str, torch.Tensor], width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return sampling.response_logits(self.policy, inputs, width), sampling.critic_values(self.critic, inputs, width)
+    def forward(
+        self, inputs: dict[str, torch.Tensor], responses: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log-prob, entropy, value) of each answer token."""
+        logprobs, entropy = sampling.answer_logprobs(self.policy, inputs, responses, temperature)
+        return logprobs, entropy, sampling.critic_values(self.critic, inputs, responses.shape[1])
+
+
+def checkpoint_layers(model: PreTrainedModel) -> None:
+    """Gradient checkpointing (Chen et al. 2016, arXiv:1604.06174) of each decoder layer, the model left in eval mode.
+
+    transformers checkpoints a layer only while the layer's `training` flag is set, and only when gradients are on:
+    setting the flag on the layers alone, not on their submodules, keeps every dropout off (the PPO ratio measures
+    policy change only: `load_models`), and generation and scoring, run without gradients, are unchanged.
+    """
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True
 
 
 def load_critic(path: str) -> nn.Module:
@@ -443,8 +468,7 @@ def ppo_loss(
     """The PPO loss of a micro batch of the rollout, policy loss + vf_coef x value loss, and its statistics."""
     m, advantages, old_values, returns = micro["mask"], micro["advantages"], micro["values"], micro["returns"]
     inputs = sampling.sequence_inputs(micro["queries"], micro["query_mask"], micro["responses"], micro["lengths"])
-    logits, new_values = model(inputs, micro["responses"].shape[1])
-    new_logprobs = selective_log_softmax(logits, micro["responses"], config.temperature)
+    new_logprobs, entropy, new_values = model(inputs, micro["responses"], config.temperature)
 
     # Clipped surrogate objective (Schulman et al. 2017, eq. 7).
     log_ratio = (new_logprobs - micro["logprobs"]) * m
@@ -469,7 +493,7 @@ def ppo_loss(
             "value_clipfrac": masked_mean((clipped_value_losses > value_losses).float(), m),
             "ratio": masked_mean(ratio, m),
             # of the distribution sampled from, softmax(logits / temperature), as TRL's PPOTrainer
-            "entropy": masked_mean(entropy_from_logits(logits.detach() / config.temperature), m),
+            "entropy": masked_mean(entropy, m),
         }
     return policy_loss + config.vf_coef * value_loss, stats
 
@@ -1012,6 +1036,9 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         inputs, config, reward_fn, accelerator.device, sizes.rollout_chunk
     )
     model = PolicyAndValue(policy, critic).eval()
+    if config.gradient_checkpointing:
+        for part in (policy.get_base_model(), critic):
+            checkpoint_layers(part)
     optimizer = make_optimizer(policy, critic, config)
     # Stepped once per update, outside accelerate (its wrapper would step once per process).
     scheduler = get_scheduler(config.lr_scheduler_type, optimizer, config.warmup_steps, num_updates)

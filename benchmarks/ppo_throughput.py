@@ -92,6 +92,9 @@ class BenchmarkArguments:
     )
     response_length: int = field(default=16, metadata={"help": "Every answer's length, in tokens (no early stop)."})
     bf16: bool = field(default=runtime.bf16_available(), metadata={"help": "bf16 autocast (GPU); fp32 otherwise."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "train_ppo.py --gradient_checkpointing (with --trl no: TRL's side has none)."}
+    )
     peak_tflops: float | None = field(
         default=None,
         metadata={
@@ -243,6 +246,7 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
         local_rollout_forward_batch_size=args.local_rollout_forward_batch_size,
         response_length=args.response_length,
         bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         save_steps=0,
         num_eval_questions=0,  # evaluation on held-out questions is not training throughput (TRL 1.12 has none)
@@ -342,6 +346,11 @@ def main(args: BenchmarkArguments) -> dict:
         raise errors.ArgumentError(
             f"--trl yes, but {trl_python} does not exist: run `bash benchmarks/setup_trl112.sh` first, or pass "
             "--trl_python with the Python of a venv holding TRL 1.12."
+        )
+    if args.gradient_checkpointing and (args.trl == "yes" or (args.trl == "auto" and trl_python.exists())):
+        raise errors.ArgumentError(
+            "--gradient_checkpointing is train_ppo.py's: TRL 1.12's side would run without it, so the two would not "
+            "be compared at the same settings. Pass --trl no with it."
         )
     if args.output:  # written after the whole benchmark: checked before it
         outputs.check_output_file(args.output, "--output", {}, "the results")

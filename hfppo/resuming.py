@@ -17,13 +17,14 @@ from accelerate.utils import load as load_state_file
 from hfppo import checkpoints, errors, outputs
 
 # Settings that change neither a run's data, nor its randomness, nor its optimisation: where it writes, what and how
-# often it logs, saves and evaluates. A resumed run may change these, and nothing else.
+# often it logs, saves and evaluates, and whether it recomputes activations to save memory (the same arithmetic). A
+# resumed run may change these, and nothing else.
 RESUMABLE_SETTINGS = re.compile(
     r"output_dir|overwrite_output_dir|resume_from_checkpoint|run_name|report_to|logging_.*|log_.*|save_.*|"
     r"resume_resets_state|"  # what a resume may start afresh (check_training_state), not how the run trains
     r"eval_(?!fraction$).*|"  # how often the held-out rows are evaluated, but not which rows they are
     r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
-    r"local_rank|num_eval_questions"
+    r"local_rank|num_eval_questions|gradient_checkpointing.*"
 )
 RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import GenerationConfig
-from trl.trainer.utils import selective_log_softmax
+from trl.trainer.utils import add_fused_lm_head
 
 
 def sampling_config(tokenizer, max_new_tokens: int, temperature: float) -> GenerationConfig:
@@ -61,13 +61,20 @@ def cut_after_stop(
     return responses.masked_fill(~answer_mask(lengths, responses.shape[1]), pad_token_id), lengths
 
 
+# The per-token figures add_fused_lm_head's head computes, and where answer_logprobs records the temperature it was
+# added for: the head divides by the temperature inside its kernel, so a call at another one adds it anew.
+FUSED_OUTPUTS, FUSED_TEMPERATURE = ("log_probs", "entropy"), "hfppo_fused_lm_head_temperature"
+IGNORE_INDEX = -100  # the label of a position the head skips: prompt and padding
+
+
 # Scores answers: (prompt ids, answer ids ending at the stop token, or cut at response_length) -> one score each.
 RewardFn = Callable[[list[list[int]], list[list[int]]], torch.Tensor]
 
 
 def critic_values(critic: nn.Module, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
-    """V(s_t) for each answer token t: the score head on the hidden state of the token before it."""
-    hidden = getattr(critic, critic.base_model_prefix)(**inputs).last_hidden_state[:, -width - 1 : -1]
+    """V(s_t) for each answer token t: the score head on the hidden state of the token before it (no KV cache: nothing
+    reads it, and a checkpointed layer's recompute would append to it again)."""
+    hidden = getattr(critic, critic.base_model_prefix)(**inputs, use_cache=False).last_hidden_state[:, -width - 1 : -1]
     return critic.score(hidden).squeeze(-1).float()
 
 
@@ -126,9 +133,27 @@ def sequence_inputs(queries, query_mask, responses, lengths) -> dict[str, torch.
     }
 
 
-def response_logits(model, inputs: dict[str, torch.Tensor], width: int) -> torch.Tensor:
-    """The logits that predict each of the last `width` tokens (the answer), without computing the prompt's."""
-    return model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+def answer_logprobs(
+    model, inputs: dict[str, torch.Tensor], responses: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob, entropy) of each answer token under softmax(logits / temperature), 0 past each answer's end.
+
+    Computed by TRL's fused LM head (trl.trainer.utils.add_fused_lm_head, added to the model on first use): it
+    projects the hidden states through the LM head a tile of the vocabulary at a time and keeps per token only the
+    running log-sum-exp, recomputing the tiles in the backward pass. The full-vocabulary logits are never held:
+    at 0.5B they are 151,936 values per answer token, 1.9 GB in fp32 for a micro batch of 16 answers of 200 tokens,
+    and the log-softmax, its temperature division and the entropy each held another copy (docs/ppo.md, Memory).
+    Other forward calls (generate) run the model's own forward, unchanged.
+    """
+    causal_lm = model.get_base_model() if isinstance(model, PeftModel) else model
+    if getattr(causal_lm, FUSED_TEMPERATURE, None) != temperature:
+        add_fused_lm_head(causal_lm, temperature=temperature, outputs=FUSED_OUTPUTS)
+        setattr(causal_lm, FUSED_TEMPERATURE, temperature)
+    width = responses.shape[1]
+    labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, IGNORE_INDEX)
+    labels[:, :-width] = IGNORE_INDEX  # the prompt: only the answer is scored
+    output = model(**inputs, labels=labels, fused_lm_head=True)
+    return output.log_probs[:, -width:], output.entropy[:, -width:]
 
 
 @contextmanager
@@ -217,12 +242,10 @@ def forward_rollout(
         part = trimmed(sequences, rows)  # each output padded back to the batch's width with zeros
         responses, part_width = part["responses"], part["responses"].shape[1]
         inputs = sequence_inputs(part["queries"], part["query_mask"], responses, part["lengths"])
-        logits = response_logits(policy, inputs, part_width)
-        logprobs.append(selective_log_softmax(logits, responses, temperature))
+        logprobs.append(answer_logprobs(policy, inputs, responses, temperature)[0])
         if reference:
             with policy.disable_adapter():  # the reference: the same weights without the adapter
-                ref_logits = response_logits(policy, inputs, part_width)
-            ref_logprobs.append(selective_log_softmax(ref_logits, responses, temperature))
+                ref_logprobs.append(answer_logprobs(policy, inputs, responses, temperature)[0])
         if critic is not None:
             values.append(critic_values(critic, inputs, part_width))
     outputs = {"logprobs": logprobs} | ({"ref_logprobs": ref_logprobs} if reference else {})

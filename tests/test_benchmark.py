@@ -85,6 +85,13 @@ def test_the_benchmark_imports_no_top_level_script():
         assert not scripts, f"{path.name} imports {scripts}"
 
 
+def test_gradient_checkpointing_is_refused_where_trl_s_side_would_run_without_it(tmp_path):
+    flags = ["--tiny", "--gradient_checkpointing", "true", "--trl", "yes", "--trl_python", __file__]
+    result = run_main("benchmarks/ppo_throughput.py", *flags, "--work_dir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 2 and "Pass --trl no with it." in result.stderr
+    assert not list(tmp_path.iterdir())  # refused before any model was built
+
+
 def run_tiny(tmp_path, *args):
     output = tmp_path / "result.json"
     flags = ["--tiny", "--num_updates", 1, "--work_dir", tmp_path / "models", "--output", output, *args]

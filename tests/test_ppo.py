@@ -15,7 +15,7 @@ import common
 import eval_ppo
 import eval_rm
 import train_ppo
-from conftest import float32_sum_tolerance, run_main
+from conftest import FLOAT32_EPS, float32_sum_tolerance, run_main
 from hfppo import charts, checkpoints, cli, errors, hacking, judge, paths, sampling
 
 EVAL_QUESTIONS = train_ppo.PPOConfig.num_eval_questions  # the default: every held-out question of the tiny preset
@@ -124,20 +124,6 @@ def test_kl_estimators_are_0_between_equal_log_probs(estimator):
     """Exact: x - x is 0.0 and exp(0.0) 1.0 in any float arithmetic."""
     logprobs = torch.tensor([math.log(0.5), -3.7])
     assert sampling.kl_estimate(logprobs, logprobs, estimator).tolist() == [0.0, 0.0]
-
-
-def test_logged_entropy_is_that_of_the_sampled_distribution():
-    """policy/entropy_avg: the entropy of softmax(logits / temperature), the distribution answers are sampled from,
-    against a Monte Carlo estimate, -mean log p, over tokens sampled at that temperature."""
-    torch.manual_seed(0)
-    logits, temperature = torch.randn(4, 50) * 3, 0.7
-    exact = train_ppo.entropy_from_logits(logits / temperature)
-    distribution = torch.distributions.Categorical(logits=logits / temperature)
-    samples = distribution.sample((20000,))
-    estimate = -distribution.log_prob(samples).mean(0)
-    assert exact.tolist() == pytest.approx(estimate.tolist(), abs=0.05)
-    # and the raw logits' entropy, what was logged before, is far off
-    assert (train_ppo.entropy_from_logits(logits) - estimate).abs().min() > 0.2
 
 
 def test_positions_skip_the_left_padding():
@@ -284,6 +270,116 @@ def test_trimmed_and_untrimmed_micro_batches_give_the_same_loss():
         torch.testing.assert_close(grads[name], full_grads[name], rtol=1e-4, atol=1e-6)
 
 
+class FullLogits(train_ppo.PolicyAndValue):
+    """The computation the fused LM head replaced: the full-vocabulary logits of the answer, their log-softmax at the
+    temperature, and its entropy."""
+
+    def forward(self, inputs, responses, temperature):
+        width = responses.shape[1]
+        logits = self.policy(**inputs, logits_to_keep=width + 1).logits[:, :-1] / temperature
+        log_p = logits.log_softmax(-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        return (
+            log_p.gather(-1, responses[..., None])[..., 0],
+            entropy,
+            sampling.critic_values(self.critic, inputs, width),
+        )
+
+
+def test_the_fused_head_gives_the_full_logits_log_probs_entropy_loss_and_gradients():
+    """The update's log-probs, entropy, loss and gradients through TRL's fused LM head (the vocabulary a tile at a
+    time) are those of the full logits, to float32 rounding.
+
+    Each logit is a dot product of hidden_size terms: float32 computes it within hidden_size u sum|h_i w_i| of exact
+    in any tiling (Higham, Accuracy and Stability of Numerical Algorithms, 3.1; u = FLOAT32_EPS / 2), so the two
+    computations' logits z = h.w / T differ by at most dz = hidden_size FLOAT32_EPS max sum|h_i w_i| / T. A
+    log-sum-exp of V terms adds V FLOAT32_EPS relative to its sum, and so absolute to its log: a log-prob z_t - logZ
+    moves at most 2 dz + V FLOAT32_EPS, an entropy logZ - sum p z at most that times (1 + max|z|). The loss is
+    Lipschitz in the log-probs with constant max|A| max(ratio); the gradients, a few float32 matmuls deep here, are
+    held to 1e-4 relative, a decade above their own rounding."""
+    policy, critic = random_models()
+    with torch.no_grad():  # a trained adapter: B = 0 at initialisation would leave the policy the reference
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    rollout = rollout_of(policy, critic, PROMPTS, ANSWERS)
+    _, config = ppo_args()
+    micro = sampling.trimmed(rollout, torch.arange(len(PROMPTS)))
+    inputs = sampling.sequence_inputs(micro["queries"], micro["query_mask"], micro["responses"], micro["lengths"])
+    mask, width, temperature = micro["mask"].bool(), micro["responses"].shape[1], config.temperature
+    results = []
+    for model in (train_ppo.PolicyAndValue(policy, critic), FullLogits(policy, critic)):
+        model.zero_grad()
+        logprobs, entropy, _ = model(inputs, micro["responses"], temperature)
+        loss, stats = train_ppo.ppo_loss(model, micro, config)
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((logprobs.detach()[mask], entropy.detach()[mask], loss.item(), stats, grads))
+    (logprobs, entropy, loss, stats, grads), (full_logprobs, full_entropy, full_loss, full_stats, full_grads) = results
+
+    with torch.no_grad():
+        hidden = policy.get_base_model().model(**inputs).last_hidden_state[:, -width - 1 : -1][mask]
+        head = policy.get_base_model().get_output_embeddings().weight
+        dz = hidden.shape[-1] * FLOAT32_EPS * (hidden.abs() @ head.abs().T).max().item() / temperature
+        max_z = (hidden @ head.T).abs().max().item() / temperature
+    logprob_tolerance = 2 * dz + head.shape[0] * FLOAT32_EPS
+    assert (logprobs - full_logprobs).abs().max() <= logprob_tolerance < 1e-3
+    assert (entropy - full_entropy).abs().max() <= logprob_tolerance * (1 + max_z)
+    # the entropy of softmax(logits / T), the distribution sampled from: the raw logits' is far off
+    raw = policy(**inputs, logits_to_keep=width + 1).logits[:, :-1].detach().log_softmax(-1)
+    assert ((-(raw.exp() * raw).sum(-1))[mask] - full_entropy).abs().min() > 10 * logprob_tolerance * (1 + max_z)
+    ratio = (full_logprobs - micro["logprobs"][mask]).exp()
+    assert abs(loss - full_loss) <= micro["advantages"].abs().max().item() * ratio.max().item() * logprob_tolerance
+    assert stats["entropy"].item() == pytest.approx(full_stats["entropy"].item(), abs=logprob_tolerance * (1 + max_z))
+    assert grads.keys() == full_grads.keys() and any("lora_A" in name for name in grads)
+    for name in grads:
+        assert (grads[name] - full_grads[name]).norm() <= 1e-4 * full_grads[name].norm(), name
+
+
+def counted(forward, calls: list):
+    def forward_counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    return forward_counted
+
+
+def test_gradient_checkpointing_recomputes_each_layer_and_changes_no_loss_or_gradient():
+    """--gradient_checkpointing: each decoder layer of both models runs again in the backward pass (its activations
+    were not kept), and the loss and gradients are those without it. The recompute is the same float32 arithmetic on
+    the same inputs, but the backward may accumulate in another order: gradients are held to 1e-6 relative."""
+    results = []
+    for checkpointing in (False, True):
+        policy, critic = random_models()
+        model = train_ppo.PolicyAndValue(policy, critic).eval()
+        if checkpointing:
+            for part in (policy.get_base_model(), critic):
+                train_ppo.checkpoint_layers(part)
+        _, config = ppo_args()
+        rollout = rollout_of(policy, critic, PROMPTS, ANSWERS)
+        calls = []  # counted in forward itself: a checkpoint's recompute runs no module hooks
+        for part in (policy.get_base_model().model, critic.model):
+            for layer in part.layers:
+                layer.mlp.forward = counted(layer.mlp.forward, calls)
+        with torch.no_grad():  # scoring: no backward, so nothing is recomputed
+            model(sampling.sequence_inputs(*(rollout[k] for k in ("queries", "query_mask", "responses", "lengths"))),
+                  rollout["responses"], config.temperature)  # fmt: skip
+        scoring_calls = len(calls)
+        loss, _ = train_ppo.ppo_loss(model, rollout, config)
+        loss.backward()
+        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.item(), grads, scoring_calls, len(calls) - scoring_calls))
+        assert not any(module.training for module in model.modules() if isinstance(module, torch.nn.Dropout))
+    (loss, grads, scoring_calls, update_calls), (ck_loss, ck_grads, ck_scoring_calls, ck_update_calls) = results
+    layers = 2 * 2  # two layers in each of the two models
+    assert scoring_calls == ck_scoring_calls == layers
+    assert (update_calls, ck_update_calls) == (layers, 2 * layers)
+    assert ck_loss == loss
+    assert grads.keys() == ck_grads.keys()
+    for name in grads:
+        assert (grads[name] - ck_grads[name]).norm() <= 1e-6 * grads[name].norm(), name
+
+
 def test_the_rollout_forward_trims_each_chunk_without_changing_a_log_prob():
     policy, critic = random_models()
     queries, query_mask = sampling.padded(PROMPTS, PAD, "left")
@@ -348,8 +444,7 @@ def test_rollout_training_pass_and_reference_agree_before_the_first_step(fresh_p
         inputs = sampling.sequence_inputs(
             batch["queries"][micro], batch["query_mask"][micro], batch["responses"][micro], batch["lengths"][micro]
         )
-        logits, values = model(inputs, batch["responses"].shape[1])
-        new_logprobs = train_ppo.selective_log_softmax(logits, batch["responses"][micro], 0.7)
+        new_logprobs, _, values = model(inputs, batch["responses"][micro], 0.7)
         assert new_logprobs.requires_grad
         for new, old in ((new_logprobs, batch["logprobs"][micro]), (values, batch["values"][micro])):
             assert (new.detach() - old)[mask[micro]].abs().max() < 1e-4
