@@ -235,7 +235,8 @@ class PPOConfig:
         default=lora.LORA_ALPHA, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."}
     )
     lora_dropout: float = field(
-        default=0.0, metadata={"help": "0, so that log-probs are deterministic and the ratio measures policy change."}
+        default=0.0,
+        metadata={"help": "Only 0: log-probs are deterministic, so the ratio measures policy change (eval mode)."},
     )
     lora_target_modules: list[str] = field(
         default_factory=lambda: list(lora.LORA_TARGET_MODULES),
@@ -673,6 +674,12 @@ def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
     if script_args.eval_fraction == 0:
         raise errors.ArgumentError(
             "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
+        )
+    if config.lora_dropout != 0:
+        raise errors.ArgumentError(
+            f"--lora_dropout {config.lora_dropout:g}: every model runs in eval mode, so the adapter's dropout would "
+            "never act; PPO keeps dropout off so that log-probs are deterministic and the ratio measures policy "
+            "change only. Leave --lora_dropout at 0."
         )
     if config.eval_steps > 1 and config.eval_steps != int(config.eval_steps):
         raise errors.ArgumentError(

@@ -260,6 +260,11 @@ def test_ppo_needs_held_out_questions():
         train_ppo.main(*parse("--tiny", "--eval_fraction", "0", script=train_ppo))
 
 
+def test_ppo_refuses_a_lora_dropout_its_eval_mode_would_never_apply():
+    with pytest.raises(errors.ArgumentError, match="--lora_dropout 0.05: every model runs in eval mode"):
+        train_ppo.main(*parse("--tiny", "--lora_dropout", "0.05", script=train_ppo))
+
+
 @pytest.mark.skipif(runtime.bf16_available(), reason="this machine has a bf16 GPU")
 @pytest.mark.parametrize("script", ["train_sft", "train_rm", "train_ppo"])
 def test_bf16_without_a_bf16_gpu_is_refused(script):
