@@ -165,6 +165,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
     )
+    runtime.check_distributed(trainer.accelerator.state)  # a sharded config accelerate turned into another
     training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     trainer.accelerator.print(

@@ -199,6 +199,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     lifecycle.lock_output_dir(training_args.output_dir)
     run_dir = charts.tensorboard_run("grpo")
     trainer = make_trainer(script_args.sft_model_path, tokenizer, reward_fn, prompts, training_args, model_args)
+    runtime.check_distributed(trainer.accelerator.state)  # a sharded config accelerate turned into another
     training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"GRPO of {script_args.sft_model_path}: {len(prompts)} training questions, {training_args.num_generations} "

@@ -184,7 +184,11 @@ class PPOConfig:
     )
     warmup_steps: int = field(default=0, metadata={"help": "Updates of linear warmup."})
     max_grad_norm: float = field(
-        default=1.0, metadata={"help": "Clip each model's gradient norm (the policy's, the critic's) to this."}
+        default=1.0,
+        metadata={
+            "help": "Clip each model's gradient norm (the policy's, the critic's) to this; under DeepSpeed, their "
+            "joint norm (DeepSpeed clips one global norm)."
+        },
     )
     per_device_train_batch_size: int = field(
         default=2, metadata={"help": "Answers per forward-backward pass (the micro batch)."}
@@ -699,6 +703,7 @@ def make_accelerator(config: PPOConfig) -> tuple[Accelerator, bool]:
         mixed_precision="bf16" if config.bf16 else "no",
         log_with=trackers.log_with(config.report_to),
     )
+    runtime.check_distributed(accelerator.state)
     zero_stage = accelerator.state.deepspeed_plugin.zero_stage if accelerator.state.deepspeed_plugin else 0
     if accelerator.distributed_type == DistributedType.FSDP or zero_stage == 3:
         raise errors.PipelineError(
@@ -711,6 +716,12 @@ def make_accelerator(config: PPOConfig) -> tuple[Accelerator, bool]:
         deepspeed_config = accelerator.state.deepspeed_plugin.deepspeed_config
         deepspeed_config["train_micro_batch_size_per_gpu"] = config.per_device_train_batch_size
         deepspeed_config["gradient_clipping"] = config.max_grad_norm
+        accelerator.print(
+            f"Under DeepSpeed, --max_grad_norm {config.max_grad_norm:g} clips the policy's and the critic's gradients "
+            "together (DeepSpeed clips one global norm): while the critic's norm is the larger, as early in a run, it "
+            "shrinks the policy's step too. If the policy learns slower than under ddp.yaml, raise --max_grad_norm "
+            "above the critic's norm (val/grad_norm of a DDP run)."
+        )
     return accelerator, accelerator.distributed_type != DistributedType.DEEPSPEED
 
 

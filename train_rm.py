@@ -144,6 +144,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
+    runtime.check_distributed(trainer.accelerator.state)  # a sharded config accelerate turned into another
     training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"Reward model from {model_path} on {len(train_dataset)} pairs of {script_args.dataset_name}, "

@@ -120,6 +120,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     # Prompt-completion rows make SFTTrainer compute the loss on the answer only (completion_only_loss): Qwen2.5's
     # chat template has no {% generation %} markers, so assistant_only_loss could not find the answer.
     trainer = SFTTrainer(model=model_path, args=training_args, train_dataset=train_dataset)
+    runtime.check_distributed(trainer.accelerator.state)  # a sharded config accelerate turned into another
     training.compact_progress(trainer)  # per-step values go to TensorBoard, not stdout
     trainer.accelerator.print(
         f"SFT of {model_path} on {num_rows} of {len(data)} rows of {script_args.dataset_name}, {len(held_out)} held "

@@ -6,6 +6,7 @@ import warnings
 
 import datasets
 import torch
+from accelerate.utils import DistributedType
 
 from hfppo import errors
 
@@ -15,6 +16,8 @@ from hfppo import errors
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MALLOC_ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 2**20, 2**31 - 1
+# The sharding each accelerate config asks for, and the variable `accelerate launch` sets for it.
+DISTRIBUTED_ENVIRONMENT = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
 
 
 def keep_freed_memory() -> None:
@@ -50,6 +53,22 @@ def require_one_process(script: str) -> None:
         )
 
 
+def check_distributed(state) -> None:
+    """Stop a run that `accelerate launch` started on several processes under a config accelerate did not honour.
+    Without a GPU, accelerate 1.15 runs fsdp.yaml and the ZeRO configs as plain DDP under --cpu (ACCELERATE_USE_CPU),
+    and without it as processes that never meet, each process 0 of 1, all writing the same outputs
+    (accelerate/state.py: only GPU-like devices lead to FSDP and DeepSpeed). `state`: the run's PartialState."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    wanted = [name for name, key in DISTRIBUTED_ENVIRONMENT.items() if os.environ.get(key, "").lower() == "true"]
+    as_ddp = wanted and state.distributed_type == DistributedType.MULTI_CPU
+    if world > 1 and (state.num_processes != world or as_ddp):
+        raise errors.PipelineError(
+            f"accelerate launch started {world} processes for {' and '.join(wanted) or 'DDP'}, but accelerate runs "
+            f"them as {state.distributed_type.value} with {state.num_processes} process(es): FSDP and DeepSpeed need "
+            "GPUs in accelerate 1.15. On CPUs, use configs/accelerate/ddp.yaml with --cpu (docs/distributed.md)."
+        )
+
+
 def setup() -> None:
     """What every script does first, in `if __name__ == "__main__":` (and the tests, which run `main` in process):
     the allocator setting, the warning filters and the progress bars off. Made here, not on import, so that reading a
@@ -65,3 +84,7 @@ def setup() -> None:
         "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, "transformers.modeling_utils"
     )
     keep_freed_memory()
+    # accelerate's unwrap_model imports DeepSpeed wherever it is installed (make test installs it for the ZeRO tests),
+    # and DeepSpeed warns at import that it found no GPU and fell back to the CPU: where there is none, it is told.
+    if not accelerator_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")

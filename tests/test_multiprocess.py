@@ -1,9 +1,13 @@
 """Several processes: every accelerate config loads, and each training script under `accelerate launch` with
-configs/accelerate/ddp.yaml on two CPU processes (gloo) trains as one process with the same global batch does."""
+configs/accelerate/ddp.yaml on two CPU processes (gloo) trains as one process with the same global batch does. So do
+SFT and the reward model under fsdp.yaml, zero2.yaml and zero3.yaml (real FSDP2 and DeepSpeed ZeRO on CPU processes,
+through tests/cpu_as_gpus.py); PPO trains under zero2.yaml as under ddp.yaml, and refuses fsdp.yaml and zero3.yaml."""
 
 import importlib
+import importlib.util
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,8 +21,8 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 import train_ppo
-from conftest import run_ok
-from hfppo import charts, checkpoints, cli, errors, paths
+from conftest import built_once, run_ok, run_script
+from hfppo import charts, checkpoints, cli, errors, paths, runtime
 
 ACCELERATE_CONFIGS = paths.ROOT / "configs" / "accelerate"
 CONFIG_TYPES = {
@@ -80,6 +84,58 @@ def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.Comp
     return run_ok(script, *args, cwd=cwd, launcher=launcher, env=os.environ | {"ACCELERATE_USE_CPU": "true"})
 
 
+# The configs that shard, what tests/cpu_as_gpus.py reports each one ran as, and the module each needs.
+SHARDED_CONFIGS = {"fsdp": "FSDP2", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}
+DEEPSPEED_MISSING = (
+    "DeepSpeed is not installed: `pip install -r requirements-deepspeed.txt` runs the zero2.yaml and zero3.yaml tests "
+    "(on CPU processes too: DeepSpeed's CPU accelerator talks over gloo)"
+)
+# Decided at collection, so that a skipped test builds none of its fixtures (PPO's need the SFT and reward models).
+needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason=DEEPSPEED_MISSING)
+CPU_AS_GPUS = paths.ROOT / "tests" / "cpu_as_gpus.py"
+
+
+def sharded_config_params(configs) -> list:
+    return [pytest.param(config, marks=[needs_deepspeed] if config.startswith("zero") else []) for config in configs]
+
+
+def launch_sharded(config: str, script: str, *args, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file configs/accelerate/<config>.yaml` of a pipeline script on two CPU processes
+    (gloo) that really shard: through tests/cpu_as_gpus.py, since accelerate 1.15 turns FSDP and DeepSpeed on CPU
+    processes into plain DDP (with ACCELERATE_USE_CPU) or into processes that never meet (without it). fp32 (the
+    configs' bf16 is for GPUs); DeepSpeed on its CPU accelerator."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = (
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / f"{config}.yaml",
+        "--num_processes", 2, "--mixed_precision", "no", "--main_process_port", port, CPU_AS_GPUS,
+    )  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"} | {"DS_ACCELERATOR": "cpu"}
+    return (run_ok if ok else run_script)(script, *args, cwd=cwd, launcher=launcher, env=env)
+
+
+def sharding_reports(result: subprocess.CompletedProcess) -> dict[int, str]:
+    """What each process of a launch_sharded run reported it sharded (tests/cpu_as_gpus.py's REPORT): process -> the
+    rest of its line (one model per process: the Trainer's, or PPO's policy and critic in one)."""
+    lines = re.findall(r"cpu_as_gpus: process (\d) of 2 under (.*)", result.stderr)
+    assert len(lines) == 2, result.stderr[-3000:]
+    return {int(process): rest for process, rest in lines}
+
+
+def assert_sharded(result: subprocess.CompletedProcess, config: str) -> None:
+    """Both processes ran under the config's kind of sharding, and each held about half of what it shards."""
+    reports = sharding_reports(result)
+    assert sorted(reports) == [0, 1]
+    for rest in reports.values():
+        assert rest.startswith(SHARDED_CONFIGS[config] + ":"), rest
+        if config == "fsdp":  # every parameter a DTensor
+            sharded, parameters = map(int, re.search(r"(\d+) of (\d+) parameters are DTensors", rest).groups())
+            assert sharded == parameters > 0, rest
+        local, total = map(int, re.search(r"holding (\d+) of (?:their|the) (\d+)", rest).groups())
+        assert 0.4 * total < local < 0.6 * total, rest  # each process its share: half, up to rounding to shards
+
+
 def outputs(workdir: Path, stage: str) -> dict:
     """What a run left in `workdir`: its checkpoints, TensorBoard runs (and their scalars) and charts (in the run)."""
     runs = sorted((workdir / paths.TENSORBOARD_ROOT / stage).iterdir())
@@ -115,19 +171,33 @@ def test_the_configs_folder_holds_exactly_the_documented_configs():
     assert sorted(path.stem for path in ACCELERATE_CONFIGS.glob("*.yaml")) == sorted(CONFIG_TYPES)
 
 
-@pytest.mark.parametrize(
-    ("script", "stage", "stepwise"),
-    [("train_sft.py", "sft", ["train/loss"]), ("train_rm.py", "rm", ["train/loss", "train/margin"])],
-)
-def test_two_processes_train_as_one_with_the_same_global_batch(script, stage, stepwise, tiny_base, tmp_path):
-    """8 rows per step: 8 on one process, 4 on each of two. The last, partial batch of an epoch is dropped in both
-    runs: two processes would fill it up with repeated rows (accelerate's even_batches) where one process does not."""
-    args = ("--tiny", "--model_name_or_path", tiny_base, "--dataloader_drop_last", "true")
-    args += ("--num_train_epochs", RUN_EPOCHS[stage])
-    run_ok(script, *args, "--per_device_train_batch_size", 8, cwd=tmp_path / "one")
-    launch(script, *args, "--per_device_train_batch_size", 4, cwd=tmp_path / "two")
+STAGES = [("train_sft.py", "sft", ["train/loss"]), ("train_rm.py", "rm", ["train/loss", "train/margin"])]
 
-    one, two = outputs(tmp_path / "one", stage), outputs(tmp_path / "two", stage)
+
+def stage_args(tiny_base: Path, stage: str) -> tuple:
+    return (
+        "--tiny", "--model_name_or_path", tiny_base, "--dataloader_drop_last", "true",
+        "--num_train_epochs", RUN_EPOCHS[stage],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_process(tiny_base, tmp_path_factory):
+    """stage -> the working folder of its one-process run, 8 rows per step: trained once, on first use, for every
+    run on several processes to be held against."""
+
+    def run(script: str, stage: str) -> Path:
+        def train(workdir: Path) -> None:
+            run_ok(script, *stage_args(tiny_base, stage), "--per_device_train_batch_size", 8, cwd=workdir)
+
+        return built_once(tmp_path_factory, f"one_process_{stage}", train)
+
+    return run
+
+
+def assert_trains_as_one(one_dir: Path, two_dir: Path, stage: str, stepwise: list[str]) -> None:
+    """The run in two_dir (two processes of 4 rows) trained as the one-process run in one_dir (8 rows) did."""
+    one, two = outputs(one_dir, stage), outputs(two_dir, stage)
     assert two["checkpoints"] == [stage] and two["tensorboard_runs"] == 1 and two["charts"] == [f"{stage}.png"]
     # Tokens seen per step, summed over the processes: the same rows, none twice and none left out.
     assert values(two["scalars"], "train/num_tokens") == values(one["scalars"], "train/num_tokens")
@@ -140,8 +210,61 @@ def test_two_processes_train_as_one_with_the_same_global_batch(script, stage, st
         learned = [run[-1] if tag.startswith("eval/") else sum(run[-LAST_STEPS:]) / LAST_STEPS for run in series]
         assert learned[1] == pytest.approx(learned[0], abs=tolerance), tag
     if stage == "rm":
-        held_out = [(tmp_path / run / paths.RM_DIR / paths.HELD_OUT_FILE).read_text() for run in ("one", "two")]
+        held_out = [(run / paths.RM_DIR / paths.HELD_OUT_FILE).read_text() for run in (one_dir, two_dir)]
         assert held_out[0] == held_out[1]
+
+
+@pytest.mark.parametrize(("script", "stage", "stepwise"), STAGES)
+def test_two_processes_train_as_one_with_the_same_global_batch(
+    script, stage, stepwise, one_process, tiny_base, tmp_path
+):
+    """8 rows per step: 8 on one process, 4 on each of two. The last, partial batch of an epoch is dropped in both
+    runs: two processes would fill it up with repeated rows (accelerate's even_batches) where one process does not."""
+    launch(script, *stage_args(tiny_base, stage), "--per_device_train_batch_size", 4, cwd=tmp_path)
+    assert_trains_as_one(one_process(script, stage), tmp_path, stage, stepwise)
+
+
+# A checkpoint saved under sharding holds the trained weights, gathered whole: each tensor the one-process run's shape
+# and dtype, and the whole state far nearer that run's trained weights than the starting weights: within this
+# fraction of the distance training moved them (measured: at most 4e-6 for SFT, 7e-3 for the reward model, whose 76
+# steps carry rounding further; a checkpoint of the starting weights is at 1, one of zeros or of a shard fails the
+# shapes).
+SAVED_DISTANCE = 0.25
+# FSDP2's full state dict names a tied weight under both its names: the tiny base ties lm_head to embed_tokens, so
+# fsdp.yaml's SFT checkpoint holds lm_head.weight too (a copy, which from_pretrained ties again), one process's not.
+TIED_COPIES = {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+def assert_saved_whole(one_dir: Path, two_dir: Path, stage: str, tiny_base: Path) -> None:
+    folder = {"sft": paths.SFT_DIR, "rm": paths.RM_DIR}[stage]
+    one, two = (load_file(run / folder / "model.safetensors") for run in (one_dir, two_dir))
+    base = load_file(tiny_base / "model.safetensors")
+    for name, tied in TIED_COPIES.items():
+        if name in two and name not in one:
+            assert torch.equal(two.pop(name), two[tied]), name
+    assert sorted(two) == sorted(one)
+    for name in one:
+        assert (two[name].shape, two[name].dtype) == (one[name].shape, one[name].dtype), name
+    shared = [name for name in one if name in base]  # the reward model's score head is new
+    distance = [torch.cat([(run[name] - one[name]).flatten() for name in shared]).norm() for run in (two, base)]
+    assert distance[0] < SAVED_DISTANCE * distance[1]
+
+
+@pytest.mark.parametrize(("script", "stage", "stepwise"), STAGES)
+@pytest.mark.parametrize("config", sharded_config_params(sorted(SHARDED_CONFIGS)))
+def test_sharded_configs_train_as_one_process_on_cpu_processes(
+    config, script, stage, stepwise, one_process, tiny_base, tmp_path
+):
+    """fsdp.yaml, zero2.yaml and zero3.yaml on two CPU processes (gloo), really sharding: the same checks as DDP's
+    against one process with the same global batch (measured: the loss within 2e-6 of one process's at every SFT
+    step, 6e-3 over the reward model's 76), and a checkpoint saved whole."""
+    result = launch_sharded(
+        config, script, *stage_args(tiny_base, stage), "--per_device_train_batch_size", 4, cwd=tmp_path
+    )
+    assert_sharded(result, config)
+    one_dir = one_process(script, stage)
+    assert_trains_as_one(one_dir, tmp_path, stage, stepwise)
+    assert_saved_whole(one_dir, tmp_path, stage, tiny_base)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,9 +384,77 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
         train_ppo.main(*parsed)
 
 
+@pytest.mark.parametrize("config", sharded_config_params(["fsdp", "zero3"]))
+def test_ppo_refuses_the_configs_that_shard_the_weights(config, sft_run, rm_run, tiny_base, tmp_path):
+    """Under real FSDP2 and ZeRO-3 (on CPU processes: under ACCELERATE_USE_CPU both would be plain DDP, and PPO would
+    train), before it writes anything."""
+    args = ("--tiny", *ppo_models(sft_run, rm_run, tiny_base), "--per_device_train_batch_size", 4)
+    result = launch_sharded(config, "train_ppo.py", *args, cwd=tmp_path, ok=False)
+    assert result.returncode != 0
+    refusal = "error: train_ppo.py runs under DDP or DeepSpeed ZeRO-1/2 (configs/accelerate/ddp.yaml or zero2.yaml)"
+    assert result.stderr.count(refusal) == 2, result.stderr[-3000:]  # each process, in the script's own words
+    assert not list(tmp_path.iterdir())
+
+
+# PPO under zero2.yaml against ddp.yaml, both on two processes, with gradient clipping off (--max_grad_norm far above
+# any norm). With it on the two differ by design: DDP clips the policy's and the critic's gradient norms each on its
+# own, DeepSpeed their joint norm (train_ppo.make_accelerator), and in the tiny preset the critic's norm (1 to 2.5)
+# is over max_grad_norm 1.0 and the policy's (0.05 to 0.16) far under, so the joint clip also shrinks the policy's
+# step (measured over a whole run: a mean score of 1.07 against 1.39). Off, both runs do the same float32
+# operations: an all-reduce over two processes adds a + b in either order, and averaging halves exactly, so they
+# agree to the bit (measured); 1e-5 as for the resumed run above.
+PPO_NO_CLIPPING = ("--max_grad_norm", 1e6)
+
+
+@needs_deepspeed
+def test_ppo_under_zero2_trains_as_under_ddp(sft_run, rm_run, tiny_base, tmp_path):
+    """Four updates of 16 answers, 8 on each process, with ZeRO-2 partitioning the optimizer state of the policy's
+    LoRA and the critic; the same updates and the same final weights as DDP."""
+    args = ("--tiny", *ppo_models(sft_run, rm_run, tiny_base), "--per_device_train_batch_size", 4)
+    args += ("--total_episodes", 64, "--num_eval_questions", 0, *PPO_NO_CLIPPING)
+    launch("train_ppo.py", *args, cwd=tmp_path / "ddp")
+    assert_sharded(launch_sharded("zero2", "train_ppo.py", *args, cwd=tmp_path / "zero2"), "zero2")
+    runs = [outputs(tmp_path / run, "ppo") for run in ("ddp", "zero2")]
+    assert runs[1]["checkpoints"] == ["ppo"] and runs[1]["tensorboard_runs"] == 1 and runs[1]["charts"] == ["ppo.png"]
+    for tag in ("episode", "lr", "objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
+        assert len(values(runs[1]["scalars"], tag)) == 4, tag
+        assert values(runs[1]["scalars"], tag) == pytest.approx(values(runs[0]["scalars"], tag), abs=1e-5), tag
+    for part in ("adapter_model.safetensors", "value/model.safetensors"):
+        finals = [load_file(tmp_path / run / paths.PPO_DIR / part) for run in ("ddp", "zero2")]
+        assert sorted(finals[1]) == sorted(finals[0]), part
+        for key in finals[0]:
+            torch.testing.assert_close(finals[1][key], finals[0][key], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("script", ["eval_sft", "eval_rm", "eval_ppo"])
 def test_eval_scripts_refuse_to_run_on_several_processes(script, monkeypatch):
     module = importlib.import_module(script)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(errors.PipelineError, match=f"{script}.py runs in one process"):
         module.main(*module.make_parser().parse_args_and_config(["--tiny"]))
+
+
+@pytest.mark.parametrize(
+    ("sharding", "distributed_type", "num_processes", "refused"),
+    [
+        (None, DistributedType.MULTI_CPU, 2, False),  # ddp.yaml with --cpu: what the DDP tests run
+        ("ACCELERATE_USE_FSDP", DistributedType.MULTI_GPU, 2, False),  # as on GPUs, or tests/cpu_as_gpus.py
+        ("ACCELERATE_USE_FSDP", DistributedType.MULTI_CPU, 2, True),  # fsdp.yaml with --cpu: plain DDP
+        ("ACCELERATE_USE_FSDP", DistributedType.NO, 1, True),  # fsdp.yaml without --cpu or a GPU: apart
+        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, 1, True),  # a ZeRO config without a GPU
+    ],
+)
+def test_a_launch_accelerate_did_not_honour_stops(sharding, distributed_type, num_processes, refused, monkeypatch):
+    """accelerate 1.15 runs a sharded config on GPU-less processes as plain DDP, or as processes that never meet and
+    write the same outputs: each training script stops instead of training something else than asked."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"):
+        monkeypatch.delenv(key, raising=False)
+    if sharding:
+        monkeypatch.setenv(sharding, "true")
+    state = type("State", (), {"distributed_type": distributed_type, "num_processes": num_processes})
+    if refused:
+        with pytest.raises(errors.PipelineError, match="FSDP and DeepSpeed need GPUs in accelerate 1.15"):
+            runtime.check_distributed(state)
+    else:
+        runtime.check_distributed(state)
