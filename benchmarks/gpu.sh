@@ -18,8 +18,9 @@ WHEELS=${WHEELS:-.whl}
 WHEELS112=${WHEELS112:-.whl112}
 SITE=${SITE:-/tmp/site}
 SITE112=${SITE112:-/tmp/site112}
-# 64 answers per update in 8 minibatches of 8, generated and scored 32 at a time (on main one flag sets both chunks; a
-# scoring chunk's full-vocabulary logits are 32 x 201 x 151,936 values), 2 PPO epochs. Override with BENCH_FLAGS=...
+# 64 answers per update in 8 minibatches of 8, generated and scored 32 at a time (one flag sets both chunks), 2 PPO
+# epochs: the settings TRL's side is compared at. Override with BENCH_FLAGS=... (docs/ppo.md, Memory, for the settings
+# that fit 16 GiB: --trl no --gradient_checkpointing true with micro batches of 16).
 BENCH_FLAGS=${BENCH_FLAGS:---shape qwen2.5-0.5b --bf16 true --response_length 200 --num_updates 3 --per_device_train_batch_size 8 --gradient_accumulation_steps 1 --num_mini_batches 8 --local_rollout_forward_batch_size 32 --num_ppo_epochs 2}
 # wheel name : module it provides; each installed only where the machine cannot import that module
 CARRIED="datasets:datasets dill:dill multiprocess:multiprocess xxhash:xxhash tensorboard:tensorboard protobuf:google.protobuf absl_py:absl"
