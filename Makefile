@@ -1,6 +1,6 @@
 # make demo: the whole pipeline on the offline tiny preset (CPU, a few minutes), then every method compared.
-# make test: the test suite, one worker per core, with DeepSpeed for the ZeRO configs' tests. make figures: the
-# README's charts in imgs/, from tiny runs of every stage in a temporary folder.
+# make test: the test suite, one worker per core. make figures: the README's charts in imgs/, from tiny runs of every
+# stage in a temporary folder.
 # make test-fast: the tests that build and train no model (under a minute), for the edit-test loop.
 # Each sets up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
 # This file, for the demo's own make calls from any folder
@@ -71,7 +71,7 @@ demo-real: $(VENV)/installed
 	$(PYTHON) $(SRC)train_ppo.py --config $(SRC)configs/cpu/ppo.yaml --base_model_path $(MODEL) $(REAL_DATA)
 	$(PYTHON) $(SRC)eval_ppo.py --compare --base_model_path $(MODEL) --max_new_tokens 48
 
-test: $(VENV)/deepspeed browser
+test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto
 
 # tests/test_web.py drives the chat page in Debian's Chromium and its chromedriver (pip's browser downloads need
@@ -106,12 +106,6 @@ $(VENV)/installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet $(TORCH)
 	$(PYTHON) -m pip install --quiet -r requirements-dev.txt
-	touch $@
-
-# DeepSpeed, for the tests of the ZeRO configs (the pipeline runs without it), built against the torch installed:
-# without --no-build-isolation its build would fetch a torch of its own, the multi-GB CUDA one.
-$(VENV)/deepspeed: $(VENV)/installed requirements-deepspeed.txt
-	$(PYTHON) -m pip install --quiet --no-build-isolation -r requirements-deepspeed.txt
 	touch $@
 
 clean:

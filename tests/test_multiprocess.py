@@ -87,8 +87,8 @@ def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.Comp
 # The configs that shard, what tests/cpu_as_gpus.py reports each one ran as, and the module each needs.
 SHARDED_CONFIGS = {"fsdp": "FSDP2", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}
 DEEPSPEED_MISSING = (
-    "DeepSpeed is not installed: `pip install -r requirements-deepspeed.txt` runs the zero2.yaml and zero3.yaml tests "
-    "(on CPU processes too: DeepSpeed's CPU accelerator talks over gloo)"
+    "DeepSpeed is not installed: `pip install --no-build-isolation -r requirements-deepspeed.txt` runs the zero2.yaml "
+    "and zero3.yaml tests (on CPU processes too: DeepSpeed's CPU accelerator talks over gloo)"
 )
 # Decided at collection, so that a skipped test builds none of its fixtures (PPO's need the SFT and reward models).
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason=DEEPSPEED_MISSING)
