@@ -1217,10 +1217,9 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         metrics = {key: value.detach().float().to(accelerator.device) for key, value in metrics.items()}
         metrics = accelerator.reduce(metrics, reduction="mean")
         metrics["val/num_eos_tokens"] = accelerator.reduce(stopped.float().sum(), reduction="sum")
-        peaks = torch.tensor([*meter.peak_gib.values(), max(meter.peak_gib.values())], device=accelerator.device)
-        peaks = accelerator.gather(peaks[None]).amax(0)
-        for name, peak in zip([*meter.peak_gib, "peak"], peaks):
-            metrics[f"memory/{name}_gib"] = peak
+        peaks = accelerator.gather(torch.tensor([[*meter.peak_gib.values()]], device=accelerator.device)).amax(0)
+        metrics |= {f"memory/{phase}_gib": peak for phase, peak in zip(meter.peak_gib, peaks)}
+        metrics["memory/peak_gib"] = peaks.max()
         if run_log is not None:
             scalars = {key: value.item() for key, value in metrics.items()}
             scalars |= {"lr": scheduler.get_last_lr()[0], "episode": (update + 1) * batch_size}

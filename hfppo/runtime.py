@@ -84,7 +84,8 @@ def setup() -> None:
         "ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning, "transformers.modeling_utils"
     )
     keep_freed_memory()
-    # accelerate's unwrap_model imports DeepSpeed wherever it is installed (make test installs it for the ZeRO tests),
-    # and DeepSpeed warns at import that it found no GPU and fell back to the CPU: where there is none, it is told.
+    # accelerate's unwrap_model imports DeepSpeed wherever it is installed (requirements-deepspeed.txt, for the ZeRO
+    # configs), and DeepSpeed warns at import that it found no GPU and fell back to the CPU: where there is none, it is
+    # told.
     if not accelerator_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

@@ -5,6 +5,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,13 @@ def run_script(
 def describe(command: list, cwd: Path) -> str:
     """The command as one could paste it, the script's path relative to the repository."""
     return f"`{shlex.join(command).replace(str(paths.ROOT) + '/', '')}` (in {cwd})"
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server or for launched processes to meet on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_ok(script: str, *args, **kwargs) -> subprocess.CompletedProcess:

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file
 
 import train_ppo
-from conftest import built_once, run_ok, run_script
+from conftest import built_once, free_port, run_ok, run_script
 from hfppo import charts, checkpoints, cli, errors, paths, runtime
 
 ACCELERATE_CONFIGS = paths.ROOT / "configs" / "accelerate"
@@ -68,19 +67,23 @@ WHOLE_RUN_BANDS = {
 RUN_EPOCHS = {"sft": 2, "rm": 2}
 
 
+def accelerate_launch(config: str, processes: int, *wrapper: Path) -> tuple:
+    """The command line of `accelerate launch --config_file configs/accelerate/<config>.yaml` on `processes`
+    processes in fp32 (the configs' bf16 is for GPUs), meeting on a free port; `wrapper`: a script started in place of
+    the pipeline script, which it then runs."""
+    return (
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / f"{config}.yaml",
+        "--num_processes", processes, "--mixed_precision", "no", "--main_process_port", free_port(), *wrapper,
+    )  # fmt: skip
+
+
 def launch(script: str, *args, cwd: Path, processes: int = 2) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file configs/accelerate/ddp.yaml` of a pipeline script on CPU processes (gloo).
 
     Not `accelerate launch --cpu`: in accelerate 1.15 that starts one process (its CPU launcher spreads processes only
     through mpirun). The multi-GPU launcher (torchrun) with ACCELERATE_USE_CPU, the variable --cpu sets, starts them.
     """
-    with socket.socket() as probe:  # a free port for the processes to meet on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = (
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / "ddp.yaml",
-        "--num_processes", processes, "--mixed_precision", "no", "--main_process_port", port,
-    )  # fmt: skip
+    launcher = accelerate_launch("ddp", processes)
     return run_ok(script, *args, cwd=cwd, launcher=launcher, env=os.environ | {"ACCELERATE_USE_CPU": "true"})
 
 
@@ -104,13 +107,7 @@ def launch_sharded(config: str, script: str, *args, cwd: Path, ok: bool = True) 
     (gloo) that really shard: through tests/cpu_as_gpus.py, since accelerate 1.15 turns FSDP and DeepSpeed on CPU
     processes into plain DDP (with ACCELERATE_USE_CPU) or into processes that never meet (without it). fp32 (the
     configs' bf16 is for GPUs); DeepSpeed on its CPU accelerator."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    launcher = (
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", ACCELERATE_CONFIGS / f"{config}.yaml",
-        "--num_processes", 2, "--mixed_precision", "no", "--main_process_port", port, CPU_AS_GPUS,
-    )  # fmt: skip
+    launcher = accelerate_launch(config, 2, CPU_AS_GPUS)
     env = {key: value for key, value in os.environ.items() if key != "ACCELERATE_USE_CPU"} | {"DS_ACCELERATOR": "cpu"}
     return (run_ok if ok else run_script)(script, *args, cwd=cwd, launcher=launcher, env=env)
 

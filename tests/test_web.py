@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, TextIteratorStreamer, set_seed
 
 import chat_web
 import common
-from conftest import run_main
+from conftest import free_port, run_main
 from hfppo import console, errors, judge, paths, sampling
 
 QUESTION = "吃了没?"
@@ -142,12 +142,6 @@ def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
     assert answers[2].answer_ids == answers[3].answer_ids  # the same adapter in two columns: the same answer
     assert [a.answer_ids for a in final(models, args)] == [a.answer_ids for a in answers]  # repeatable
     assert [a.answer_ids for a in final(models, args, seed=7)] != [a.answer_ids for a in answers]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_page(url: str, server: subprocess.Popen) -> None:
