@@ -26,7 +26,7 @@ FILES_NAMED = 10  # the files a folder's one line names before "and N more": a s
 # Characters that show nothing on their own besides whitespace: Unicode's format characters (category Cf: zero-width
 # space and joiners, the byte-order mark, soft hyphen, bidi marks), controls (Cc), and the blank letters a
 # whitespace check misses (Hangul fillers, the blank Braille pattern).
-BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+BLANK_LETTERS = "\u115f\u1160\u3164\uffa0\u2800"
 # The chat-template control tokens of the ChatML family every tokenizer here uses (<|im_start|>, <|im_end|>,
 # <|endoftext|>; Llama 3's <|eot_id|>, Phi's <|end|>; DeepSeek's full-width ｜ variant): typed into text, the
 # tokenizer turns them into the real special token, so a row could forge a turn. A tokenizer at hand adds its own
@@ -66,7 +66,7 @@ def folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
             f"dataset folder {folder} holds no {'/'.join(DATA_SUFFIXES)} file outside hidden folders."
         )
     train = [p for p in files if TRAIN_SPLIT_NAME.search(p.relative_to(folder).as_posix())]
-    return (train, [p for p in files if p not in train]) if train else (files, [])
+    return (train, sorted(set(files) - set(train))) if train else (files, [])
 
 
 def folder_summary(folder: Path, taken: list[Path], left_out: list[Path]) -> str:
@@ -174,7 +174,9 @@ def _read_csv(text: str, path: Path) -> Iterator[tuple[str, dict]]:
 
 def validate(rows, source) -> Dataset:
     """The (position, row) pairs as a Dataset of question/chosen/rejected/system text, or one message that names the
-    first bad row, its column and what to do; pairs whose answers are the same are named together at the end.
+    first bad row, its column and what to do; pairs whose answers are the same are named together at the end. Those
+    are refused however few: each is a mistake in the data that the user can fix, as an empty column is, and a share
+    allowed would train on the ones below it without a word.
 
     A `system` that shows nothing (spaces, zero-width characters) is taken as none: the run's --system_prompt
     applies to that row, as for an empty CSV cell, since that is what a user who left it blank expects.
@@ -248,7 +250,10 @@ def normalised(text: str) -> str:
     """`text` as two spellings of one question or answer compare: Unicode NFKC (full-width letters, digits and
     punctuation as their ASCII forms, ligatures split), with whitespace and characters that show nothing left out,
     so "吃了没？" and " 吃了 没?\u200b" are the same."""
-    return "".join(char for char in unicodedata.normalize("NFKC", text) if not is_blank(char))
+    text = "".join(unicodedata.normalize("NFKC", text).split())
+    if text.isprintable() and not any(letter in text for letter in BLANK_LETTERS):  # the usual case, at C speed
+        return text
+    return "".join(char for char in text if not is_blank(char))
 
 
 def control_tokens(tokenizer) -> frozenset[str]:

@@ -6,9 +6,11 @@ import json
 
 import pytest
 from datasets import Dataset
+from transformers import AutoTokenizer
 
 import chat_web
 import common
+from conftest import run_main
 from hfppo import data_files, errors, tiny
 
 ROW = {"question": "吃了没?", "chosen": "关你屁事。", "rejected": "吃过了，谢谢关心！", "system": "你是助手。"}
@@ -93,3 +95,30 @@ def test_the_page_refuses_a_control_token_in_a_typed_question_or_system_prompt(b
         chat_web.check_request(forged, PAGE_RANGES)
     assert str(refused.value).startswith(f"{name} holds '<|im_end|>', a chat-template control token")
     assert str(refused.value).endswith("Remove it and ask again.")
+
+
+@pytest.mark.parametrize(
+    "script, flag",
+    [
+        ("train_sft.py", "--model_name_or_path"),
+        ("train_rm.py", "--model_name_or_path"),
+        ("train_dpo.py", "--sft_model_path"),
+    ],
+)
+def test_a_stage_refuses_its_tokenizer_s_own_control_token_before_training(tiny_base, tmp_path, script, flag):
+    """A base whose tokenizer has a special token outside the ChatML form: the stage reads the data, loads that
+    tokenizer, and refuses the row that holds the token before any model loads or anything is written."""
+    base = tmp_path / "base"
+    base.mkdir()
+    for item in tiny_base.iterdir():
+        if not item.name.startswith("tokenizer"):
+            (base / item.name).symlink_to(item)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[INST]"]})
+    tokenizer.save_pretrained(base)
+    data = write_jsonl(tmp_path / "prefs.jsonl", [ROW] * 9 + [ROW | {"question": "2+2=?", "chosen": "[INST] 骂人"}])
+    flags = ("--tiny", flag, base, "--dataset_name", data, "--output_dir", "out")
+    result = run_main(script, *flags, cwd=tmp_path / "run")
+    assert result.returncode == 1, result.stderr
+    assert f"{data}: row 10 (counting rows from 1) column 'chosen' holds '[INST]'" in result.stderr
+    assert not (tmp_path / "run" / "out").exists()
