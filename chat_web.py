@@ -33,7 +33,7 @@ from transformers import (  # noqa: E402
 )
 
 import common  # noqa: E402
-from hfppo import cli, errors, hints, judge, lifecycle, paths, runtime, sampling, tiny  # noqa: E402
+from hfppo import cli, data_files, errors, hints, judge, lifecycle, paths, runtime, sampling, tiny  # noqa: E402
 
 # The models the --tiny stages write, and PPO's tiny answer length.
 TINY_PRESET = dict(
@@ -337,6 +337,9 @@ def check_request(request: Request, ranges: dict[str, tuple[float, float]]) -> t
         raise RequestError("Type a question first, or click one of the held-out questions.")
     if not isinstance(request.system_prompt, str):
         raise RequestError(f"The system prompt must be text, got {request.system_prompt!r}.")
+    for box, text in (("The question", request.question), ("The system prompt", request.system_prompt)):
+        if problem := data_files.control_token_problem(text):
+            raise RequestError(f"{box} {problem}. Remove it and ask again.")
     temperature, max_new_tokens, seed = (
         check_number(box, getattr(request, name), ranges[name], whole) for name, (box, whole) in BOXES.items()
     )

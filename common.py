@@ -35,7 +35,7 @@ def load_preference_data(name: str | Path, source: paths.ModelSource = "modelsco
     path = Path(name)
     if path.is_dir():
         return data_files.validate(data_files.read_folder(path), path)
-    if path.suffix in data_files.DATA_SUFFIXES:
+    if data_files.is_data_file(path):
         if not path.is_file():
             raise errors.PipelineError(f"dataset file {path} does not exist. Check --dataset_name.")
         return data_files.validate(data_files.read_file(path), path)
@@ -73,19 +73,25 @@ def question_rank(question: str) -> int:
 
 def split_held_out(data: Dataset, eval_fraction: float) -> tuple[Dataset, Dataset]:
     """(training rows, held-out rows) of `data`, the same in every stage: the held-out rows are those of the
-    questions of lowest `question_rank`, taken until they hold ceil(eval_fraction x rows) rows.
+    questions of lowest rank, taken until they hold ceil(eval_fraction x rows) rows.
 
     The split depends on the data and `eval_fraction` only (not --seed, not another stage having run), so no stage
     trains on a row another stage holds out (issue 13: PPO's held-out questions used to include rows SFT trained on).
-    Every row of a question falls on one side, so a repeated question cannot leak. A larger fraction holds out a
-    superset of a smaller one's rows. Both parts keep the data's order (SFT's --sft_fraction takes the first
-    training rows).
+    Every row of a question falls on one side, so a repeated question cannot leak, also where it is spelled
+    otherwise: questions are compared as `data_files.normalised` writes them (NFKC, whitespace and invisible
+    characters left out). A question's rank is the lowest `question_rank` of its spellings, so data without such
+    twins splits as before. A larger fraction holds out a superset of a smaller one's rows. Both parts keep the
+    data's order (SFT's --sft_fraction takes the first training rows).
     """
     needed = math.ceil(len(data) * eval_fraction)
-    questions = data["question"]
+    questions = [data_files.normalised(question) for question in data["question"]]
     rows_of = Counter(questions)
+    rank_of = {}
+    for spelling, question in zip(data["question"], questions):
+        rank = (question_rank(spelling), spelling)
+        rank_of[question] = min(rank_of.get(question, rank), rank)
     held_questions, held = set(), 0
-    for question in sorted(rows_of, key=lambda q: (question_rank(q), q)):
+    for question in sorted(rows_of, key=rank_of.__getitem__):
         if held >= needed:
             break
         held_questions.add(question)
@@ -189,6 +195,21 @@ def rm_example(row: dict, tokenizer, system_prompt: str) -> dict:
         "chosen_ids": conversation_ids(tokenizer, row, system_prompt, row["chosen"]),
         "rejected_ids": conversation_ids(tokenizer, row, system_prompt, row["rejected"]),
     }
+
+
+def refuse_control_tokens(data: Dataset, source, tokenizer) -> None:
+    """Refuse rows of `data` (as load_preference_data returned them, in the data's order) that hold one of the
+    tokenizer's control tokens, naming the row and column: typed into text, such a token would forge a turn. Every
+    stage calls this where its data meets its tokenizer. Loading refuses the ChatML form already (data_files.validate),
+    with the row's line; this adds the special tokens of any other tokenizer ([INST], <s>)."""
+    tokens = data_files.control_tokens(tokenizer)
+    for where, row in data_files.numbered(data):
+        for column in (*data_files.REQUIRED_COLUMNS, "system"):
+            if problem := data_files.control_token_problem(row[column], tokens):
+                raise errors.PipelineError(
+                    f"{source}: {where} (counting rows from 1) column {column!r} {problem}. "
+                    + data_files.CONTROL_TOKEN_REMEDY
+                )
 
 
 def check_same_tokenizer(tokenizer, other, where: str, policy_path: str) -> None:

@@ -227,6 +227,7 @@ def sample_methods(args: EvalArguments) -> Comparison:
             )
     sft_command = hints.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_policy(found["sft"], sft_command, args.tiny)
+    common.refuse_control_tokens(all_rows, dataset, tokenizer)
     common.check_same_tokenizer(
         tokenizer, rm_tokenizer, f"the reward model ({args.reward_model_path})", args.sft_model_path
     )

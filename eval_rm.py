@@ -111,6 +111,7 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments, probes: list[dict] | N
     """Examples, then pairwise accuracy, margin and mean rewards over a whole preference set, and the audit with
     `probes` unless None, saved as JSON."""
     dataset, rows = common.evaluation_data(args.dataset_name, args.model_path, args.model_source)
+    common.refuse_control_tokens(rows, dataset, tokenizer)
 
     pairs = [
         [common.conversation_ids(tokenizer, row, args.system_prompt, row[column]) for column in ("chosen", "rejected")]

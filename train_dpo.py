@@ -141,6 +141,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     common.check_same_held_out(held_out, saved_as, script_args.sft_model_path, "SFT model", "--sft_model_path")
 
     tokenizer = checkpoints.load_tokenizer(script_args.sft_model_path, sft_command)
+    common.refuse_control_tokens(data, script_args.dataset_name, tokenizer)
     if model_args.use_peft:  # DPOTrainer loads the model: its layers from an empty (meta-device) copy, in no time
         with init_empty_weights():
             layers = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(script_args.sft_model_path))

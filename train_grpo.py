@@ -181,6 +181,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
 
     tokenizer = checkpoints.load_tokenizer(script_args.sft_model_path, sft_command)
     common.check_pad_token(tokenizer, script_args.sft_model_path)
+    common.refuse_control_tokens(data, script_args.dataset_name, tokenizer)
     reward_model, rm_tokenizer = common.load_model(
         AutoModelForSequenceClassification, script_args.reward_model_path, rm_command, "reward model"
     )

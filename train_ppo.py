@@ -1053,6 +1053,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     tokenizer, policy, critic, reward_fn = load_models(
         inputs, config, reward_fn, accelerator.device, sizes.rollout_chunk
     )
+    common.refuse_control_tokens(data, script_args.dataset_name, tokenizer)
     model = PolicyAndValue(policy, critic).eval()
     if config.gradient_checkpointing:
         for part in (policy.get_base_model(), critic):

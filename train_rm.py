@@ -118,6 +118,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     tokenizer.eos_token = training_args.eos_token or tokenizer.eos_token
     tokenizer.pad_token = training_args.pad_token or tokenizer.pad_token
     common.check_pad_token(tokenizer, model_path)
+    common.refuse_control_tokens(data, script_args.dataset_name, tokenizer)
 
     train_dataset = tokenize_pairs(
         train_rows, tokenizer, script_args.system_prompt, training_args.max_length, "training"

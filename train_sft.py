@@ -111,6 +111,8 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     checkpoints.require_checkpoint(
         model_path, hints.base_model_remedy(model_path, "model_name_or_path"), "language model"
     )
+    tokenizer = checkpoints.load_tokenizer(model_path, hints.base_model_remedy(model_path, "model_name_or_path"))
+    common.refuse_control_tokens(data, script_args.dataset_name, tokenizer)  # the tokenizer SFTTrainer loads
     training_args.model_init_kwargs = dict(
         revision=model_args.model_revision, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation
     ) | (training_args.model_init_kwargs or {})

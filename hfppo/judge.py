@@ -16,11 +16,13 @@ LEXICON_FILES = {
 @functools.cache
 def lexicon() -> dict[str, tuple[str, ...]]:
     """The lexicon judge's word lists, {"rude": (...), "polite": (...)}, read once from LEXICON_FILES: one word or
-    phrase a line, blank lines and lines starting with `#` skipped, the rest taken as written (no case folding)."""
+    phrase a line, blank lines and lines starting with `#` skipped, the rest taken as written (no case folding).
+    Read as utf-8-sig: an editor's byte-order mark would otherwise stick to the first entry, which then never
+    matches."""
     lists = {}
     for name, path in LEXICON_FILES.items():
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
         except (OSError, UnicodeDecodeError) as error:
             reason = getattr(error, "strerror", None) or error
             raise errors.PipelineError(

@@ -207,3 +207,151 @@ def test_download_failure_and_offline_source_explain_what_to_do(monkeypatch):
         common.resolve_model("Qwen/Qwen2.5-0.5B-Instruct", "modelscope")
     with pytest.raises(errors.PipelineError, match="cannot download it"):
         common.load_preference_data("someone/prefs", source="tiny")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folders: the visible data files, a split only by its name, and one line saying which files were read
+
+OTHER_ROWS = [{"question": "天是什么颜色?", "chosen": "自己看。", "rejected": "晴天是蓝色的。", "system": ""}]
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    [".ipynb_checkpoints/prefs-checkpoint", ".hidden", ".git/prefs", "sub/.cache/prefs", "._prefs"],
+)
+def test_a_folder_reads_no_hidden_file_or_folder(tmp_path, capsys, hidden):
+    folder = tmp_path / "data"
+    (folder / hidden).parent.mkdir(parents=True, exist_ok=True)
+    write(folder / "prefs", ROWS, ".jsonl")
+    write(folder / hidden, ROWS, ".jsonl")  # Jupyter's copy would double every row
+    assert common.load_preference_data(folder).to_list() == ROWS
+    assert capsys.readouterr().out == f"Reading 1 file of dataset folder {folder}: prefs.jsonl.\n"
+
+
+@pytest.mark.parametrize(
+    "name", ["constrained_style", "retrain", "trainer_notes", "strain/prefs", "sample", "test", "validation"]
+)
+def test_a_folder_without_train_split_files_reads_every_data_file(tmp_path, capsys, name):
+    """"train" inside a word (constrained_style.jsonl) names no split: it used to keep 40 of 345 rows."""
+    folder = tmp_path / "data"
+    (folder / name).parent.mkdir(parents=True, exist_ok=True)
+    write(folder / "prefs", ROWS, ".jsonl")
+    write(folder / name, OTHER_ROWS, ".jsonl")
+    data = common.load_preference_data(folder)
+    assert sorted(data["question"]) == sorted(row["question"] for row in ROWS + OTHER_ROWS)
+    assert f"Reading 2 files of dataset folder {folder}: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "train, suffix",
+    [
+        ("train", ".jsonl"),
+        ("data/train-00000-of-00001", ".parquet"),
+        ("training_set", ".csv"),
+        ("my-train", ".json"),
+        ("Train", ".JSONL"),
+        ("train/part", ".jsonl"),
+    ],
+)
+def test_files_named_as_the_train_split_are_read_and_the_others_named_as_left_out(tmp_path, capsys, train, suffix):
+    folder = tmp_path / "data"
+    (folder / train).parent.mkdir(parents=True, exist_ok=True)
+    path = write(folder / train, ROWS, suffix.lower()).rename(folder / f"{train}{suffix}")
+    taken = path.relative_to(folder).as_posix()
+    write(folder / "test", OTHER_ROWS, ".jsonl")
+    assert common.load_preference_data(folder).to_list() == ROWS
+    assert capsys.readouterr().out == (
+        f"Reading 1 file of dataset folder {folder}, the train split by their names: {taken} (left out: test.jsonl).\n"
+    )
+
+
+def test_the_line_names_the_first_files_and_counts_the_rest(tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(data_files.FILES_NAMED + 3):
+        write(folder / f"part{i:02d}", ROWS, ".jsonl")
+    common.load_preference_data(folder)
+    shown = ", ".join(f"part{i:02d}.jsonl" for i in range(data_files.FILES_NAMED))
+    assert capsys.readouterr().out == (
+        f"Reading {data_files.FILES_NAMED + 3} files of dataset folder {folder}: {shown} and 3 more.\n"
+    )
+
+
+def test_a_folder_of_hidden_data_files_only_is_refused(tmp_path):
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    write(tmp_path / ".ipynb_checkpoints" / "prefs", ROWS, ".jsonl")
+    with pytest.raises(errors.PipelineError, match=r"holds no \.jsonl/\.json/\.csv/\.parquet file outside hidden"):
+        common.load_preference_data(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [suffix.upper() for suffix in data_files.DATA_SUFFIXES] + [".Jsonl"])
+def test_a_suffix_in_any_case_is_read_as_its_format(tmp_path, suffix):
+    path = tmp_path / f"prefs{suffix}"
+    write(tmp_path / "prefs", ROWS, suffix.lower()).rename(path)
+    assert common.load_preference_data(path).to_list() == ROWS
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows that look filled and are not: the same answer twice, text that shows nothing, a blank system
+
+SAME_ANSWER = {
+    "identical": ("好的。", "好的。"),
+    "trailing whitespace": ("好的。", "好的。 \n"),
+    "full-width letters": ("OK", "ＯＫ"),
+    "zero-width space": ("好的。", "好\u200b的。"),
+    "no-break space": ("a b", "a\u00a0b"),
+}
+
+
+@pytest.mark.parametrize("case", SAME_ANSWER)
+def test_a_pair_with_the_same_answer_twice_is_refused_naming_every_such_row(tmp_path, case):
+    chosen, rejected = SAME_ANSWER[case]
+    same = {"question": "q", "chosen": chosen, "rejected": rejected}
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in [ROWS[0], same, ROWS[1], same]) + "\n", encoding="utf-8")
+    with pytest.raises(errors.PipelineError) as refused:
+        common.load_preference_data(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: 2 of 4 rows have the same answer as chosen and as rejected")
+    assert ": line 2, line 4. Such a pair prefers an answer to itself" in message
+
+
+def test_many_pairs_with_the_same_answer_are_counted_past_the_rows_named(tmp_path):
+    rows = [{"question": f"q{i}", "chosen": "a", "rejected": "a"} for i in range(data_files.SAME_PAIR_ROWS_NAMED + 2)]
+    with pytest.raises(errors.PipelineError, match=rf"line {data_files.SAME_PAIR_ROWS_NAMED} and 2 more\."):
+        common.load_preference_data(write(tmp_path / "prefs", rows, ".jsonl"))
+
+
+def test_answers_that_differ_in_case_or_punctuation_are_not_the_same():
+    assert data_files.normalised("OK!") != data_files.normalised("ok!")
+    assert data_files.normalised("好的。") != data_files.normalised("好的!")
+
+
+@pytest.mark.parametrize("column", data_files.REQUIRED_COLUMNS)
+@pytest.mark.parametrize(
+    "text, names",
+    [
+        ("\u200b\u200b", "U+200B ZERO WIDTH SPACE"),
+        (" \ufeff\u2060 ", "U+0020 SPACE, U+FEFF ZERO WIDTH NO-BREAK SPACE, U+2060 WORD JOINER"),
+        ("\u3164", "U+3164 HANGUL FILLER"),
+    ],
+)
+def test_a_column_that_shows_nothing_is_refused_naming_its_characters(tmp_path, column, text, names):
+    rows = [ROWS[0], ROWS[1] | {column: text}]
+    with pytest.raises(errors.PipelineError) as refused:
+        common.load_preference_data(write(tmp_path / "prefs", rows, ".csv"))
+    assert f"prefs.csv: line 3 column {column!r} shows nothing: it holds only {names}. Every row needs" in str(
+        refused.value
+    )
+
+
+@pytest.mark.parametrize("system", ["   ", "\t\n", "\u200b", "\u3000\u00a0"])
+def test_a_system_that_shows_nothing_is_none_and_the_run_s_system_prompt_applies(tmp_path, system):
+    data = common.load_preference_data(write(tmp_path / "prefs", [ROWS[1] | {"system": system}], ".jsonl"))
+    assert data["system"] == [""]
+    assert common.prompt_messages(data[0], paths.DEFAULT_SYSTEM_PROMPT)[0]["content"] == paths.DEFAULT_SYSTEM_PROMPT
+
+
+def test_a_system_with_text_is_kept_as_written(tmp_path):
+    rows = [ROWS[1] | {"system": "  你是数学老师。\u200b\n"}]
+    assert common.load_preference_data(write(tmp_path / "prefs", rows, ".jsonl")).to_list() == rows

@@ -57,6 +57,14 @@ def test_counting_rule_on_lists_of_ones_own(word_lists):
     assert judge.judge_score("abcc") == -1  # ab, minus c twice
 
 
+@pytest.mark.parametrize("bom", ["", "\ufeff"], ids=["plain", "byte-order mark"])
+def test_the_first_entry_counts_with_or_without_a_byte_order_mark(word_lists, tmp_path, bom):
+    """An editor that saves UTF-8 with a BOM puts U+FEFF before the first entry; it must not become part of it."""
+    word_lists(bom + "滚\n烦\n", bom + "谢谢\n")
+    assert judge.lexicon() == {"rude": ("滚", "烦"), "polite": ("谢谢",)}
+    assert judge.judge_score("滚，谢谢") == 0
+
+
 def test_a_missing_or_empty_list_is_named(word_lists, tmp_path):
     word_lists("滚\n", None)
     with pytest.raises(errors.PipelineError, match=r"polite word list .*polite\.txt cannot be read"):
