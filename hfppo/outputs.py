@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +22,11 @@ TRAINER_MODEL_CARD = "README.md"
 REPORT_BYTES = 2**20
 MAX_LINK_HOPS = 40  # Linux follows at most 40 links in a path (ELOOP beyond)
 TEMPORARY = ".tmp"  # in the name of a file that `atomic_file` writes before renaming it into place
-
-OWN_FILES = "would overwrite the project's own files, which no script writes"
 # The project's own files, every one tracked under paths.ROOT, as glob patterns there, with what a write there would
 # destroy: no script writes into them, whatever the working folder. Left out: the working folders checkpoint/ and
 # tensorboard/ (outputs go there when the project is the working folder), new files and folders beside these (such
 # as docs/export.md's `--output_dir qwen-rude`), and benchmarks/results/, where benchmarks/gpu.sh writes.
+OWN_FILES = "would overwrite the project's own files, which no script writes"
 PROJECT_FILES = {
     "the pipeline's data folder": (("data",), "would overwrite the data that every stage reads"),
     "the project's code": (("*.py", "hfppo", "tests", ".ci", "benchmarks/*.py", "benchmarks/*.sh"), OWN_FILES),
@@ -225,7 +224,7 @@ def checkpoint_around(where: Path) -> Path | None:
 
 
 def refuse_protected(
-    path: Path, flag: str, inputs: dict[str, str | Path | None], verb: str, areas: list[Area] = ()
+    path: Path, flag: str, inputs: dict[str, str | Path | None], verb: str, areas: Sequence[Area] = ()
 ) -> None:
     """An ArgumentError where `path` is, holds or sits inside one of the run's `inputs` ({flag: path}, None for
     unset), the project's files (project_areas) or the `areas`: what `verb` (saving, writing) there would destroy."""
