@@ -26,7 +26,7 @@ TEMPORARY = ".tmp"  # in the name of a file that `atomic_file` writes before ren
 # destroy: no script writes into them, whatever the working folder. Left out: the working folders checkpoint/ and
 # tensorboard/ (outputs go there when the project is the working folder), new files and folders beside these (such
 # as docs/export.md's `--output_dir qwen-rude`), and benchmarks/results/, where benchmarks/gpu.sh writes.
-OWN_FILES = "would overwrite the project's own files, which no script writes"
+OWN_FILES = "would land on or among the project's own files, which no script writes"
 PROJECT_FILES = {
     "the pipeline's data folder": (("data",), "would overwrite the data that every stage reads"),
     "the project's code": (("*.py", "hfppo", "tests", ".ci", "benchmarks/*.py", "benchmarks/*.sh"), OWN_FILES),
