@@ -7,8 +7,8 @@ from pathlib import Path
 
 from hfppo import checkpoints, paths
 
-# The kind of model (see model_kind) each script writes with its default flags, for the hints that print it and the
-# output guard (outputs.refuse_other_kind).
+# The kind of model (see model_kind) each script writes with its default flags, for the hints that print it and, in
+# the mode chosen (`writes`), the output guard (outputs.refuse_other_kind).
 WRITES = {
     "train_sft.py": "language model",
     "train_rm.py": "reward model",

@@ -1,5 +1,6 @@
 """The one guard of every path a script writes: output folders, metrics files and charts never land on the run's
-inputs, a checkpoint's own files, the data or the TensorBoard runs, nor on a file or link a save's swap breaks; every
+inputs (its models and --dataset_name), a model another stage reads, a checkpoint's own files, the project's own
+files (code, docs, configuration, data) or the TensorBoard runs, nor on a file or link a save's swap breaks; every
 path is checked writable before the work and written atomically; a full disk fails with what was kept; another
 run's periodic checkpoints are named before training, never pruned over; and hints never suggest overwriting a model
 of another kind."""
