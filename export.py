@@ -104,7 +104,7 @@ def main(args: ExportArguments) -> None:
     base_maker = hints.policy_command(start, base, args.tiny) if start in paths.POLICIES else maker
     checkpoints.require_checkpoint(base, base_maker, "language model")
     inputs = {"adapter_path": adapter, "adapter_path's base": base}
-    outputs.check_output_dir(output_dir, inputs, checkpoints.save_size(base), hints.WRITES["export.py"])
+    outputs.check_output_dir(output_dir, inputs, checkpoints.save_size(base), "export.py")
     lifecycle.lock_output_dir(output_dir)
 
     tokenizer = checkpoints.load_tokenizer(adapter, maker)  # the stage's own, with its chat template

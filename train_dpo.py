@@ -124,7 +124,7 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
         training_args,
         model_args,
         {"sft_model_path": script_args.sft_model_path},
-        hints.WRITES["train_dpo.py"],
+        "train_dpo.py",
     )
 
     # Data first: a bad file fails in a second, before any model loads.

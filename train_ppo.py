@@ -1017,14 +1017,14 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     sizes = batch_sizes(config, accelerator.num_processes)
     batch_size = sizes.batch
     settings = resuming.run_settings(script_args, config)
-    input_flags = ("sft_model_path", "reward_model_path", "value_model_path") + ("base_model_path",) * bool(
-        script_args.from_base
-    )
+    input_flags = ("sft_model_path", "reward_model_path", "value_model_path", "dataset_name") + (
+        "base_model_path",
+    ) * bool(script_args.from_base)
     outputs.check_output_dir(
         config.output_dir,
         {flag: getattr(script_args, flag) for flag in input_flags},
         checkpoints.save_size(script_args.value_model_path),
-        hints.WRITES["train_ppo.py"],
+        "train_ppo.py",
     )
     prunes = config.save_steps > 0 and config.save_total_limit > 0
     outputs.check_periodic_checkpoints(config.output_dir, config.resume_from_checkpoint, prunes)

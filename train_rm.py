@@ -101,7 +101,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         training_args,
         model_args,
         {"model_name_or_path": model_args.model_name_or_path},
-        hints.WRITES["train_rm.py"],
+        "train_rm.py",
     )
 
     # Data first: a bad file fails in a second, before any download or write.

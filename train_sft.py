@@ -92,7 +92,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         training_args,
         model_args,
         {"model_name_or_path": model_args.model_name_or_path},
-        hints.WRITES["train_sft.py"],
+        "train_sft.py",
     )
 
     # Data first: a bad file fails in a second, before any download or write.

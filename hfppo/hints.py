@@ -7,8 +7,8 @@ from pathlib import Path
 
 from hfppo import checkpoints, paths
 
-# The kind of model (see model_kind) each script writes with its default flags, for the hints that print it and the
-# output guard (outputs.refuse_other_kind).
+# The kind of model (see model_kind) each script writes with its default flags, for the hints that print it and, in
+# the mode chosen (`writes`), the output guard (outputs.refuse_other_kind).
 WRITES = {
     "train_sft.py": "language model",
     "train_rm.py": "reward model",
@@ -17,6 +17,15 @@ WRITES = {
     "train_grpo.py": "adapter",
     "export.py": "language model",  # an adapter merged into its base
 }
+# What a script that writes an adapter by default writes with --use_peft false: the whole policy (train_dpo.py).
+WHOLE_POLICY = "language model"
+
+
+def writes(script: str, use_peft: bool | None = None) -> str:
+    """The kind of model `script` writes in the mode chosen: WRITES[script], or the whole policy where `use_peft` is
+    False for a script that writes an adapter by default. None: the script has no --use_peft."""
+    kind = WRITES[script]
+    return WHOLE_POLICY if kind == "adapter" and use_peft is False else kind
 
 
 def python_command() -> str:

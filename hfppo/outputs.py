@@ -6,8 +6,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset
@@ -21,30 +22,98 @@ TRAINER_MODEL_CARD = "README.md"
 REPORT_BYTES = 2**20
 MAX_LINK_HOPS = 40  # Linux follows at most 40 links in a path (ELOOP beyond)
 TEMPORARY = ".tmp"  # in the name of a file that `atomic_file` writes before renaming it into place
-# Places that no script writes into, with what a write there would do: the bundled data (the sample, the lexicon, the
-# style pairs) and, for an output folder, which a save replaces whole, the TensorBoard runs, this run's own included.
-PROTECTED_AREAS = {
-    "the pipeline's data folder": (paths.ROOT / "data", "would overwrite the data that every stage reads")
+# The project's own files, every one tracked under paths.ROOT, as glob patterns there, with what a write there would
+# destroy: no script writes into them, whatever the working folder. Left out: the working folders checkpoint/ and
+# tensorboard/ (outputs go there when the project is the working folder), new files and folders beside these (such
+# as docs/export.md's `--output_dir qwen-rude`), and benchmarks/results/, where benchmarks/gpu.sh writes.
+OWN_FILES = "would land on or among the project's own files, which no script writes"
+PROJECT_FILES = {
+    "the pipeline's data folder": (("data",), "would overwrite the data that every stage reads"),
+    "the project's code": (("*.py", "hfppo", "tests", ".ci", "benchmarks/*.py", "benchmarks/*.sh"), OWN_FILES),
+    "the project's documentation": (("*.md", "LICENSE", "docs", "imgs", "benchmarks/*.md"), OWN_FILES),
+    "the project's configuration": (
+        ("configs", "Makefile", "pyproject.toml", "requirements*.txt", ".gitignore"),
+        OWN_FILES,
+    ),
 }
-OUTPUT_DIR_AREAS = {
-    "the TensorBoard runs' folder": (paths.TENSORBOARD_ROOT, "would delete the event files this run logs there"),
-}
+
+
+@dataclass(frozen=True)
+class Area:
+    """A place that a script's write must stay out of: what it is and where (a relative path is under the working
+    folder, as the scripts' defaults are), what a write there would destroy, and the one script (`writer`) whose own
+    output folder it is, if any."""
+
+    what: str
+    path: Path
+    harm: str
+    writer: str | None = None
+
+
+# The models the stages read, at their default folders, each saved by its own script alone: an --output_dir of any
+# other script there would replace a model that other stages, the comparison, the export or the page read. The base
+# models (the tiny base, the downloads, the critic's start) no --output_dir writes.
+POLICY_HARM = "would replace the policy that eval_ppo.py --compare, export.py and the page read"
+MODEL_AREAS = [
+    Area(
+        "the base models' folder",
+        paths.BASE_DIR,
+        "would replace a model that the stages and the critic start from (the tiny base, the downloads)",
+    ),
+    Area(
+        "the SFT model's folder",
+        paths.SFT_DIR,
+        "would replace the model that PPO, DPO and GRPO start from and their adapters apply to",
+        "train_sft.py",
+    ),
+    Area(
+        "the reward model's folder",
+        paths.RM_DIR,
+        "would replace the reward model that PPO and GRPO score with",
+        "train_rm.py",
+    ),
+] + [
+    Area(f"{method.label}'s folder", method.folder, POLICY_HARM, method.script)
+    for method in paths.METHODS.values()
+    if method.script and method.folder != paths.SFT_DIR
+]
+# Where an output folder, which a save replaces whole, must not be: the pipeline's models, and the TensorBoard runs
+# (this run's own included).
+OUTPUT_DIR_AREAS = MODEL_AREAS + [
+    Area("the TensorBoard runs' folder", paths.TENSORBOARD_ROOT, "would delete the event files this run logs there")
+]
+
+
+def project_areas() -> list[Area]:
+    """The project's files that exist (PROJECT_FILES), each an Area that no script writes into."""
+    return [
+        Area(what, match, harm)
+        for what, (patterns, harm) in PROJECT_FILES.items()
+        for pattern in patterns
+        for match in sorted(paths.ROOT.glob(pattern))
+    ]
 
 
 def check_output_dir(
-    output_dir: str | Path, inputs: dict[str, str | Path], needed_bytes: int = 0, kind: str | None = None
+    output_dir: str | Path,
+    inputs: dict[str, str | Path | None],
+    needed_bytes: int = 0,
+    script: str | None = None,
+    use_peft: bool | None = None,
 ) -> None:
     """Before anything loads, and without writing anything: refuse an output folder that is, holds or sits inside one
-    of the run's `inputs` ({flag: path}), the bundled data or the TensorBoard runs, that sits inside a checkpoint, that
+    of the run's `inputs` ({flag: path}, its models and data), the project's files, a model folder of the pipeline
+    other than the running `script`'s own (MODEL_AREAS) or the TensorBoard runs, that sits inside a checkpoint, that
     is a file or a link (the save swaps folders by renaming), that holds files other than a checkpoint (a save
-    replaces the whole folder) or a model of another kind than the run's `kind` (WRITES); check that it can be
-    written and has room for `needed_bytes`."""
+    replaces the whole folder) or a model of another kind than `script` writes with its `use_peft` (hints.writes);
+    check that it can be written and has room for `needed_bytes`. No `script`: every model folder is refused."""
     path = Path(output_dir)
-    refuse_protected(path, "--output_dir", inputs, "saving", OUTPUT_DIR_AREAS)
+    areas = [area for area in OUTPUT_DIR_AREAS if script is None or area.writer != script]
+    refuse_protected(path, "--output_dir", inputs, "saving", areas)
     refuse_unswappable(path)
     refuse_inside_checkpoint(output_dir)
     refuse_other_files(output_dir)
-    refuse_other_kind(output_dir, kind)
+    refuse_other_kind(output_dir, hints.writes(script, use_peft) if script else None)
     check_room(output_dir, needed_bytes)
 
 
@@ -117,14 +186,15 @@ def held_article(kind: str) -> str:
 def check_output_file(path: str | Path, flag: str, inputs: dict[str, str | Path | None], what: str) -> Path:
     """The one guard of every file a script writes (metrics, charts, exports), before the work and without writing
     anything: refuse a path that is or sits inside one of the run's `inputs` ({flag: path}, None for unset) or the
-    bundled data, a file among a checkpoint's own (only REPORT_FILES may sit beside a model), or a folder; check that
-    its folder can be written, so that `what` is not lost after the work. Write it with `atomic_file`."""
+    project's files (its data, code, documentation and configuration), a file among a checkpoint's own (only
+    REPORT_FILES may sit beside a model), or a folder; check that its folder can be written, so that `what` is not lost
+    after the work. Write it with `atomic_file`."""
     path = Path(path)
     if is_stream(path):  # written into where it is (see atomic_file): no folder of files to check
         return path
     if path.is_dir():
         raise errors.ArgumentError(f"{flag} {path} is a folder; it names the file to write. Pass a file path.")
-    refuse_protected(path, flag, {name: value for name, value in inputs.items() if value is not None}, "writing")
+    refuse_protected(path, flag, inputs, "writing")
     where = path.resolve()
     checkpoint = checkpoint_around(where)
     if checkpoint is not None and not (where.parent == checkpoint and where.name in paths.REPORT_FILES):
@@ -154,11 +224,10 @@ def checkpoint_around(where: Path) -> Path | None:
 
 
 def refuse_protected(
-    path: Path, flag: str, inputs: dict[str, str | Path], verb: str, areas: dict[str, tuple] | None = None
+    path: Path, flag: str, inputs: dict[str, str | Path | None], verb: str, areas: Sequence[Area] = ()
 ) -> None:
-    """An ArgumentError where `path` is, holds or sits inside one of the run's `inputs` ({flag: path}) or the
-    places no script writes into (PROTECTED_AREAS, and `areas` of the same shape): what `verb` (saving, writing)
-    there would destroy."""
+    """An ArgumentError where `path` is, holds or sits inside one of the run's `inputs` ({flag: path}, None for
+    unset), the project's files (project_areas) or the `areas`: what `verb` (saving, writing) there would destroy."""
     try:
         where = path.resolve()
     except (RuntimeError, OSError) as error:  # a link that leads back to itself (RuntimeError before Python 3.13)
@@ -167,17 +236,18 @@ def refuse_protected(
             f"{flag}."
         ) from error
     for name, value in inputs.items():
-        relation = path_relation(where, Path(value).resolve())
+        relation = path_relation(where, Path(value).resolve()) if value is not None else None
         if relation:
             raise errors.ArgumentError(
                 f"{flag} {path} {relation} --{name} {value}, which this run reads: {verb} would overwrite it. Pass "
                 f"another {flag}."
             )
-    for area, (folder, harm) in (PROTECTED_AREAS | (areas or {})).items():
-        relation = path_relation(where, Path(folder).resolve())
+    for area in project_areas() + list(areas):
+        relation = path_relation(where, area.path.resolve())
         if relation:
+            only = f"; only {area.writer} saves there" if area.writer else ""
             raise errors.ArgumentError(
-                f"{flag} {path} {relation} {area} {folder}: {verb} {harm}. Pass another {flag}."
+                f"{flag} {path} {relation} {area.what} {area.path}: {verb} {area.harm}{only}. Pass another {flag}."
             )
 
 

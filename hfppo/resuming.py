@@ -177,14 +177,14 @@ def resume_view(checkpoint: Path, left_out: list[str]) -> Path:
     return view
 
 
-def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, str], kind: str) -> dict:
-    """What the Trainer stages check before any data or model loads, in this order: a resumed run has the settings
-    its checkpoint was saved with (check_resume) and its whole training state, or --resume_resets_state
+def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, str], script: str) -> dict:
+    """What the Trainer stage `script` checks before any data or model loads, in this order: a resumed run has the
+    settings its checkpoint was saved with (check_resume) and its whole training state, or --resume_resets_state
     (check_training_state; the Trainer then resumes from a view without the states it starts afresh), and the output
-    folder can take the model (check_output_dir), is none of the `inputs` ({flag: folder} of the models the run reads,
-    the one it trains first: its size is the save's), holds no model of another `kind` than the one it writes, and
-    holds no other run's periodic checkpoints (check_periodic_checkpoints). The run's settings, for
-    SaveRunSettings."""
+    folder can take the model (check_output_dir): it is none of the `inputs` ({flag: folder} of the models the run
+    reads, the one it trains first: its size is the save's) nor the run's --dataset_name, holds no model of another
+    kind than the one the script writes with its --use_peft, and holds no other run's periodic checkpoints
+    (check_periodic_checkpoints). The run's settings, for SaveRunSettings."""
     settings = run_settings(script_args, training_args, model_args)
     check_resume(training_args.resume_from_checkpoint, settings)
     if training_args.resume_from_checkpoint is not None:
@@ -194,7 +194,11 @@ def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, 
         if left_out:
             training_args.resume_from_checkpoint = str(resume_view(checkpoint, left_out))
     outputs.check_output_dir(
-        training_args.output_dir, inputs, checkpoints.save_size(next(iter(inputs.values()))), kind
+        training_args.output_dir,
+        inputs | {"dataset_name": script_args.dataset_name},
+        checkpoints.save_size(next(iter(inputs.values()))),
+        script,
+        model_args.use_peft,
     )
     prunes = training_args.save_strategy != "no" and bool(training_args.save_total_limit)
     outputs.check_periodic_checkpoints(training_args.output_dir, training_args.resume_from_checkpoint, prunes)

@@ -256,10 +256,8 @@ OUTPUT_CASES = {
     ),
     "inside the adapter": ("checkpoint/ppo/merged", "is inside --adapter_path checkpoint/ppo"),
     "the base": ("checkpoint/sft", "--output_dir checkpoint/sft is --adapter_path's base checkpoint/sft, which this"),
-    "an adapter": (
-        "checkpoint/dpo",
-        "--output_dir checkpoint/dpo holds an adapter, and this script writes a language",
-    ),
+    "an adapter": ("mine", "--output_dir mine holds an adapter, and this script writes a language"),
+    "DPO's adapter": ("checkpoint/dpo", "--output_dir checkpoint/dpo is DPO's folder checkpoint/dpo"),
     "a file": ("notes.txt", "--output_dir notes.txt is a file, not a folder"),
     "the data": (paths.ROOT / "data" / "merged", "is inside the pipeline's data folder"),
 }
@@ -270,6 +268,7 @@ def test_an_output_folder_that_would_destroy_something_is_refused(tmp_path, case
     fake_adapter(tmp_path / "checkpoint" / "ppo")
     fake_checkpoint(tmp_path / "checkpoint" / "sft")
     fake_adapter(tmp_path / "checkpoint" / "dpo")
+    fake_adapter(tmp_path / "mine")
     (tmp_path / "notes.txt").write_text("mine")
     output, message = OUTPUT_CASES[case]
     before, data = snapshot(tmp_path), snapshot(paths.ROOT / "data")

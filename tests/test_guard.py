@@ -1,5 +1,6 @@
 """The one guard of every path a script writes: output folders, metrics files and charts never land on the run's
-inputs, a checkpoint's own files, the data or the TensorBoard runs, nor on a file or link a save's swap breaks; every
+inputs (its models and --dataset_name), a model another stage reads, a checkpoint's own files, the project's own
+files (code, docs, configuration, data) or the TensorBoard runs, nor on a file or link a save's swap breaks; every
 path is checked writable before the work and written atomically; a full disk fails with what was kept; another
 run's periodic checkpoints are named before training, never pruned over; and hints never suggest overwriting a model
 of another kind."""
@@ -7,7 +8,9 @@ of another kind."""
 import errno
 import json
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -63,6 +66,9 @@ def target(tmp_path, case):
         "under a file": (tmp_path / "a_file" / "metrics.json", "cannot write --metrics_file"),
         "a link to itself": (tmp_path / "loop", "cannot be followed to a place"),
         "an empty path": ("", "is a folder"),  # the current folder: the default was taken in silence
+        "the README": (paths.ROOT / "README.md", "is the project's documentation"),
+        "beside the README's charts": (paths.ROOT / "imgs" / "compare.json", "is inside the project's documentation"),
+        "the code": (paths.ROOT / "hfppo" / "outputs.py", "is inside the project's code"),
     }[case]
 
 
@@ -76,6 +82,9 @@ FILE_CASES = [
     "under a file",
     "a link to itself",
     "an empty path",
+    "the README",
+    "beside the README's charts",
+    "the code",
 ]
 
 
@@ -234,14 +243,14 @@ def test_every_report_writer_writes_through_the_atomic_rename(tmp_path, writer, 
 def output_dir_case(tmp_path, case):
     (tmp_path / "a_file").write_text("mine")
     (tmp_path / "target").mkdir()
-    fake_checkpoint(tmp_path / "checkpoint" / "sft")
+    fake_checkpoint(tmp_path / "models" / "sft")
     return {
         "an existing file": (tmp_path / "a_file", "is a file, not a folder"),
         "a link": (tmp_path / "link", "is a link to"),
         "a staging name that is a file": (tmp_path / "out", "staging name"),
         "under tensorboard/<stage>": (paths.TENSORBOARD_ROOT / "sft", "is inside the TensorBoard runs' folder"),
         "the tensorboard folder": (paths.TENSORBOARD_ROOT, "is the TensorBoard runs' folder"),
-        "inside a checkpoint": (tmp_path / "checkpoint" / "sft" / "sub", "is inside the checkpoint"),
+        "inside a checkpoint": (tmp_path / "models" / "sft" / "sub", "is inside the checkpoint"),
         "inside the bundled data": (paths.ROOT / "data" / "out", "is inside the pipeline's data folder"),
         "a link to itself": (tmp_path / "loop", "cannot be followed to a place"),
     }[case]
@@ -289,33 +298,62 @@ def test_train_sft_refuses_such_an_output_folder_before_it_trains(tmp_path, case
     assert snapshot(tmp_path) == before and not (tmp_path / paths.TINY_BASE_DIR).exists()  # nothing built
 
 
-# (script, the model its --output_dir already holds, that model's kind): another kind than the script writes.
+# (script, its flags, the model its --output_dir already holds, that model's kind): another kind than the script
+# writes in the mode its flags choose (DPO without LoRA writes a whole model).
 OTHER_KINDS = [
-    ("train_sft.py", lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
-    ("train_rm.py", fake_checkpoint, "a language model"),
-    ("train_ppo.py", fake_checkpoint, "a language model"),
-    ("train_dpo.py", lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
-    ("train_grpo.py", fake_checkpoint, "a language model"),
+    ("train_sft.py", (), lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
+    ("train_rm.py", (), fake_checkpoint, "a language model"),
+    ("train_ppo.py", (), fake_checkpoint, "a language model"),
+    ("train_dpo.py", (), lambda folder: fake_checkpoint(folder, "Qwen2ForSequenceClassification"), "a reward model"),
+    ("train_dpo.py", (), fake_checkpoint, "a language model"),
+    ("train_dpo.py", ("--use_peft", "false"), fake_adapter, "an adapter"),
+    ("train_grpo.py", (), fake_checkpoint, "a language model"),
 ]
 
 
-@pytest.mark.parametrize("script, model, held", OTHER_KINDS, ids=[case[0] for case in OTHER_KINDS])
-def test_a_stage_refuses_an_output_folder_holding_a_model_of_another_kind(tmp_path, script, model, held):
-    """train_sft.py --output_dir checkpoint/rm replaced the reward model with a language model, exit 0."""
+@pytest.mark.parametrize(
+    "script, flags, model, held",
+    OTHER_KINDS,
+    ids=[f"{case[0]} {' '.join(case[1])} over {case[3]}" for case in OTHER_KINDS],
+)
+def test_a_stage_refuses_an_output_folder_holding_a_model_of_another_kind(tmp_path, script, flags, model, held):
+    """train_sft.py --output_dir checkpoint/rm replaced the reward model with a language model, exit 0; and
+    train_dpo.py --use_peft false, taken for a writer of adapters, replaced PPO's adapter with a whole model."""
     model(tmp_path / "other")
     before = snapshot(tmp_path)
-    result = run_main(script, "--tiny", "--output_dir", tmp_path / "other", cwd=tmp_path)
+    result = run_main(script, "--tiny", *flags, "--output_dir", tmp_path / "other", cwd=tmp_path)
     assert result.returncode == 2 and f"holds {held}, and this script writes" in result.stderr, result.stderr
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("kind", ["language model", "reward model", "adapter"])
-def test_a_stage_may_replace_a_model_of_its_own_kind(tmp_path, kind):
+@pytest.mark.parametrize(
+    "script, use_peft, kind",
+    [
+        ("train_dpo.py", True, "adapter"),
+        ("train_dpo.py", False, "language model"),
+        ("train_grpo.py", False, "language model"),
+        ("train_sft.py", False, "language model"),
+        ("train_rm.py", False, "reward model"),
+        ("train_ppo.py", None, "adapter"),
+        ("export.py", None, "language model"),
+    ],
+)
+def test_what_a_script_writes_follows_its_use_peft(script, use_peft, kind):
+    assert hints.writes(script, use_peft) == kind
+
+
+def test_dpo_without_lora_may_replace_a_whole_model_of_its_own(tmp_path):
+    fake_checkpoint(tmp_path / "mine")
+    outputs.check_output_dir(tmp_path / "mine", {}, 0, "train_dpo.py", use_peft=False)
+
+
+@pytest.mark.parametrize("script", ["train_sft.py", "train_rm.py", "train_ppo.py"])
+def test_a_stage_may_replace_a_model_of_its_own_kind(tmp_path, script):
     {
         "language model": fake_checkpoint,
         "reward model": lambda f: fake_checkpoint(f, "Qwen2ForSequenceClassification"),
-    }.get(kind, fake_adapter)(tmp_path / "mine")
-    outputs.check_output_dir(tmp_path / "mine", {}, 0, kind)
+    }.get(hints.WRITES[script], fake_adapter)(tmp_path / "mine")
+    outputs.check_output_dir(tmp_path / "mine", {}, 0, script)
 
 
 def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_to_do(tmp_path):
@@ -352,6 +390,163 @@ def test_the_benchmark_refuses_a_work_dir_whose_shape_folder_holds_something_els
     with pytest.raises(errors.ArgumentError, match="holds files that are not this benchmark's models"):
         ppo_throughput.build_models("tiny", folder, seed=0)
     assert snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Every model the pipeline reads and every file the project owns
+
+
+def fake_pipeline(folder):
+    """The models of a whole run at their default folders under `folder`: the tiny base, SFT, the reward model and
+    every policy's adapter."""
+    fake_checkpoint(folder / paths.TINY_BASE_DIR)
+    fake_checkpoint(folder / paths.SFT_DIR)
+    fake_checkpoint(folder / paths.RM_DIR, "Qwen2ForSequenceClassification")
+    for default, _, _ in paths.POLICIES.values():
+        if default != paths.SFT_DIR:
+            fake_adapter(folder / default)
+
+
+# (the script, its --use_peft, the --output_dir, the run's inputs, the message): a model that another stage, the
+# comparison, the export or the page reads, beyond the running script's own inputs.
+PIPELINE_MODEL_CASES = {
+    "export.py --method ppo_base --output_dir checkpoint/sft": (
+        "export.py",
+        None,
+        paths.SFT_DIR,
+        {"adapter_path": paths.PPO_BASE_DIR, "adapter_path's base": paths.TINY_BASE_DIR},
+        "is the SFT model's folder checkpoint/sft: saving would replace the model that PPO, DPO and GRPO start from "
+        "and their adapters apply to; only train_sft.py saves there. Pass another --output_dir.",
+    ),
+    "export.py --output_dir checkpoint/base/tiny": (
+        "export.py",
+        None,
+        paths.TINY_BASE_DIR,
+        {"adapter_path": paths.PPO_DIR, "adapter_path's base": paths.SFT_DIR},
+        "is inside the base models' folder checkpoint/base: saving would replace a model that the stages and the "
+        "critic start from",
+    ),
+    "train_sft.py --model_name_or_path elsewhere --output_dir checkpoint/base/tiny": (
+        "train_sft.py",
+        False,
+        paths.TINY_BASE_DIR,
+        {"model_name_or_path": "elsewhere"},
+        "is inside the base models' folder checkpoint/base",
+    ),
+    "train_dpo.py --use_peft false --sft_model_path elsewhere --output_dir checkpoint/sft": (
+        "train_dpo.py",
+        False,
+        paths.SFT_DIR,
+        {"sft_model_path": "elsewhere"},
+        "is the SFT model's folder checkpoint/sft",
+    ),
+    "train_dpo.py --use_peft false --output_dir checkpoint/ppo": (
+        "train_dpo.py",
+        False,
+        paths.PPO_DIR,
+        {"sft_model_path": paths.SFT_DIR},
+        "is PPO's folder checkpoint/ppo: saving would replace the policy that eval_ppo.py --compare, export.py and "
+        "the page read; only train_ppo.py saves there.",
+    ),
+    "train_grpo.py --output_dir checkpoint/dpo": (
+        "train_grpo.py",
+        True,
+        paths.DPO_DIR,
+        {"sft_model_path": paths.SFT_DIR},
+        "is DPO's folder checkpoint/dpo",
+    ),
+    "train_sft.py --output_dir checkpoint/rm": (
+        "train_sft.py",
+        False,
+        paths.RM_DIR,
+        {"model_name_or_path": paths.TINY_BASE_DIR},
+        "is the reward model's folder checkpoint/rm: saving would replace the reward model that PPO and GRPO score "
+        "with; only train_rm.py saves there.",
+    ),
+    "train_ppo.py --output_dir checkpoint": (
+        "train_ppo.py",
+        None,
+        paths.CHECKPOINT_ROOT,
+        {"sft_model_path": "elsewhere"},
+        "holds the base models' folder checkpoint/base",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", PIPELINE_MODEL_CASES)
+def test_no_script_saves_over_a_model_that_another_stage_reads(tmp_path, monkeypatch, case):
+    """export.py --method ppo_base --output_dir checkpoint/sft replaced the SFT model under every adapter, exit 0."""
+    script, use_peft, output_dir, inputs, message = PIPELINE_MODEL_CASES[case]
+    monkeypatch.chdir(tmp_path)
+    fake_pipeline(tmp_path)
+    before = snapshot(tmp_path)
+    with pytest.raises(errors.ArgumentError, match=re.escape(f"--output_dir {output_dir} {message}")):
+        outputs.check_output_dir(output_dir, inputs, 0, script, use_peft)
+    assert snapshot(tmp_path) == before
+
+
+# Every script's own default folders (PPO's two), holding the model it writes there: a rerun replaces it.
+OWN_FOLDERS = [("train_sft.py", paths.SFT_DIR), ("train_rm.py", paths.RM_DIR)] + [
+    (script, default) for default, script, _ in paths.POLICIES.values() if default != paths.SFT_DIR
+]
+
+
+@pytest.mark.parametrize("script, folder", OWN_FOLDERS, ids=[f"{s} {f}" for s, f in OWN_FOLDERS])
+def test_a_script_may_save_over_its_own_default_folder(tmp_path, monkeypatch, script, folder):
+    monkeypatch.chdir(tmp_path)
+    fake_pipeline(tmp_path)
+    outputs.check_output_dir(folder, {}, 0, script)
+
+
+def tracked_files() -> list[str]:
+    """The files git tracks under the project's root (none outside a git checkout)."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=paths.ROOT, capture_output=True, text=True)
+    except FileNotFoundError:  # no git
+        return []
+    return [name for name in listed.stdout.split("\0") if name] if listed.returncode == 0 else []
+
+
+def test_every_file_the_project_tracks_is_refused_as_an_output():
+    """eval_rm.py --metrics_file README.md replaced the README, exit 0: the guard knew the data folder alone."""
+    tracked = tracked_files()
+    if not tracked:
+        pytest.skip("not a git checkout: git lists no file of the project")
+    for name in tracked:
+        for flag, verb in (("--metrics_file", "writing"), ("--output_dir", "saving")):
+            with pytest.raises(errors.ArgumentError, match=f"^{flag} .* the (project's|pipeline's) .*{verb} would"):
+                outputs.refuse_protected(paths.ROOT / name, flag, {}, verb)
+    with pytest.raises(errors.ArgumentError, match="holds the (project's|pipeline's)"):  # the project's folder itself
+        outputs.refuse_protected(paths.ROOT, "--output_dir", {}, "saving")
+
+
+@pytest.mark.parametrize(
+    "name", ["checkpoint/sft", "tensorboard/sft/run/sft.png", "qwen-rude", "metrics.json", "benchmarks/results/x.json"]
+)
+def test_the_projects_working_folders_and_new_names_beside_its_files_stay_writable(name):
+    """Outputs go to checkpoint/ under the working folder, which may be the project's; docs/export.md exports into
+    qwen-rude there, and benchmarks/gpu.sh writes into benchmarks/results."""
+    outputs.refuse_protected(paths.ROOT / name, "--output_dir", {}, "saving")
+
+
+# The stages' default folders: a dataset kept inside the one the run saves into (the save replaces the folder whole).
+DATASET_IN_OUTPUT = {"train_sft.py": paths.SFT_DIR, "train_rm.py": paths.RM_DIR} | {
+    script: default for default, script, flags in paths.POLICIES.values() if not flags and script != "train_sft.py"
+}
+
+
+@pytest.mark.parametrize("script", DATASET_IN_OUTPUT)
+def test_a_stage_refuses_to_save_over_its_own_dataset_before_it_loads_anything(tmp_path, script):
+    """train_sft.py --dataset_name checkpoint/sft/mydata.jsonl deleted the run's data with the old model, exit 0."""
+    folder = DATASET_IN_OUTPUT[script]
+    dataset = folder / "mydata.jsonl"
+    (tmp_path / folder).mkdir(parents=True)
+    shutil.copy(paths.SAMPLE_DATA, tmp_path / dataset)
+    before = snapshot(tmp_path)
+    result = run_main(script, "--tiny", "--dataset_name", dataset, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"--output_dir {folder} holds --dataset_name {dataset}, which this run reads" in result.stderr
+    assert snapshot(tmp_path) == before and not (tmp_path / paths.TINY_BASE_DIR).exists()  # nothing built
 
 
 # ----------------------------------------------------------------------------------------------------------------
