@@ -29,7 +29,7 @@ class Killed(BaseException):
 
 def fake_checkpoint(folder, version: int, architecture="Qwen2ForCausalLM", tensors=("lm_head.weight",)):
     """A checkpoint folder as require_checkpoint sees one: config, weights whose values say `version`, tokenizer."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # a save's staging folder is there already
     (folder / "config.json").write_text(json.dumps({"architectures": [architecture]}))
     save_file({name: torch.full((4,), float(version)) for name in tensors}, folder / "model.safetensors")
     (folder / "tokenizer_config.json").write_text("{}")
@@ -98,14 +98,13 @@ def test_a_save_killed_at_any_step_leaves_one_complete_checkpoint(tmp_path, monk
 def test_a_save_killed_while_writing_keeps_the_previous_checkpoint_and_a_first_save_looks_absent(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "rm", 1)
     with pytest.raises(Killed), checkpoints.staged_save(checkpoint) as staging:
-        staging.mkdir()
         (staging / "config.json").write_text("{}")  # a marker, but the weights never came
         raise Killed
     assert version(checkpoint) == 1
     with pytest.raises(Killed), checkpoints.staged_save(tmp_path / "new") as staging:
         fake_checkpoint(staging, 1)
         raise Killed
-    with pytest.raises(errors.PipelineError, match=r"no model at .*new \(.*new.partial is left from a save that was"):
+    with pytest.raises(errors.PipelineError, match=r"no model at .*new \(.*\.new\.hfppo-partial is left from a save that was"):
         checkpoints.require_checkpoint(tmp_path / "new", "python train_rm.py --tiny --output_dir new")
 
 
