@@ -5,6 +5,7 @@ keep its settings, and the hints a run prints carry the user's flags."""
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -95,6 +96,54 @@ def test_a_save_killed_at_any_step_leaves_one_complete_checkpoint(tmp_path, monk
     assert outcomes.count(1) == 1
 
 
+def periodic_state(folder, settings: dict):
+    """A checkpoint-<step> as a periodic save writes one: a model and the run's settings (written plainly, so that the
+    file-system steps counted are the save's own)."""
+    fake_checkpoint(folder, 1)
+    (folder / resuming.RUN_SETTINGS_FILE).write_text(json.dumps(settings))
+
+
+def count_periodic_save_operations(tmp_path, monkeypatch) -> int:
+    with monkeypatch.context() as patch:
+        count = killed_at(-1, patch)
+        with checkpoints.staged_save(tmp_path / "count" / "ppo" / "checkpoint-4") as staging:
+            periodic_state(staging, {})
+        return next(count)
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False])
+def test_a_run_killed_at_any_step_of_a_periodic_save_resumes_and_keeps_a_complete_state(
+    tmp_path, monkeypatch, capsys, ctrl_c
+):
+    """A kill during the save of checkpoint-4, with checkpoint-2 saved: the run's line after a Ctrl-C names the last
+    complete state (checkpoint-4 once it was written whole, half-swapped or not), and the checks a run makes before
+    training pass for its resume command; after a kill with no line, the next run's checks put checkpoint-4 in place
+    all the same. Nothing of the save's staging is left."""
+    settings = {"learning_rate": 0.1}
+    steps = count_periodic_save_operations(tmp_path, monkeypatch)
+    assert steps >= 3  # the partial folder to ready, the ready one into place, its marker deleted
+    monkeypatch.setattr(sys, "argv", ["train_ppo.py", "--tiny", "--save_steps", "2"])
+    for step in range(steps):
+        output = tmp_path / str(step) / "ppo"
+        monkeypatch.setattr(lifecycle, "_RUN", {"output_dir": output, "start": 0.0, "existed": False})
+        with checkpoints.staged_save(output / "checkpoint-2") as staging:
+            periodic_state(staging, settings)
+        with monkeypatch.context() as patch, pytest.raises(Killed):
+            killed_at(step, patch)
+            with checkpoints.staged_save(output / "checkpoint-4") as staging:
+                periodic_state(staging, settings)
+        last = output / ("checkpoint-2" if step == 0 else "checkpoint-4")  # complete from the first step on
+        if ctrl_c:
+            line = f"the last periodic checkpoint, {last}, resumes it: {lifecycle.resume_command(last)}"
+            assert lifecycle.interrupted_run() == line, step
+        outputs.check_output_dir(output, {})
+        assert checkpoints.periodic_steps(output)[-1] == last, step
+        outputs.check_periodic_checkpoints(output, last, prunes=True)
+        resuming.check_resume(last, settings)
+        assert sorted(p.name for p in output.iterdir()) == ["checkpoint-2", "checkpoint-4"][: 1 + (step > 0)], step
+        assert (last / resuming.RUN_SETTINGS_FILE).is_file() and not (last / checkpoints.STAGING_MARKER).exists()
+
+
 def test_a_save_killed_while_writing_keeps_the_previous_checkpoint_and_a_first_save_looks_absent(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "rm", 1)
     with pytest.raises(Killed), checkpoints.staged_save(checkpoint) as staging:
@@ -104,8 +153,47 @@ def test_a_save_killed_while_writing_keeps_the_previous_checkpoint_and_a_first_s
     with pytest.raises(Killed), checkpoints.staged_save(tmp_path / "new") as staging:
         fake_checkpoint(staging, 1)
         raise Killed
-    with pytest.raises(errors.PipelineError, match=r"no model at .*new \(.*\.new\.hfppo-partial is left from a save that was"):
+    left = r"no model at .*new \(.*\.new\.hfppo-partial is left from a save that was"
+    with pytest.raises(errors.PipelineError, match=left):
         checkpoints.require_checkpoint(tmp_path / "new", "python train_rm.py --tiny --output_dir new")
+
+
+def files_under(folder) -> dict:
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# A user's folders beside a model, named as the staged save's folders were named before (sft.old, sft.ready,
+# sft.partial) or as they are now but without the save's marker: a backup, a copy, another model.
+USERS_FOLDERS = ["sft.old", "sft.ready", "sft.partial", *(f".sft{suffix}" for suffix in checkpoints.STAGING)]
+
+
+@pytest.mark.parametrize("name", USERS_FOLDERS)
+def test_loading_a_model_never_moves_or_deletes_a_users_folder_named_like_a_staging_folder(tmp_path, name):
+    """The reported cases: `cp -a checkpoint/sft checkpoint/sft.old` then loading the model deleted the backup, and a
+    user's checkpoint/dpo.ready replaced the DPO adapter on export."""
+    checkpoint = fake_checkpoint(tmp_path / "sft", 1)
+    fake_checkpoint(tmp_path / name, 2)
+    before = files_under(tmp_path)
+    assert version(checkpoint) == 1
+    checkpoints.finish_interrupted_saves(checkpoint)
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("suffix", checkpoints.STAGING)
+def test_a_staging_name_holding_a_users_folder_stops_the_save_and_the_guard(tmp_path, suffix):
+    """A folder under the save's staging name without its marker is not the save's: the save and the output guard
+    refuse to start, naming it, and it stays as it was."""
+    checkpoint = fake_checkpoint(tmp_path / "sft", 1)
+    users = fake_checkpoint(checkpoints.sibling(checkpoint, suffix), 2)
+    before = files_under(tmp_path)
+    message = f"{users} is in the way: the save into {checkpoint} uses that staging name"
+    with pytest.raises(errors.ArgumentError, match=re.escape(message)):
+        outputs.check_output_dir(checkpoint, {})
+    with pytest.raises(errors.PipelineError, match=re.escape(message)):
+        with checkpoints.staged_save(checkpoint) as staging:
+            fake_checkpoint(staging, 3)
+    assert files_under(tmp_path) == before
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,8 @@ def test_an_interrupted_first_save_does_not_look_complete(tmp_path):
     with pytest.raises(KeyboardInterrupt), checkpoints.staged_save(tmp_path / "rm") as staging:
         (staging / "config.json").write_text("{}")
         raise KeyboardInterrupt
-    with pytest.raises(errors.PipelineError, match=r"\.rm\.hfppo-partial is left from a save that was killed while writing"):
+    left = r"\.rm\.hfppo-partial is left from a save that was killed while writing"
+    with pytest.raises(errors.PipelineError, match=left):
         checkpoints.require_checkpoint(tmp_path / "rm", "python train_rm.py")
 
 
