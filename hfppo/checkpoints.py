@@ -29,6 +29,11 @@ CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokeniz
 PARTIAL, READY, OLD, LOCK = ".hfppo-partial", ".hfppo-ready", ".hfppo-old", ".lock"
 STAGING = (PARTIAL, READY, OLD)
 STAGING_MARKER = ".hfppo-staging"
+# The Trainer writes its periodic checkpoint-<step> in place, not staged: training.MarkPeriodicSaves puts this marker in
+# the folder before the Trainer writes there, and SaveRunSettings removes it after the run's settings, the last file
+# (RUN_SETTINGS_FILE; resuming.py reads it). A folder that still holds it without that file is a save a kill cut short.
+SAVING_MARKER = ".hfppo-saving"
+RUN_SETTINGS_FILE = "run_settings.json"
 PERIODIC_CHECKPOINT = re.compile(r"checkpoint-\d+")  # the Trainer's and train_ppo.py's; kept across a final save
 # The JSON files of a checkpoint that loading it reads (transformers, peft, tokenizers, eval_ppo.py --compare), each a
 # mapping, with the keys this pipeline reads from it: require_checkpoint reads every one present before any library
@@ -87,18 +92,34 @@ def is_clearable(folder: Path, path: Path) -> bool:
         return False
 
 
-def clear_staging(folder: Path) -> None:
-    """Delete a staging folder, its marker last, so that a kill part-way leaves it marked (or empty) and the next
-    load or save deletes the rest."""
+def clear_staging(folder: Path, marker: str = STAGING_MARKER) -> None:
+    """Delete a folder the pipeline marked (a staging folder; a periodic save cut short), its `marker` last, so that
+    a kill part-way leaves it marked (or empty) and the next load or save deletes the rest."""
     for entry in folder.iterdir():
-        if entry.name == STAGING_MARKER:
+        if entry.name == marker:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:
             entry.unlink()
-    (folder / STAGING_MARKER).unlink(missing_ok=True)
+    (folder / marker).unlink(missing_ok=True)
     folder.rmdir()
+
+
+def mark_saving(folder: Path) -> None:
+    """Mark the periodic checkpoint `folder` as being written in place (SAVING_MARKER), creating it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SAVING_MARKER).write_text(folder.name)
+
+
+def saving_cut_short(folder: Path) -> bool:
+    """Whether `folder` is a periodic checkpoint whose in-place save a kill cut short: it holds SAVING_MARKER, naming
+    it, and not the run's settings, the save's last file."""
+    try:
+        marked = (folder / SAVING_MARKER).read_text() == folder.name
+    except (OSError, UnicodeDecodeError):
+        return False
+    return marked and not (folder / RUN_SETTINGS_FILE).is_file()
 
 
 def foreign_staging(path: Path) -> list[Path]:
@@ -341,16 +362,26 @@ def interrupted_saves(folder: Path) -> list[Path]:
                     and is_staging(entry, folder / name)
                 ):
                     found.append(folder / name)
-        found += [entry for entry in periodic_steps(folder) if (entry / STAGING_MARKER).is_file()]
+        found += [
+            entry
+            for entry in periodic_steps(folder)
+            if (entry / STAGING_MARKER).is_file() or (entry / SAVING_MARKER).is_file()
+        ]
     return list(dict.fromkeys(found))
 
 
 def settle_saves(folder: Path) -> list[Path]:
     """Settle every save that `interrupted_saves` finds in `folder`: a complete periodic checkpoint left half-swapped
-    is put in place, a periodic one killed while writing (never complete) is deleted. The caller holds the folder's
+    is put in place, a periodic one killed while writing (never complete: a marked partial folder, or a Trainer's
+    checkpoint-<step> that `saving_cut_short`) is deleted. The caller holds the folder's
     lock (or no run can be writing it). The checkpoints it put in place."""
     recovered = []
     for path in interrupted_saves(folder):
+        if saving_cut_short(path):  # the Trainer's, written in place
+            clear_staging(path, SAVING_MARKER)
+            continue
+        if (path / SAVING_MARKER).is_file():  # complete: stopped before its marker went
+            (path / SAVING_MARKER).unlink()
         if is_staging(sibling(path, READY), path):
             recovered.append(path)
         settle_checkpoint(path)

@@ -26,7 +26,7 @@ RESUMABLE_SETTINGS = re.compile(
     r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
     r"local_rank|num_eval_questions|gradient_checkpointing.*"
 )
-RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
+RUN_SETTINGS_FILE = checkpoints.RUN_SETTINGS_FILE  # in each periodic checkpoint, its last file
 
 
 def run_settings(*configs) -> dict:

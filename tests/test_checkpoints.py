@@ -144,6 +144,53 @@ def test_a_run_killed_at_any_step_of_a_periodic_save_resumes_and_keeps_a_complet
         assert (last / resuming.RUN_SETTINGS_FILE).is_file() and not (last / checkpoints.STAGING_MARKER).exists()
 
 
+# What a kill leaves of a Trainer stage's periodic save of checkpoint-10 (written in place), after checkpoint-5: whether
+# the next run's checks delete it, and with which files.
+TRAINER_LEFTOVERS = {
+    "killed while the Trainer wrote it": ({checkpoints.SAVING_MARKER, "model.safetensors"}, False),
+    "killed after its last file, before its marker went": (
+        {checkpoints.SAVING_MARKER, "model.safetensors", resuming.RUN_SETTINGS_FILE}, True,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TRAINER_LEFTOVERS)
+def test_a_trainer_stage_killed_during_a_periodic_save_resumes_from_its_last_complete_checkpoint(tmp_path, case):
+    """With --save_total_limit a later checkpoint-<step> stops a resume as another run's: one the kill left
+    incomplete is deleted first (it holds the save's marker and not its last file), a complete one kept."""
+    files, complete = TRAINER_LEFTOVERS[case]
+    output = tmp_path / "sft"
+    last = periodic_state_folder(output / "checkpoint-5")
+    cut = output / "checkpoint-10"
+    checkpoints.mark_saving(cut)
+    for name in files - {checkpoints.SAVING_MARKER}:
+        (cut / name).write_text("{}")
+    outputs.check_output_dir(output, {})
+    if complete:
+        assert sorted(p.name for p in cut.iterdir()) == sorted(files - {checkpoints.SAVING_MARKER})
+        return
+    assert not cut.exists()
+    outputs.check_periodic_checkpoints(output, last, prunes=True)
+    resuming.check_resume(last, {})
+
+
+def test_a_users_checkpoint_folder_without_the_saves_marker_is_never_deleted(tmp_path):
+    output = tmp_path / "sft"
+    last = periodic_state_folder(output / "checkpoint-5")
+    users = fake_checkpoint(output / "checkpoint-10", 1)  # no run settings: not this pipeline's periodic save
+    before = files_under(tmp_path)
+    outputs.check_output_dir(output, {})
+    assert files_under(tmp_path) == before
+    with pytest.raises(errors.ArgumentError, match=f"--output_dir {output} holds checkpoint-10"):
+        outputs.check_periodic_checkpoints(output, last, prunes=True)
+    assert users.is_dir()
+
+
+def periodic_state_folder(folder):
+    periodic_state(folder, {})
+    return folder
+
+
 def test_a_save_killed_while_writing_keeps_the_previous_checkpoint_and_a_first_save_looks_absent(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "rm", 1)
     with pytest.raises(Killed), checkpoints.staged_save(checkpoint) as staging:
