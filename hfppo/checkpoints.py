@@ -518,6 +518,21 @@ def is_checkpoint(folder: Path) -> bool:
     )
 
 
+def weight_shapes(path: str | Path) -> dict[str, list[int]]:
+    """{tensor name: shape} of a checkpoint's safetensors files, read from their headers (no weights are loaded)."""
+    shapes = {}
+    for file in Path(path).glob("*.safetensors"):
+        with safe_open(file, "pt") as handle:
+            shapes |= {name: handle.get_slice(name).get_shape() for name in handle.keys()}
+    return shapes
+
+
+def other_files_size(path: str | Path) -> int:
+    """The bytes of the files in a model folder besides its weights: its config and tokenizer, which a save copies."""
+    weights = {f for pattern in CHECKPOINT_FILES["weights"] for f in Path(path).glob(pattern)}
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file() and f not in weights)
+
+
 def save_size(model_path: str | Path) -> int:
     """About the bytes a save of this model takes: twice its weight files on disk, since a bf16 checkpoint trained
     in fp32 (as on a CPU) saves in fp32. 0 for a model not downloaded or built yet."""
