@@ -304,6 +304,13 @@ def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None
         others = [
             entry for entry in others if checkpoints.checkpoint_step(entry) > checkpoints.checkpoint_step(resumed)
         ]
+    if others and finished_run(path, others[-1]):
+        raise errors.ArgumentError(
+            f"--output_dir {output_dir} holds a finished run: its model, saved after its last periodic checkpoint "
+            f"{others[-1].name}. Training into it again would rank this run's periodic checkpoints below that one "
+            "and delete them (--save_total_limit), and resuming from it would redo that run's last updates. Pass "
+            f"another --output_dir, or move {output_dir} away first."
+        )
     if others:
         names = ", ".join(entry.name for entry in others[:5]) + (", ..." if len(others) > 5 else "")
         raise errors.ArgumentError(
@@ -311,6 +318,17 @@ def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None
             "would rank below them and be deleted by --save_total_limit as soon as they are saved. Resume that run "
             f"(--resume_from_checkpoint {others[-1]}), move them away, or pass another --output_dir."
         )
+
+
+def finished_run(folder: Path, last_periodic: Path) -> bool:
+    """Whether `folder` holds a run that finished: a complete model whose marker was written after `last_periodic`
+    (its run's settings, the last file of a periodic save), as a run's final save follows its periodic ones. A model
+    older than the checkpoints is an earlier run's, which a later run stopped before its end."""
+    if checkpoints.checkpoint_problem(folder) is not None:
+        return False
+    saved = max((folder / m).stat().st_mtime for m in checkpoints.CHECKPOINT_MARKERS if (folder / m).is_file())
+    settings = last_periodic / checkpoints.RUN_SETTINGS_FILE
+    return saved >= (settings if settings.is_file() else last_periodic).stat().st_mtime
 
 
 def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import eval_ppo
 import eval_rm
+import train_ppo
 import train_rm
 import train_sft
 from conftest import run_main
@@ -397,6 +398,24 @@ def test_settings_that_change_a_run_are_compared_and_harmless_ones_are_not(tmp_p
         resuming.check_resume(tmp_path, resuming.run_settings(*other))
     with pytest.raises(errors.PipelineError, match="holds no run_settings.json"):
         resuming.check_resume(tmp_path / "elsewhere", settings)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--hacking_length_drop", "0.5"), ("--hacking_length_drop", "1", "--num_eval_questions", "8")],
+    ids=["the alarm's threshold", "and how many questions each evaluation answers"],
+)
+def test_a_resumed_ppo_run_may_change_what_it_only_reports(tmp_path, flags):
+    """The reward-hacking alarm's threshold changes neither data nor optimisation: a resume with another one is
+    accepted, also from a checkpoint saved when it was compared (its run_settings.json holds it)."""
+    saved = resuming.run_settings(*cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny"]))
+    now = resuming.run_settings(*cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *flags]))
+    assert "hacking_length_drop" not in saved and "seed" in saved
+    resuming.write_run_settings(tmp_path, saved | {"hacking_length_drop": 0.3})  # as saved before
+    resuming.check_resume(tmp_path, now)
+    other = cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *flags, "--kl_coef", "0.1"])
+    with pytest.raises(errors.PipelineError, match=r"other settings \(--kl_coef 0.05 now 0.1\)"):
+        resuming.check_resume(tmp_path, resuming.run_settings(*other))
 
 
 def test_sft_resumes_with_its_own_settings_and_refuses_others(tiny_base, tmp_path):
