@@ -392,15 +392,17 @@ def settle_saves(folder: Path) -> list[Path]:
 
 def finish_interrupted_saves(folder: Path) -> None:
     """`settle_saves` on `folder`, unless a run holds its lock (it is saving there now). Touches nothing where no save
-    was interrupted."""
-    if not interrupted_saves(folder):
-        return
-    lock = try_lock(folder)
-    if lock is not None:
-        try:
-            settle_saves(folder)
-        finally:
-            lock.close()
+    was interrupted. Under several processes the main one settles, and the others wait for it (so that none checks
+    the folder half-settled)."""
+    state = PartialState()
+    if state.is_main_process and interrupted_saves(folder):
+        lock = try_lock(folder)
+        if lock is not None:
+            try:
+                settle_saves(folder)
+            finally:
+                lock.close()
+    state.wait_for_everyone()
 
 
 def require_checkpoint(path: str | Path, command: str, role: str | None = None) -> Path:
