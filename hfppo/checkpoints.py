@@ -274,6 +274,7 @@ def staged_save(path: str | Path) -> Iterator[Path]:
     state = PartialState()
     if state.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
+        settle_saves(path)  # and its periodic checkpoints', which the swap carries into the new folder
         settle_checkpoint(path)
         foreign = foreign_staging(path)
         if foreign:

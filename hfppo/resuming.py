@@ -55,6 +55,7 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
     file (no-op without one)."""
     if checkpoint is None:
         return
+    checkpoints.finish_interrupted_save(Path(checkpoint))  # a periodic save killed during its swap: put in place
     file = Path(checkpoint) / RUN_SETTINGS_FILE
     if not file.is_file():
         raise errors.PipelineError(

@@ -22,7 +22,7 @@ import train_ppo
 import train_rm
 import train_sft
 from conftest import run_main
-from hfppo import checkpoints, cli, errors, hints, lifecycle, outputs, paths, resuming
+from hfppo import checkpoints, cli, errors, hints, lifecycle, outputs, paths, resuming, training
 
 
 class Killed(BaseException):
@@ -173,6 +173,30 @@ def test_a_trainer_stage_killed_during_a_periodic_save_resumes_from_its_last_com
     assert not cut.exists()
     outputs.check_periodic_checkpoints(output, last, prunes=True)
     resuming.check_resume(last, {})
+
+
+def test_a_trainer_stages_periodic_save_is_marked_until_its_last_file(tmp_path):
+    """The marker goes into checkpoint-<step> when the Trainer decides to save (before it writes there), and out
+    with the run's settings, the save's last file; a step that saves nothing marks nothing."""
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    state = SimpleNamespace(global_step=5, is_world_process_zero=True)
+    training.MarkPeriodicSaves().on_step_end(args, SimpleNamespace(global_step=4), SimpleNamespace(should_save=False))
+    training.MarkPeriodicSaves().on_step_end(args, state, SimpleNamespace(should_save=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-5"]
+    assert checkpoints.saving_cut_short(tmp_path / "checkpoint-5")
+    training.SaveRunSettings({"seed": 1}).on_save(args, state, SimpleNamespace())
+    assert sorted(p.name for p in (tmp_path / "checkpoint-5").iterdir()) == [resuming.RUN_SETTINGS_FILE]
+
+
+def test_resuming_from_a_periodic_checkpoint_left_half_swapped_puts_it_in_place(tmp_path):
+    checkpoint = tmp_path / "ppo" / "checkpoint-4"
+    ready = checkpoints.sibling(checkpoint, checkpoints.READY)
+    periodic_state(ready, {"seed": 1})
+    checkpoints.mark_staging(ready, checkpoint)
+    resuming.check_resume(checkpoint, {"seed": 1})
+    assert not ready.exists() and sorted(p.name for p in checkpoint.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "tokenizer_config.json", resuming.RUN_SETTINGS_FILE]
+    )
 
 
 def test_a_users_checkpoint_folder_without_the_saves_marker_is_never_deleted(tmp_path):
@@ -424,6 +448,7 @@ def test_sft_resumes_with_its_own_settings_and_refuses_others(tiny_base, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / paths.SFT_DIR / "checkpoint-3"
     assert json.loads((checkpoint / resuming.RUN_SETTINGS_FILE).read_text())["max_steps"] == 6
+    assert not (checkpoint / checkpoints.SAVING_MARKER).exists()  # complete: its marker went with its last file
     refused = run_main(
         "train_sft.py", *base, "--resume_from_checkpoint", checkpoint, "--learning_rate", 1e-4, cwd=tmp_path
     )
