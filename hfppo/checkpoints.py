@@ -274,8 +274,8 @@ def staged_save(path: str | Path) -> Iterator[Path]:
     state = PartialState()
     if state.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
-        settle_saves(path)  # and its periodic checkpoints', which the swap carries into the new folder
-        settle_checkpoint(path)
+        settle_saves(path)  # its periodic checkpoints' too, which the swap carries into the new folder
+        settle_checkpoint(path)  # and an empty old folder, what a kill leaves of one deleted
         foreign = foreign_staging(path)
         if foreign:
             raise errors.PipelineError(in_the_way(path, foreign))
@@ -371,24 +371,19 @@ def interrupted_saves(folder: Path) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def settle_saves(folder: Path) -> list[Path]:
+def settle_saves(folder: Path) -> None:
     """Settle every save that `interrupted_saves` finds in `folder`: a complete periodic checkpoint left half-swapped
     is put in place, a periodic one killed while writing (never complete: a marked partial folder, or a Trainer's
-    checkpoint-<step> that `saving_cut_short`) is deleted. The caller holds the folder's
-    lock (or no run can be writing it). The checkpoints it put in place."""
-    recovered = []
+    checkpoint-<step> that `saving_cut_short`) is deleted. The caller holds the folder's lock, or no run writes it."""
     for path in interrupted_saves(folder):
         if saving_cut_short(path):  # the Trainer's, written in place
             clear_staging(path, SAVING_MARKER)
             continue
         if (path / SAVING_MARKER).is_file():  # complete: stopped before its marker went
             (path / SAVING_MARKER).unlink()
-        if is_staging(sibling(path, READY), path):
-            recovered.append(path)
         settle_checkpoint(path)
         if path != folder and is_staging(sibling(path, PARTIAL), path):
             clear_staging(sibling(path, PARTIAL))
-    return recovered
 
 
 def finish_interrupted_saves(folder: Path) -> None:
