@@ -886,3 +886,8 @@ def test_the_room_check_counts_what_a_periodic_save_writes(tmp_path):
     written = sum(file.stat().st_size for file in saved.rglob("*") if file.is_file())
     estimate = train_ppo.periodic_save_bytes(inputs, config)
     assert written * 0.9 <= estimate <= written * 1.1, (estimate, written)
+    # Ten updates saved every two: periodic saves after updates 2, 4, 6 and 8 (the tenth is the final save).
+    final = train_ppo.final_save_bytes(inputs, config)
+    for limit, start, held in [(1, 0, 2), (0, 0, 4), (0, 4, 2), (3, 6, 1)]:
+        config = train_ppo.PPOConfig(lora_r=4, save_steps=2, save_total_limit=limit)
+        assert train_ppo.run_save_bytes(inputs, config, 10, start) == held * estimate + final, (limit, start)
