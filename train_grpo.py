@@ -208,6 +208,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
     )
     trainer.add_callback(training.SaveRunSettings(settings))
     trainer.add_callback(training.StopOnDivergence())
+    trainer.add_callback(training.MarkPeriodicSaves())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     # Answers sampled per second, as train_ppo.py's (the Trainer's train_samples_per_second counts questions): each
     # optimizer step trains on a batch of answers, and each answer is trained on num_iterations times.

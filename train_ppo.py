@@ -668,6 +668,46 @@ def save_checkpoint(
                 resuming.write_run_settings(staging, settings)
 
 
+ADAM_MOMENTS = 2  # AdamW's state per trained parameter: its two moment estimates, in fp32
+
+
+def periodic_save_bytes(inputs: "Inputs", config: "PPOConfig") -> int:
+    """About the bytes of one periodic checkpoint (save_checkpoint with a training state), derived from the models'
+    weight headers before any loads: accelerate's state holds every weight of PolicyAndValue (the policy, its adapter
+    and the critic, in fp32 as load_models loads them) and AdamW's moments of each trained one (the adapter's and
+    the critic's); beside it, the adapter and the critic again (`final_save_bytes`). Under DeepSpeed its fp32 master
+    weights add about one more copy of the trained ones."""
+    trained = trained_parameters(inputs, config)
+    policy = sum(math.prod(shape) for shape in checkpoints.weight_shapes(inputs.policy).values())
+    fp32 = torch.float32.itemsize
+    return fp32 * (policy + trained) + ADAM_MOMENTS * fp32 * trained + final_save_bytes(inputs, config)
+
+
+def final_save_bytes(inputs: "Inputs", config: "PPOConfig") -> int:
+    """About the bytes of the adapter and the critic in fp32, each with a copy of the policy folder's other files
+    (config and tokenizer): the final save, and a periodic one's model part."""
+    fp32 = torch.float32.itemsize
+    return fp32 * trained_parameters(inputs, config) + 2 * checkpoints.other_files_size(inputs.policy)
+
+
+def trained_parameters(inputs: "Inputs", config: "PPOConfig") -> int:
+    """The parameters PPO trains: the policy's adapter (from the starting point's shapes) and the critic (the value
+    model's weights but its unused LM head; its new score head, one row, is left out)."""
+    policy = checkpoints.weight_shapes(inputs.policy)
+    critic = {name: shape for name, shape in checkpoints.weight_shapes(inputs.value).items() if "lm_head" not in name}
+    adapter = lora.adapter_parameters(policy, config.lora_target_modules, config.lora_r)
+    return adapter + sum(math.prod(shape) for shape in critic.values())
+
+
+def run_save_bytes(inputs: "Inputs", config: "PPOConfig", num_updates: int, start_update: int) -> int:
+    """About the bytes this run's saves hold at once on the output folder's disk: the periodic checkpoints it writes
+    from `start_update` on, at most --save_total_limit + 1 at once (a new one is written before the oldest goes), and
+    the final save."""
+    saves = (num_updates - 1) // config.save_steps - start_update // config.save_steps if config.save_steps else 0
+    held = min(saves, config.save_total_limit + 1) if config.save_total_limit else saves
+    return held * periodic_save_bytes(inputs, config) + final_save_bytes(inputs, config)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Set-up: the phases of main before the update loop
 
@@ -1023,7 +1063,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     outputs.check_output_dir(
         config.output_dir,
         {flag: getattr(script_args, flag) for flag in input_flags},
-        checkpoints.save_size(script_args.value_model_path),
+        0,  # the room the run's saves need is checked once the models and the updates are known (run_save_bytes)
         "train_ppo.py",
     )
     prunes = config.save_steps > 0 and config.save_total_limit > 0
@@ -1047,6 +1087,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         accept, rng_keys = script_args.resume_resets_state, resuming.RNG_KEYS["accelerate"]
         left_out = resuming.check_training_state(state_dir, files, accept, rng_keys)
     inputs = check_inputs(script_args, held_out, config.output_dir, own_reward=reward_fn is not None)
+    outputs.check_room(config.output_dir, run_save_bytes(inputs, config, num_updates, start_update))
     lifecycle.lock_output_dir(config.output_dir)
 
     # Models, optimizer, schedule.

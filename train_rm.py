@@ -153,6 +153,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
     )
     trainer.add_callback(training.SaveRunSettings(settings))
     trainer.add_callback(training.StopOnDivergence())
+    trainer.add_callback(training.MarkPeriodicSaves())
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     outputs.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 

@@ -19,11 +19,21 @@ from hfppo import errors, paths
 # A checkpoint is complete when its marker (config.json; adapter_config.json for a LoRA adapter) sits beside these.
 CHECKPOINT_MARKERS = ("config.json", "adapter_config.json")
 CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokenizer": ("tokenizer_config.json",)}
-# A save writes <folder>.partial, renames it <folder>.ready once every file is written (one atomic step), then swaps:
-# <folder> -> <folder>.old, <folder>.ready -> <folder>, and deletes <folder>.old. Killed at any instant, it leaves one
-# complete checkpoint, <folder> or <folder>.ready, and the next load or save finishes the swap (`settle_checkpoint`).
-# .<folder>.lock, beside it, is held by the run that writes the folder.
-PARTIAL, READY, OLD, LOCK = ".partial", ".ready", ".old", ".lock"
+# A save writes .<folder>.hfppo-partial beside <folder>, renames it .<folder>.hfppo-ready once every file is written
+# (one atomic step), then swaps: <folder> -> .<folder>.hfppo-old, the ready one -> <folder>, and deletes the old one.
+# Killed at any instant, it leaves one complete checkpoint, <folder> or the ready one, and the next load or save
+# finishes the swap (`settle_checkpoint`). Hidden names no user would choose, on the same disk as <folder> (so that the
+# renames are atomic); and each such folder holds STAGING_MARKER, which names the folder it stages: recovery moves or
+# deletes only folders that carry it, never a user's folder of a similar name. .<folder>.lock, beside it, is held by
+# the run that writes the folder.
+PARTIAL, READY, OLD, LOCK = ".hfppo-partial", ".hfppo-ready", ".hfppo-old", ".lock"
+STAGING = (PARTIAL, READY, OLD)
+STAGING_MARKER = ".hfppo-staging"
+# The Trainer writes its periodic checkpoint-<step> in place, not staged: training.MarkPeriodicSaves puts this marker in
+# the folder before the Trainer writes there, and SaveRunSettings removes it after the run's settings, the last file
+# (RUN_SETTINGS_FILE; resuming.py reads it). A folder that still holds it without that file is a save a kill cut short.
+SAVING_MARKER = ".hfppo-saving"
+RUN_SETTINGS_FILE = "run_settings.json"
 PERIODIC_CHECKPOINT = re.compile(r"checkpoint-\d+")  # the Trainer's and train_ppo.py's; kept across a final save
 # The JSON files of a checkpoint that loading it reads (transformers, peft, tokenizers, eval_ppo.py --compare), each a
 # mapping, with the keys this pipeline reads from it: require_checkpoint reads every one present before any library
@@ -53,7 +63,83 @@ SCORE_HEAD = "score.weight"
 
 
 def sibling(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
+    """The pipeline's own name beside `path` for `suffix` (a staging folder of STAGING, the LOCK file): hidden."""
+    return path.with_name(f".{path.name}{suffix}")
+
+
+def mark_staging(folder: Path, path: Path) -> None:
+    """Mark `folder` as the pipeline's staging folder of a save into `path` (see is_staging)."""
+    (folder / STAGING_MARKER).write_text(path.name)
+
+
+def is_staging(folder: Path, path: Path) -> bool:
+    """Whether `folder` is a staging folder that a save into `path` made: a folder (not a link) that holds its
+    marker, naming `path`. Nothing else is ever moved or deleted by recovery."""
+    try:
+        return not folder.is_symlink() and (folder / STAGING_MARKER).read_text() == path.name
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def is_clearable(folder: Path, path: Path) -> bool:
+    """Whether the save into `path` may delete `folder`: its own staging folder, or an empty folder (what deleting a
+    staging folder leaves when killed after its marker went; deleting it loses nothing)."""
+    if is_staging(folder, path):
+        return True
+    try:
+        return folder.is_dir() and not folder.is_symlink() and not any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def clear_staging(folder: Path, marker: str = STAGING_MARKER) -> None:
+    """Delete a folder the pipeline marked (a staging folder; a periodic save cut short), its `marker` last, so that
+    a kill part-way leaves it marked (or empty) and the next load or save deletes the rest."""
+    for entry in folder.iterdir():
+        if entry.name == marker:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (folder / marker).unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def mark_saving(folder: Path) -> None:
+    """Mark the periodic checkpoint `folder` as being written in place (SAVING_MARKER), creating it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SAVING_MARKER).write_text(folder.name)
+
+
+def saving_cut_short(folder: Path) -> bool:
+    """Whether `folder` is a periodic checkpoint whose in-place save a kill cut short: it holds SAVING_MARKER, naming
+    it, and not the run's settings, the save's last file."""
+    try:
+        marked = (folder / SAVING_MARKER).read_text() == folder.name
+    except (OSError, UnicodeDecodeError):
+        return False
+    return marked and not (folder / RUN_SETTINGS_FILE).is_file()
+
+
+def foreign_staging(path: Path) -> list[Path]:
+    """The staging names beside `path` (STAGING) that hold something the pipeline did not write there: a file, a
+    link, a folder without its marker. A save into `path` would need those names, so it refuses to start."""
+    return [
+        name
+        for name in (sibling(path, suffix) for suffix in STAGING)
+        if (name.exists() or name.is_symlink()) and not is_clearable(name, path)
+    ]
+
+
+def in_the_way(path: Path, names: list[Path]) -> str:
+    """Why a save into `path` cannot use its staging `names` (foreign_staging), and what to do."""
+    listed = " and ".join(str(name) for name in names)
+    return (
+        f"{listed} is in the way: the save into {path} uses that staging name for its own folder, and something this "
+        "pipeline did not write is there (a file, a link, or a folder without the save's marker). Move it away, "
+        "then run again."
+    )
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -146,32 +232,40 @@ def weight_names(path: Path) -> set[str]:
 
 
 def settle_checkpoint(path: Path) -> None:
-    """Finish a save that was killed before it swapped its complete new checkpoint (<path>.ready) into place, and
-    clear what a finished swap left (<path>.old). Each step repeats safely, so a kill here is settled next time."""
+    """Finish a save that was killed before it swapped its complete new checkpoint (its ready folder) into place, and
+    clear what a finished swap left (the old folder, the marker inside <path>). Only the save's own marked folders
+    are moved or deleted (is_staging); each step repeats safely, so a kill here is settled next time."""
     ready, old = sibling(path, READY), sibling(path, OLD)
-    if ready.is_dir():
+    if is_staging(ready, path):
         # Periodic checkpoints (training states to resume from) belong to the run, not to one saved model.
         if path.is_dir():
             for entry in path.iterdir():
                 if PERIODIC_CHECKPOINT.fullmatch(entry.name) and not (ready / entry.name).exists():
                     os.rename(entry, ready / entry.name)
-            if old.exists():
-                shutil.rmtree(old)
+            if old.exists() or old.is_symlink():
+                if not is_clearable(old, path):
+                    raise errors.PipelineError(in_the_way(path, [old]))
+                clear_staging(old)
+            mark_staging(path, path)  # before the rename: the old folder is never unmarked
             os.rename(path, old)
         os.rename(ready, path)
-    elif not path.exists() and old.is_dir():
+    elif not path.exists() and is_staging(old, path):
         os.rename(old, path)
-    if old.exists():
-        shutil.rmtree(old)
+    if is_clearable(old, path):
+        clear_staging(old)
+    if (path / STAGING_MARKER).is_file():  # a folder renamed into place keeps none
+        (path / STAGING_MARKER).unlink()
 
 
 @contextmanager
 def staged_save(path: str | Path) -> Iterator[Path]:
-    """Save a checkpoint into <path>.partial, then swap it in (see `settle_checkpoint`).
+    """Save a checkpoint into its partial folder (marked, and present when the block starts), then swap it in (see
+    `settle_checkpoint`).
 
-    The folder is whole or absent at every instant: <path>.partial is never read; once written it becomes
-    <path>.ready in one rename, which is complete by construction; the swap renames folders only. So a kill at any
-    point leaves the previous checkpoint or the new one complete, and the next load or save settles which.
+    The folder is whole or absent at every instant: the partial folder is never read; once written it becomes the
+    ready folder in one rename, which is complete by construction; the swap renames folders only. So a kill at any
+    point leaves the previous checkpoint or the new one complete, and the next load or save settles which. A staging
+    name that holds something the pipeline did not write stops the save before it writes (foreign_staging).
     Under several processes every one enters the block (DeepSpeed and FSDP gather weights there, and each process
     saves its own random state); the main process clears the staging folder before and swaps it in after.
     """
@@ -180,9 +274,15 @@ def staged_save(path: str | Path) -> Iterator[Path]:
     state = PartialState()
     if state.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
-        settle_checkpoint(path)
+        settle_saves(path)  # its periodic checkpoints' too, which the swap carries into the new folder
+        settle_checkpoint(path)  # and an empty old folder, what a kill leaves of one deleted
+        foreign = foreign_staging(path)
+        if foreign:
+            raise errors.PipelineError(in_the_way(path, foreign))
         if staging.exists():
-            shutil.rmtree(staging)  # a save killed while writing: never complete
+            clear_staging(staging)  # a save killed while writing: never complete
+        staging.mkdir()
+        mark_staging(staging, path)
     state.wait_for_everyone()
     try:
         yield staging
@@ -224,14 +324,81 @@ def checkpoint_step(folder: Path) -> int:
     return int(folder.name.split("-")[1])
 
 
+def interrupted(path: Path) -> bool:
+    """Whether a save into `path` was cut short before it finished its swap: its marked ready or old folder is left,
+    or the marker inside `path`."""
+    return any(is_staging(sibling(path, suffix), path) for suffix in (READY, OLD)) or (path / STAGING_MARKER).is_file()
+
+
+def writer_locks(path: Path) -> list[Path]:
+    """The folders whose lock a run writing `path` holds: `path`, and for a periodic checkpoint its run's folder."""
+    return [path, path.parent] if PERIODIC_CHECKPOINT.fullmatch(path.name) else [path]
+
+
 def finish_interrupted_save(path: Path) -> None:
-    """Complete the swap of a save that was cut short at `path` (its <folder>.ready or <folder>.old is left), unless a
-    run is saving there now (it holds the folder's lock)."""
-    if sibling(path, READY).exists() or sibling(path, OLD).exists():
-        lock = try_lock(path)
-        if lock is not None:  # no run is saving here now
+    """Complete the swap of a save that was cut short at `path` (`interrupted`), unless a run is saving there now (it
+    holds the folder's lock, or for a periodic checkpoint its run folder's)."""
+    if not interrupted(path):
+        return
+    locks = [try_lock(folder) for folder in writer_locks(path)]
+    try:
+        if all(lock is not None for lock in locks):  # no run is saving here now
             settle_checkpoint(path)
+    finally:
+        for lock in filter(None, locks):
             lock.close()
+
+
+def interrupted_saves(folder: Path) -> list[Path]:
+    """What saves into `folder` and into its periodic checkpoints left when killed, to settle: `folder` itself where
+    `interrupted`, each checkpoint-<step> that is, and the marked partial folders of periodic checkpoints."""
+    found = [folder] if interrupted(folder) else []
+    if folder.is_dir() and not folder.is_symlink():
+        for entry in folder.iterdir():
+            for suffix in STAGING:
+                name = entry.name.removeprefix(".").removesuffix(suffix)
+                if (
+                    entry.name == f".{name}{suffix}"
+                    and PERIODIC_CHECKPOINT.fullmatch(name)
+                    and is_staging(entry, folder / name)
+                ):
+                    found.append(folder / name)
+        found += [
+            entry
+            for entry in periodic_steps(folder)
+            if (entry / STAGING_MARKER).is_file() or (entry / SAVING_MARKER).is_file()
+        ]
+    return list(dict.fromkeys(found))
+
+
+def settle_saves(folder: Path) -> None:
+    """Settle every save that `interrupted_saves` finds in `folder`: a complete periodic checkpoint left half-swapped
+    is put in place, a periodic one killed while writing (never complete: a marked partial folder, or a Trainer's
+    checkpoint-<step> that `saving_cut_short`) is deleted. The caller holds the folder's lock, or no run writes it."""
+    for path in interrupted_saves(folder):
+        if saving_cut_short(path):  # the Trainer's, written in place
+            clear_staging(path, SAVING_MARKER)
+            continue
+        if (path / SAVING_MARKER).is_file():  # complete: stopped before its marker went
+            (path / SAVING_MARKER).unlink()
+        settle_checkpoint(path)
+        if path != folder and is_staging(sibling(path, PARTIAL), path):
+            clear_staging(sibling(path, PARTIAL))
+
+
+def finish_interrupted_saves(folder: Path) -> None:
+    """`settle_saves` on `folder`, unless a run holds its lock (it is saving there now). Touches nothing where no save
+    was interrupted. Under several processes the main one settles, and the others wait for it (so that none checks
+    the folder half-settled)."""
+    state = PartialState()
+    if state.is_main_process and interrupted_saves(folder):
+        lock = try_lock(folder)
+        if lock is not None:
+            try:
+                settle_saves(folder)
+            finally:
+                lock.close()
+    state.wait_for_everyone()
 
 
 def require_checkpoint(path: str | Path, command: str, role: str | None = None) -> Path:
@@ -243,9 +410,9 @@ def require_checkpoint(path: str | Path, command: str, role: str | None = None) 
     problem = checkpoint_problem(path)
     if problem == "no model":
         partial = sibling(path, PARTIAL)
-        interrupted = f" ({partial} is left from a save that was killed while writing, and is incomplete)"
+        left = f" ({partial} is left from a save that was killed while writing, and is incomplete)"
         raise errors.PipelineError(
-            f"no model at {path}{interrupted if partial.exists() else ''}. Make it first: {command}"
+            f"no model at {path}{left if is_staging(partial, path) else ''}. Make it first: {command}"
         )
     if problem:
         raise errors.PipelineError(
@@ -308,7 +475,7 @@ def model_kind(path: str | Path) -> str | None:
 def try_lock(path: Path):
     """An exclusive lock on the output folder `path` (a file beside it, since the folder itself is swapped), or None
     if another process holds it. The operating system releases it when the process ends, however it ends."""
-    lock_file = sibling(path.parent / f".{path.name}", LOCK)
+    lock_file = sibling(path, LOCK)
     try:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         handle = lock_file.open("a+")
@@ -329,7 +496,7 @@ def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
     lock = try_lock(path)
     if lock is None:
         try:
-            lock = sibling(path.parent / f".{path.name}", LOCK).open("a+")
+            lock = sibling(path, LOCK).open("a+")
         except OSError:
             lock = None
         else:
@@ -347,6 +514,21 @@ def is_checkpoint(folder: Path) -> bool:
     return any((folder / marker).is_file() for marker in CHECKPOINT_MARKERS) and any(
         any(folder.glob(pattern)) for patterns in CHECKPOINT_FILES.values() for pattern in patterns
     )
+
+
+def weight_shapes(path: str | Path) -> dict[str, list[int]]:
+    """{tensor name: shape} of a checkpoint's safetensors files, read from their headers (no weights are loaded)."""
+    shapes = {}
+    for file in Path(path).glob("*.safetensors"):
+        with safe_open(file, "pt") as handle:
+            shapes |= {name: handle.get_slice(name).get_shape() for name in handle.keys()}
+    return shapes
+
+
+def other_files_size(path: str | Path) -> int:
+    """The bytes of the files in a model folder besides its weights: its config and tokenizer, which a save copies."""
+    weights = {f for pattern in CHECKPOINT_FILES["weights"] for f in Path(path).glob(pattern)}
+    return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file() and f not in weights)
 
 
 def save_size(model_path: str | Path) -> int:

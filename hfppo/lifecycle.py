@@ -54,7 +54,7 @@ def lock_output_dir(output_dir: str | Path) -> None:
     lock = checkpoints.try_lock(path)
     if lock is None:
         owner = (
-            checkpoints.sibling(path.parent / f".{path.name}", checkpoints.LOCK).read_text().strip()
+            checkpoints.sibling(path, checkpoints.LOCK).read_text().strip()
             or "another process"
         )
         raise errors.PipelineError(
@@ -78,9 +78,9 @@ def interrupted_run() -> str:
         return "nothing was saved."
     output, start = _RUN["output_dir"], _RUN["start"]
     try:
-        # A final save stopped during its swap: its complete model is then in place.
-        checkpoints.settle_checkpoint(output)
-    except OSError:
+        # A save stopped during its swap, final or periodic: its complete checkpoint is then in place.
+        checkpoints.settle_saves(output)
+    except (OSError, errors.PipelineError):
         pass  # what is left is settled by the next load or save, as after a kill
 
     def this_run(file: Path) -> bool:

@@ -39,3 +39,24 @@ def check_target_modules(model: torch.nn.Module, targets: str | list[str] | None
             f"where the flag says. Its linear layers are {errors.join_names(list(linear))}: name some of them (the "
             f"default is {' '.join(LORA_TARGET_MODULES)})."
         )
+
+
+def adapter_parameters(shapes: dict[str, list[int]], targets: str | list[str] | None, rank: int) -> int:
+    """The parameters of a LoRA adapter of `rank` on the model whose weights have `shapes` ({name: shape}, as in its
+    safetensors headers): r x (inputs + outputs) for each linear layer `targets` names, by the rule of
+    check_target_modules. Unset or all-linear: every linear layer but the embeddings' (an upper bound of PEFT's
+    default per architecture)."""
+    layers = {name.removesuffix(".weight"): shape for name, shape in shapes.items() if name.endswith(".weight")}
+    linear = {path: shape for path, shape in layers.items() if len(shape) == 2}
+    if targets is None or targets == "all-linear":
+        chosen = [shape for path, shape in linear.items() if not path.endswith(("embed_tokens", "lm_head"))]
+    elif isinstance(targets, str):
+        chosen = [shape for path, shape in linear.items() if re.fullmatch(targets, path)]
+    else:
+        chosen = [
+            shape
+            for path, shape in linear.items()
+            if any(path == name or path.endswith(f".{name}") for name in targets)
+        ]
+    return sum(rank * (outputs + inputs) for outputs, inputs in chosen)
+

@@ -101,17 +101,20 @@ def check_output_dir(
     script: str | None = None,
     use_peft: bool | None = None,
 ) -> None:
-    """Before anything loads, and without writing anything: refuse an output folder that is, holds or sits inside one
-    of the run's `inputs` ({flag: path}, its models and data), the project's files, a model folder of the pipeline
-    other than the running `script`'s own (MODEL_AREAS) or the TensorBoard runs, that sits inside a checkpoint, that
-    is a file or a link (the save swaps folders by renaming), that holds files other than a checkpoint (a save
-    replaces the whole folder) or a model of another kind than `script` writes with its `use_peft` (hints.writes);
-    check that it can be written and has room for `needed_bytes`. No `script`: every model folder is refused."""
+    """Before anything loads: refuse an output folder that is, holds or sits inside one of the run's `inputs` ({flag:
+    path}, its models and data), the project's files, a model folder of the pipeline other than the running `script`'s
+    own (MODEL_AREAS) or the TensorBoard runs, that sits inside a checkpoint, that is a file or a link (the save swaps
+    folders by renaming), that holds files other than a checkpoint (a save replaces the whole folder) or a model of
+    another kind than `script` writes with its `use_peft` (hints.writes); check that it can be written and has room
+    for `needed_bytes`. No `script`: every model folder is refused. The one change it makes: saves into the folder
+    that a kill cut short are settled first (checkpoints.finish_interrupted_saves), as every load and save does, so
+    that a run resumed after a kill during a periodic save finds its checkpoints in place."""
     path = Path(output_dir)
     areas = [area for area in OUTPUT_DIR_AREAS if script is None or area.writer != script]
     refuse_protected(path, "--output_dir", inputs, "saving", areas)
     refuse_unswappable(path)
     refuse_inside_checkpoint(output_dir)
+    checkpoints.finish_interrupted_saves(path)
     refuse_other_files(output_dir)
     refuse_other_kind(output_dir, hints.writes(script, use_peft) if script else None)
     check_room(output_dir, needed_bytes)
@@ -142,13 +145,18 @@ def refuse_other_kind(output_dir: str | Path, kind: str | None) -> None:
 
 def refuse_other_files(output_dir: str | Path) -> None:
     """An --output_dir holding files that are not a checkpoint (a save replaces the whole folder) is refused: only
-    periodic checkpoints, run locks and, beside those, the Trainer's model card may sit in a folder without a model."""
+    periodic checkpoints, their saves' marked staging folders (a run saving there now holds them), run locks and,
+    beside those, the Trainer's model card may sit in a folder without a model."""
     path = Path(output_dir)
     if path.is_dir() and checkpoints.checkpoint_problem(path) == "no model":
         strangers = sorted(
             e.name
             for e in path.iterdir()
-            if not (checkpoints.PERIODIC_CHECKPOINT.fullmatch(e.name) or e.name.endswith(checkpoints.LOCK))
+            if not (
+                checkpoints.PERIODIC_CHECKPOINT.fullmatch(e.name)
+                or e.name.endswith(checkpoints.LOCK)
+                or (e.name.startswith(".") and e.is_dir() and (e / checkpoints.STAGING_MARKER).is_file())
+            )
         )
         if TRAINER_MODEL_CARD in strangers and any(
             checkpoints.PERIODIC_CHECKPOINT.fullmatch(e.name) for e in path.iterdir()
@@ -263,24 +271,23 @@ def path_relation(where: Path, other: Path) -> str | None:
 
 
 def refuse_unswappable(path: Path) -> None:
-    """An output folder must be a folder, or nothing yet, and so must its save's staging names: the save renames
-    <path>.partial to <path>.ready and swaps it with <path> (see staged_save), which a file there breaks after the
-    training, and which would replace a link, not the folder it points to."""
-    for name in (
-        path,
-        checkpoints.sibling(path, checkpoints.PARTIAL),
-        checkpoints.sibling(path, checkpoints.READY),
-        checkpoints.sibling(path, checkpoints.OLD),
-    ):
-        if name.is_symlink() or (name.exists() and not name.is_dir()):
-            what = f"a link to {os.readlink(name)}" if name.is_symlink() else "a file"
-            subject = "--output_dir" if name == path else f"--output_dir {path}'s staging name"
-            raise errors.ArgumentError(
-                f"{subject} {name} is {what}, not a folder: the save swaps folders by renaming them, so it would "
-                f"{'replace the link, not the folder it points to' if name.is_symlink() else 'fail after training'}. "
-                f"Pass a folder{' (the link target itself)' if name.is_symlink() else ''} as --output_dir, or move "
-                f"{name} away."
-            )
+    """An output folder must be a folder, or nothing yet, and its save's staging names (checkpoints.STAGING, beside
+    it) free or the pipeline's own: the save stages its files there and swaps them with <path> by renaming folders
+    (see staged_save), which a link would replace, not the folder it points to, and which a file, or a user's folder,
+    under a staging name would break after the training."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        what = f"a link to {os.readlink(path)}" if path.is_symlink() else "a file"
+        raise errors.ArgumentError(
+            f"--output_dir {path} is {what}, not a folder: the save swaps folders by renaming them, so it would "
+            f"{'replace the link, not the folder it points to' if path.is_symlink() else 'fail after training'}. "
+            f"Pass a folder{' (the link target itself)' if path.is_symlink() else ''} as --output_dir, or move "
+            f"{path} away."
+        )
+    foreign = checkpoints.foreign_staging(path)
+    if foreign:
+        raise errors.ArgumentError(
+            f"--output_dir {path}: {checkpoints.in_the_way(path, foreign)} Or pass another --output_dir."
+        )
 
 
 def check_writable(where: Path, cannot: str, consequence: str) -> Path:
@@ -367,6 +374,13 @@ def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None
         others = [
             entry for entry in others if checkpoints.checkpoint_step(entry) > checkpoints.checkpoint_step(resumed)
         ]
+    if others and finished_run(path, others[-1]):
+        raise errors.ArgumentError(
+            f"--output_dir {output_dir} holds a finished run: its model, saved after its last periodic checkpoint "
+            f"{others[-1].name}. Training into it again would rank this run's periodic checkpoints below that one "
+            "and delete them (--save_total_limit), and resuming from it would redo that run's last updates. Pass "
+            f"another --output_dir, or move {output_dir} away first."
+        )
     if others:
         names = ", ".join(entry.name for entry in others[:5]) + (", ..." if len(others) > 5 else "")
         raise errors.ArgumentError(
@@ -374,6 +388,17 @@ def check_periodic_checkpoints(output_dir: str | Path, resume: str | Path | None
             "would rank below them and be deleted by --save_total_limit as soon as they are saved. Resume that run "
             f"(--resume_from_checkpoint {others[-1]}), move them away, or pass another --output_dir."
         )
+
+
+def finished_run(folder: Path, last_periodic: Path) -> bool:
+    """Whether `folder` holds a run that finished: a complete model whose marker was written after `last_periodic`
+    (its run's settings, the last file of a periodic save), as a run's final save follows its periodic ones. A model
+    older than the checkpoints is an earlier run's, which a later run stopped before its end."""
+    if checkpoints.checkpoint_problem(folder) is not None:
+        return False
+    saved = max((folder / m).stat().st_mtime for m in checkpoints.CHECKPOINT_MARKERS if (folder / m).is_file())
+    settings = last_periodic / checkpoints.RUN_SETTINGS_FILE
+    return saved >= (settings if settings.is_file() else last_periodic).stat().st_mtime
 
 
 def save_held_out(rows: Dataset, system_prompt: str, folder: Path) -> None:

@@ -26,7 +26,18 @@ RESUMABLE_SETTINGS = re.compile(
     r"per_device_eval_batch_size|push_to_hub|hub_.*|dataloader_num_workers|dataloader_pin_memory|disable_tqdm|tiny|"
     r"local_rank|num_eval_questions|gradient_checkpointing.*"
 )
-RUN_SETTINGS_FILE = "run_settings.json"  # in each periodic checkpoint
+# Settings that decide only what a run reports about itself, never its data or its updates: the reward-hacking alarm's
+# threshold (PPO compares each evaluation's answers with it, after the update), the completions GRPO prints, what the
+# Trainer measures of itself. Named one by one, as the pattern above cannot say this; a resumed run may change them.
+REPORTING_SETTINGS = frozenset(
+    {"hacking_length_drop", "num_completions_to_print", "skip_memory_metrics", "include_num_input_tokens_seen"}
+)
+RUN_SETTINGS_FILE = checkpoints.RUN_SETTINGS_FILE  # in each periodic checkpoint, its last file
+
+
+def resumable(name: str) -> bool:
+    """Whether a resumed run may change the setting `name` (RESUMABLE_SETTINGS, REPORTING_SETTINGS)."""
+    return bool(RESUMABLE_SETTINGS.fullmatch(name)) or name in REPORTING_SETTINGS
 
 
 def run_settings(*configs) -> dict:
@@ -35,7 +46,7 @@ def run_settings(*configs) -> dict:
         f.name: json.loads(json.dumps(getattr(config, f.name), default=str))
         for config in configs
         for f in dataclasses.fields(config)
-        if not RESUMABLE_SETTINGS.fullmatch(f.name)
+        if not resumable(f.name)
     }
 
 
@@ -44,6 +55,7 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
     file (no-op without one)."""
     if checkpoint is None:
         return
+    checkpoints.finish_interrupted_save(Path(checkpoint))  # a periodic save killed during its swap: put in place
     file = Path(checkpoint) / RUN_SETTINGS_FILE
     if not file.is_file():
         raise errors.PipelineError(
@@ -59,7 +71,7 @@ def check_resume(checkpoint: str | Path | None, settings: dict) -> None:
     changed = [
         f"--{key} {saved.get(key)!r} now {settings.get(key)!r}"
         for key in sorted(saved.keys() | settings.keys())
-        if saved.get(key) != settings.get(key)
+        if saved.get(key) != settings.get(key) and not resumable(key)  # saved before it was resumable: no matter
     ]
     if changed:
         raise errors.PipelineError(

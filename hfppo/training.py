@@ -8,20 +8,34 @@ from accelerate.utils import gather_object
 from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hfppo import errors, resuming
+from hfppo import checkpoints, errors, resuming
 
 
 class SaveRunSettings(TrainerCallback):
-    """Writes the run's settings into each checkpoint-<step> the Trainer saves, for `check_resume`."""
+    """Writes the run's settings into each checkpoint-<step> the Trainer saves, for `check_resume`: its last file,
+    after which the save is complete (its MarkPeriodicSaves marker goes)."""
 
     def __init__(self, settings: dict):
         self.settings = settings
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            resuming.write_run_settings(
-                Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", self.settings
-            )
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            resuming.write_run_settings(folder, self.settings)
+            (folder / checkpoints.SAVING_MARKER).unlink(missing_ok=True)
+
+
+class MarkPeriodicSaves(TrainerCallback):
+    """Marks each checkpoint-<step> before the Trainer writes it in place (checkpoints.mark_saving), until
+    SaveRunSettings completes it: a kill in between leaves a marked, incomplete folder, which the next run's output
+    check deletes (checkpoints.settle_saves), so that the command resuming from the last complete one works. Added
+    after StopOnDivergence, so that a run stopped before a save marks nothing."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save and state.is_world_process_zero:
+            checkpoints.mark_saving(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+    on_epoch_end = on_step_end
 
 
 # What a Trainer stage's logs must keep finite. The gradient norm turns NaN at the first step whose loss does, which

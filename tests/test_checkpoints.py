@@ -5,6 +5,7 @@ keep its settings, and the hints a run prints carry the user's flags."""
 import itertools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -17,10 +18,11 @@ from safetensors.torch import load_file, save_file
 
 import eval_ppo
 import eval_rm
+import train_ppo
 import train_rm
 import train_sft
 from conftest import run_main
-from hfppo import checkpoints, cli, errors, hints, lifecycle, outputs, paths, resuming
+from hfppo import checkpoints, cli, errors, hints, lifecycle, outputs, paths, resuming, training
 
 
 class Killed(BaseException):
@@ -29,7 +31,7 @@ class Killed(BaseException):
 
 def fake_checkpoint(folder, version: int, architecture="Qwen2ForCausalLM", tensors=("lm_head.weight",)):
     """A checkpoint folder as require_checkpoint sees one: config, weights whose values say `version`, tokenizer."""
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)  # a save's staging folder is there already
     (folder / "config.json").write_text(json.dumps({"architectures": [architecture]}))
     save_file({name: torch.full((4,), float(version)) for name in tensors}, folder / "model.safetensors")
     (folder / "tokenizer_config.json").write_text("{}")
@@ -95,18 +97,175 @@ def test_a_save_killed_at_any_step_leaves_one_complete_checkpoint(tmp_path, monk
     assert outcomes.count(1) == 1
 
 
+def periodic_state(folder, settings: dict):
+    """A checkpoint-<step> as a periodic save writes one: a model and the run's settings (written plainly, so that the
+    file-system steps counted are the save's own)."""
+    fake_checkpoint(folder, 1)
+    (folder / resuming.RUN_SETTINGS_FILE).write_text(json.dumps(settings))
+
+
+def count_periodic_save_operations(tmp_path, monkeypatch) -> int:
+    with monkeypatch.context() as patch:
+        count = killed_at(-1, patch)
+        with checkpoints.staged_save(tmp_path / "count" / "ppo" / "checkpoint-4") as staging:
+            periodic_state(staging, {})
+        return next(count)
+
+
+@pytest.mark.parametrize("ctrl_c", [True, False])
+def test_a_run_killed_at_any_step_of_a_periodic_save_resumes_and_keeps_a_complete_state(
+    tmp_path, monkeypatch, capsys, ctrl_c
+):
+    """A kill during the save of checkpoint-4, with checkpoint-2 saved: the run's line after a Ctrl-C names the last
+    complete state (checkpoint-4 once it was written whole, half-swapped or not), and the checks a run makes before
+    training pass for its resume command; after a kill with no line, the next run's checks put checkpoint-4 in place
+    all the same. Nothing of the save's staging is left."""
+    settings = {"learning_rate": 0.1}
+    steps = count_periodic_save_operations(tmp_path, monkeypatch)
+    assert steps >= 3  # the partial folder to ready, the ready one into place, its marker deleted
+    monkeypatch.setattr(sys, "argv", ["train_ppo.py", "--tiny", "--save_steps", "2"])
+    for step in range(steps):
+        output = tmp_path / str(step) / "ppo"
+        monkeypatch.setattr(lifecycle, "_RUN", {"output_dir": output, "start": 0.0, "existed": False})
+        with checkpoints.staged_save(output / "checkpoint-2") as staging:
+            periodic_state(staging, settings)
+        with monkeypatch.context() as patch, pytest.raises(Killed):
+            killed_at(step, patch)
+            with checkpoints.staged_save(output / "checkpoint-4") as staging:
+                periodic_state(staging, settings)
+        last = output / ("checkpoint-2" if step == 0 else "checkpoint-4")  # complete from the first step on
+        if ctrl_c:
+            line = f"the last periodic checkpoint, {last}, resumes it: {lifecycle.resume_command(last)}"
+            assert lifecycle.interrupted_run() == line, step
+        outputs.check_output_dir(output, {})
+        assert checkpoints.periodic_steps(output)[-1] == last, step
+        outputs.check_periodic_checkpoints(output, last, prunes=True)
+        resuming.check_resume(last, settings)
+        assert sorted(p.name for p in output.iterdir()) == ["checkpoint-2", "checkpoint-4"][: 1 + (step > 0)], step
+        assert (last / resuming.RUN_SETTINGS_FILE).is_file() and not (last / checkpoints.STAGING_MARKER).exists()
+
+
+# What a kill leaves of a Trainer stage's periodic save of checkpoint-10 (written in place), after checkpoint-5: whether
+# the next run's checks delete it, and with which files.
+TRAINER_LEFTOVERS = {
+    "killed while the Trainer wrote it": ({checkpoints.SAVING_MARKER, "model.safetensors"}, False),
+    "killed after its last file, before its marker went": (
+        {checkpoints.SAVING_MARKER, "model.safetensors", resuming.RUN_SETTINGS_FILE}, True,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", TRAINER_LEFTOVERS)
+def test_a_trainer_stage_killed_during_a_periodic_save_resumes_from_its_last_complete_checkpoint(tmp_path, case):
+    """With --save_total_limit a later checkpoint-<step> stops a resume as another run's: one the kill left
+    incomplete is deleted first (it holds the save's marker and not its last file), a complete one kept."""
+    files, complete = TRAINER_LEFTOVERS[case]
+    output = tmp_path / "sft"
+    last = periodic_state_folder(output / "checkpoint-5")
+    cut = output / "checkpoint-10"
+    checkpoints.mark_saving(cut)
+    for name in files - {checkpoints.SAVING_MARKER}:
+        (cut / name).write_text("{}")
+    outputs.check_output_dir(output, {})
+    if complete:
+        assert sorted(p.name for p in cut.iterdir()) == sorted(files - {checkpoints.SAVING_MARKER})
+        return
+    assert not cut.exists()
+    outputs.check_periodic_checkpoints(output, last, prunes=True)
+    resuming.check_resume(last, {})
+
+
+def test_a_trainer_stages_periodic_save_is_marked_until_its_last_file(tmp_path):
+    """The marker goes into checkpoint-<step> when the Trainer decides to save (before it writes there), and out
+    with the run's settings, the save's last file; a step that saves nothing marks nothing."""
+    args = SimpleNamespace(output_dir=str(tmp_path))
+    state = SimpleNamespace(global_step=5, is_world_process_zero=True)
+    training.MarkPeriodicSaves().on_step_end(args, SimpleNamespace(global_step=4), SimpleNamespace(should_save=False))
+    training.MarkPeriodicSaves().on_step_end(args, state, SimpleNamespace(should_save=True))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-5"]
+    assert checkpoints.saving_cut_short(tmp_path / "checkpoint-5")
+    training.SaveRunSettings({"seed": 1}).on_save(args, state, SimpleNamespace())
+    assert sorted(p.name for p in (tmp_path / "checkpoint-5").iterdir()) == [resuming.RUN_SETTINGS_FILE]
+
+
+def test_resuming_from_a_periodic_checkpoint_left_half_swapped_puts_it_in_place(tmp_path):
+    checkpoint = tmp_path / "ppo" / "checkpoint-4"
+    ready = checkpoints.sibling(checkpoint, checkpoints.READY)
+    periodic_state(ready, {"seed": 1})
+    checkpoints.mark_staging(ready, checkpoint)
+    resuming.check_resume(checkpoint, {"seed": 1})
+    assert not ready.exists() and sorted(p.name for p in checkpoint.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "tokenizer_config.json", resuming.RUN_SETTINGS_FILE]
+    )
+
+
+def test_a_users_checkpoint_folder_without_the_saves_marker_is_never_deleted(tmp_path):
+    output = tmp_path / "sft"
+    last = periodic_state_folder(output / "checkpoint-5")
+    users = fake_checkpoint(output / "checkpoint-10", 1)  # no run settings: not this pipeline's periodic save
+    before = files_under(tmp_path)
+    outputs.check_output_dir(output, {})
+    assert files_under(tmp_path) == before
+    with pytest.raises(errors.ArgumentError, match=f"--output_dir {output} holds checkpoint-10"):
+        outputs.check_periodic_checkpoints(output, last, prunes=True)
+    assert users.is_dir()
+
+
+def periodic_state_folder(folder):
+    periodic_state(folder, {})
+    return folder
+
+
 def test_a_save_killed_while_writing_keeps_the_previous_checkpoint_and_a_first_save_looks_absent(tmp_path):
     checkpoint = fake_checkpoint(tmp_path / "rm", 1)
     with pytest.raises(Killed), checkpoints.staged_save(checkpoint) as staging:
-        staging.mkdir()
         (staging / "config.json").write_text("{}")  # a marker, but the weights never came
         raise Killed
     assert version(checkpoint) == 1
     with pytest.raises(Killed), checkpoints.staged_save(tmp_path / "new") as staging:
         fake_checkpoint(staging, 1)
         raise Killed
-    with pytest.raises(errors.PipelineError, match=r"no model at .*new \(.*new.partial is left from a save that was"):
+    left = r"no model at .*new \(.*\.new\.hfppo-partial is left from a save that was"
+    with pytest.raises(errors.PipelineError, match=left):
         checkpoints.require_checkpoint(tmp_path / "new", "python train_rm.py --tiny --output_dir new")
+
+
+def files_under(folder) -> dict:
+    """{relative path: bytes} of every file under `folder`."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# A user's folders beside a model, named as the staged save's folders were named before (sft.old, sft.ready,
+# sft.partial) or as they are now but without the save's marker: a backup, a copy, another model.
+USERS_FOLDERS = ["sft.old", "sft.ready", "sft.partial", *(f".sft{suffix}" for suffix in checkpoints.STAGING)]
+
+
+@pytest.mark.parametrize("name", USERS_FOLDERS)
+def test_loading_a_model_never_moves_or_deletes_a_users_folder_named_like_a_staging_folder(tmp_path, name):
+    """The reported cases: `cp -a checkpoint/sft checkpoint/sft.old` then loading the model deleted the backup, and a
+    user's checkpoint/dpo.ready replaced the DPO adapter on export."""
+    checkpoint = fake_checkpoint(tmp_path / "sft", 1)
+    fake_checkpoint(tmp_path / name, 2)
+    before = files_under(tmp_path)
+    assert version(checkpoint) == 1
+    checkpoints.finish_interrupted_saves(checkpoint)
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("suffix", checkpoints.STAGING)
+def test_a_staging_name_holding_a_users_folder_stops_the_save_and_the_guard(tmp_path, suffix):
+    """A folder under the save's staging name without its marker is not the save's: the save and the output guard
+    refuse to start, naming it, and it stays as it was."""
+    checkpoint = fake_checkpoint(tmp_path / "sft", 1)
+    users = fake_checkpoint(checkpoints.sibling(checkpoint, suffix), 2)
+    before = files_under(tmp_path)
+    message = f"{users} is in the way: the save into {checkpoint} uses that staging name"
+    with pytest.raises(errors.ArgumentError, match=re.escape(message)):
+        outputs.check_output_dir(checkpoint, {})
+    with pytest.raises(errors.PipelineError, match=re.escape(message)):
+        with checkpoints.staged_save(checkpoint) as staging:
+            fake_checkpoint(staging, 3)
+    assert files_under(tmp_path) == before
 
 
 @pytest.mark.parametrize(
@@ -265,12 +424,31 @@ def test_settings_that_change_a_run_are_compared_and_harmless_ones_are_not(tmp_p
         resuming.check_resume(tmp_path / "elsewhere", settings)
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [("--hacking_length_drop", "0.5"), ("--hacking_length_drop", "1", "--num_eval_questions", "8")],
+    ids=["the alarm's threshold", "and how many questions each evaluation answers"],
+)
+def test_a_resumed_ppo_run_may_change_what_it_only_reports(tmp_path, flags):
+    """The reward-hacking alarm's threshold changes neither data nor optimisation: a resume with another one is
+    accepted, also from a checkpoint saved when it was compared (its run_settings.json holds it)."""
+    saved = resuming.run_settings(*cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny"]))
+    now = resuming.run_settings(*cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *flags]))
+    assert "hacking_length_drop" not in saved and "seed" in saved
+    resuming.write_run_settings(tmp_path, saved | {"hacking_length_drop": 0.3})  # as saved before
+    resuming.check_resume(tmp_path, now)
+    other = cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *flags, "--kl_coef", "0.1"])
+    with pytest.raises(errors.PipelineError, match=r"other settings \(--kl_coef 0.05 now 0.1\)"):
+        resuming.check_resume(tmp_path, resuming.run_settings(*other))
+
+
 def test_sft_resumes_with_its_own_settings_and_refuses_others(tiny_base, tmp_path):
     base = ("--tiny", "--model_name_or_path", tiny_base, "--max_steps", 6, "--save_strategy", "steps")
     result = run_main("train_sft.py", *base, "--save_steps", 3, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = tmp_path / paths.SFT_DIR / "checkpoint-3"
     assert json.loads((checkpoint / resuming.RUN_SETTINGS_FILE).read_text())["max_steps"] == 6
+    assert not (checkpoint / checkpoints.SAVING_MARKER).exists()  # complete: its marker went with its last file
     refused = run_main(
         "train_sft.py", *base, "--resume_from_checkpoint", checkpoint, "--learning_rate", 1e-4, cwd=tmp_path
     )

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -362,7 +363,6 @@ def test_a_save_that_fills_the_disk_keeps_the_previous_checkpoint_and_says_what_
     before = snapshot(path)
     with pytest.raises(errors.PipelineError) as caught:
         with checkpoints.staged_save(path) as staging:
-            staging.mkdir()  # as save_pretrained does
             (staging / "model.safetensors").write_bytes(b"half")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging / "model.safetensors"))
     message = str(caught.value)
@@ -576,6 +576,29 @@ def test_another_runs_periodic_checkpoints_are_named_before_training(tmp_path, p
         with pytest.raises(errors.ArgumentError, match=f"holds {refused}, saved by another run"):
             outputs.check_periodic_checkpoints(out, resume, prunes)
     assert sorted(p.name for p in out.iterdir()) == sorted(present)  # nothing pruned
+
+
+def test_a_finished_runs_folder_is_named_as_finished_not_to_resume(tmp_path):
+    """Rerunning a finished run into its own folder: its model was saved after its last periodic checkpoint, and
+    resuming from that would redo the run's last updates. A model older than the checkpoints is an earlier run's,
+    and the later run that left them is told to resume."""
+    out = fake_checkpoint(tmp_path / "out")  # the final save
+    (out / "checkpoint-15").mkdir()
+    resuming.write_run_settings(out / "checkpoint-15", {})
+    earlier = time.time() - 60  # the periodic save, before the final one
+    os.utime(out / "checkpoint-15" / resuming.RUN_SETTINGS_FILE, (earlier, earlier))
+    with pytest.raises(errors.ArgumentError) as refused:
+        outputs.check_periodic_checkpoints(out, None, prunes=True)
+    assert str(refused.value) == (
+        f"--output_dir {out} holds a finished run: its model, saved after its last periodic checkpoint checkpoint-15. "
+        "Training into it again would rank this run's periodic checkpoints below that one and delete them "
+        "(--save_total_limit), and resuming from it would redo that run's last updates. Pass another --output_dir, "
+        f"or move {out} away first."
+    )
+    later = time.time() + 60  # a later run, stopped after its checkpoint-15: resume it
+    os.utime(out / "checkpoint-15" / resuming.RUN_SETTINGS_FILE, (later, later))
+    with pytest.raises(errors.ArgumentError, match="holds checkpoint-15, saved by another run.* Resume that run"):
+        outputs.check_periodic_checkpoints(out, None, prunes=True)
 
 
 @pytest.mark.parametrize(

@@ -196,6 +196,7 @@ def test_ctrl_c_says_what_the_run_kept_of_its_output_folder(tmp_path, capsys, mo
     # The final save done, its swap stopped half-way: the run's model is put in place and named.
     ready = checkpoints.sibling(output, checkpoints.READY)
     ready.mkdir()
+    checkpoints.mark_staging(ready, output)
     (ready / "config.json").write_text("{}")
     saved = f"\nInterrupted: this run's model was saved to {output} before the interruption.\n"
     assert interrupted(capsys)[1] == saved

@@ -3,9 +3,11 @@ resuming, then train_ppo.py --tiny and eval_ppo.py --compare end to end, and the
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
+from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -844,3 +846,48 @@ def test_saving_over_a_checkpoint_replaces_its_critic_and_keeps_periodic_ones(tm
     assert (checkpoint / train_ppo.VALUE_DIR / "config.json").read_text() == "new"
     assert (checkpoint / "adapter_config.json").read_text() == "new"
     assert (checkpoint / "checkpoint-3").is_dir() and not checkpoints.sibling(checkpoint, checkpoints.PARTIAL).exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The room a run's saves need
+
+
+def test_the_room_check_counts_what_a_periodic_save_writes(tmp_path):
+    """The estimate from the models' weight headers (nothing loaded) against the bytes an actual periodic save
+    writes: the adapter, the critic, accelerate's state with AdamW's moments after a step, and the tokenizer copies.
+    Within a tenth: small files (random states, configs) are the difference, a share that shrinks with the model."""
+    shape = Qwen2Config(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=True,
+    )  # fmt: skip
+    folder = tmp_path / "sft"
+    AutoModelForCausalLM.from_config(shape).save_pretrained(folder)
+    (folder / "tokenizer.json").write_text("{}" * 2000)  # a stand-in the save copies, as a tokenizer's files
+    config = train_ppo.PPOConfig(lora_r=4)
+    inputs = train_ppo.Inputs(str(folder), "the SFT model", "x", str(folder), "x", "", "")
+
+    class Tokenizer:
+        def save_pretrained(self, where):
+            shutil.copy(folder / "tokenizer.json", where)
+
+    policy = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
+        LoraConfig(r=config.lora_r, target_modules=config.lora_target_modules, task_type="CAUSAL_LM"),
+    )
+    model = train_ppo.PolicyAndValue(policy, train_ppo.load_critic(str(folder)))
+    optimizer = train_ppo.make_optimizer(policy, model.critic, config)
+    for parameter in (p for p in model.parameters() if p.requires_grad):
+        parameter.grad = torch.ones_like(parameter)
+    optimizer.step()  # AdamW's moments exist from the first step
+    accelerator = Accelerator()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    saved = tmp_path / "ppo" / "checkpoint-1"
+    train_ppo.save_checkpoint(saved, accelerator, model, Tokenizer(), progress={"update": 1}, settings={})
+    written = sum(file.stat().st_size for file in saved.rglob("*") if file.is_file())
+    estimate = train_ppo.periodic_save_bytes(inputs, config)
+    assert written * 0.9 <= estimate <= written * 1.1, (estimate, written)
+    # Ten updates saved every two: periodic saves after updates 2, 4, 6 and 8 (the tenth is the final save).
+    final = train_ppo.final_save_bytes(inputs, config)
+    for limit, start, held in [(1, 0, 2), (0, 0, 4), (0, 4, 2), (3, 6, 1)]:
+        config = train_ppo.PPOConfig(lora_r=4, save_steps=2, save_total_limit=limit)
+        assert train_ppo.run_save_bytes(inputs, config, 10, start) == held * estimate + final, (limit, start)

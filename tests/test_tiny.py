@@ -9,7 +9,7 @@ from trl.chat_template_utils import qwen2_5_chat_template
 
 import common
 from conftest import answer_log_likelihood
-from hfppo import paths, tiny
+from hfppo import checkpoints, paths, tiny
 
 
 def test_same_seed_builds_the_same_weights_and_tokenizer(tiny_base, tmp_path, monkeypatch, capsys):
@@ -27,7 +27,7 @@ def test_same_seed_builds_the_same_weights_and_tokenizer(tiny_base, tmp_path, mo
     second = AutoModelForCausalLM.from_pretrained(again).state_dict()
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
-    assert not list(again.parent.glob("*.partial"))
+    assert not list(again.parent.glob(f".*{checkpoints.PARTIAL}"))
 
 
 def test_only_the_presets_own_folder_is_rebuilt_and_only_from_another_recipe(tiny_base, tmp_path, monkeypatch):
