@@ -38,6 +38,15 @@ RANGES = {"temperature": chat_web.TEMPERATURE_RANGE, "max_new_tokens": (1, 512),
 GOOD = dict(question=QUESTION, system_prompt="", temperature=0.7, max_new_tokens=8, seed=42)
 
 
+def one_token_per_character(question: str, system_prompt: str) -> int:
+    """A prompt count for the fast tests: as a tokenizer with no merges and no chat template counts."""
+    return len(question) + len(system_prompt)
+
+
+# Models of 512 positions whose longest token spells 4 characters: at most 2,048 characters fit.
+ROOM = chat_web.Room(positions=512, token_characters=4, prompt_tokens=one_token_per_character)
+
+
 def tiny_args(tiny_base, **folders) -> chat_web.WebArguments:
     """The page's settings with the tiny preset, every policy folder pointed at `folders` or at a folder that does not
     exist."""
@@ -235,12 +244,54 @@ def test_page_in_a_real_browser(tiny_base, models_dir, tmp_path):
 )
 def test_every_box_is_checked_with_its_name_and_range(box, value, message):
     with pytest.raises(chat_web.RequestError, match=f"^{re.escape(message)}"):
-        chat_web.check_request(chat_web.Request(**GOOD | {box: value}), RANGES)
+        chat_web.check_request(chat_web.Request(**GOOD | {box: value}), RANGES, ROOM)
 
 
 def test_a_good_request_passes_as_sent():
-    values = GOOD | dict(temperature=2, max_new_tokens=512.0, seed=2**32 - 1)
-    assert chat_web.check_request(chat_web.Request(**values), RANGES) == (QUESTION, "", 2.0, 512, 2**32 - 1)
+    """Its prompt (4 tokens here) and its answer fill the 512 positions exactly."""
+    values = GOOD | dict(temperature=2, max_new_tokens=508.0, seed=2**32 - 1)
+    assert chat_web.check_request(chat_web.Request(**values), RANGES, ROOM) == (QUESTION, "", 2.0, 508, 2**32 - 1)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            dict(question="问" * 2049),
+            "The question and system prompt have 2,049 characters together, more than the models' 512 positions can "
+            "hold: at most 2,048 characters (4 for the longest token). Shorten the question or the system prompt.",
+        ),
+        (
+            dict(question="问", system_prompt="系" * 2048),
+            "The question and system prompt have 2,049 characters together",
+        ),
+        (
+            dict(question="问" * 600),
+            "The question and system prompt make a prompt of 600 tokens, and the models have 512 positions for the "
+            "prompt and the answer together. Shorten the question or the system prompt.",
+        ),
+        (
+            dict(question="问" * 500, system_prompt="系" * 10),
+            "The question and system prompt make a prompt of 510 tokens: with Max new tokens 8 that is 518, more "
+            "than the models' 512 positions. Lower Max new tokens to 2 or less, or shorten the question or the "
+            "system prompt.",
+        ),
+    ],
+)
+def test_a_prompt_and_answer_that_cannot_fit_the_positions_are_refused(values, message):
+    with pytest.raises(chat_web.RequestError, match=f"^{re.escape(message)}"):
+        chat_web.check_request(chat_web.Request(**GOOD | values), RANGES, ROOM)
+
+
+def test_a_huge_question_is_refused_by_its_characters_before_it_is_tokenized():
+    """A 1,000,000-character question once froze the page's queue: it is refused without being tokenized."""
+
+    def tokenize(question: str, system_prompt: str) -> int:
+        raise AssertionError("tokenized a text that cannot fit")
+
+    room = dataclasses.replace(ROOM, prompt_tokens=tokenize)
+    with pytest.raises(chat_web.RequestError, match="have 1,000,000 characters together"):
+        chat_web.check_request(chat_web.Request(**GOOD | dict(question="问" * 1_000_000)), RANGES, room)
 
 
 def test_start_values_out_of_range_are_refused_by_flag(tiny_base):
@@ -294,9 +345,9 @@ def served(tiny_base):
     models = chat_web.load_models(args)
     models.missing["dpo"] = HOSTILE
     models.examples = [HOSTILE]
-    page = chat_web.build_page(models, args).queue()
+    page = chat_web.build_page(models, args)
     port = free_port()
-    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    chat_web.serve(page, "127.0.0.1", port, prevent_thread_lock=True)
     try:
         yield models, f"http://127.0.0.1:{port}/"
     finally:
