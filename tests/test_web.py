@@ -9,10 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from gradio_client import Client
@@ -151,6 +153,42 @@ def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
     assert answers[2].answer_ids == answers[3].answer_ids  # the same adapter in two columns: the same answer
     assert [a.answer_ids for a in final(models, args)] == [a.answer_ids for a in answers]  # repeatable
     assert [a.answer_ids for a in final(models, args, seed=7)] != [a.answer_ids for a in answers]
+
+
+def test_an_answer_stops_when_its_client_goes_and_a_question_at_the_time_limit(tiny_base, monkeypatch):
+    """Gradio closes the generator of a client that went away: the answer's sampling stops at its next token rather
+    than run to Max new tokens. A question past REQUEST_TIME_LIMIT_S is cut and refused with the limit's name."""
+    models = chat_web.load_models(tiny_args(tiny_base))
+    model, long = models.columns[0].model, 400  # tokens: seconds of sampling, no stop token before (min_new_tokens)
+    lengths, generate, config = [], model.generate, chat_web.sampling.sampling_config
+
+    def recording(*args, **kwargs):
+        ids = generate(*args, **kwargs)
+        lengths.append(ids.shape[1] - args[0].shape[1])
+        return ids
+
+    def without_early_stop(*args):
+        generation_config = config(*args)
+        generation_config.min_new_tokens = long
+        return generation_config
+
+    monkeypatch.setattr(model, "generate", recording)
+    monkeypatch.setattr(chat_web.sampling, "sampling_config", without_early_stop)
+    answers = chat_web.ask(models, QUESTION, "", 1.0, long, 42)
+    next(answers)
+    answers.close()
+    assert not [thread for thread in threading.enumerate() if thread.name == chat_web.GENERATION_THREAD]
+    assert 1 <= lengths[0] < long
+
+    monkeypatch.setattr(chat_web, "REQUEST_TIME_LIMIT_S", 0)
+    shown = []
+    limit = "This question reached the page's limit of 0 s per question (REQUEST_TIME_LIMIT_S in chat_web.py) in the "
+    with pytest.raises(chat_web.RequestError, match=f"^{re.escape(limit)}base column: its answer is cut there. Ask"):
+        for shown in chat_web.ask(models, QUESTION, "", 1.0, long, 42):
+            pass
+    assert lengths[1] == 1 and shown[0].timed_out and "cut at the time limit" in chat_web.score_text(
+        models.columns[0], shown[0]
+    )
 
 
 def wait_for_page(url: str, server: subprocess.Popen) -> None:
@@ -374,6 +412,29 @@ def test_the_api_refuses_bad_values_and_a_failed_generation_frees_the_queue(serv
     monkeypatch.undo()
     answer, line = client.submit(QUESTION, "", 0.7, MAX_NEW_TOKENS, 42, **ask).result(timeout=ANSWERS_S)
     assert answer and "judge\\: " in line  # Markdown, escaped
+
+
+def test_a_refused_question_logs_one_line_every_error_has_its_message_and_uploads_are_refused(served, capfd):
+    """The API's 1,000,000-character question (which once froze the queue) is refused at once, as the box's
+    max_length refuses it in a browser; each refusal is one line on the console, no traceback. A request missing a
+    value gets Gradio's message, not null. Gradio's upload route takes no file into its temporary folder."""
+    models, url = served
+    client = Client(url, verbose=False)
+    capfd.readouterr()
+    characters = chat_web.room(models).characters
+    with pytest.raises(Exception, match=f"at most {characters:,} characters"):
+        client.submit("问" * 1_000_000, "", 0.7, MAX_NEW_TOKENS, 42, api_name="/on_ask").result(timeout=ANSWERS_S)
+    with pytest.raises(Exception, match="Seed must be a whole number"):
+        client.submit(QUESTION, "", 0.7, MAX_NEW_TOKENS, -1, api_name="/on_ask").result(timeout=ANSWERS_S)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and len(re.findall("^Question not answered: ", err, re.MULTILINE)) == 2, err
+
+    start = httpx.post(f"{url}gradio_api/call/on_ask", json={"data": [QUESTION]}, timeout=ANSWERS_S)
+    events = httpx.get(f"{url}gradio_api/call/on_ask/{start.json()['event_id']}", timeout=ANSWERS_S).text
+    assert "event: error" in events and "didn't receive enough input values" in events, events
+
+    upload = httpx.post(f"{url}gradio_api/upload", files={"files": ("a.txt", b"x" * 1000)}, timeout=ANSWERS_S)
+    assert upload.status_code == 413, upload.text
 
 
 def test_page_shows_file_text_as_text_and_names_an_emptied_box(served, tmp_path, monkeypatch):
