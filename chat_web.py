@@ -37,7 +37,7 @@ from transformers import (  # noqa: E402
 )
 
 import common  # noqa: E402
-from hfppo import cli, errors, hints, judge, lifecycle, paths, runtime, sampling, tiny  # noqa: E402
+from hfppo import cli, errors, hints, judge, lifecycle, paths, positions, runtime, sampling, tiny  # noqa: E402
 
 # The models the --tiny stages write, and PPO's tiny answer length.
 TINY_PRESET = dict(
@@ -380,12 +380,6 @@ class Room:
         return self.positions * self.token_characters
 
 
-def longest_token(tokenizer) -> int:
-    """The most characters one token of `tokenizer` spells: the length of its longest vocabulary entry, which for a
-    byte-level vocabulary counts bytes, never fewer than the characters they decode to."""
-    return max(map(len, tokenizer.get_vocab()))
-
-
 def room(models: Models) -> Room:
     """The page's Room: unbounded on a page without models, which asks none."""
     tokenizers = [column.tokenizer for column in models.columns]
@@ -394,7 +388,7 @@ def room(models: Models) -> Room:
         row = {"question": question}
         return max((len(common.prompt_ids(tokenizer, row, system_prompt)) for tokenizer in tokenizers), default=0)
 
-    return Room(max_answer_tokens(models), max(map(longest_token, tokenizers), default=1), prompt_tokens)
+    return Room(max_answer_tokens(models), max(map(positions.longest_token, tokenizers), default=1), prompt_tokens)
 
 
 def check_room(question: str, system_prompt: str, max_new_tokens: int, room: Room) -> None:

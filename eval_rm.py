@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import common
-from hfppo import audit, cli, errors, hints, judge, lifecycle, outputs, paths, runtime, tiny
+from hfppo import audit, cli, errors, hints, judge, lifecycle, outputs, paths, positions, runtime, tiny
 
 # The reward model's training length: the tiny preset's for a model train_rm.py --tiny wrote.
 TINY_PRESET = dict(max_length=tiny.TINY_RM_MAX_LENGTH)
@@ -182,6 +182,29 @@ def audit_model(model, tokenizer, args, rows, chosen: torch.Tensor, rejected: to
     return audit.audit(chosen, rejected, tokens(rows["chosen"]), tokens(rows["rejected"]), scored)
 
 
+def check_probes(model, tokenizer, args: EvalArguments, probes: list[dict]) -> None:
+    """Refuse, before the evaluation runs, a probe answer longer than the reward model scores: --max_length, or its
+    positions where it has fewer. Characters are counted first, so a huge probe is never tokenized."""
+    limit, what = args.max_length, f"--max_length {args.max_length}, the longest the reward model scores"
+    if (count := positions.positions(model)) is not None and count < limit:
+        limit, what = count, f"the reward model's {count:,} positions (max_position_embeddings in its config)"
+    longest = positions.longest_token(tokenizer)
+    for number, probe in enumerate(probes, 1):
+        characters = len(probe["answer"]) + len(args.system_prompt)
+        if characters > limit * longest:
+            most = f"more than {limit:,} tokens spell ({longest} characters at most each)"
+            size = f"has {characters:,} characters with --system_prompt, {most}"
+        else:
+            tokens = len(common.conversation_ids(tokenizer, {"question": ""}, args.system_prompt, probe["answer"]))
+            if tokens <= limit:
+                continue
+            size = f"makes {tokens:,} tokens with --system_prompt and no question"
+        raise errors.ArgumentError(
+            f"--probes_file {args.probes_file}: probe {number} ({probe['kind']}, {_opening(probe['answer'])}) {size}, "
+            f"over {what}; the audit scores each probe after a question. Shorten that probe's answer."
+        )
+
+
 def metrics_path(args: EvalArguments) -> Path:
     """Where the metrics go: --metrics_file, or eval_metrics.json beside the model."""
     # Only unset means the default: an empty --metrics_file is the current folder, which the guard refuses.
@@ -237,6 +260,8 @@ def main(args: EvalArguments) -> None:
     command = hints.reward_model_command(args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, command, "reward model")
     common.check_pad_token(tokenizer, args.model_path, model)
+    if probes is not None:  # before the evaluation: a probe too long to score would waste it
+        check_probes(model, tokenizer, args, probes)
 
     if args.question:
         for question, answer in zip(args.question, args.answer):
