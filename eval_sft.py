@@ -68,8 +68,9 @@ def main(args: EvalArguments) -> None:
 
     try:
         for question in console.read_questions(args.question):
+            text = answer(model, tokenizer, question, args)  # refused before the header, if it cannot fit
             print("---模型输出---")
-            print(answer(model, tokenizer, question, args), flush=True)
+            print(text, flush=True)
     except KeyboardInterrupt:
         print()
 
