@@ -10,6 +10,7 @@ checkpoint; the others are listed on the page with the command that makes them. 
 only: anyone who can reach the port can make this machine run the models, so another --host needs --allow_remote.
 """
 
+import contextlib
 import html
 import math
 import os
@@ -59,8 +60,8 @@ TEMPERATURE_RANGE = (0.01, 10.0)
 SEED_RANGE = (0, 2**32 - 1)  # numpy's, which set_seed seeds too: a seed outside it raises there
 # The sampling boxes by field name: the label each is named by, and whether it takes whole numbers only.
 BOXES = {"temperature": ("Temperature", False), "max_new_tokens": ("Max new tokens", True), "seed": ("Seed", True)}
-# The longest one question may hold the queue, every column's answer together: the real models' six answers of 200
-# tokens take about a minute on a CPU. A question still generating then is cut, and the next one is served.
+# The longest one question may hold the queue, every column's answer together: a question still generating then is
+# cut, and the next one is served. Raise it where long answers of the real models on a slow CPU need more.
 REQUEST_TIME_LIMIT_S = 300
 # The page takes no files, but Gradio's upload route takes any file into its temporary folder: at 0 bytes it refuses
 # every file that has any.
@@ -336,8 +337,10 @@ def ask(
     sampling_settings = (temperature, max_new_tokens, seed, deadline)
     for number, (column, answer) in enumerate(zip(models.columns, answers), 1):
         try:
-            for _ in stream_answer(column, question, system_prompt, answer, *sampling_settings):
-                yield answers
+            stream = stream_answer(column, question, system_prompt, answer, *sampling_settings)
+            with contextlib.closing(stream):  # this generator closed (its client went): the column's is closed too
+                for _ in stream:
+                    yield answers
             score(models, column, answer)
         except Exception as error:  # any failure ends this question with a message; the next one is served
             raise RequestError(
