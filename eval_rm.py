@@ -125,6 +125,8 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments, probes: list[dict] | N
             f"every pair of {dataset} is longer than --max_length {args.max_length} tokens, so none is left to score. "
             "Raise --max_length (up to what the reward model was trained on, train_rm.py's --max_length)."
         )
+    if probes is not None:  # before any scoring: a probe too long to score would waste the evaluation
+        check_probes(model, tokenizer, args, probes)
     rows = rows.select(kept)
     sequences = [pairs[i][0] for i in kept] + [pairs[i][1] for i in kept]
     chosen, rejected = (
@@ -260,8 +262,6 @@ def main(args: EvalArguments) -> None:
     command = hints.reward_model_command(args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForSequenceClassification, args.model_path, command, "reward model")
     common.check_pad_token(tokenizer, args.model_path, model)
-    if probes is not None:  # before the evaluation: a probe too long to score would waste it
-        check_probes(model, tokenizer, args, probes)
 
     if args.question:
         for question, answer in zip(args.question, args.answer):

@@ -298,7 +298,8 @@ def test_eval_rm_refuses_a_probe_too_long_to_score_before_the_evaluation(untrain
     rows = [{"kind": "short", "side": "chosen", "answer": "滚。"}, {"kind": "long", "side": "rejected", "answer": answer}]
     probes.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     metrics = tmp_path / "m.json"
-    args = ("--model_path", untrained_rm, "--probes_file", probes, "--metrics_file", metrics)
+    args = ("--model_path", untrained_rm, "--dataset_name", paths.SAMPLE_DATA, "--probes_file", probes)
+    args += ("--metrics_file", metrics)
     with pytest.raises(errors.ArgumentError, match=f"^--probes_file {re.escape(str(probes))}: {message}"):
         eval_rm.main(*parse(eval_rm, *args))
     assert not metrics.exists()

@@ -337,6 +337,9 @@ def test_start_values_out_of_range_are_refused_by_flag(tiny_base):
     chat_web.check_start_values(tiny_args(tiny_base), models)
     with pytest.raises(errors.ArgumentError, match=r"^--max_new_tokens must be a whole number from 1 to 512, got 600"):
         chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=600), models)
+    # In the box's range, but no question fits beside the system prompt and an answer that long.
+    with pytest.raises(errors.ArgumentError, match=r"with Max new tokens 510 that is .*\(Before any question is typed"):
+        chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=510), models)
 
 
 def test_text_from_files_renders_as_itself():
