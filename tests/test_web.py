@@ -440,6 +440,44 @@ def test_a_refused_question_logs_one_line_every_error_has_its_message_and_upload
     assert upload.status_code == 413, upload.text
 
 
+def test_a_cancelled_question_stops_generating_on_the_server(served, monkeypatch):
+    """Through Gradio itself: a client that cancels (as a closed tab does, Gradio closes the question's generator)
+    ends the sampling at its next token, and the page answers the next question. Each token is slowed so that the
+    answer could not finish before the cancel arrives."""
+    models, url = served
+    model, long, token_s = models.columns[0].model, 400, 0.05
+    lengths, generate, forward, config = [], model.generate, model.forward, chat_web.sampling.sampling_config
+
+    def recording(*args, **kwargs):
+        ids = generate(*args, **kwargs)
+        lengths.append(ids.shape[1] - args[0].shape[1])
+        return ids
+
+    def slow(*args, **kwargs):
+        time.sleep(token_s)
+        return forward(*args, **kwargs)
+
+    def without_early_stop(*args):
+        generation_config = config(*args)
+        generation_config.min_new_tokens = generation_config.max_new_tokens
+        return generation_config
+
+    monkeypatch.setattr(model, "generate", recording)
+    monkeypatch.setattr(model, "forward", slow)
+    monkeypatch.setattr(chat_web.sampling, "sampling_config", without_early_stop)
+    client = Client(url, verbose=False)
+    job = client.submit(QUESTION, "", 1.0, long, 42, api_name="/on_ask")
+    deadline = time.monotonic() + ANSWERS_S
+    while not job.outputs() and time.monotonic() < deadline:  # the answer has begun
+        time.sleep(0.1)
+    job.cancel()
+    while not lengths and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lengths and lengths[0] < long, lengths
+    answer, _ = client.submit(QUESTION, "", 0.7, 2, 42, api_name="/on_ask").result(timeout=ANSWERS_S)
+    assert lengths[1] == 2 and answer is not None
+
+
 def test_page_shows_file_text_as_text_and_names_an_emptied_box(served, tmp_path, monkeypatch):
     """In Chromium: the missing list, the example and an error's message show HOSTILE as text (no image, form or link
     drawn: Gradio's toast renders HTML), an emptied temperature box is refused with its name and range, and the next
