@@ -10,12 +10,15 @@ checkpoint; the others are listed on the page with the command that makes them. 
 only: anyone who can reach the port can make this machine run the models, so another --host needs --allow_remote.
 """
 
+import contextlib
 import html
 import math
 import os
 import string
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,12 +31,26 @@ import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    StoppingCriteria,
+    StoppingCriteriaList,
     TextIteratorStreamer,
     set_seed,
 )
 
 import common  # noqa: E402
-from hfppo import cli, data_files, errors, hints, judge, lifecycle, paths, runtime, sampling, tiny  # noqa: E402
+from hfppo import (  # noqa: E402
+    cli,
+    data_files,
+    errors,
+    hints,
+    judge,
+    lifecycle,
+    paths,
+    positions,
+    runtime,
+    sampling,
+    tiny,
+)
 
 # The models the --tiny stages write, and PPO's tiny answer length.
 TINY_PRESET = dict(
@@ -55,6 +72,12 @@ TEMPERATURE_RANGE = (0.01, 10.0)
 SEED_RANGE = (0, 2**32 - 1)  # numpy's, which set_seed seeds too: a seed outside it raises there
 # The sampling boxes by field name: the label each is named by, and whether it takes whole numbers only.
 BOXES = {"temperature": ("Temperature", False), "max_new_tokens": ("Max new tokens", True), "seed": ("Seed", True)}
+# The longest one question may hold the queue, every column's answer together: a question still generating then is
+# cut, and the next one is served. Raise it where long answers of the real models on a slow CPU need more.
+REQUEST_TIME_LIMIT_S = 300
+# The page takes no files, but Gradio's upload route takes any file into its temporary folder: at 0 bytes it refuses
+# every file that has any.
+MAX_UPLOAD_BYTES = 0
 
 
 @dataclass
@@ -122,6 +145,7 @@ class Answer:
     prompt_ids: list[int] = field(default_factory=list)
     answer_ids: list[int] = field(default_factory=list)
     finished: bool = False  # stopped at its end-of-turn token, not cut at max_new_tokens
+    timed_out: bool = False  # cut at the page's REQUEST_TIME_LIMIT_S
     reward: float | None = None
     done: bool = False
 
@@ -224,6 +248,24 @@ def example_questions(args: WebArguments) -> list[str]:
     return list(dict.fromkeys(rows["question"]))[: args.num_examples]
 
 
+class Stop(StoppingCriteria):
+    """Ends a generation at its next token once `closed` is set (whoever asked is gone: the generator that streams
+    the answer was closed) or at `deadline` (time.monotonic()); `timed_out` says the deadline did it."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self.closed = threading.Event()
+        self.timed_out = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.timed_out = self.timed_out or time.monotonic() >= self.deadline
+        stop = self.closed.is_set() or self.timed_out
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+
+
+GENERATION_THREAD = "chat_web-generate"  # the name of the thread that samples an answer
+
+
 def stream_answer(
     column: Column,
     question: str,
@@ -232,13 +274,16 @@ def stream_answer(
     temperature: float,
     max_new_tokens: int,
     seed: int,
+    deadline: float,
 ) -> Iterator[Answer]:
     """Sample `column`'s answer as PPO's rollouts do (sampling.sampling_config, from `seed`), yielding `answer` as its
-    text grows; its ids are filled in once generation ends."""
+    text grows; its ids are filled in once generation ends. Generation stops at the next token when this generator is
+    closed (Gradio closes it when its client goes) or at `deadline` (answer.timed_out)."""
     tokenizer = column.tokenizer
     answer.prompt_ids = common.prompt_ids(tokenizer, {"question": question}, system_prompt)
     input_ids = torch.tensor([answer.prompt_ids], device=column.model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    stop = Stop(deadline)
     output = {}
 
     def generate():
@@ -248,18 +293,23 @@ def stream_answer(
                 input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=sampling.sampling_config(tokenizer, max_new_tokens, temperature),
+                stopping_criteria=StoppingCriteriaList([stop]),
                 streamer=streamer,
             )
         except BaseException as error:  # raised again below; ending the stream stops the loop that waits on it
             output["error"] = error
             streamer.end()
 
-    thread = threading.Thread(target=generate, daemon=True)
+    thread = threading.Thread(target=generate, name=GENERATION_THREAD, daemon=True)
     thread.start()
-    for piece in streamer:
-        answer.text += piece
-        yield answer
-    thread.join()
+    try:
+        for piece in streamer:
+            answer.text += piece
+            yield answer
+    finally:  # also when closed at a yield: the thread stops at its next token, and nothing samples after this
+        stop.closed.set()
+        thread.join()
+    answer.timed_out = stop.timed_out
     if "error" in output:
         raise output["error"]
     responses, lengths = sampling.cut_after_stop(
@@ -292,12 +342,17 @@ def ask(
 ) -> Iterator[list[Answer]]:
     """Every column's answer to `question`, one column after another (the models share the CPU or GPU, and one
     global random generator: answers sampled at once would take each other's random numbers). Yields all the answers
-    each time one grows."""
+    each time one grows. All of them together get REQUEST_TIME_LIMIT_S: the answer generating then is cut and scored,
+    and a RequestError says so."""
     answers = [Answer() for _ in models.columns]
-    for column, answer in zip(models.columns, answers):
+    deadline = time.monotonic() + REQUEST_TIME_LIMIT_S
+    sampling_settings = (temperature, max_new_tokens, seed, deadline)
+    for number, (column, answer) in enumerate(zip(models.columns, answers), 1):
         try:
-            for _ in stream_answer(column, question, system_prompt, answer, temperature, max_new_tokens, seed):
-                yield answers
+            stream = stream_answer(column, question, system_prompt, answer, *sampling_settings)
+            with contextlib.closing(stream):  # this generator closed (its client went): the column's is closed too
+                for _ in stream:
+                    yield answers
             score(models, column, answer)
         except Exception as error:  # any failure ends this question with a message; the next one is served
             raise RequestError(
@@ -305,6 +360,13 @@ def ask(
                 "after it were not asked. The page is ready for the next question."
             ) from error
         yield answers
+        if answer.timed_out:
+            rest = ", and the columns after it were not asked" if number < len(answers) else ""
+            raise RequestError(
+                f"This question reached the page's limit of {REQUEST_TIME_LIMIT_S} s per question "
+                f"(REQUEST_TIME_LIMIT_S in chat_web.py) in the {column.name} column: its answer is cut there{rest}. "
+                "Ask for fewer Max new tokens. The page is ready for the next question."
+            )
 
 
 def max_answer_tokens(models: Models) -> float:
@@ -319,6 +381,57 @@ def box_ranges(models: Models) -> dict[str, tuple[float, float]]:
 
 
 @dataclass
+class Room:
+    """How much text a question may bring: the fewest positions among the page's models, the most characters a token
+    of theirs spells, and the count of a prompt's tokens (the most among their tokenizers). A text of more than
+    positions x token_characters characters cannot fit, whatever it says: that is checked before it is tokenized."""
+
+    positions: float
+    token_characters: int
+    prompt_tokens: Callable[[str, str], int]  # (question, system prompt) -> tokens of the prompt the models read
+
+    @property
+    def characters(self) -> float:
+        return self.positions * self.token_characters
+
+
+def room(models: Models) -> Room:
+    """The page's Room: unbounded on a page without models, which asks none."""
+    tokenizers = [column.tokenizer for column in models.columns]
+
+    def prompt_tokens(question: str, system_prompt: str) -> int:
+        row = {"question": question}
+        return max((len(common.prompt_ids(tokenizer, row, system_prompt)) for tokenizer in tokenizers), default=0)
+
+    return Room(max_answer_tokens(models), max(map(positions.longest_token, tokenizers), default=1), prompt_tokens)
+
+
+def check_room(question: str, system_prompt: str, max_new_tokens: int, room: Room) -> None:
+    """Refuse a question and system prompt whose prompt and answer cannot fit the models' positions: by characters
+    first, which costs nothing whatever their length, then by the prompt's tokens."""
+    characters = len(question) + len(system_prompt)
+    if characters > room.characters:
+        raise RequestError(
+            f"The question and system prompt have {characters:,} characters together, more than the models' "
+            f"{room.positions} positions can hold: at most {room.characters:,} characters ({room.token_characters} "
+            "for the longest token). Shorten the question or the system prompt."
+        )
+    prompt = room.prompt_tokens(question, system_prompt)
+    if prompt >= room.positions:
+        raise RequestError(
+            f"The question and system prompt make a prompt of {prompt:,} tokens, and the models have "
+            f"{room.positions} positions for the prompt and the answer together. Shorten the question or the system "
+            "prompt."
+        )
+    if prompt + max_new_tokens > room.positions:
+        raise RequestError(
+            f"The question and system prompt make a prompt of {prompt:,} tokens: with Max new tokens {max_new_tokens} "
+            f"that is {prompt + max_new_tokens:,}, more than the models' {room.positions} positions. Lower Max new "
+            f"tokens to {room.positions - prompt} or less, or shorten the question or the system prompt."
+        )
+
+
+@dataclass
 class Request:
     """A question with its sampling settings, as the page's boxes (or Gradio's API) send them."""
 
@@ -329,10 +442,13 @@ class Request:
     seed: object
 
 
-def check_request(request: Request, ranges: dict[str, tuple[float, float]]) -> tuple[str, str, float, int, int]:
+def check_request(
+    request: Request, ranges: dict[str, tuple[float, float]], room: Room
+) -> tuple[str, str, float, int, int]:
     """(question, system prompt, temperature, max new tokens, seed) of `request`, or a RequestError that names the
     box and its range: every value is checked here, as the browser and the API both send it, before any model runs.
-    An empty box is refused, never filled with a default the user does not see."""
+    An empty box is refused, never filled with a default the user does not see; a prompt and answer that cannot fit
+    the models' positions (check_room) too."""
     if not isinstance(request.question, str) or not request.question.strip():
         raise RequestError("Type a question first, or click one of the held-out questions.")
     if not isinstance(request.system_prompt, str):
@@ -343,6 +459,7 @@ def check_request(request: Request, ranges: dict[str, tuple[float, float]]) -> t
     temperature, max_new_tokens, seed = (
         check_number(box, getattr(request, name), ranges[name], whole) for name, (box, whole) in BOXES.items()
     )
+    check_room(request.question, request.system_prompt, max_new_tokens, room)
     return request.question, request.system_prompt, temperature, max_new_tokens, seed
 
 
@@ -363,7 +480,7 @@ def score_text(column: Column, answer: Answer) -> str:
     if not answer.done:
         return "…" if answer.text else ""
     reward = f"reward **{answer.reward:+.3f}**" if answer.reward is not None else as_text(column.reward_problem)
-    cut = "" if answer.finished else " · cut at max new tokens"
+    cut = "" if answer.finished else " · cut at the time limit" if answer.timed_out else " · cut at max new tokens"
     return f"{reward} · {as_text(judge.judge_summary(answer.text))}{cut}"
 
 
@@ -385,7 +502,8 @@ def info(bounds: tuple[float, float]) -> str:
 
 
 def check_start_values(args: WebArguments, models: Models) -> None:
-    """Refuse a --temperature, --max_new_tokens or --seed that its box would refuse at every question."""
+    """Refuse a --temperature, --max_new_tokens or --seed that its box would refuse at every question, and a
+    --system_prompt that leaves no room for a question and an answer of --max_new_tokens."""
     for name, bounds in box_ranges(models).items():
         try:
             check_number(f"--{name}", getattr(args, name), bounds, whole=BOXES[name][1])
@@ -393,9 +511,21 @@ def check_start_values(args: WebArguments, models: Models) -> None:
             raise errors.ArgumentError(
                 f"{error} It starts the page's {BOXES[name][0]} box, which takes that range."
             ) from error
+    try:
+        check_room("", args.system_prompt, args.max_new_tokens, room(models))
+    except RequestError as error:
+        raise errors.ArgumentError(
+            f"{error} (Before any question is typed: --system_prompt and --max_new_tokens start the page's boxes.)"
+        ) from error
+
+
+def max_length(room: Room) -> int | None:
+    """The most characters a text box takes: the most the models' positions can hold (None: no limit)."""
+    return None if math.isinf(room.characters) else int(room.characters)
 
 
 def build_page(models: Models, args: WebArguments) -> gr.Blocks:
+    text_room = room(models)
     with gr.Blocks(title="hf-ppo: every stage side by side", analytics_enabled=False) as page:
         gr.Markdown(
             "## hf-ppo: every stage side by side\nEach column samples an answer as PPO's rollouts do (temperature "
@@ -403,11 +533,18 @@ def build_page(models: Models, args: WebArguments) -> gr.Blocks:
             "(rude hits − polite hits of data/lexicon, which no stage trained on)."
         )
         with gr.Row():
-            question = gr.Textbox(label="Question", placeholder="输入问题", scale=4, elem_id="question")
+            question = gr.Textbox(
+                label="Question", placeholder="输入问题", scale=4, elem_id="question", max_length=max_length(text_room)
+            )
             button = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
         gr.Examples([[q] for q in models.examples], inputs=[question], label="Held-out questions")
         with gr.Accordion("System prompt and sampling", open=False):
-            system_prompt = gr.Textbox(value=args.system_prompt, label="System prompt", elem_id="system_prompt")
+            system_prompt = gr.Textbox(
+                value=args.system_prompt,
+                label="System prompt",
+                elem_id="system_prompt",
+                max_length=max_length(text_room),
+            )
             with gr.Row():
                 # No minimum, maximum or precision here: Gradio would refuse or round a value before check_request
                 # sees it, without naming the box. The range is shown under each box instead.
@@ -434,15 +571,17 @@ def build_page(models: Models, args: WebArguments) -> gr.Blocks:
 
         def on_ask(*values):
             try:
-                request = check_request(Request(*values), box_ranges(models))
+                request = check_request(Request(*values), box_ranges(models), text_room)
                 for answers in ask(models, *request):
                     yield [
                         value
                         for column, answer in zip(models.columns, answers)
                         for value in (answer.text, score_text(column, answer))
                     ]
-            except RequestError as error:  # the toast renders HTML: the message is escaped to show as text
-                raise gr.Error(html.escape(str(error))) from error
+            except RequestError as error:
+                # One line on the console, not Gradio's traceback; the toast renders HTML: the message is escaped.
+                print(f"Question not answered: {error}", file=sys.stderr, flush=True)
+                raise gr.Error(html.escape(str(error)), print_exception=False) from None
 
         inputs = [question, system_prompt, temperature, max_new_tokens, seed]
         # One question at a time, from whichever tab or event: every request shares the models and the seeded
@@ -460,12 +599,26 @@ def main(args: WebArguments) -> None:
     page = build_page(models, args)
     print(f"Serving {', '.join(c.name for c in models.columns)} on http://{args.host}:{args.port} (Ctrl-C stops).")
     try:
-        page.queue().launch(server_name=args.host, server_port=args.port, share=False, quiet=True)
+        serve(page, args.host, args.port)
     except OSError as error:
         raise errors.PipelineError(
             f"cannot serve on {args.host}:{args.port}: another program probably uses that port (Gradio says: "
             f"{error}). Pass --port with another one, such as --port {args.port + 1}."
         ) from error
+
+
+def serve(page: gr.Blocks, host: str, port: int, **options) -> None:
+    """Serve `page` with Gradio's queue: every error event carries its message (show_error: by default Gradio sends
+    null for an error of its own, such as a request missing a value), and no upload is taken (MAX_UPLOAD_BYTES)."""
+    page.queue().launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        quiet=True,
+        show_error=True,
+        max_file_size=MAX_UPLOAD_BYTES,
+        **options,
+    )
 
 
 def make_parser() -> cli.Parser:

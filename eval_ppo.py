@@ -35,6 +35,7 @@ from hfppo import (
     lifecycle,
     outputs,
     paths,
+    positions,
     runtime,
     sampling,
     tiny,
@@ -45,6 +46,7 @@ TINY_PRESET = dict(
     base_model_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
     max_new_tokens=tiny.TINY_RESPONSE_LENGTH,
+    max_prompt_length=tiny.TINY_MAX_PROMPT_LENGTH,
 )
 
 
@@ -212,6 +214,11 @@ def sample_methods(args: EvalArguments) -> Comparison:
     """Load each method found, one at a time beside the SFT model (the reference of each KL), and sample and score its
     answers to the same held-out questions; a method that trained on them, or has another tokenizer, is refused."""
     dataset, all_rows = common.evaluation_data(args.dataset_name, args.ppo_model_path, args.model_source)
+    readers = {"SFT model": args.sft_model_path, "reward model": args.reward_model_path}  # read before any loads
+    limit = positions.fewest_positions({f"the {role} ({path})": path for role, path in readers.items()})
+    prompt = f"--max_prompt_length {args.max_prompt_length}"
+    shorten = "lower --max_prompt_length"
+    positions.check_fits(prompt, args.max_prompt_length, "--max_new_tokens", args.max_new_tokens, limit, shorten)
     rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
     reward_model, rm_tokenizer = common.load_model(
         AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
@@ -463,12 +470,15 @@ def outcome(metrics: dict) -> list[tuple[bool, str]]:
 def chat(args: EvalArguments) -> None:
     ppo, tokenizer = load_ppo(args)
     model = ppo.merge_and_unload()  # one set of weights: generation runs at the SFT model's speed
+    limit = positions.fewest_positions({f"the SFT model ({args.sft_model_path})": model})
+    empty = common.prompt_ids(tokenizer, {"question": ""}, args.system_prompt)
+    positions.check_question(len(empty), args.max_new_tokens, limit)  # no question can fit: said before any is asked
     set_seed(args.seed)
     try:
         for question in console.read_questions(args.question):
-            batch = sample(
-                model, tokenizer, [common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)], args
-            )
+            prompt = common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)
+            positions.check_question(len(prompt), args.max_new_tokens, limit)
+            batch = sample(model, tokenizer, [prompt], args)
             answer = batch["responses"][0, : batch["lengths"][0]]
             print("---模型输出---")
             print(tokenizer.decode(answer, skip_special_tokens=True).strip(), flush=True)

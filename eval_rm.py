@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 import common
-from hfppo import audit, cli, errors, hints, judge, lifecycle, outputs, paths, runtime, tiny
+from hfppo import audit, cli, errors, hints, judge, lifecycle, outputs, paths, positions, runtime, tiny
 
 # The reward model's training length: the tiny preset's for a model train_rm.py --tiny wrote.
 TINY_PRESET = dict(max_length=tiny.TINY_RM_MAX_LENGTH)
@@ -126,6 +126,8 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments, probes: list[dict] | N
             f"every pair of {dataset} is longer than --max_length {args.max_length} tokens, so none is left to score. "
             "Raise --max_length (up to what the reward model was trained on, train_rm.py's --max_length)."
         )
+    if probes is not None:  # before any scoring: a probe too long to score would waste the evaluation
+        check_probes(model, tokenizer, args, probes)
     rows = rows.select(kept)
     sequences = [pairs[i][0] for i in kept] + [pairs[i][1] for i in kept]
     chosen, rejected = (
@@ -181,6 +183,29 @@ def audit_model(model, tokenizer, args, rows, chosen: torch.Tensor, rejected: to
     scores = common.reward_scores(model, tokenizer, sequences, args.batch_size).cpu().view(len(probes), -1).mean(1)
     scored = [probe | {"score": score} for probe, score in zip(probes, scores.tolist())]
     return audit.audit(chosen, rejected, tokens(rows["chosen"]), tokens(rows["rejected"]), scored)
+
+
+def check_probes(model, tokenizer, args: EvalArguments, probes: list[dict]) -> None:
+    """Refuse, before the evaluation runs, a probe answer longer than the reward model scores: --max_length, or its
+    positions where it has fewer. Characters are counted first, so a huge probe is never tokenized."""
+    limit, what = args.max_length, f"--max_length {args.max_length}, the longest the reward model scores"
+    if (count := positions.positions(model)) is not None and count < limit:
+        limit, what = count, f"the reward model's {count:,} positions (max_position_embeddings in its config)"
+    longest = positions.longest_token(tokenizer)
+    for number, probe in enumerate(probes, 1):
+        characters = len(probe["answer"]) + len(args.system_prompt)
+        if characters > limit * longest:
+            most = f"more than {limit:,} tokens spell ({longest} characters at most each)"
+            size = f"has {characters:,} characters with --system_prompt, {most}"
+        else:
+            tokens = len(common.conversation_ids(tokenizer, {"question": ""}, args.system_prompt, probe["answer"]))
+            if tokens <= limit:
+                continue
+            size = f"makes {tokens:,} tokens with --system_prompt and no question"
+        raise errors.ArgumentError(
+            f"--probes_file {args.probes_file}: probe {number} ({probe['kind']}, {_opening(probe['answer'])}) {size}, "
+            f"over {what}; the audit scores each probe after a question. Shorten that probe's answer."
+        )
 
 
 def metrics_path(args: EvalArguments) -> Path:

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 import common
-from hfppo import cli, console, hints, lifecycle, paths, runtime
+from hfppo import cli, console, hints, lifecycle, paths, positions, runtime
 
 # The tiny model answers in a few dozen tokens; Qwen gets room for a paragraph.
 TINY_PRESET = dict(max_new_tokens=64)
@@ -41,7 +41,9 @@ class EvalArguments:
 
 @torch.no_grad()
 def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
-    input_ids = torch.tensor([common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)])
+    prompt = common.prompt_ids(tokenizer, {"question": question}, args.system_prompt)
+    positions.check_question(len(prompt), args.max_new_tokens, positions.fewest_positions({model_name(args): model}))
+    input_ids = torch.tensor([prompt])
     sampling = {k: v for k in ("do_sample", "temperature", "top_p") if (v := getattr(args, k)) is not None}
     output = model.generate(
         input_ids.to(model.device),
@@ -52,16 +54,23 @@ def answer(model, tokenizer, question: str, args: EvalArguments) -> str:
     return tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True).strip()
 
 
+def model_name(args: EvalArguments) -> str:
+    return f"the model ({args.model_path})"
+
+
 def main(args: EvalArguments) -> None:
     runtime.require_one_process("eval_sft.py")
     command = hints.policy_command("sft", args.model_path, args.tiny)
     model, tokenizer = common.load_model(AutoModelForCausalLM, args.model_path, command, "language model")
+    empty = common.prompt_ids(tokenizer, {"question": ""}, args.system_prompt)  # no question can fit: said first
+    positions.check_question(len(empty), args.max_new_tokens, positions.fewest_positions({model_name(args): model}))
     set_seed(args.seed)
 
     try:
         for question in console.read_questions(args.question):
+            text = answer(model, tokenizer, question, args)  # refused before the header, if it cannot fit
             print("---模型输出---")
-            print(answer(model, tokenizer, question, args), flush=True)
+            print(text, flush=True)
     except KeyboardInterrupt:
         print()
 

@@ -60,6 +60,7 @@ from hfppo import (
     lora,
     outputs,
     paths,
+    positions,
     resuming,
     runtime,
     sampling,
@@ -110,6 +111,7 @@ TINY_PRESET = dict(
     base_model_path=str(paths.TINY_BASE_DIR),
     value_model_path=str(paths.TINY_BASE_DIR),
     response_length=tiny.TINY_RESPONSE_LENGTH,
+    max_prompt_length=tiny.TINY_MAX_PROMPT_LENGTH,
     learning_rate=3e-3,
     num_train_epochs=1,
     per_device_train_batch_size=8,
@@ -854,6 +856,18 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
     )
 
 
+def check_lengths(inputs: Inputs, config: PPOConfig, own_reward: bool) -> None:
+    """Refuse a --max_prompt_length and --response_length whose prompt and answer cannot fit the positions of every
+    model that reads them (read from their config.json before any loads)."""
+    readers = {inputs.policy_role: inputs.policy, "critic": inputs.value} | (
+        {} if own_reward else {"reward model": inputs.reward}
+    )
+    limit = positions.fewest_positions({f"the {role} ({path})": path for role, path in readers.items()})
+    prompt = f"--max_prompt_length {config.max_prompt_length}"
+    shorten = "lower --max_prompt_length"
+    positions.check_fits(prompt, config.max_prompt_length, "--response_length", config.response_length, limit, shorten)
+
+
 def load_models(
     inputs: Inputs, config: PPOConfig, reward_fn: sampling.RewardFn | None, device, rollout_chunk: int
 ) -> tuple[object, PeftModel, nn.Module, sampling.RewardFn]:
@@ -1088,6 +1102,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
         left_out = resuming.check_training_state(state_dir, files, accept, rng_keys)
     inputs = check_inputs(script_args, held_out, config.output_dir, own_reward=reward_fn is not None)
     outputs.check_room(config.output_dir, run_save_bytes(inputs, config, num_updates, start_update))
+    check_lengths(inputs, config, own_reward=reward_fn is not None)
     lifecycle.lock_output_dir(config.output_dir)
 
     # Models, optimizer, schedule.

@@ -45,6 +45,8 @@ TINY_RECIPE_FILE = "tiny_recipe.json"  # in the tiny base's folder: what it was 
 # eval_ppo.py and chat_web.py generate for the tiny models) and the reward model's conversation length (eval_rm.py).
 TINY_RESPONSE_LENGTH = 48
 TINY_RM_MAX_LENGTH = 256
+# The longest prompt PPO and the comparison keep: with an answer of TINY_RESPONSE_LENGTH it fills the positions.
+TINY_MAX_PROMPT_LENGTH = TINY_MODEL_CONFIG["max_position_embeddings"] - TINY_RESPONSE_LENGTH
 
 
 def tiny_recipe(seed: int = TINY_SEED) -> dict:

@@ -1,8 +1,11 @@
 """Over-long rows: skipped or truncated with a count in every stage, a stage left with none stops with a message, and
-a 100k-character row never makes a script allocate gigabytes."""
+a 100k-character row never makes a script allocate gigabytes. Lengths a flag asks for, and the audit's probes, are
+refused where a prompt and its answer cannot fit the model's positions (max_position_embeddings)."""
 
 import json
+import re
 import sys
+from types import SimpleNamespace
 
 import pytest
 from peft import LoraConfig, get_peft_model
@@ -11,11 +14,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 import common
 import eval_ppo
 import eval_rm
+import eval_sft
 import train_ppo
 import train_rm
 import train_sft
 from conftest import run_script
-from hfppo import cli, errors, paths
+from hfppo import cli, errors, paths, positions, tiny
 
 HUGE = 100_000  # characters: tens of thousands of tokens, gigabytes of attention if a script scored them
 MEMORY_CAP_KB = 3_000_000  # address space for a script run: the tiny model fits, a 100k-character sequence does not
@@ -162,7 +166,8 @@ def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_row
     models += ("--reward_model_path", untrained_rm, "--dataset_name", long_rows)
     monkeypatch.chdir(tmp_path)
     eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--metrics_file", tmp_path / "m.json"))
-    assert "Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length 512" in capsys.readouterr().out
+    skipped = f"Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length {tiny.TINY_MAX_PROMPT_LENGTH}"
+    assert skipped in capsys.readouterr().out
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["questions"] == 3 and len(report["answers"]) == 3
     # no DPO, GRPO or PPO-from-base run in this folder: listed with the command that makes each, not an error
@@ -188,6 +193,113 @@ def test_eval_ppo_compare_checks_each_methods_split_before_skipping_long_questio
     models = ("--model_path", tmp_path / "ppo", "--sft_model_path", tiny_base, "--base_model_path", tiny_base)
     monkeypatch.chdir(tmp_path)
     eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--reward_model_path", untrained_rm))
-    assert "Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length 512" in capsys.readouterr().out
+    skipped = f"Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length {tiny.TINY_MAX_PROMPT_LENGTH}"
+    assert skipped in capsys.readouterr().out
     report = json.loads((tmp_path / "ppo" / "eval_metrics.json").read_text())
     assert report["questions"] == 3 and "dpo" in report["metrics"] and "dpo" not in report["missing"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Positions: a prompt and its answer must fit the model's max_position_embeddings together
+
+
+def test_positions_are_read_from_a_loaded_model_or_a_checkpoints_config(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "config.json").write_text(json.dumps({"max_position_embeddings": 512}))
+    (tmp_path / "adapter").mkdir()  # an adapter's folder: no config.json of its own
+    loaded = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=32768))
+    assert positions.positions(tmp_path / "full") == 512 and positions.positions(loaded) == 32768
+    assert positions.positions(tmp_path / "adapter") is None
+    models = {"the critic": loaded, "the SFT model": tmp_path / "full", "the adapter": tmp_path / "adapter"}
+    assert positions.fewest_positions(models) == (512, "the SFT model")
+    assert positions.fewest_positions({"the adapter": tmp_path / "adapter"}) is None
+
+
+@pytest.mark.parametrize(
+    "prompt, answer, message",
+    [
+        (464, 48, None),
+        (
+            464,
+            600,
+            "--max_prompt_length 464 and --response_length 600 make 1,064 tokens, more than the 512 positions of the "
+            "SFT model (max_position_embeddings in its config), which a prompt and its answer share. Pass "
+            "--response_length 48 or less, or lower --max_prompt_length.",
+        ),
+        (600, 48, "--max_prompt_length 600 and --response_length 48 make 648 tokens, more than the 512 positions of "),
+        (
+            512,
+            1,
+            "--max_prompt_length 512 and --response_length 1 make 513 tokens, more than the 512 positions of the SFT "
+            "model (max_position_embeddings in its config), which a prompt and its answer share. Lower "
+            "--max_prompt_length.",
+        ),
+    ],
+)
+def test_a_prompt_and_answer_longer_than_the_positions_are_refused_naming_the_flag(prompt, answer, message):
+    def check():
+        limit = (512, "the SFT model")
+        shorten = "lower --max_prompt_length"
+        positions.check_fits(f"--max_prompt_length {prompt}", prompt, "--response_length", answer, limit, shorten)
+
+    if message is None:
+        check()
+        return
+    with pytest.raises(errors.ArgumentError, match=f"^{re.escape(message)}"):
+        check()
+
+
+def test_train_ppo_refuses_a_response_length_past_the_positions_before_loading(tiny_base, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    models = ("--sft_model_path", tiny_base, "--value_model_path", tiny_base)
+    message = (
+        f"--max_prompt_length {tiny.TINY_MAX_PROMPT_LENGTH} and --response_length 600 make 1,064 tokens, more than the "
+        f"512 positions of the SFT model ({tiny_base}) (max_position_embeddings in its config), which a prompt and its "
+        "answer share. Pass --response_length 48 or less, or lower --max_prompt_length."
+    )
+    with pytest.raises(errors.ArgumentError, match=f"^{re.escape(message)}$"):
+        train_ppo.main(*parse(train_ppo, *models, "--response_length", 600), reward_fn=lambda queries, answers: 0)
+    assert not (tmp_path / paths.PPO_DIR).exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (("--max_new_tokens", 1000, "--question", "吃了没?"), r"^A prompt of (\d+) tokens \(the question and "
+         r"--system_prompt\) and --max_new_tokens 1000 make [\d,]+ tokens, more than the 512 positions of the model "),
+        (("--question", "吃了没?", "--question", "问" * 3000), r"^A prompt of [\d,]+ tokens .* and --max_new_tokens 64 "
+         r"make .*Shorten the question or --system_prompt\.$"),
+    ],
+)  # fmt: skip
+def test_eval_sft_refuses_a_max_new_tokens_or_question_past_the_positions(tiny_base, flags, message, capsys):
+    with pytest.raises(errors.ArgumentError, match=message):
+        eval_sft.main(*parse(eval_sft, "--model_path", tiny_base, *flags))
+    printed = capsys.readouterr().out
+    assert printed.count("---模型输出---") == (1 if "问" * 3000 in flags else 0)  # the questions before it answered
+
+
+def test_eval_ppo_compare_refuses_a_max_new_tokens_past_the_positions(tiny_base, untrained_rm, long_rows):
+    args = ("--compare", "--sft_model_path", tiny_base, "--reward_model_path", untrained_rm)
+    with pytest.raises(errors.ArgumentError, match="and --max_new_tokens 1000 make 1,464 tokens, more than the 512"):
+        eval_ppo.main(*parse(eval_ppo, *args, "--dataset_name", long_rows, "--max_new_tokens", 1000))
+
+
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        ("好" * 3000, r"probe 2 \(long, '好好好.*'\) makes [\d,]+ tokens with --system_prompt and no question, "
+         r"over --max_length 256, the longest the reward model scores; the audit scores each probe after a question"),
+        ("好" * 120_000, r"probe 2 \(long, .*\) has 120,\d+ characters with --system_prompt, more than 256 tokens "
+         r"spell \(\d+ characters at most each\), over --max_length 256"),
+    ],
+)  # fmt: skip
+def test_eval_rm_refuses_a_probe_too_long_to_score_before_the_evaluation(untrained_rm, tmp_path, answer, message):
+    probes = tmp_path / "probes.jsonl"
+    rows = [{"kind": "short", "side": "chosen", "answer": "滚。"}, {"kind": "long", "side": "rejected", "answer": answer}]
+    probes.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    metrics = tmp_path / "m.json"
+    args = ("--model_path", untrained_rm, "--dataset_name", paths.SAMPLE_DATA, "--probes_file", probes)
+    args += ("--metrics_file", metrics)
+    with pytest.raises(errors.ArgumentError, match=f"^--probes_file {re.escape(str(probes))}: {message}"):
+        eval_rm.main(*parse(eval_rm, *args))
+    assert not metrics.exists()

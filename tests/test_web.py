@@ -9,10 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from gradio_client import Client
@@ -36,6 +38,15 @@ HOSTILE = (
 )
 RANGES = {"temperature": chat_web.TEMPERATURE_RANGE, "max_new_tokens": (1, 512), "seed": chat_web.SEED_RANGE}
 GOOD = dict(question=QUESTION, system_prompt="", temperature=0.7, max_new_tokens=8, seed=42)
+
+
+def one_token_per_character(question: str, system_prompt: str) -> int:
+    """A prompt count for the fast tests: as a tokenizer with no merges and no chat template counts."""
+    return len(question) + len(system_prompt)
+
+
+# Models of 512 positions whose longest token spells 4 characters: at most 2,048 characters fit.
+ROOM = chat_web.Room(positions=512, token_characters=4, prompt_tokens=one_token_per_character)
 
 
 def tiny_args(tiny_base, **folders) -> chat_web.WebArguments:
@@ -144,6 +155,42 @@ def test_every_found_model_answers_with_its_scores(tiny_base, models_dir):
     assert [a.answer_ids for a in final(models, args, seed=7)] != [a.answer_ids for a in answers]
 
 
+def test_an_answer_stops_when_its_client_goes_and_a_question_at_the_time_limit(tiny_base, monkeypatch):
+    """Gradio closes the generator of a client that went away: the answer's sampling stops at its next token rather
+    than run to Max new tokens. A question past REQUEST_TIME_LIMIT_S is cut and refused with the limit's name."""
+    models = chat_web.load_models(tiny_args(tiny_base))
+    model, long = models.columns[0].model, 400  # tokens: seconds of sampling, no stop token before (min_new_tokens)
+    lengths, generate, config = [], model.generate, chat_web.sampling.sampling_config
+
+    def recording(*args, **kwargs):
+        ids = generate(*args, **kwargs)
+        lengths.append(ids.shape[1] - args[0].shape[1])
+        return ids
+
+    def without_early_stop(*args):
+        generation_config = config(*args)
+        generation_config.min_new_tokens = long
+        return generation_config
+
+    monkeypatch.setattr(model, "generate", recording)
+    monkeypatch.setattr(chat_web.sampling, "sampling_config", without_early_stop)
+    answers = chat_web.ask(models, QUESTION, "", 1.0, long, 42)
+    next(answers)
+    answers.close()
+    assert not [thread for thread in threading.enumerate() if thread.name == chat_web.GENERATION_THREAD]
+    assert 1 <= lengths[0] < long
+
+    monkeypatch.setattr(chat_web, "REQUEST_TIME_LIMIT_S", 0)
+    shown = []
+    limit = "This question reached the page's limit of 0 s per question (REQUEST_TIME_LIMIT_S in chat_web.py) in the "
+    with pytest.raises(chat_web.RequestError, match=f"^{re.escape(limit)}base column: its answer is cut there. Ask"):
+        for shown in chat_web.ask(models, QUESTION, "", 1.0, long, 42):
+            pass
+    assert lengths[1] == 1 and shown[0].timed_out and "cut at the time limit" in chat_web.score_text(
+        models.columns[0], shown[0]
+    )
+
+
 def wait_for_page(url: str, server: subprocess.Popen) -> None:
     deadline = time.monotonic() + SERVER_START_S
     while time.monotonic() < deadline:
@@ -235,12 +282,54 @@ def test_page_in_a_real_browser(tiny_base, models_dir, tmp_path):
 )
 def test_every_box_is_checked_with_its_name_and_range(box, value, message):
     with pytest.raises(chat_web.RequestError, match=f"^{re.escape(message)}"):
-        chat_web.check_request(chat_web.Request(**GOOD | {box: value}), RANGES)
+        chat_web.check_request(chat_web.Request(**GOOD | {box: value}), RANGES, ROOM)
 
 
 def test_a_good_request_passes_as_sent():
-    values = GOOD | dict(temperature=2, max_new_tokens=512.0, seed=2**32 - 1)
-    assert chat_web.check_request(chat_web.Request(**values), RANGES) == (QUESTION, "", 2.0, 512, 2**32 - 1)
+    """Its prompt (4 tokens here) and its answer fill the 512 positions exactly."""
+    values = GOOD | dict(temperature=2, max_new_tokens=508.0, seed=2**32 - 1)
+    assert chat_web.check_request(chat_web.Request(**values), RANGES, ROOM) == (QUESTION, "", 2.0, 508, 2**32 - 1)
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            dict(question="问" * 2049),
+            "The question and system prompt have 2,049 characters together, more than the models' 512 positions can "
+            "hold: at most 2,048 characters (4 for the longest token). Shorten the question or the system prompt.",
+        ),
+        (
+            dict(question="问", system_prompt="系" * 2048),
+            "The question and system prompt have 2,049 characters together",
+        ),
+        (
+            dict(question="问" * 600),
+            "The question and system prompt make a prompt of 600 tokens, and the models have 512 positions for the "
+            "prompt and the answer together. Shorten the question or the system prompt.",
+        ),
+        (
+            dict(question="问" * 500, system_prompt="系" * 10),
+            "The question and system prompt make a prompt of 510 tokens: with Max new tokens 8 that is 518, more "
+            "than the models' 512 positions. Lower Max new tokens to 2 or less, or shorten the question or the "
+            "system prompt.",
+        ),
+    ],
+)
+def test_a_prompt_and_answer_that_cannot_fit_the_positions_are_refused(values, message):
+    with pytest.raises(chat_web.RequestError, match=f"^{re.escape(message)}"):
+        chat_web.check_request(chat_web.Request(**GOOD | values), RANGES, ROOM)
+
+
+def test_a_huge_question_is_refused_by_its_characters_before_it_is_tokenized():
+    """A 1,000,000-character question once froze the page's queue: it is refused without being tokenized."""
+
+    def tokenize(question: str, system_prompt: str) -> int:
+        raise AssertionError("tokenized a text that cannot fit")
+
+    room = dataclasses.replace(ROOM, prompt_tokens=tokenize)
+    with pytest.raises(chat_web.RequestError, match="have 1,000,000 characters together"):
+        chat_web.check_request(chat_web.Request(**GOOD | dict(question="问" * 1_000_000)), RANGES, room)
 
 
 def test_start_values_out_of_range_are_refused_by_flag(tiny_base):
@@ -248,6 +337,9 @@ def test_start_values_out_of_range_are_refused_by_flag(tiny_base):
     chat_web.check_start_values(tiny_args(tiny_base), models)
     with pytest.raises(errors.ArgumentError, match=r"^--max_new_tokens must be a whole number from 1 to 512, got 600"):
         chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=600), models)
+    # In the box's range, but no question fits beside the system prompt and an answer that long.
+    with pytest.raises(errors.ArgumentError, match=r"with Max new tokens 510 that is .*\(Before any question is typed"):
+        chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=510), models)
 
 
 def test_text_from_files_renders_as_itself():
@@ -294,9 +386,9 @@ def served(tiny_base):
     models = chat_web.load_models(args)
     models.missing["dpo"] = HOSTILE
     models.examples = [HOSTILE]
-    page = chat_web.build_page(models, args).queue()
+    page = chat_web.build_page(models, args)
     port = free_port()
-    page.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    chat_web.serve(page, "127.0.0.1", port, prevent_thread_lock=True)
     try:
         yield models, f"http://127.0.0.1:{port}/"
     finally:
@@ -323,6 +415,67 @@ def test_the_api_refuses_bad_values_and_a_failed_generation_frees_the_queue(serv
     monkeypatch.undo()
     answer, line = client.submit(QUESTION, "", 0.7, MAX_NEW_TOKENS, 42, **ask).result(timeout=ANSWERS_S)
     assert answer and "judge\\: " in line  # Markdown, escaped
+
+
+def test_a_refused_question_logs_one_line_every_error_has_its_message_and_uploads_are_refused(served, capfd):
+    """The API's 1,000,000-character question (which once froze the queue) is refused at once, as the box's
+    max_length refuses it in a browser; each refusal is one line on the console, no traceback. A request missing a
+    value gets Gradio's message, not null. Gradio's upload route takes no file into its temporary folder."""
+    models, url = served
+    client = Client(url, verbose=False)
+    capfd.readouterr()
+    characters = chat_web.room(models).characters
+    with pytest.raises(Exception, match=f"at most {characters:,} characters"):
+        client.submit("问" * 1_000_000, "", 0.7, MAX_NEW_TOKENS, 42, api_name="/on_ask").result(timeout=ANSWERS_S)
+    with pytest.raises(Exception, match="Seed must be a whole number"):
+        client.submit(QUESTION, "", 0.7, MAX_NEW_TOKENS, -1, api_name="/on_ask").result(timeout=ANSWERS_S)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and len(re.findall("^Question not answered: ", err, re.MULTILINE)) == 2, err
+
+    start = httpx.post(f"{url}gradio_api/call/on_ask", json={"data": [QUESTION]}, timeout=ANSWERS_S)
+    events = httpx.get(f"{url}gradio_api/call/on_ask/{start.json()['event_id']}", timeout=ANSWERS_S).text
+    assert "event: error" in events and "didn't receive enough input values" in events, events
+
+    upload = httpx.post(f"{url}gradio_api/upload", files={"files": ("a.txt", b"x" * 1000)}, timeout=ANSWERS_S)
+    assert upload.status_code == 413, upload.text
+
+
+def test_a_cancelled_question_stops_generating_on_the_server(served, monkeypatch):
+    """Through Gradio itself: a client that cancels (as a closed tab does, Gradio closes the question's generator)
+    ends the sampling at its next token, and the page answers the next question. Each token is slowed so that the
+    answer could not finish before the cancel arrives."""
+    models, url = served
+    model, long, token_s = models.columns[0].model, 400, 0.05
+    lengths, generate, forward, config = [], model.generate, model.forward, chat_web.sampling.sampling_config
+
+    def recording(*args, **kwargs):
+        ids = generate(*args, **kwargs)
+        lengths.append(ids.shape[1] - args[0].shape[1])
+        return ids
+
+    def slow(*args, **kwargs):
+        time.sleep(token_s)
+        return forward(*args, **kwargs)
+
+    def without_early_stop(*args):
+        generation_config = config(*args)
+        generation_config.min_new_tokens = generation_config.max_new_tokens
+        return generation_config
+
+    monkeypatch.setattr(model, "generate", recording)
+    monkeypatch.setattr(model, "forward", slow)
+    monkeypatch.setattr(chat_web.sampling, "sampling_config", without_early_stop)
+    client = Client(url, verbose=False)
+    job = client.submit(QUESTION, "", 1.0, long, 42, api_name="/on_ask")
+    deadline = time.monotonic() + ANSWERS_S
+    while not job.outputs() and time.monotonic() < deadline:  # the answer has begun
+        time.sleep(0.1)
+    job.cancel()
+    while not lengths and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lengths and lengths[0] < long, lengths
+    answer, _ = client.submit(QUESTION, "", 0.7, 2, 42, api_name="/on_ask").result(timeout=ANSWERS_S)
+    assert lengths[1] == 2 and answer is not None
 
 
 def test_page_shows_file_text_as_text_and_names_an_emptied_box(served, tmp_path, monkeypatch):
