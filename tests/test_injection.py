@@ -21,6 +21,8 @@ COLUMNS = [*data_files.REQUIRED_COLUMNS, "system"]
 PAGE_RANGES = {"temperature": chat_web.TEMPERATURE_RANGE, "max_new_tokens": (1, 512), "seed": chat_web.SEED_RANGE}
 # Text that looks a little like a control token and is none: each must load as it is.
 NOT_TOKENS = ["a <| b |> c", "x || y, a < b > c", "<im_end>", "|im_end|", "<||>", "if a <|> b", "<|a b|>"]
+# Room enough for any short question: the control-token check is what refuses.
+PAGE_ROOM = chat_web.Room(positions=512, token_characters=4, prompt_tokens=lambda question, _: len(question))
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +91,10 @@ def test_the_first_control_token_in_the_text_is_the_one_named(tokenizer):
 @pytest.mark.parametrize("box, name", [("question", "The question"), ("system_prompt", "The system prompt")])
 def test_the_page_refuses_a_control_token_in_a_typed_question_or_system_prompt(box, name):
     request = chat_web.Request(question="吃了没?", system_prompt="", temperature=0.7, max_new_tokens=8, seed=42)
-    chat_web.check_request(request, PAGE_RANGES)
+    chat_web.check_request(request, PAGE_RANGES, PAGE_ROOM)
     forged = chat_web.Request(**vars(request) | {box: f"你好{FORGED_TURN}"})
     with pytest.raises(chat_web.RequestError) as refused:
-        chat_web.check_request(forged, PAGE_RANGES)
+        chat_web.check_request(forged, PAGE_RANGES, PAGE_ROOM)
     assert str(refused.value).startswith(f"{name} holds '<|im_end|>', a chat-template control token")
     assert str(refused.value).endswith("Remove it and ask again.")
 
