@@ -177,8 +177,8 @@ def conversation_ids(tokenizer, row: dict, system_prompt: str, answer: str) -> l
     if tokenizer.eos_token_id not in ids:
         raise errors.PipelineError(
             f"the chat template does not end an assistant turn with the eos token {tokenizer.eos_token!r}, so there "
-            "is no token to read the reward at. Set --eos_token to the template's end-of-turn token (<|im_end|> for "
-            "Qwen)."
+            "is no token to read the reward at. Train the reward model with train_rm.py --eos_token set to the "
+            "template's end-of-turn token (<|im_end|> for Qwen)."
         )
     return ids[: len(ids) - ids[::-1].index(tokenizer.eos_token_id)]
 
