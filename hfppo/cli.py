@@ -27,29 +27,22 @@ class Parser(TrlParser):
         raise errors.ArgumentError(f"{message.rstrip('.')}. {HELP_HINT}")
 
     def _get_value(self, action, arg_string):
-        """argparse's conversion, its message quoting the value as `shown` does (a --config value may be huge)."""
+        """argparse's conversion, its message quoting the value as errors.shown does (a --config value can be huge)."""
         try:
             return super()._get_value(action, arg_string)
         except argparse.ArgumentError as error:
-            raise argparse.ArgumentError(action, error.message.replace(repr(arg_string), shown(arg_string))) from None
+            message = error.message.replace(repr(arg_string), errors.shown(arg_string))
+            raise argparse.ArgumentError(action, message) from None
 
     def _check_value(self, action, value):
-        """argparse's choice check, its message quoting the value as `shown` does."""
+        """argparse's choice check, its message quoting the value as errors.shown does."""
         try:
             super()._check_value(action, value)
         except argparse.ArgumentError as error:
-            raise argparse.ArgumentError(action, error.message.replace(repr(value), shown(value))) from None
+            raise argparse.ArgumentError(action, error.message.replace(repr(value), errors.shown(value))) from None
 
 
 HELP_HINT = "Run with --help to list every flag and its default."
-# A value a message quotes is cut to this many characters, on one line: a --config value can be megabytes long.
-MAX_SHOWN = 80
-
-
-def shown(value) -> str:
-    """`value` as a message quotes it: its repr (one line: repr escapes newlines), cut to MAX_SHOWN characters."""
-    text = repr(value)
-    return text if len(text) <= MAX_SHOWN else f"{text[: MAX_SHOWN - 5]}[...]"
 
 # The valid range of every numeric setting, by field name, checked for all of a script's dataclasses before any data
 # or model loads; "DPOConfig.beta" is the range of one dataclass's field where a name means different things in two
@@ -238,7 +231,7 @@ def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
         above = finite and (number > low if interval[0] == "(" else number >= low)
         below = finite and (number < high if interval[-1] == ")" else number <= high)
         if not (above and below):
-            raise errors.ArgumentError(f"--{name} must be {_describe(interval)}, got {shown(value)}.")
+            raise errors.ArgumentError(f"--{name} must be {_describe(interval)}, got {errors.shown(value)}.")
     empty = [name for name, value in namespace.items() if value == "" and is_path_field(name)]
     if empty:
         raise errors.ArgumentError(
@@ -391,7 +384,7 @@ def _read_config(path: str, parser: TrlParser) -> dict:
         raise errors.ArgumentError(f"--config {path} could not be read ({error}).") from error
     except DuplicateKeyError as error:
         raise errors.ArgumentError(
-            f"--config {path} gives the key {shown(error.key)} twice, on lines {error.lines[0]} and "
+            f"--config {path} gives the key {errors.shown(error.key)} twice, on lines {error.lines[0]} and "
             f"{error.lines[1]}: YAML allows a key once in a mapping. Keep the one you mean."
         ) from error
     except AliasError as error:
@@ -444,7 +437,7 @@ def _read_config(path: str, parser: TrlParser) -> dict:
             value = actions[key].type(value) if actions[key].type else value
             if value not in actions[key].choices:
                 raise errors.ArgumentError(
-                    f"--config {path}: {key} {shown(value)} is not one of "
+                    f"--config {path}: {key} {errors.shown(value)} is not one of "
                     f"{errors.join_names([str(c) for c in actions[key].choices])}."
                 )
     os.environ.update({key: str(value) for key, value in env.items()})
@@ -459,13 +452,13 @@ def _check_env(path: str, env) -> None:
     for name, value in env.items():
         if not (isinstance(name, str) and ENV_NAME.fullmatch(name)):
             raise errors.ArgumentError(
-                f"--config {path}: env {shown(name)} is not an environment variable's name: letters, digits and _, "
-                "not starting with a digit."
+                f"--config {path}: env {errors.shown(name)} is not an environment variable's name: letters, digits "
+                "and _, not starting with a digit."
             )
         if not isinstance(value, SCALARS) or "\0" in str(value):
             raise errors.ArgumentError(
-                f"--config {path}: env {name} is {shown(value)}; an environment variable takes one value, text or a "
-                "number, without NUL characters."
+                f"--config {path}: env {name} is {errors.shown(value)}; an environment variable takes one value, "
+                "text or a number, without NUL characters."
             )
 
 
@@ -497,8 +490,8 @@ def _typed_value(path: str, key: str, value, action, kinds: set):
             for item in value:
                 if not isinstance(item, SCALARS):
                     raise errors.ArgumentError(
-                        f"--config {path}: {key} holds {shown(item)}, and --{key} takes a list of single values (text "
-                        "or numbers)."
+                        f"--config {path}: {key} holds {errors.shown(item)}, and --{key} takes a list of single "
+                        "values (text or numbers)."
                     )
             return [str(item) for item in value] if action.type is str else value
         what = "a list"
@@ -508,8 +501,8 @@ def _typed_value(path: str, key: str, value, action, kinds: set):
         what = f"a YAML {type(value).__name__}"
     takes = "a list of single values" if list in kinds else "one value"
     raise errors.ArgumentError(
-        f"--config {path}: {key} is {what}, {shown(value)}, and --{key} takes {takes}. Write it as the flag takes "
-        "it, in quotes if it is text that holds [ ] { } : or #."
+        f"--config {path}: {key} is {what}, {errors.shown(value)}, and --{key} takes {takes}. Write it as the flag "
+        "takes it, in quotes if it is text that holds [ ] { } : or #."
     )
 
 
@@ -535,8 +528,8 @@ def _namespace(parser: TrlParser, args: list[str], config: dict | None = None) -
         flags = [arg.split("=")[0] for arg in unknown if arg.startswith("-")]
         if not flags:
             raise errors.ArgumentError(
-                f"unexpected {errors.join_names([shown(arg) for arg in unknown])}: every setting is a flag with its "
-                f"value, like --learning_rate 1e-5. {HELP_HINT}"
+                f"unexpected {errors.join_names([errors.shown(arg) for arg in unknown])}: every setting is a flag "
+                f"with its value, like --learning_rate 1e-5. {HELP_HINT}"
             )
         # Each flag by its first spelling: --kl_coef, not also its alias --kl-coef.
         options = {option: action.option_strings[0] for option, action in parser._option_string_actions.items()}
@@ -550,8 +543,8 @@ def _unknown(names: list[str], valid: dict[str, str] | list[str], kind: str) -> 
     canonical = valid if isinstance(valid, dict) else {name: name for name in valid}
     parts = []
     for name in names:
-        if not (isinstance(name, str) and name.isprintable() and len(name) <= MAX_SHOWN):  # a YAML key: any value
-            parts.append(shown(name))
+        if not (isinstance(name, str) and name.isprintable() and len(name) <= errors.MAX_SHOWN):  # YAML: any key
+            parts.append(errors.shown(name))
             continue
         near = list(dict.fromkeys(canonical[match] for match in difflib.get_close_matches(name, canonical, n=5)))[:3]
         parts.append(f"{name} (did you mean {' or '.join(near)}?)" if near else name)

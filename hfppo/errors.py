@@ -16,6 +16,16 @@ def join_names(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+# A value a message quotes is cut to this many characters, on one line: a --config value can be megabytes long.
+MAX_SHOWN = 80
+
+
+def shown(value) -> str:
+    """`value` as a message quotes it: its repr (one line: repr escapes newlines), cut to MAX_SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else f"{text[: MAX_SHOWN - 5]}[...]"
+
+
 def json_problem(error: json.JSONDecodeError) -> str:
     """The problem without its trailing "at" ("Unterminated string starting at"), which expects the position after
     it: the callers add " at column 9" themselves."""

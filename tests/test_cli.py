@@ -263,7 +263,7 @@ def test_a_config_value_of_the_fields_type_is_read(tmp_path, case):
     assert {key: settings[key] for key in expected} == expected
 
 
-LONG = "x" * 5000  # a value far longer than a message may quote (cli.MAX_SHOWN)
+LONG = "x" * 5000  # a value far longer than a message may quote (errors.MAX_SHOWN)
 LONG_VALUES = {  # where a message quotes a value: (script, flags, YAML or None)
     "argparse's conversion": ("train_ppo", ["--num_ppo_epochs", LONG], None),
     "argparse's choice": ("train_ppo", ["--kl_estimator", LONG], None),
@@ -284,7 +284,7 @@ def test_a_value_in_a_message_is_cut_to_one_short_line(tmp_path, case):
         (tmp_path / "run.yaml").write_text(text)
         flags = ["--config", str(tmp_path / "run.yaml")]
     message = refused(script, *flags)
-    assert "x" * (cli.MAX_SHOWN + 1) not in message and "\n" not in message
+    assert "x" * (errors.MAX_SHOWN + 1) not in message and "\n" not in message
     assert "[...]" in message or case == "a value of many lines"
 
 
