@@ -372,6 +372,20 @@ def test_every_default_and_tiny_preset_is_in_range():
         parse(script=script), parse("--tiny", script=script)  # would raise ArgumentError
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--metrics_file", "m.json"], "--metrics_file is for --compare"),
+        (["--dataset_name", "data/sample.jsonl"], "--dataset_name is for --compare"),
+        (["--dataset_name", "d.jsonl", "--metrics_file", "m.json"], "--dataset_name and --metrics_file are for"),
+    ],
+)
+def test_eval_ppo_refuses_the_comparisons_flags_in_the_chat(flags, named):
+    with pytest.raises(errors.ArgumentError) as error:
+        eval_ppo.main(*parse("--tiny", "--question", "hi", *flags, script=eval_ppo))
+    assert str(error.value).startswith(named) and "without it eval_ppo.py chats" in str(error.value)
+
+
 def test_ppo_needs_held_out_questions():
     with pytest.raises(errors.ArgumentError, match="--eval_fraction must be above 0"):
         train_ppo.main(*parse("--tiny", "--eval_fraction", "0", script=train_ppo))
