@@ -129,8 +129,8 @@ def evaluation_data(
     dataset = dataset_name or str(Path(model_path) / paths.HELD_OUT_FILE)
     if dataset_name is None and not Path(dataset).is_file():
         raise errors.PipelineError(
-            f"{model_path} holds no held-out rows ({paths.HELD_OUT_FILE}): it was trained with --eval_fraction 0 or "
-            "by another tool. Pass --dataset_name with data to evaluate on."
+            f"{model_path} holds no held-out rows ({paths.HELD_OUT_FILE}): it was trained holding none out "
+            "(eval_fraction 0) or by another tool. Pass --dataset_name with data to evaluate on."
         )
     return dataset, load_preference_data(dataset, source)
 
@@ -211,7 +211,7 @@ def check_pad_token(tokenizer, where: str, model=None) -> None:
         raise errors.PipelineError(
             f"the tokenizer of {where} has pad token {tokenizer.pad_token!r} and eos token {tokenizer.eos_token!r}. "
             "The reward is read at the last non-pad token, the answer's eos, so pad must be a token of the vocabulary "
-            "other than eos: train the reward model with --pad_token set to one (Qwen's <|endoftext|>)."
+            "other than eos: train the reward model with train_rm.py --pad_token set to one (Qwen's <|endoftext|>)."
         )
     if model is not None and model.config.pad_token_id != tokenizer.pad_token_id:
         raise errors.PipelineError(

@@ -529,7 +529,7 @@ def _namespace(parser: TrlParser, args: list[str], config: dict | None = None) -
         if not flags:
             raise errors.ArgumentError(
                 f"unexpected {errors.join_names([errors.shown(arg) for arg in unknown])}: every setting is a flag "
-                f"with its value, like --learning_rate 1e-5. {HELP_HINT}"
+                f"with its value (--<name> <value>). {HELP_HINT}"
             )
         # Each flag by its first spelling: --kl_coef, not also its alias --kl-coef.
         options = {option: action.option_strings[0] for option, action in parser._option_string_actions.items()}
