@@ -215,7 +215,8 @@ def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = No
 
 
 def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
-    """Every numeric setting within its NUMERIC_RANGES range (finite), and bf16 only where a GPU has it."""
+    """Every numeric setting within its NUMERIC_RANGES range (finite), no path empty (is_path_field), and bf16 only
+    where a GPU has it."""
     for name, value in namespace.items():
         interval = field_range(name, dataclass_types)
         if interval is None or value is None:
