@@ -210,7 +210,12 @@ def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = No
         try:
             parsed.append(dataclass_type(**{name: value for name, value in namespace.items() if name in names}))
         except ValueError as error:  # the configs' own checks in __post_init__ (TrainingArguments has many)
-            raise errors.ArgumentError(f"{error} {HELP_HINT}") from error
+            raise errors.ArgumentError(f"{errors.one_line(str(error)).rstrip('.')}. {HELP_HINT}") from error
+        except (OSError, ImportError) as error:  # a JSON file a setting names (accelerator_config), its package
+            raise errors.ArgumentError(
+                "a file or package a setting needs is missing or unreadable: "
+                f"{errors.one_line(str(error)).rstrip('.')}. {HELP_HINT}"
+            ) from error
     return tuple(parsed)
 
 

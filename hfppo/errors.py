@@ -26,6 +26,16 @@ def shown(value) -> str:
     return text if len(text) <= MAX_SHOWN else f"{text[: MAX_SHOWN - 5]}[...]"
 
 
+# A library's message is cut to this many characters: it may quote a value of any length, from a flag or a file.
+MAX_LIBRARY_MESSAGE = 400
+
+
+def one_line(text: str) -> str:
+    """A library's message on one line (each run of whitespace one space), cut to MAX_LIBRARY_MESSAGE characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_LIBRARY_MESSAGE else f"{text[: MAX_LIBRARY_MESSAGE - 5]}[...]"
+
+
 def json_problem(error: json.JSONDecodeError) -> str:
     """The problem without its trailing "at" ("Unterminated string starting at"), which expects the position after
     it: the callers add " at column 9" themselves."""

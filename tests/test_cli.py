@@ -288,6 +288,20 @@ def test_a_value_in_a_message_is_cut_to_one_short_line(tmp_path, case):
     assert "[...]" in message or case == "a value of many lines"
 
 
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--fsdp", LONG, "Unknown `fsdp` option: xxx"),  # TrainingArguments' own check quotes the value
+        ("--accelerator_config", LONG, "missing or unreadable: [Errno 36] File name too long"),
+        ("--accelerator_config", "nofile.json", "missing or unreadable: [Errno 2] No such file or directory"),
+    ],
+)
+def test_a_library_refusal_of_a_setting_is_one_short_paragraph(flag, value, expected):
+    message = refused("train_sft", flag, value)
+    assert expected in message and "\n" not in message
+    assert len(message) < errors.MAX_LIBRARY_MESSAGE + 150 and ("[...]" in message) == (value == LONG)
+
+
 def test_a_range_message_cuts_the_value_it_quotes():
     with pytest.raises(errors.ArgumentError) as error:
         cli.check_values({"gamma": [0.5] * 1000})
