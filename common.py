@@ -135,8 +135,8 @@ def evaluation_data(
     dataset = dataset_name or str(Path(model_path) / paths.HELD_OUT_FILE)
     if dataset_name is None and not Path(dataset).is_file():
         raise errors.PipelineError(
-            f"{model_path} holds no held-out rows ({paths.HELD_OUT_FILE}): it was trained with --eval_fraction 0 or "
-            "by another tool. Pass --dataset_name with data to evaluate on."
+            f"{model_path} holds no held-out rows ({paths.HELD_OUT_FILE}): it was trained holding none out "
+            "(eval_fraction 0) or by another tool. Pass --dataset_name with data to evaluate on."
         )
     return dataset, load_preference_data(dataset, source)
 
@@ -183,8 +183,8 @@ def conversation_ids(tokenizer, row: dict, system_prompt: str, answer: str) -> l
     if tokenizer.eos_token_id not in ids:
         raise errors.PipelineError(
             f"the chat template does not end an assistant turn with the eos token {tokenizer.eos_token!r}, so there "
-            "is no token to read the reward at. Set --eos_token to the template's end-of-turn token (<|im_end|> for "
-            "Qwen)."
+            "is no token to read the reward at. Train the reward model with train_rm.py --eos_token set to the "
+            "template's end-of-turn token (<|im_end|> for Qwen)."
         )
     return ids[: len(ids) - ids[::-1].index(tokenizer.eos_token_id)]
 
@@ -232,7 +232,7 @@ def check_pad_token(tokenizer, where: str, model=None) -> None:
         raise errors.PipelineError(
             f"the tokenizer of {where} has pad token {tokenizer.pad_token!r} and eos token {tokenizer.eos_token!r}. "
             "The reward is read at the last non-pad token, the answer's eos, so pad must be a token of the vocabulary "
-            "other than eos: train the reward model with --pad_token set to one (Qwen's <|endoftext|>)."
+            "other than eos: train the reward model with train_rm.py --pad_token set to one (Qwen's <|endoftext|>)."
         )
     if model is not None and model.config.pad_token_id != tokenizer.pad_token_id:
         raise errors.PipelineError(

@@ -486,11 +486,28 @@ def chat(args: EvalArguments) -> None:
         print()
 
 
+# The flags only --compare reads whose default is unset, so that giving one is seen: in the chat they would do nothing.
+COMPARE_ONLY = ("dataset_name", "metrics_file")
+
+
+def check_chat_flags(args: EvalArguments) -> None:
+    """Refuse the flags of COMPARE_ONLY in the chat (no --compare): it takes its questions from --question or the
+    keyboard and writes no metrics, so the flag would be ignored in silence."""
+    given = [f"--{name}" for name in COMPARE_ONLY if getattr(args, name) is not None]
+    if given:
+        raise errors.ArgumentError(
+            f"{errors.join_names(given)} {'is' if len(given) == 1 else 'are'} for --compare, and without it "
+            "eval_ppo.py chats: it answers --question or what you type, and writes no metrics. Add --compare to "
+            f"compare the methods, or drop {'it' if len(given) == 1 else 'them'} to chat."
+        )
+
+
 def main(args: EvalArguments) -> None:
     runtime.require_one_process("eval_ppo.py")
     if args.compare:
         compare(args)
     else:
+        check_chat_flags(args)
         chat(args)
 
 

@@ -108,6 +108,7 @@ def report_truncation(num_rows: int, pairs: Dataset, max_length: int, split: str
 
 
 def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: ModelConfig) -> None:
+    training.check_report_to(training_args.report_to)  # before any model loads, as train_ppo.py does
     if model_args.model_name_or_path is not None:
         raise errors.ArgumentError(
             "train_dpo.py starts from the SFT model, which is also its reference: pass it as --sft_model_path, not "

@@ -140,6 +140,7 @@ def make_trainer(sft_model_path: str, tokenizer, reward_fn, prompts, training_ar
 
 
 def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
+    training.check_report_to(training_args.report_to)  # before any model loads, as train_ppo.py does
     if model_args.model_name_or_path not in (None, script_args.sft_model_path):
         raise errors.ArgumentError(
             "train_grpo.py trains the SFT model: pass it as --sft_model_path, not --model_name_or_path."

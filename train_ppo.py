@@ -783,9 +783,10 @@ def resume_point(resume: Path | None, run: dict, settings: dict) -> dict:
     )
     if {key: saved[key] for key in run} != run:
         raise errors.PipelineError(
-            f"{resume} was saved by a run of {saved['num_updates']} updates of {saved['batch_size']} answers with "
-            f"--num_processes {saved['processes']}; this one has {run['num_updates']} of {run['batch_size']} with "
-            f"--num_processes {run['processes']}. Resume with the same batch settings, epochs and --num_processes."
+            f"{resume} was saved by a run of {saved['num_updates']} updates of {saved['batch_size']} answers on "
+            f"{saved['processes']} process(es); this one has {run['num_updates']} of {run['batch_size']} on "
+            f"{run['processes']}. Resume with the same batch settings and epochs, on as many processes: accelerate "
+            "launch --num_processes."
         )
     resuming.check_resume(resume, settings)
     return saved

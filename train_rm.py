@@ -93,6 +93,7 @@ def tokenize_pairs(rows: Dataset, tokenizer, system_prompt: str, max_length: int
 
 
 def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: ModelConfig) -> None:
+    training.check_report_to(training_args.report_to)  # before any model loads, as train_ppo.py does
     if model_args.use_peft:
         raise errors.PipelineError("train_rm.py trains every parameter, as the original. Drop --use_peft.")
 

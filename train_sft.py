@@ -82,6 +82,7 @@ def report_truncation(trainer: SFTTrainer, rows, max_length: int) -> None:
 
 
 def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
+    training.check_report_to(training_args.report_to)  # before any model loads, as train_ppo.py does
     if model_args.use_peft:
         raise errors.PipelineError(
             "train_sft.py trains every parameter; LoRA belongs to the PPO stage. Drop --use_peft."

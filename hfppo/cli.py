@@ -1,14 +1,19 @@
 """The command line of every script: TRL's parser with errors that name the flag, --config files, ranges."""
 
+import argparse
 import dataclasses
 import difflib
 import math
 import os
+import re
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import get_args, get_type_hints
+from typing import get_args, get_origin, get_type_hints
 
 import torch
+import yaml
 from trl import TrlParser
 
 from hfppo import errors, paths, runtime
@@ -20,6 +25,21 @@ class Parser(TrlParser):
 
     def error(self, message: str):
         raise errors.ArgumentError(f"{message.rstrip('.')}. {HELP_HINT}")
+
+    def _get_value(self, action, arg_string):
+        """argparse's conversion, its message quoting the value as errors.shown does (a --config value can be huge)."""
+        try:
+            return super()._get_value(action, arg_string)
+        except argparse.ArgumentError as error:
+            message = error.message.replace(repr(arg_string), errors.shown(arg_string))
+            raise argparse.ArgumentError(action, message) from None
+
+    def _check_value(self, action, value):
+        """argparse's choice check, its message quoting the value as errors.shown does."""
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            raise argparse.ArgumentError(action, error.message.replace(repr(value), errors.shown(value))) from None
 
 
 HELP_HINT = "Run with --help to list every flag and its default."
@@ -190,12 +210,18 @@ def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = No
         try:
             parsed.append(dataclass_type(**{name: value for name, value in namespace.items() if name in names}))
         except ValueError as error:  # the configs' own checks in __post_init__ (TrainingArguments has many)
-            raise errors.ArgumentError(f"{error} {HELP_HINT}") from error
+            raise errors.ArgumentError(f"{errors.one_line(str(error)).rstrip('.')}. {HELP_HINT}") from error
+        except (OSError, ImportError) as error:  # a JSON file a setting names (accelerator_config), its package
+            raise errors.ArgumentError(
+                "a file or package a setting needs is missing or unreadable: "
+                f"{errors.one_line(str(error)).rstrip('.')}. {HELP_HINT}"
+            ) from error
     return tuple(parsed)
 
 
 def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
-    """Every numeric setting within its NUMERIC_RANGES range (finite), and bf16 only where a GPU has it."""
+    """Every numeric setting within its NUMERIC_RANGES range (finite), no path empty (is_path_field), and bf16 only
+    where a GPU has it."""
     for name, value in namespace.items():
         interval = field_range(name, dataclass_types)
         if interval is None or value is None:
@@ -211,7 +237,13 @@ def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
         above = finite and (number > low if interval[0] == "(" else number >= low)
         below = finite and (number < high if interval[-1] == ")" else number <= high)
         if not (above and below):
-            raise errors.ArgumentError(f"--{name} must be {_describe(interval)}, got {value!r}.")
+            raise errors.ArgumentError(f"--{name} must be {_describe(interval)}, got {errors.shown(value)}.")
+    empty = [name for name, value in namespace.items() if value == "" and is_path_field(name)]
+    if empty:
+        raise errors.ArgumentError(
+            f"--{empty[0]} is empty, and it names a file or folder (an empty path is the current folder). Give "
+            "the path, or leave the flag out to keep its default."
+        )
     if namespace.get("bf16") and not runtime.bf16_available():
         where = "its GPU has no bf16 units" if torch.cuda.is_available() else "it has no GPU"
         raise errors.ArgumentError(
@@ -219,6 +251,17 @@ def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
             "bf16 fails or runs many times slower than fp32. Leave --bf16 out: its default is on exactly where it "
             "helps."
         )
+
+
+# Fields named so that are paths of files or folders, whatever their script; so are PATH_SUFFIXES' names.
+PATH_FIELDS = ("dataset_name", "model_name_or_path", "resume_from_checkpoint")
+PATH_SUFFIXES = ("_path", "_dir", "_file")
+
+
+def is_path_field(name: str) -> bool:
+    """Whether field `name` holds the path of a file or folder (--output_dir, --dataset_name, ...), where an empty
+    value would be the current folder."""
+    return name in PATH_FIELDS or name.endswith(PATH_SUFFIXES)
 
 
 def field_range(name: str, dataclass_types: tuple = ()) -> str | None:
@@ -248,26 +291,114 @@ def _pop_config_flag(args: list[str]) -> tuple[list[str], str | None]:
         raise errors.ArgumentError("--config is given more than once; merge the files into one.")
     (i,) = found
     if args[i] != "--config":
-        return args[:i] + args[i + 1 :], args[i].removeprefix("--config=")
-    if i + 1 == len(args) or args[i + 1].startswith("--"):
+        rest, path = args[:i] + args[i + 1 :], args[i].removeprefix("--config=")
+    elif i + 1 == len(args) or args[i + 1].startswith("--"):
         raise errors.ArgumentError("--config needs a YAML file: --config configs/<stage>.yaml.")
-    return args[:i] + args[i + 2 :], args[i + 1]
+    else:
+        rest, path = args[:i] + args[i + 2 :], args[i + 1]
+    if not path:  # `--config=` or `--config "$UNSET"`: reading no file would run the defaults in silence
+        raise errors.ArgumentError(
+            "--config is empty (an unset shell variable?). Pass the YAML file, --config configs/<stage>.yaml, or "
+            "leave --config out to run the defaults."
+        )
+    return rest, path
+
+
+# What YAML's aliases (*name) may add to a --config file, in characters once expanded: a settings file has no use for
+# more, and nested aliases grow exponentially ("billion laughs": 435 bytes that expand to gigabytes).
+MAX_ALIAS_EXPANSION = 100_000
+# The name an `env:` key must have to be an environment variable a shell can set (POSIX's portable names).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SCALARS = (str, int, float, bool)  # what one flag's value can be in YAML (bool and the numbers converted to text)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping, on lines `lines` (1-based)."""
+
+    def __init__(self, key, lines: tuple[int, int]):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.lines = key, lines
+
+
+class AliasError(yaml.YAMLError):
+    """Aliases that refer to themselves or expand beyond MAX_ALIAS_EXPANSION characters."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing what it would read without a word: a key given twice in one mapping (YAML forbids
+    it; PyYAML keeps the last) and aliases beyond MAX_ALIAS_EXPANSION, checked before anything is built."""
+
+    def construct_document(self, node):
+        added = alias_expansion(node)
+        if added > MAX_ALIAS_EXPANSION:
+            raise AliasError(
+                f"its aliases (*name) expand to {added:,} more characters, more than the {MAX_ALIAS_EXPANSION:,} a "
+                "settings file may add. Write the values out, or repeat them less"
+            )
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):  # the keys as written: a merge (<<: *base) may be overridden
+            first_lines = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    key = self.construct_object(key_node)
+                    if key in first_lines:
+                        raise DuplicateKeyError(key, (first_lines[key], key_node.start_mark.line + 1))
+                    first_lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def alias_expansion(root: yaml.Node) -> int:
+    """How many characters `root`'s aliases add once expanded: its size with every alias replaced by what it names,
+    less its size as written (each node once). A node that contains an alias to itself is an AliasError."""
+    sizes, open_nodes = {}, set()
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)][1]
+        if id(node) in open_nodes:
+            raise AliasError(
+                "an alias (*name) is inside the value it names, which would never end. Write the value out"
+            )
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            total = len(node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(child) for child in node.value)
+        else:
+            total = 1 + sum(size(key) + size(value) for key, value in node.value)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = node, total
+        return total
+
+    expanded = size(root)
+    written = sum(len(node.value) if isinstance(node, yaml.ScalarNode) else 1 for node, _ in sizes.values())
+    return expanded - written
 
 
 def _read_config(path: str, parser: TrlParser) -> dict:
     """The settings of a --config YAML file, as TrlParser reads them (its `env:` mapping set as environment
-    variables), with every key checked against the parser's fields and every choice against its choices."""
-    import yaml
-
+    variables), with every key checked against the parser's fields, every value against its field's type and every
+    choice against its choices."""
     try:
         with open(path, encoding="utf-8") as file:  # YAML's messages then name the file
-            config = yaml.safe_load(file)
+            config = yaml.load(file, Loader=ConfigLoader)
     except FileNotFoundError as error:
         raise errors.ArgumentError(f"--config {path}: no such file. Pass the path of a YAML file.") from error
     except (OSError, UnicodeDecodeError) as error:
         raise errors.ArgumentError(f"--config {path} could not be read ({error}).") from error
+    except DuplicateKeyError as error:
+        raise errors.ArgumentError(
+            f"--config {path} gives the key {errors.shown(error.key)} twice, on lines {error.lines[0]} and "
+            f"{error.lines[1]}: YAML allows a key once in a mapping. Keep the one you mean."
+        ) from error
+    except AliasError as error:
+        raise errors.ArgumentError(f"--config {path}: {error}.") from error
     except yaml.YAMLError as error:
         raise errors.ArgumentError(f"--config {path} is not valid YAML: {' '.join(str(error).split())}") from error
+    except RecursionError as error:
+        raise errors.ArgumentError(f"--config {path} nests its values too deeply to read.") from error
     config = {} if config is None else config
     if not isinstance(config, dict):
         raise errors.ArgumentError(
@@ -275,8 +406,7 @@ def _read_config(path: str, parser: TrlParser) -> dict:
             f"a {type(config).__name__}."
         )
     env = config.pop("env", {})
-    if not isinstance(env, dict):
-        raise errors.ArgumentError(f"--config {path}: env must be a mapping of environment variables to values.")
+    _check_env(path, env)
     actions = {}
     for action in parser._actions:  # the field's own action first: a bool field may also have a --no_ flag
         if action.option_strings:
@@ -304,6 +434,7 @@ def _read_config(path: str, parser: TrlParser) -> dict:
                 f"--config {path}: {key} is empty (null), and --{key} needs a value. Give it one, or remove the key "
                 "to keep the default."
             )
+        config[key] = value = _typed_value(path, key, value, actions[key], _field_kinds(parser, key))
         # A number or bool is converted by the field's type as if given on the command line, so that `2.5` for an
         # integer is refused as `--per_device_train_batch_size 2.5` is; argparse checks no choice in a default.
         if isinstance(value, int | float) and actions[key].type is not None:
@@ -312,11 +443,73 @@ def _read_config(path: str, parser: TrlParser) -> dict:
             value = actions[key].type(value) if actions[key].type else value
             if value not in actions[key].choices:
                 raise errors.ArgumentError(
-                    f"--config {path}: {key} {value!r} is not one of "
+                    f"--config {path}: {key} {errors.shown(value)} is not one of "
                     f"{errors.join_names([str(c) for c in actions[key].choices])}."
                 )
     os.environ.update({key: str(value) for key, value in env.items()})
     return config
+
+
+def _check_env(path: str, env) -> None:
+    """A --config's `env:` is a mapping of environment variables' names (ENV_NAME) to single values, which the
+    operating system can hold (no NUL character)."""
+    if not isinstance(env, dict):
+        raise errors.ArgumentError(f"--config {path}: env must be a mapping of environment variables to values.")
+    for name, value in env.items():
+        if not (isinstance(name, str) and ENV_NAME.fullmatch(name)):
+            raise errors.ArgumentError(
+                f"--config {path}: env {errors.shown(name)} is not an environment variable's name: letters, digits "
+                "and _, not starting with a digit."
+            )
+        if not isinstance(value, SCALARS) or "\0" in str(value):
+            raise errors.ArgumentError(
+                f"--config {path}: env {name} is {errors.shown(value)}; an environment variable takes one value, "
+                "text or a number, without NUL characters."
+            )
+
+
+def _field_kinds(parser: TrlParser, name: str) -> set:
+    """The kinds of value field `name`'s type takes: its type, or each member of a union, without its parameters
+    (`dict[str, Any] | str | None` -> {dict, str, NoneType}); empty for a name no dataclass has."""
+    for dataclass_type in parser.dataclass_types:
+        hints = get_type_hints(dataclass_type)
+        if name in hints:
+            hint = hints[name]
+            members = get_args(hint) if get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            return {get_origin(member) or member for member in members}
+    return set()
+
+
+def _typed_value(path: str, key: str, value, action, kinds: set):
+    """`value` of --config key `key` checked against what its field takes (`kinds`, _field_kinds'): a list only for a
+    list field, of single values (text, when the field takes text: YAML's numbers and bools as written on the command
+    line), a mapping only for a mapping field (model_init_kwargs, ...), else one value; a list field's single value
+    as a list of one, as the flag makes it. YAML's other types (a date, binary) are refused: quoted, they are text."""
+    if value is None or not kinds:
+        return value
+    if isinstance(value, dict):
+        if dict in kinds:
+            return value
+        what = "a mapping"
+    elif isinstance(value, list):
+        if list in kinds:
+            for item in value:
+                if not isinstance(item, SCALARS):
+                    raise errors.ArgumentError(
+                        f"--config {path}: {key} holds {errors.shown(item)}, and --{key} takes a list of single "
+                        "values (text or numbers)."
+                    )
+            return [str(item) for item in value] if action.type is str else value
+        what = "a list"
+    elif isinstance(value, SCALARS):
+        return [value] if list in kinds and str not in kinds and action.nargs in ("+", "*") else value
+    else:
+        what = f"a YAML {type(value).__name__}"
+    takes = "a list of single values" if list in kinds else "one value"
+    raise errors.ArgumentError(
+        f"--config {path}: {key} is {what}, {errors.shown(value)}, and --{key} takes {takes}. Write it as the flag "
+        "takes it, in quotes if it is text that holds [ ] { } : or #."
+    )
 
 
 # Fields whose type takes None where the libraries do not read None as the script's default: TrainingArguments saves
@@ -341,8 +534,8 @@ def _namespace(parser: TrlParser, args: list[str], config: dict | None = None) -
         flags = [arg.split("=")[0] for arg in unknown if arg.startswith("-")]
         if not flags:
             raise errors.ArgumentError(
-                f"unexpected {errors.join_names([repr(arg) for arg in unknown])}: every setting is a flag with its "
-                f"value, like --learning_rate 1e-5. {HELP_HINT}"
+                f"unexpected {errors.join_names([errors.shown(arg) for arg in unknown])}: every setting is a flag "
+                f"with its value (--<name> <value>). {HELP_HINT}"
             )
         # Each flag by its first spelling: --kl_coef, not also its alias --kl-coef.
         options = {option: action.option_strings[0] for option, action in parser._option_string_actions.items()}
@@ -356,6 +549,9 @@ def _unknown(names: list[str], valid: dict[str, str] | list[str], kind: str) -> 
     canonical = valid if isinstance(valid, dict) else {name: name for name in valid}
     parts = []
     for name in names:
+        if not (isinstance(name, str) and name.isprintable() and len(name) <= errors.MAX_SHOWN):  # YAML: any key
+            parts.append(errors.shown(name))
+            continue
         near = list(dict.fromkeys(canonical[match] for match in difflib.get_close_matches(name, canonical, n=5)))[:3]
         parts.append(f"{name} (did you mean {' or '.join(near)}?)" if near else name)
     return f"unknown {kind}{'s' if len(names) > 1 else ''} {errors.join_names(parts)}."

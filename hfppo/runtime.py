@@ -65,7 +65,8 @@ def check_distributed(state) -> None:
         raise errors.PipelineError(
             f"accelerate launch started {world} processes for {' and '.join(wanted) or 'DDP'}, but accelerate runs "
             f"them as {state.distributed_type.value} with {state.num_processes} process(es): FSDP and DeepSpeed need "
-            "GPUs in accelerate 1.15. On CPUs, use configs/accelerate/ddp.yaml with --cpu (docs/distributed.md)."
+            "GPUs in accelerate 1.15. On CPUs, run accelerate launch --cpu --config_file configs/accelerate/ddp.yaml "
+            "(docs/distributed.md)."
         )
 
 

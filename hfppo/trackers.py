@@ -9,6 +9,7 @@ continues it with SummaryWriter's purge_step, as before there were other tracker
 """
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -73,16 +74,21 @@ def resolve(report_to: list[str] | str) -> list[str]:
         )
     names = list(dict.fromkeys(names))
     missing = [name for name in names if name not in installed()]
+    refuse_missing(missing, lambda names: " ".join(PACKAGES[name] for name in names))
+    return names
+
+
+def refuse_missing(missing: list[str], install: Callable[[list[str]], str]) -> None:
+    """The ArgumentError for the trackers --report_to asks for whose packages are `missing` (this script's and the
+    Trainer stages'); `install(missing)`: what pip installs."""
     if missing:
-        packages = " ".join(PACKAGES[name] for name in missing)
         them, its = ("it", "its package is") if len(missing) == 1 else ("them", "their packages are")
+        packages = " ".join(dict.fromkeys(install(missing).split()))  # once each: dagshub needs mlflow too
         raise errors.ArgumentError(
             f"--report_to asks for {errors.join_names(missing)}, and {its} not installed, so the run could not log "
-            f"to {them}. Install {them} "
-            f"(pip install {packages}) and run again, or leave {them} out of --report_to (--report_to none: no "
-            "tracker; tensorboard, the default, comes with the pipeline's requirements)."
+            f"to {them}. Install {them} (pip install {packages}) and run again, or leave {them} out of --report_to "
+            "(--report_to none: no tracker; tensorboard, the default, comes with the pipeline's requirements)."
         )
-    return names
 
 
 class TensorBoardRun(GeneralTracker):

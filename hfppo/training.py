@@ -1,4 +1,5 @@
-"""The Trainer stages' callbacks: a compact progress bar, the run's settings saved, a stop on divergence."""
+"""The Trainer stages' callbacks (a compact progress bar, the run's settings saved, a stop on divergence) and their
+--report_to check."""
 
 import math
 from pathlib import Path
@@ -6,9 +7,10 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from transformers import ProgressCallback, TrainerCallback
+from transformers.integrations import integration_utils as integrations
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hfppo import checkpoints, errors, resuming
+from hfppo import checkpoints, errors, resuming, trackers
 
 
 class SaveRunSettings(TrainerCallback):
@@ -163,3 +165,45 @@ def compact_progress(trainer) -> None:
     """Swap the Trainer's progress bar for `CompactProgress` (none with --disable_tqdm, which asks for plain logs)."""
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(CompactProgress)
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """The Trainer stages' --report_to, checked before any model loads: each name one transformers reports to, and its
+    package installed (`report_to` as TrainingArguments leaves it: "none" made [], "all" the installed ones). The
+    Trainer checks neither before the model has loaded, and then fails with a traceback."""
+    names = list(report_to or [])
+    if len(names) > 1 and ("none" in names or "all" in names):
+        raise errors.ArgumentError(
+            f"--report_to {' '.join(names)}: none (no tracker) and all (every installed one) stand alone; otherwise "
+            f"name the trackers, such as --report_to tensorboard wandb."
+        )
+    unknown = [name for name in names if name not in integrations.INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise errors.ArgumentError(
+            f"--report_to {errors.join_names([errors.shown(name) for name in unknown])}: not a tracker transformers "
+            f"reports to. Choose from {errors.join_names(list(integrations.INTEGRATION_TO_CALLBACK))}, or none, or "
+            "all."
+        )
+    # What each name needs, as its callback checks it: the check, and the pip package that satisfies it.
+    needs = {
+        "azure_ml": (integrations.is_azureml_available, "azureml-sdk"),
+        "comet_ml": (integrations.is_comet_available, "comet-ml"),
+        "mlflow": (integrations.is_mlflow_available, "mlflow"),
+        "neptune": (integrations.is_neptune_available, "neptune"),
+        "tensorboard": (integrations.is_tensorboard_available, "tensorboard"),
+        "trackio": (integrations.is_trackio_available, "trackio"),
+        "wandb": (integrations.is_wandb_available, "wandb"),
+        "codecarbon": (integrations.is_codecarbon_available, "codecarbon"),
+        "clearml": (integrations.is_clearml_available, "clearml"),
+        "dagshub": (integrations.is_dagshub_available, "dagshub mlflow"),
+        "flyte": (integrations.is_flytekit_available, "flytekit"),
+        "dvclive": (integrations.is_dvclive_available, "dvclive"),
+        "swanlab": (integrations.is_swanlab_available, "swanlab"),
+    }
+    if "kubeflow" in names and not integrations.is_kubeflow_available():
+        raise errors.ArgumentError(
+            "--report_to kubeflow reports to a Kubeflow TrainJob, and KUBEFLOW_TRAINER_SERVER_URL, which the TrainJob "
+            "sets, is not set: run inside one, or leave kubeflow out of --report_to."
+        )
+    missing = [name for name in names if name in needs and not needs[name][0]()]
+    trackers.refuse_missing(missing, lambda names: " ".join(needs[name][1] for name in names))

@@ -1,6 +1,7 @@
 """Every hyperparameter comes from one place: dataclass defaults < --tiny preset < --config YAML < command line."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -186,8 +187,23 @@ CONFIG_ERRORS = {
     "misspelled key": ("kl_coeff: 0.1\n", "unknown key kl_coeff (did you mean kl_coef"),
     "bad choice": ("kl_estimator: k2\n", "kl_estimator 'k2' is not one of k1 and k3"),
     "float for an integer": ("num_ppo_epochs: 2.5\n", "--num_ppo_epochs/--num-ppo-epochs: invalid int value: '2.5'"),
-    "list for a number": ("kl_coef: [0.1]\n", "--kl_coef must be in [0, 1000], got [0.1]"),
+    "list for a number": ("kl_coef: [0.1]\n", "kl_coef is a list, [0.1], and --kl_coef takes one value"),
     "out of range": ("gamma: 2\n", "--gamma must be in [0, 1], got 2.0"),
+    "key twice": ("kl_coef: 0.1\nseed: 3\nkl_coef: 0.2\n", "gives the key 'kl_coef' twice, on lines 1 and 3"),
+    "key twice in env": ("env:\n  A: 1\n  A: 2\n", "gives the key 'A' twice, on lines 2 and 3"),
+    "list for text": ("system_prompt: [a, b]\n", "system_prompt is a list, ['a', 'b'], and --system_prompt takes one"),
+    "mapping for a path": ("output_dir: {a: 1}\n", "output_dir is a mapping, {'a': 1}, and --output_dir takes one"),
+    "date for text": ("system_prompt: 2024-01-01\n", "system_prompt is a YAML date, datetime.date(2024, 1, 1)"),
+    "list in a list": ("lora_target_modules: [q_proj, [k_proj]]\n", "lora_target_modules holds ['k_proj'], and"),
+    "env name with =": ('env:\n  "A=B": 1\n', "env 'A=B' is not an environment variable's name"),
+    "env name empty": ('env:\n  "": 1\n', "env '' is not an environment variable's name"),
+    "env value a list": ("env:\n  A: [1, 2]\n", "env A is [1, 2]; an environment variable takes one value"),
+    "billion laughs": (
+        "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+        + "".join(f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcd", "bcde")),
+        "its aliases (*name) expand to 2",
+    ),
+    "alias inside itself": ("kl_coef: &a [*a]\n", "an alias (*name) is inside the value it names"),
 }
 
 
@@ -199,13 +215,128 @@ def test_a_bad_config_file_is_named_with_its_problem(tmp_path, case):
         config.write_text(text)
     message = refused("train_ppo", "--config", config)
     assert expected in message
-    if case not in ("float for an integer", "list for a number", "out of range"):
+    if case not in ("float for an integer", "out of range"):
         assert f"--config {config}" in message
+    assert "\n" not in message and len(message) < 400  # the laughs' 2 MB expansion is not quoted
+
+
+def test_the_configs_environment_is_set_only_when_the_whole_file_is_valid(tmp_path, monkeypatch):
+    monkeypatch.delenv("HFPPO_TEST_VARIABLE", raising=False)
+    config = tmp_path / "ppo.yaml"
+    config.write_text("env:\n  HFPPO_TEST_VARIABLE: 1\nkl_coef: [0.1]\n")
+    refused("train_ppo", "--config", config)
+    assert "HFPPO_TEST_VARIABLE" not in os.environ
+    config.write_text("env:\n  HFPPO_TEST_VARIABLE: 1\nkl_coef: 0.1\n")
+    parse("--config", str(config), script=train_ppo)
+    assert os.environ["HFPPO_TEST_VARIABLE"] == "1"
+
+
+CONFIGS_READ = {  # (script, YAML, {field: value parsed})
+    "a merge overridden is no duplicate": (
+        "train_ppo",
+        "<<: {seed: 3, kl_coef: 0.2}\nseed: 5\n",
+        {"seed": 5, "kl_coef": 0.2},
+    ),
+    "a few aliases": (
+        "train_ppo",
+        "learning_rate: &lr 2.0e-4\ncritic_learning_rate: *lr\n",
+        {"critic_learning_rate": 2e-4},
+    ),
+    "a list field's one value": ("eval_sft", "question: hi\n", {"question": ["hi"]}),
+    "a list field's numbers as text": ("eval_sft", "question: [1, 2.5]\n", {"question": ["1", "2.5"]}),
+    "a mapping field's mapping": (
+        "train_sft",
+        "model_init_kwargs: {revision: main}\n",
+        {"model_init_kwargs": {"revision": "main"}},
+    ),
+    "a text field's number": ("train_ppo", "system_prompt: 42\n", {"system_prompt": "42"}),
+}
+
+
+@pytest.mark.parametrize("case", CONFIGS_READ)
+def test_a_config_value_of_the_fields_type_is_read(tmp_path, case):
+    script, text, expected = CONFIGS_READ[case]
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    parsed = fields(parse("--config", str(config), script=SCRIPTS[script]))
+    settings = {key: value for part in parsed for key, value in part.items()}
+    assert {key: settings[key] for key in expected} == expected
+
+
+LONG = "x" * 5000  # a value far longer than a message may quote (errors.MAX_SHOWN)
+LONG_VALUES = {  # where a message quotes a value: (script, flags, YAML or None)
+    "argparse's conversion": ("train_ppo", ["--num_ppo_epochs", LONG], None),
+    "argparse's choice": ("train_ppo", ["--kl_estimator", LONG], None),
+    "a stray value": ("train_ppo", [LONG], None),
+    "an unknown flag": ("train_ppo", ["--" + LONG, "1"], None),
+    "a config choice": ("train_ppo", [], f"kl_estimator: {LONG}\n"),
+    "a config key": ("train_ppo", [], f"? {LONG}\n: 1\n"),  # explicit: a plain key is at most 1024 characters
+    "a config list for text": ("train_ppo", [], f"system_prompt: [{LONG}]\n"),
+    "a config number from text": ("train_ppo", [], f"num_ppo_epochs: {LONG}\n"),
+    "a value of many lines": ("train_ppo", [], "system_prompt: ['a\n\n  b']\n"),
+}
+
+
+@pytest.mark.parametrize("case", LONG_VALUES)
+def test_a_value_in_a_message_is_cut_to_one_short_line(tmp_path, case):
+    script, flags, text = LONG_VALUES[case]
+    if text is not None:
+        (tmp_path / "run.yaml").write_text(text)
+        flags = ["--config", str(tmp_path / "run.yaml")]
+    message = refused(script, *flags)
+    assert "x" * (errors.MAX_SHOWN + 1) not in message and "\n" not in message
+    assert "[...]" in message or case == "a value of many lines"
+
+
+@pytest.mark.parametrize(
+    "flag, value, expected",
+    [
+        ("--fsdp", LONG, "Unknown `fsdp` option: xxx"),  # TrainingArguments' own check quotes the value
+        ("--accelerator_config", LONG, "missing or unreadable: [Errno 36] File name too long"),
+        ("--accelerator_config", "nofile.json", "missing or unreadable: [Errno 2] No such file or directory"),
+    ],
+)
+def test_a_library_refusal_of_a_setting_is_one_short_paragraph(flag, value, expected):
+    message = refused("train_sft", flag, value)
+    assert expected in message and "\n" not in message
+    assert len(message) < errors.MAX_LIBRARY_MESSAGE + 150 and ("[...]" in message) == (value == LONG)
+
+
+def test_a_range_message_cuts_the_value_it_quotes():
+    with pytest.raises(errors.ArgumentError) as error:
+        cli.check_values({"gamma": [0.5] * 1000})
+    assert str(error.value).startswith("--gamma must be in [0, 1], got [0.5, 0.5") and len(str(error.value)) < 120
+
+
+@pytest.mark.parametrize(
+    "script, flag",
+    [
+        ("train_sft", "--dataset_name"),
+        ("train_sft", "--output_dir"),
+        ("train_sft", "--resume_from_checkpoint"),
+        ("train_ppo", "--sft_model_path"),
+        ("eval_rm", "--metrics_file"),
+        ("export", "--adapter_path"),
+        ("export", "--output_dir"),
+    ],
+)
+def test_an_empty_path_is_refused(script, flag):
+    assert refused(script, f"{flag}=").startswith(f"{flag} is empty, and it names a file or folder")
+
+
+def test_an_empty_path_in_a_config_is_refused(tmp_path):
+    (tmp_path / "sft.yaml").write_text('dataset_name: ""\n')
+    assert refused("train_sft", "--config", tmp_path / "sft.yaml").startswith("--dataset_name is empty")
 
 
 def test_config_flag_without_a_file_and_twice():
     assert "--config needs a YAML file" in refused("train_sft", "--tiny", "--config")
     assert "more than once" in refused("train_sft", "--config", "a.yaml", "--config=b.yaml")
+
+
+@pytest.mark.parametrize("args", [["--config="], ["--config", ""]])
+def test_an_empty_config_flag_is_refused_not_ignored(args):
+    assert refused("train_sft", "--tiny", *args).startswith("--config is empty (an unset shell variable?)")
 
 
 OUT_OF_RANGE = [
@@ -255,6 +386,20 @@ def test_every_default_and_tiny_preset_is_in_range():
         parse(script=script), parse("--tiny", script=script)  # would raise ArgumentError
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--metrics_file", "m.json"], "--metrics_file is for --compare"),
+        (["--dataset_name", "data/sample.jsonl"], "--dataset_name is for --compare"),
+        (["--dataset_name", "d.jsonl", "--metrics_file", "m.json"], "--dataset_name and --metrics_file are for"),
+    ],
+)
+def test_eval_ppo_refuses_the_comparisons_flags_in_the_chat(flags, named):
+    with pytest.raises(errors.ArgumentError) as error:
+        eval_ppo.main(*parse("--tiny", "--question", "hi", *flags, script=eval_ppo))
+    assert str(error.value).startswith(named) and "without it eval_ppo.py chats" in str(error.value)
+
+
 def test_ppo_needs_held_out_questions():
     with pytest.raises(errors.ArgumentError, match="--eval_fraction must be above 0"):
         train_ppo.main(*parse("--tiny", "--eval_fraction", "0", script=train_ppo))
@@ -281,7 +426,7 @@ def test_tiny_with_a_config_of_the_real_run_names_the_keys_that_undo_it(stage, t
 
     # Doing what it says gives the tiny run with the file's other settings.
     undone = message.split(" sets ")[1].split(" to the real run")[0].replace(" and ", ", ").split(", ")
-    kept = [line for line in config.read_text().splitlines() if line.split(":")[0] not in undone]
+    kept = [line for line in config.read_text().splitlines() if line.split(":")[0] not in [*undone, "seed"]]
     trimmed = tmp_path / f"{stage}.yaml"
     trimmed.write_text("\n".join(kept + ["seed: 7"]) + "\n")
     script_args, config_args, *_ = parse("--config", str(trimmed), "--tiny", script=STAGES[stage])

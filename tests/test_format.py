@@ -41,7 +41,7 @@ def test_rm_pair_is_the_two_conversations_cut_at_the_answers_eos(tiny_base):
 def test_a_template_without_eos_after_the_answer_is_refused(tiny_base):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     tokenizer.eos_token = tiny.PAD_TOKEN  # not what the template ends an assistant turn with
-    with pytest.raises(errors.PipelineError, match="--eos_token"):
+    with pytest.raises(errors.PipelineError, match="train_rm.py --eos_token"):
         common.conversation_ids(tokenizer, ROW, paths.DEFAULT_SYSTEM_PROMPT, ROW["chosen"])
 
 

@@ -377,7 +377,7 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
         train_ppo.TINY_PRESET,
         [*map(str, (*args, "--per_device_train_batch_size", 8, *schedule, *resume))],
     )  # fmt: skip
-    with pytest.raises(errors.PipelineError, match="--num_processes 2; this one has 4 of 16 with --num_processes 1"):
+    with pytest.raises(errors.PipelineError, match=r"on 2 process\(es\); this one has 4 of 16 on 1\. "):
         train_ppo.main(*parsed)
 
 

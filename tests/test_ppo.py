@@ -694,7 +694,7 @@ def test_resuming_needs_a_training_state_and_the_same_schedule(tmp_path, sft_run
     assert sorted(path.name for path in final.glob("checkpoint-*")) == ["checkpoint-2"]  # save_total_limit 1
     with pytest.raises(errors.PipelineError, match="holds no training state"):
         train_ppo.main(*ppo_args("--resume_from_checkpoint", final))
-    with pytest.raises(errors.PipelineError, match="3 updates of 16 answers with --num_processes 1; this one has 4"):
+    with pytest.raises(errors.PipelineError, match=r"3 updates of 16 answers on 1 process\(es\); this one has 4"):
         train_ppo.main(*ppo_args("--resume_from_checkpoint", final / "checkpoint-2", "--total_episodes", 64))
 
 

@@ -1,6 +1,7 @@
 """train_ppo.py's --report_to: every tracker gets the same tags at the same steps, no tracker writes no TensorBoard
-folder, and a tracker that is not installed stops the run before anything loads. Trackers other than TensorBoard are
-fakes registered under accelerate's names (W&B, MLflow), so that the run's own path to them is the one tested."""
+folder, and a tracker that is not installed stops the run before anything loads (the Trainer stages' too). Trackers
+other than TensorBoard are fakes registered under accelerate's names (W&B, MLflow), so that the run's own path to them
+is the one tested."""
 
 import json
 
@@ -8,12 +9,13 @@ import accelerate.tracking
 import pytest
 import torch
 from accelerate.utils import LoggerType
+from transformers.integrations import integration_utils
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_ppo import ppo_args
 
 import train_ppo
 from conftest import run_main
-from hfppo import charts, paths, trackers
+from hfppo import charts, errors, paths, trackers, training
 
 TEXT_TAGS = ("eval/samples", "eval/reward_hacking")
 
@@ -144,3 +146,47 @@ def test_a_tracker_that_is_not_installed_stops_the_run_with_exit_2(tmp_path, mon
     assert result.stderr.startswith("error: --report_to ") and result.stderr.count("\n") == 1
     assert message in result.stderr
     assert not any(tmp_path.iterdir())
+
+
+TRAINER_REFUSALS = {  # --report_to's flags or --config YAML -> the message
+    "wandb not installed": (
+        ["--report_to", "wandb"],
+        "--report_to asks for wandb, and its package is not installed, so the run could not log to it. Install it "
+        "(pip install wandb)",
+    ),
+    "two not installed": ("report_to: [tensorboard, mlflow, dagshub]\n", "Install them (pip install mlflow dagshub)"),
+    "an unknown name": (["--report_to", "wandbb"], "--report_to 'wandbb': not a tracker transformers reports to"),
+    "none with a name": ("report_to: [none, tensorboard]\n", "--report_to none tensorboard: none (no tracker) and"),
+}
+
+
+@pytest.mark.parametrize("case", TRAINER_REFUSALS)
+@pytest.mark.parametrize("script", ["train_sft.py", "train_rm.py", "train_dpo.py", "train_grpo.py"])
+def test_a_trainer_stage_refuses_a_tracker_it_cannot_report_to_before_anything_loads(
+    tmp_path, monkeypatch, script, case
+):
+    """As train_ppo.py does, in one paragraph with exit status 2; only TensorBoard installed here, whatever this
+    machine has. The Trainer itself would check after the model had loaded, and end in a traceback."""
+    for name in ("wandb", "mlflow", "dagshub"):
+        monkeypatch.setattr(integration_utils, f"is_{name}_available", lambda: False)
+    flags, message = TRAINER_REFUSALS[case]
+    if isinstance(flags, str):
+        (tmp_path / "run.yaml").write_text(flags)
+        flags = ["--config", tmp_path / "run.yaml"]
+    result = run_main(script, "--tiny", *flags, cwd=tmp_path / "run")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --report_to ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert not any((tmp_path / "run").iterdir())
+
+
+def test_a_trainer_stage_takes_every_tracker_transformers_has_when_installed(monkeypatch):
+    """Every name transformers reports to passes where its package is installed (kubeflow: inside a TrainJob)."""
+    names = list(integration_utils.INTEGRATION_TO_CALLBACK)
+    for name in dir(integration_utils):
+        if name.startswith("is_") and name.endswith("_available"):
+            monkeypatch.setattr(integration_utils, name, lambda: True)
+    training.check_report_to(names)
+    monkeypatch.setattr(integration_utils, "is_kubeflow_available", lambda: False)
+    with pytest.raises(errors.ArgumentError, match="KUBEFLOW_TRAINER_SERVER_URL"):
+        training.check_report_to(["kubeflow"])
