@@ -49,8 +49,8 @@ def tensorboard_run(stage: str, continued: str | Path | None = None) -> Path:
 def check_tensorboard_folder(stage: str | None = None) -> None:
     """Refuse a tensorboard (or tensorboard/<stage>) that is there but is not a folder (a file, or a link to none),
     where the run could not make its own folder: tensorboard_run's mkdir would raise NotADirectoryError, or, under a
-    link to nothing, FileExistsError at every name it tries, forever. Checked before any model loads: by resuming.check_trainer_run (tensorboard) and train_ppo.py (both), and again
-    where the folder is made."""
+    link to nothing, FileExistsError at every name it tries, forever. Checked before any model loads, by
+    resuming.check_trainer_run (tensorboard) and train_ppo.py (both), and again where the folder is made."""
     for folder in [paths.TENSORBOARD_ROOT] + ([paths.TENSORBOARD_ROOT / stage] if stage else []):
         if os.path.lexists(folder) and not folder.is_dir():
             what = "a link to nothing" if folder.is_symlink() and not folder.exists() else "a file"

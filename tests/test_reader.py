@@ -29,8 +29,9 @@ DAMAGES = {
 }
 # The sizes of hand_made_checkpoint's model: one small Qwen2 layer, whose weights fit its config.json.
 SMALL_QWEN2 = dict(
-    vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1
-)
+    vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+    num_key_value_heads=1,
+)  # fmt: skip
 CHECKPOINT_FILES = [
     "config.json",
     "adapter_config.json",
