@@ -353,6 +353,7 @@ def load_model(model_class, path: str | Path, command: str, role: str | None = N
     with checkpoints.loading(path, command):  # a file damaged in a way the checks of require_checkpoint cannot see
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = model_class.from_pretrained(path, dtype=dtype)
+    checkpoints.check_finite(path, model.named_parameters(), command)
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
 

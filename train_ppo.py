@@ -1105,6 +1105,9 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     outputs.check_room(config.output_dir, run_save_bytes(inputs, config, num_updates, start_update))
     check_lengths(inputs, config, own_reward=reward_fn is not None)
     lifecycle.lock_output_dir(config.output_dir)
+    stage = "ppo_base" if script_args.from_base else "ppo"
+    if "tensorboard" in config.report_to:  # its run folder is made after the models load: checked before
+        charts.check_tensorboard_folder(stage)
 
     # Models, optimizer, schedule.
     tokenizer, policy, critic, reward_fn = load_models(
@@ -1142,7 +1145,6 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     # Logging, to --report_to's trackers (run_log: None on every process but the main one). A resumed run continues
     # the TensorBoard run its checkpoint names, dropping what that run logged after the checkpoint (purge_step), so
     # its curves and chart cover every update once; the other trackers start a new run from the checkpoint's update.
-    stage = "ppo_base" if script_args.from_base else "ppo"
     run_dir = (
         charts.tensorboard_run(stage, saved.get("tensorboard_run")) if "tensorboard" in config.report_to else None
     )

@@ -31,6 +31,7 @@ def tensorboard_run(stage: str, continued: str | Path | None = None) -> Path:
     state = PartialState()
     run_dir = Path(continued) if continued is not None and Path(continued).is_dir() else None
     if run_dir is None and state.is_main_process:
+        check_tensorboard_folder(stage)
         stamp = paths.TENSORBOARD_ROOT / stage / time.strftime("%Y-%m-%d %H-%M-%S")
         for attempt in itertools.count(1):
             run_dir = stamp if attempt == 1 else stamp.with_name(f"{stamp.name}-{attempt}")
@@ -43,6 +44,21 @@ def tensorboard_run(stage: str, continued: str | Path | None = None) -> Path:
         run_dir = Path(broadcast_object_list([run_dir])[0])
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir)
     return run_dir
+
+
+def check_tensorboard_folder(stage: str | None = None) -> None:
+    """Refuse a tensorboard (or tensorboard/<stage>) that is there but is not a folder (a file, or a link to none),
+    where the run could not make its own folder: tensorboard_run's mkdir would raise NotADirectoryError, or, under a
+    link to nothing, FileExistsError at every name it tries, forever. Checked before any model loads, by
+    resuming.check_trainer_run (tensorboard) and train_ppo.py (both), and again where the folder is made."""
+    for folder in [paths.TENSORBOARD_ROOT] + ([paths.TENSORBOARD_ROOT / stage] if stage else []):
+        if os.path.lexists(folder) and not folder.is_dir():
+            what = "a link to nothing" if folder.is_symlink() and not folder.exists() else "a file"
+            raise errors.PipelineError(
+                f"{folder.absolute()} is {what}, not a folder, so the run cannot keep its TensorBoard scalars there "
+                f"({paths.TENSORBOARD_ROOT}/<stage>/<time>, in the folder it is started from). Move or rename it, "
+                "then run again."
+            )
 
 
 def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:

@@ -5,14 +5,15 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 from safetensors import SafetensorError, safe_open
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
 from hfppo import errors, paths
 
@@ -60,6 +61,15 @@ ROLES = {
     "adapter": (),  # a LoRA adapter: adapter_config.json, no config.json
 }
 SCORE_HEAD = "score.weight"
+# The class each kind of model loads as, by its architecture's suffix (as ROLES), built to check its weights' names.
+LOADERS = {"ForSequenceClassification": AutoModelForSequenceClassification, "ForCausalLM": AutoModelForCausalLM}
+# Weights a checkpoint may lack beside what its config's model has, legitimately: the score head of a reward model or
+# critic made from a language model, which starts random (check_role refuses a reward model without it); and weights
+# it may hold that its model does not use: a language model's head in a reward model or critic made from one.
+OPTIONAL_WEIGHTS = ("score.",)
+UNUSED_WEIGHTS = {"ForSequenceClassification": ("lm_head.",), "ForCausalLM": ()}
+NAMED_WEIGHTS = 3  # how many of the weights that do not fit a message names
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # peft's (SAFETENSORS_WEIGHTS_NAME): a LoRA adapter's weights
 
 
 def sibling(path: Path, suffix: str) -> Path:
@@ -424,7 +434,92 @@ def require_checkpoint(path: str | Path, command: str, role: str | None = None) 
             read_checkpoint_json(path / name, f"Write it again: {command}", keys)
     if role is not None:
         check_role(path, role, command)
+    check_architecture(path, command)
+    if (path / ADAPTER_WEIGHTS).is_file():  # small: read whole here, where a model's are checked once loaded
+        with safe_open(path / ADAPTER_WEIGHTS, "pt") as handle:
+            check_finite(path, ((name, handle.get_tensor(name)) for name in handle.keys()), command)
     return path
+
+
+def check_finite(path: str | Path, weights: Iterable[tuple[str, torch.Tensor]], command: str) -> None:
+    """Refuse the checkpoint at `path` if one of its `weights` ((name, tensor) pairs: a loaded model's
+    named_parameters(), or an adapter's file) holds a NaN or an infinity: sampling from it fails deep in torch
+    ("probability tensor contains either inf, nan"), and scoring or training with it gives NaN, later."""
+    name = next((name for name, tensor in weights if tensor.is_floating_point() and not tensor.isfinite().all()), None)
+    if name is not None:
+        raise errors.PipelineError(
+            f"the checkpoint at {path} holds weights that are not numbers (NaN or infinity), the first in {name}: "
+            "the run that wrote it diverged, or the file was damaged since. Nothing can sample or score with it. "
+            f"Write it again: {command}"
+        )
+
+
+def check_architecture(path: Path, command: str) -> None:
+    """Refuse a model whose weights are not those of the model its config.json describes: transformers would build
+    that model and leave the weights it lacks random and drop the others (a Qwen2 checkpoint under a Llama config
+    loses its q/k/v biases), with a warning at most."""
+    problem = architecture_problem(path)
+    if problem is not None:
+        raise errors.PipelineError(
+            f"the checkpoint at {path} does not match its config.json: {problem}. Loaded so, its weights would be "
+            "dropped or left random without an error: that config.json is not the one saved with these weights. "
+            f"Put back the config.json saved with them, or write the model again: {command}"
+        )
+
+
+def architecture_problem(path: Path) -> str | None:
+    """What the safetensors weights at `path` lack or hold beside the weights of the model that its config.json makes
+    (built on the meta device: no memory, no weights read), or None. The model is the one this pipeline's loaders
+    build: AutoModelForSequenceClassification for a *ForSequenceClassification architecture, else
+    AutoModelForCausalLM. Not checked (None): an adapter, weights in .bin files, a config transformers cannot build
+    (loading it says why, see `loading`), and the model families whose weights transformers renames or merges while
+    loading (their names on disk differ from the model's by design)."""
+    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
+        return None
+    try:
+        config = AutoConfig.from_pretrained(path)
+        if get_checkpoint_conversion_mapping(config.model_type) is not None:
+            return None
+        architectures = config.architectures or []
+        head = next((kind for kind in LOADERS if any(name.endswith(kind) for name in architectures)), "ForCausalLM")
+        with torch.device("meta"):
+            model = LOADERS[head].from_config(config)
+    except Exception:  # transformers raises many types for a config it cannot build; loading it says why
+        return None
+    expected, found = set(model.state_dict()), weight_names(path)
+    prefixed = {f"{model.base_model_prefix}.{name}" for name in found}
+    if not found & expected and prefixed & expected:  # saved from the bare base model, which loads so too
+        found = prefixed
+    tied = set(getattr(model, "all_tied_weights_keys", {}))
+    missing = [
+        name
+        for name in expected - found - tied
+        if not name.startswith(OPTIONAL_WEIGHTS) and not matches(name, model._keys_to_ignore_on_load_missing)
+    ]
+    unexpected = [
+        name
+        for name in found - expected
+        if not name.startswith(UNUSED_WEIGHTS[head]) and not matches(name, model._keys_to_ignore_on_load_unexpected)
+    ]
+    parts = [
+        f"{what} {len(names)} {why} ({named(names)})"
+        for what, names, why in (("lack", missing, "that model needs"), ("hold", unexpected, "it has no place for"))
+        if names
+    ]
+    made = f"that makes a {type(model).__name__} (model_type {config.model_type})"
+    return f"{made}, and the weights {' and '.join(parts)}" if parts else None
+
+
+def matches(name: str, patterns) -> bool:
+    """Whether the weight `name` matches one of a model class's regular expressions of weights to ignore at load."""
+    return any(re.search(pattern, name) for pattern in patterns or ())
+
+
+def named(names: list[str]) -> str:
+    """The first NAMED_WEIGHTS of `names` in order, and how many more."""
+    shown = sorted(names)[:NAMED_WEIGHTS]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 def check_role(path: Path, role: str, command: str) -> None:

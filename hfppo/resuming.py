@@ -14,7 +14,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import load as load_state_file
 
-from hfppo import checkpoints, errors, outputs
+from hfppo import charts, checkpoints, errors, outputs
 
 # Settings that change neither a run's data, nor its randomness, nor its optimisation: where it writes, what and how
 # often it logs, saves and evaluates, and whether it recomputes activations to save memory (the same arithmetic). A
@@ -214,6 +214,7 @@ def check_trainer_run(script_args, training_args, model_args, inputs: dict[str, 
     )
     prunes = training_args.save_strategy != "no" and bool(training_args.save_total_limit)
     outputs.check_periodic_checkpoints(training_args.output_dir, training_args.resume_from_checkpoint, prunes)
+    charts.check_tensorboard_folder()
     return settings
 
 

@@ -1,7 +1,9 @@
 """The process's setup, made once at the start of every script (`setup`), and what the machine offers."""
 
+import codecs
 import ctypes
 import os
+import sys
 import warnings
 
 import datasets
@@ -16,6 +18,9 @@ from hfppo import errors
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MALLOC_ENVIRONMENT = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 MMAP_THRESHOLD, TRIM_THRESHOLD = 32 * 2**20, 2**31 - 1
+# The encodings the C and POSIX locales give Python's streams and command line where its UTF-8 mode is off (PEP 540
+# turns it on for them by default; PYTHONUTF8=0 or an older build leaves it off).
+LOCALE_WITHOUT_CHARSET = ("ascii",)
 # The sharding each accelerate config asks for, and the variable `accelerate launch` sets for it.
 DISTRIBUTED_ENVIRONMENT = {"FSDP": "ACCELERATE_USE_FSDP", "DeepSpeed": "ACCELERATE_USE_DEEPSPEED"}
 
@@ -32,6 +37,46 @@ def keep_freed_memory() -> None:
     if hasattr(libc, "mallopt") and not any(key in os.environ for key in MALLOC_ENVIRONMENT):
         libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+def readable_output() -> None:
+    """Have stdout and stderr take any text, whatever the locale: the scripts print Chinese (the sample's questions
+    and answers, the default system prompt), which a stream in the C locale's ASCII cannot encode (a traceback).
+
+    A stream in ASCII is switched to UTF-8, as Python's own UTF-8 mode does in the C and POSIX locales: those mean that
+    no locale was set (a container, cron, ssh), and the terminal or file behind them takes UTF-8. Such a command line
+    was read as ASCII too, each non-ASCII byte kept as a surrogate, so an argument that is UTF-8 (a --question in
+    Chinese) is read again as UTF-8. A stream in another encoding that lacks some characters (Latin-1) was chosen by
+    its user: it keeps its encoding, and a character it lacks prints as a \\uXXXX escape, never a traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if encoding is None or not hasattr(stream, "reconfigure") or encodes_all(encoding):
+            continue
+        if codecs.lookup(encoding).name in LOCALE_WITHOUT_CHARSET:
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+        else:
+            stream.reconfigure(errors="backslashreplace")
+    if codecs.lookup(sys.getfilesystemencoding()).name in LOCALE_WITHOUT_CHARSET:
+        sys.argv = [as_utf8(argument) for argument in sys.argv]
+
+
+def encodes_all(encoding: str) -> bool:
+    """Whether `encoding` encodes every character (UTF-8, UTF-16, UTF-32, GB18030): tried on one outside the Basic
+    Multilingual Plane, which the encodings of a part of Unicode lack."""
+    try:
+        "\U0001f600".encode(encoding)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def as_utf8(argument: str) -> str:
+    """A command-line argument read as ASCII with surrogate escapes, read again as UTF-8; as it was where its bytes are
+    not UTF-8."""
+    try:
+        return os.fsencode(argument).decode("utf-8")
+    except UnicodeDecodeError:
+        return argument
 
 
 def bf16_available() -> bool:
@@ -74,6 +119,7 @@ def setup() -> None:
     """What every script does first, in `if __name__ == "__main__":` (and the tests, which run `main` in process):
     the allocator setting, the warning filters and the progress bars off. Made here, not on import, so that reading a
     module changes nothing in the process that reads it."""
+    readable_output()
     # A stage's datasets.map, filter and to_json calls run over a few hundred rows in well under a second each, yet
     # drew five to eight progress bars per stage (TRL's tokenize, truncate, drop-masked, build-labels passes): bars
     # that say nothing. Training and generation keep theirs.

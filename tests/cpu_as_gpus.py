@@ -18,8 +18,8 @@ tensors over gloo. So this file makes accelerate take the processes for GPUs tha
 PartialState.set_device keeps), and changes nothing else: the script, the Trainer, the FSDP and DeepSpeed plugins,
 fully_shard and deepspeed.initialize run as they would on GPUs.
 
-Each process also writes one line on stderr for each model it shards (REPORT), for the tests to check that the run
-sharded what the config says.
+Each process also writes one line on stderr for each model it shards (REPORT, in one write), for the tests to check
+that the run sharded what the config says.
 """
 
 import os
@@ -39,9 +39,14 @@ def gloo_as_multi_gpu(self, cpu: bool = False, sagemaker_dp=False, backend: str 
 
 
 def report(how: str, what: str) -> None:
+    """REPORT on stderr in one write of the whole line: the processes share one stderr, and a print writes the line
+    and its end in two, between which another process's progress bar or report can land (the tests' pattern then
+    runs one report into the next and finds one line where there are two). A pipe keeps a write of at most PIPE_BUF
+    bytes (4096 on Linux) whole."""
     state = PartialState()
     line = REPORT.format(rank=state.process_index, processes=state.num_processes, how=how, what=what)
-    print(line, file=sys.stderr, flush=True)
+    sys.stderr.flush()  # what this process wrote before goes first
+    os.write(sys.stderr.fileno(), f"{line}\n".encode())
 
 
 def reporting_fsdp2(fsdp2_prepare_model):

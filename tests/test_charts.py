@@ -4,7 +4,8 @@ import pytest
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
-from hfppo import charts
+from conftest import run_main
+from hfppo import charts, errors
 
 STAMP = "2026-01-01 12-00-00"
 
@@ -26,6 +27,37 @@ def test_a_continued_run_reuses_its_folder_if_it_is_still_there(tmp_path, monkey
     assert charts.tensorboard_run("ppo", str(first)) == first
     moved = charts.tensorboard_run("ppo", tmp_path / "elsewhere")  # e.g. resumed from another working directory
     assert moved.parent == first.parent and moved != first
+
+
+@pytest.mark.parametrize(
+    ("place", "what"),
+    [("tensorboard", "a file"), ("tensorboard/sft", "a file"), ("tensorboard", "a link to nothing")],
+)
+def test_a_tensorboard_folder_that_is_not_a_folder_is_refused_in_one_paragraph(tmp_path, monkeypatch, place, what):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / place
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if what == "a file":
+        path.write_text("notes")
+    else:
+        path.symlink_to(tmp_path / "gone")
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(errors.PipelineError) as error:
+        charts.tensorboard_run("sft")
+    assert f"{path} is {what}, not a folder" in str(error.value) and "Move or rename it" in str(error.value)
+    assert sorted(tmp_path.rglob("*")) == before  # no folder made
+
+
+@pytest.mark.parametrize("script", ["train_sft.py", "train_rm.py", "train_dpo.py", "train_grpo.py"])
+def test_a_trainer_stage_refuses_a_tensorboard_file_before_anything_loads(tmp_path, script):
+    (tmp_path / "tensorboard").write_text("notes")
+    result = run_main(script, "--tiny", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: {tmp_path / 'tensorboard'} is a file, not a folder, so the run cannot keep its TensorBoard scalars "
+        "there (tensorboard/<stage>/<time>, in the folder it is started from). Move or rename it, then run again.\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tensorboard"]  # no model built, nothing written
 
 
 def test_smoothing_is_tensorboards_debiased_moving_average():

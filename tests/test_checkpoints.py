@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
 
+import common
 import eval_ppo
 import eval_rm
 import train_ppo
@@ -329,6 +331,89 @@ def test_an_adapter_is_refused_as_a_whole_model_and_the_right_kinds_pass(tmp_pat
     checkpoints.require_checkpoint(rm, "x", "reward model")
     checkpoints.require_checkpoint(rm, "x", "critic")  # the critic may start from the reward model
     checkpoints.require_checkpoint(fake_checkpoint(tmp_path / "sft", 1), "x", "critic")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A config.json must describe its weights, and the weights must be numbers
+
+
+def small_model(folder, tie: bool = True, **config):
+    """A Qwen2 language model of one small layer, saved as a checkpoint (its tokenizer a stand-in), with `config`'s
+    entries then written over its config.json."""
+    model_config = AutoConfig.for_model(
+        "qwen2", vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, tie_word_embeddings=tie, architectures=["Qwen2ForCausalLM"],
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(model_config).save_pretrained(folder)
+    (folder / "tokenizer_config.json").write_text("{}")
+    saved = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(saved | config))
+    return folder
+
+
+def drop_weight(folder, name: str) -> None:
+    weights = load_file(folder / "model.safetensors")
+    del weights[name]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+CONFIG_CASES = {
+    # Llama has no q/k/v biases: loaded as one, Qwen2's would be dropped
+    "Llama's config over Qwen2's weights": (
+        dict(model_type="llama", architectures=["LlamaForCausalLM"]), None,
+        "hold 3 it has no place for (model.layers.0.self_attn.k_proj.bias, model.layers.0.self_attn.q_proj.bias, "
+        "model.layers.0.self_attn.v_proj.bias)",
+    ),
+    "a weight missing": (
+        {}, "model.layers.0.mlp.down_proj.weight", "lack 1 that model needs (model.layers.0.mlp.down_proj.weight)"
+    ),
+    # saved with the head tied to the embeddings (no lm_head.weight), read untied: the head would be random
+    "untied config over tied weights": (dict(tie_word_embeddings=False), None, "lack 1 that model needs (lm_head"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_a_config_that_does_not_describe_its_weights_is_refused_naming_them(tmp_path, case):
+    config, dropped, message = CONFIG_CASES[case]
+    folder = small_model(tmp_path / "sft", **config)
+    if dropped:
+        drop_weight(folder, dropped)
+    with pytest.raises(errors.PipelineError) as error:
+        checkpoints.require_checkpoint(folder, "python train_sft.py --tiny")
+    assert all(part in str(error.value) for part in (message, str(folder), "config.json", "python train_sft.py"))
+
+
+def test_a_config_that_describes_its_weights_passes_with_the_known_differences(tmp_path):
+    checkpoints.require_checkpoint(small_model(tmp_path / "tied"), "x", "language model")  # no lm_head.weight saved
+    checkpoints.require_checkpoint(small_model(tmp_path / "untied", tie=False), "x", "language model")
+    # a critic made from a language model: its score head new, the language model's head unused
+    critic = small_model(tmp_path / "critic", tie=False, architectures=["Qwen2ForSequenceClassification"])
+    checkpoints.require_checkpoint(critic, "x", "critic")
+
+
+def test_an_adapter_whose_weights_are_not_numbers_is_refused_naming_the_first(tmp_path):
+    adapter = tmp_path / "ppo"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "tokenizer_config.json").write_text("{}")
+    weights = {"a.lora_A.weight": torch.zeros(2), "b.lora_B.weight": torch.tensor([0.0, float("nan")])}
+    save_file(weights, adapter / checkpoints.ADAPTER_WEIGHTS)
+    with pytest.raises(errors.PipelineError) as error:
+        checkpoints.require_checkpoint(adapter, "python train_ppo.py --tiny", "adapter")
+    assert all(part in str(error.value) for part in ("b.lora_B.weight", str(adapter), "python train_ppo.py --tiny"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_model_whose_weights_are_not_numbers_is_refused_at_load_naming_the_first(tiny_base, tmp_path, value):
+    folder = tmp_path / "sft"
+    shutil.copytree(tiny_base, folder)
+    weights = load_file(folder / "model.safetensors")
+    name = "model.layers.0.mlp.up_proj.weight"
+    weights[name].view(-1)[5] = value
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(errors.PipelineError) as error:
+        common.load_model(AutoModelForCausalLM, folder, "python train_sft.py --tiny")
+    assert all(part in str(error.value) for part in (f"first in {name}", str(folder), "python train_sft.py --tiny"))
 
 
 def test_ppo_refuses_the_sft_model_as_reward_model_before_training(sft_run, tiny_base, tmp_path):

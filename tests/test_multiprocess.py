@@ -8,11 +8,13 @@ import importlib.util
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import cpu_as_gpus
 import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
@@ -118,6 +120,16 @@ def sharding_reports(result: subprocess.CompletedProcess) -> dict[int, str]:
     lines = re.findall(r"cpu_as_gpus: process (\d) of 2 under (.*)", result.stderr)
     assert len(lines) == 2, result.stderr[-3000:]
     return {int(process): rest for process, rest in lines}
+
+
+def test_a_process_reports_its_sharding_in_one_write_no_other_process_can_split(monkeypatch):
+    """The processes share one stderr: a line written in parts can have another process's progress bar or report
+    land inside it, and sharding_reports then finds one report where there are two (seen on a busy machine)."""
+    writes = []
+    monkeypatch.setattr(cpu_as_gpus.os, "write", lambda fd, data: writes.append((fd, data)) or len(data))
+    cpu_as_gpus.report("FSDP2", "Qwen2ForCausalLM: 3 of 3 parameters are DTensors")
+    line = b"cpu_as_gpus: process 0 of 1 under FSDP2: Qwen2ForCausalLM: 3 of 3 parameters are DTensors\n"
+    assert writes == [(sys.stderr.fileno(), line)] and len(line) <= select.PIPE_BUF
 
 
 def assert_sharded(result: subprocess.CompletedProcess, config: str) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import chat_web
 import common
@@ -27,6 +27,11 @@ DAMAGES = {
     "truncated": (lambda text: text[: len(text) // 2], "is not valid JSON ("),
     "not a mapping": (lambda text: "[1, 2]", "holds a JSON list, not a mapping"),
 }
+# The sizes of hand_made_checkpoint's model: one small Qwen2 layer, whose weights fit its config.json.
+SMALL_QWEN2 = dict(
+    vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2,
+    num_key_value_heads=1,
+)  # fmt: skip
 CHECKPOINT_FILES = [
     "config.json",
     "adapter_config.json",
@@ -40,7 +45,7 @@ def hand_made_checkpoint(folder):
     """A folder require_checkpoint takes for a model: every JSON file a checkpoint may hold, weights, a tokenizer."""
     folder.mkdir(parents=True)
     files = {
-        "config.json": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 128},
+        "config.json": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **SMALL_QWEN2},
         "adapter_config.json": {"base_model_name_or_path": "checkpoint/sft", "r": 32, "lora_alpha": 8},
         "tokenizer.json": {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": {"a": 0}}},
         "tokenizer_config.json": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
@@ -48,7 +53,7 @@ def hand_made_checkpoint(folder):
     }
     for name, value in files.items():
         (folder / name).write_text(json.dumps(value, indent=2))
-    save_file({"lm_head.weight": torch.zeros(4)}, folder / "model.safetensors")
+    save_file(Qwen2ForCausalLM(Qwen2Config(**SMALL_QWEN2)).state_dict(), folder / "model.safetensors")
     return folder
 
 
