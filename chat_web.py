@@ -33,7 +33,7 @@ from transformers import (  # noqa: E402
 )
 
 import common  # noqa: E402
-from hfppo import cli, errors, hints, judge, lifecycle, paths, runtime, sampling, tiny  # noqa: E402
+from hfppo import adapters, cli, errors, hints, judge, lifecycle, paths, runtime, sampling, tiny  # noqa: E402
 
 # The models the --tiny stages write, and PPO's tiny answer length.
 TINY_PRESET = dict(
@@ -101,6 +101,7 @@ class WebArguments:
         default=False,
         metadata={"help": "Serve on a --host other machines can reach: anyone who reaches it can run the models."},
     )
+    allow_other_base: bool = field(default=False, metadata={"help": adapters.ALLOW_HELP})
 
 
 @dataclass
@@ -166,7 +167,7 @@ def load_models(args: WebArguments) -> Models:
 
     print(f"Loading base: {args.base_model_path}", flush=True)
     try:
-        base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
+        base_path = common.resolve_model(args.base_model_path, args.model_source, False, "--base_model_path")
         remedy = hints.base_model_remedy(base_path, "base_model_path")
         columns.append(Column("base", base_path, *common.load_model(AutoModelForCausalLM, base_path, remedy)))
     except errors.PipelineError as error:
@@ -178,7 +179,8 @@ def load_models(args: WebArguments) -> Models:
     for name, path in found.items():
         print(f"Loading {name}: {path}", flush=True)
         try:
-            model, tokenizer = common.load_policy(path, hints.policy_command(name, path, args.tiny), args.tiny)
+            maker = hints.policy_command(name, path, args.tiny)
+            model, tokenizer = common.load_policy(path, maker, args.tiny, args.allow_other_base)
         except errors.PipelineError as error:
             missing[name] = str(error)
             continue

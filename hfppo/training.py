@@ -8,20 +8,21 @@ from accelerate.utils import gather_object
 from transformers import ProgressCallback, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hfppo import errors, resuming
+from hfppo import adapters, errors, resuming
 
 
 class SaveRunSettings(TrainerCallback):
-    """Writes the run's settings into each checkpoint-<step> the Trainer saves, for `check_resume`."""
+    """Writes the run's settings into each checkpoint-<step> the Trainer saves, for `check_resume`, and beside an
+    adapter the record of its base (adapters.record_base)."""
 
     def __init__(self, settings: dict):
         self.settings = settings
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            resuming.write_run_settings(
-                Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}", self.settings
-            )
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            resuming.write_run_settings(folder, self.settings)
+            adapters.record_base(folder)  # an adapter's base (DPO, GRPO), as in the final save
 
 
 # What a Trainer stage's logs must keep finite. The gradient norm turns NaN at the first step whose loss does, which

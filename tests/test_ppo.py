@@ -573,7 +573,7 @@ def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_p
     read), the run writes checkpoint/ppo_base and tensorboard/ppo_base, so it never overwrites the PPO run it is
     compared with, and eval_ppo.py finds it as the ppo_base method."""
     monkeypatch.chdir(tmp_path)
-    flags = ("--from_base", "--base_model_path", tiny_base, "--sft_model_path", tmp_path / "no-sft")
+    flags = ("--from_base", "--base_model_path", tiny_base)  # and no checkpoint/sft in tmp_path
     flags += ("--value_model_path", tiny_base, "--num_eval_questions", 0, "--total_episodes", 32)
     train_ppo.main(*ppo_args(*flags), reward_fn=lambda queries, answers: torch.zeros(len(answers)))
     adapter = tmp_path / paths.PPO_BASE_DIR
