@@ -130,9 +130,9 @@ def check_base(adapter: str | Path, base: str | Path, allow_other_base: bool, re
         else ""
     )
     raise errors.PipelineError(
-        f"the adapter at {adapter} was trained on {trained_on}, and the model found at {base} is another one: its "
-        f"weights or config differ from those {record_file} records. It was retrained or replaced since, or belongs "
-        f"to another copy of the project; applied to it, the adapter would give answers no run trained or evaluated."
-        f"{still_there} Put the model the adapter was trained on back at {base}, or train the adapter again on this "
-        f"one: {retrain}. To apply it to this model anyway, add {ALLOW_FLAG}."
+        f"the adapter at {adapter} was trained on the model then at {trained_on}, and the model now at {base} is "
+        f"another one: its weights or config differ from those {record_file} records. It was retrained or replaced "
+        "since, or belongs to another copy of the project; applied to it, the adapter would give answers no run "
+        f"trained or evaluated.{still_there} Put the model the adapter was trained on back at {base}, or train the "
+        f"adapter again on this one: {retrain}. To apply it to this model anyway, add {ALLOW_FLAG}."
     )

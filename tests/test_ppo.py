@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
 
@@ -844,3 +844,56 @@ def test_saving_over_a_checkpoint_replaces_its_critic_and_keeps_periodic_ones(tm
     assert (checkpoint / train_ppo.VALUE_DIR / "config.json").read_text() == "new"
     assert (checkpoint / "adapter_config.json").read_text() == "new"
     assert (checkpoint / "checkpoint-3").is_dir() and not checkpoints.sibling(checkpoint, checkpoints.PARTIAL).exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--from_base", "--sft_model_path", "mine"],
+            "--sft_model_path mine does nothing with --from_base: the policy and its reference start from "
+            "--base_model_path, and no SFT model is read. Drop --sft_model_path, or drop --from_base.",
+        ),
+        (
+            ["--base_model_path", "mine"],
+            "--base_model_path mine does nothing without --from_base: the policy and its reference start from the SFT "
+            "model (--sft_model_path), and the critic from --value_model_path. Drop --base_model_path, or add "
+            "--from_base.",
+        ),
+    ],
+)
+def test_a_model_flag_the_mode_does_not_read_is_refused_naming_the_mode(tmp_path, flags, message):
+    result = run_main("train_ppo.py", "--tiny", *flags, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("from_base", [[], ["--from_base"]])
+def test_a_config_file_may_name_the_models_of_both_modes(tmp_path, from_base):
+    """One file serves PPO and PPO from the base (configs/cpu/ppo.yaml): its keys are not flags the user typed."""
+    config = tmp_path / "ppo.yaml"
+    config.write_text("sft_model_path: mine/sft\nbase_model_path: mine/base\n")
+    script_args, ppo_config = ppo_args("--config", config, *from_base)
+    train_ppo.check_arguments(script_args, ppo_config)
+    assert (script_args.sft_model_path, script_args.base_model_path) == ("mine/sft", "mine/base")
+
+
+def test_a_missing_critic_folder_under_tiny_is_refused_not_built(tmp_path):
+    """--tiny builds its own base in its own folder only: a mistyped --value_model_path is no new critic."""
+    fake_model(tmp_path / paths.SFT_DIR, "Qwen2ForCausalLM", {"lm_head.weight": torch.ones(4)})
+    fake_model(tmp_path / paths.RM_DIR, "Qwen2ForSequenceClassification", {"score.weight": torch.ones(1, 4)})
+    result = run_main("train_ppo.py", "--tiny", "--value_model_path", "my_rm", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        "--value_model_path my_rm: there is no model there, and the tiny preset builds its base model only in its own "
+        f"folder, {paths.TINY_BASE_DIR}, never at a path given. Pass a folder that holds a model, or leave "
+        "--value_model_path unset for the tiny base."
+    ) in result.stderr
+    assert not (tmp_path / "my_rm").exists() and not (tmp_path / paths.TINY_BASE_DIR).exists()
+
+
+def fake_model(folder, architecture: str, weights: dict) -> None:
+    """A model folder as require_checkpoint sees one: config, weights, tokenizer config."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+    save_file(weights, folder / "model.safetensors")
+    (folder / "tokenizer_config.json").write_text("{}")
