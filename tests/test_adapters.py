@@ -189,3 +189,26 @@ def test_the_comparison_refuses_its_last_method_before_loading_any_model(tmp_pat
     }
     assert expected[problem] in result.stderr
     assert f"no model at {paths.RM_DIR}" not in result.stderr and "Sampling" not in result.stderr + result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end: the session's PPO run
+
+
+def test_a_ppo_run_records_its_base_and_an_export_on_a_retrained_copy_needs_the_flag(ppo_run, sft_run, tmp_path):
+    """The run's adapter records the SFT model it trained on. Copied into another project whose SFT model was trained
+    again since, export.py refuses it, naming where its own base still is; with --allow_other_base it merges."""
+    adapter, sft = ppo_run / PPO, sft_run / SFT
+    record = json.loads((adapter / paths.ADAPTER_BASE_FILE).read_text())
+    assert record == {"base_model_path": str(sft.resolve()), "fingerprint": adapters.fingerprint(sft)}
+    retrain(shutil.copytree(sft, tmp_path / SFT))
+    shutil.copytree(adapter, tmp_path / PPO)
+    config = json.loads((tmp_path / PPO / "adapter_config.json").read_text())
+    (tmp_path / PPO / "adapter_config.json").write_text(json.dumps(config | {"base_model_name_or_path": str(SFT)}))
+    result = run_main("export.py", "--tiny", cwd=tmp_path)
+    assert result.returncode == 1 and f"That model is still at {sft.resolve()}." in result.stderr, result.stderr
+    assert not (tmp_path / "checkpoint" / "ppo_merged").exists()
+    result = run_main("export.py", "--tiny", ALLOW, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"{ALLOW}: applying the adapter at {PPO} to {SFT}, which is not the model it was trained on" in result.stdout
+    AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint" / "ppo_merged")
