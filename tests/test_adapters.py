@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_guard import fake_adapter, fake_checkpoint, snapshot
 from transformers import AutoModelForCausalLM
 
 import chat_web
 from conftest import run_main
 from hfppo import adapters, cli, errors, paths, training
-from test_guard import fake_adapter, fake_checkpoint, snapshot
 
 ALLOW = "--allow_other_base"
 SFT, PPO = paths.SFT_DIR, paths.PPO_DIR
