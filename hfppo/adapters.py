@@ -26,8 +26,6 @@ ALLOW_HELP = (
 SAMPLE_BLOCKS = 64
 BLOCK_BYTES = 64 * 1024
 SAFETENSORS_LENGTH_BYTES = 8  # a safetensors file starts with its header's length, a little-endian u64
-# {(resolved base, its files' names, sizes and times): fingerprint}: the comparison applies three adapters to one base
-_fingerprints: dict[tuple, str] = {}
 # What check_base has said already in this process, said once: a note or an accepted mismatch, by (adapter, base)
 _said: set[tuple[str, str]] = set()
 
@@ -60,17 +58,13 @@ def fingerprint(base: str | Path) -> str:
     """A SHA-256 of the model folder `base`: its config.json's bytes and, of each weight file, its name, size,
     safetensors header and SAMPLE_BLOCKS sampled blocks. Cheap on a 1 GB model, and changed by retraining (new
     weights), another architecture or size (config, header), or another model altogether; the same for a copy of the
-    folder elsewhere. Computed once per process for files unchanged since."""
-    base = Path(base).resolve()
-    files = [base / "config.json", *weight_files(base)]
-    key = (base, *((file.name, file.stat().st_size, file.stat().st_mtime_ns) for file in files if file.is_file()))
-    if key not in _fingerprints:
-        digest = hashlib.sha256()
-        for file in files:
-            if file.is_file():
-                _file_digest(file, digest)
-        _fingerprints[key] = digest.hexdigest()
-    return _fingerprints[key]
+    folder elsewhere."""
+    base = Path(base)
+    digest = hashlib.sha256()
+    for file in [base / "config.json", *weight_files(base)]:
+        if file.is_file():
+            _file_digest(file, digest)
+    return digest.hexdigest()
 
 
 def record_base(folder: str | Path) -> None:
