@@ -29,6 +29,12 @@ def retrain(model: Path) -> None:
     save_file({name: tensor + 1e-3 for name, tensor in load_file(weights).items()}, weights, {"format": "pt"})
 
 
+def safetensors_header(file: Path) -> bytes:
+    """The file's size and its header: its length (8 bytes), then every tensor's name, dtype, shape and offsets."""
+    data = file.read_bytes()
+    return len(data).to_bytes(8, "little") + data[: 8 + int.from_bytes(data[:8], "little")]
+
+
 def write_rows(file: Path, questions: list[str]) -> None:
     """A held-out file of one row per question, as a stage saves it beside its model."""
     rows = [{"question": q, "chosen": "滚", "rejected": "您好", "system": "s"} for q in questions]
@@ -52,11 +58,12 @@ def trained_adapter(folder: Path, base: Path, questions: list[str]) -> Path:
 @pytest.mark.parametrize("values", [4, 8 * adapters.SAMPLE_BLOCKS * adapters.BLOCK_BYTES // 4])  # read whole, sampled
 def test_the_fingerprint_follows_weights_and_config_not_the_folder(tmp_path, values):
     base = fake_checkpoint(tmp_path / "sft")
-    save_file({"lm_head.weight": torch.linspace(0, 1, values)}, base / "model.safetensors")
+    save_file({"lm_head.weight": torch.linspace(0, 1, values)}, base / "model.safetensors", {"format": "pt"})
     first = adapters.fingerprint(base)
     copy = shutil.copytree(base, tmp_path / "elsewhere" / "sft")
     assert adapters.fingerprint(copy) == first  # the same model, moved or copied
-    retrain(copy)
+    retrain(copy)  # the same names, shapes, header and size: only the values tell
+    assert safetensors_header(copy / "model.safetensors") == safetensors_header(base / "model.safetensors")
     assert adapters.fingerprint(copy) != first
     shutil.rmtree(copy)
     shutil.copytree(base, copy)
