@@ -68,7 +68,7 @@ REAL_DATA := --dataset_name $(SRC)data/sample.jsonl
 demo-real: $(VENV)/installed
 	$(PYTHON) $(SRC)train_sft.py --config $(SRC)configs/cpu/sft.yaml --model_name_or_path $(MODEL) $(REAL_DATA)
 	$(PYTHON) $(SRC)train_rm.py --config $(SRC)configs/cpu/rm.yaml --model_name_or_path $(MODEL) $(REAL_DATA)
-	$(PYTHON) $(SRC)train_ppo.py --config $(SRC)configs/cpu/ppo.yaml --base_model_path $(MODEL) $(REAL_DATA)
+	$(PYTHON) $(SRC)train_ppo.py --config $(SRC)configs/cpu/ppo.yaml $(REAL_DATA)
 	$(PYTHON) $(SRC)eval_ppo.py --compare --base_model_path $(MODEL) --max_new_tokens 48
 
 test: $(VENV)/installed browser

@@ -39,6 +39,7 @@ from transformers import (  # noqa: E402
 
 import common  # noqa: E402
 from hfppo import (  # noqa: E402
+    adapters,
     cli,
     data_files,
     errors,
@@ -124,6 +125,7 @@ class WebArguments:
         default=False,
         metadata={"help": "Serve on a --host other machines can reach: anyone who reaches it can run the models."},
     )
+    allow_other_base: bool = field(default=False, metadata={"help": adapters.ALLOW_HELP})
 
 
 @dataclass
@@ -190,7 +192,7 @@ def load_models(args: WebArguments) -> Models:
 
     print(f"Loading base: {args.base_model_path}", flush=True)
     try:
-        base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
+        base_path = common.resolve_model(args.base_model_path, args.model_source, False, "--base_model_path")
         remedy = hints.base_model_remedy(base_path, "base_model_path")
         columns.append(Column("base", base_path, *common.load_model(AutoModelForCausalLM, base_path, remedy)))
     except errors.PipelineError as error:
@@ -202,7 +204,8 @@ def load_models(args: WebArguments) -> Models:
     for name, path in found.items():
         print(f"Loading {name}: {path}", flush=True)
         try:
-            model, tokenizer = common.load_policy(path, hints.policy_command(name, path, args.tiny), args.tiny)
+            maker = hints.policy_command(name, path, args.tiny)
+            model, tokenizer = common.load_policy(path, maker, args.tiny, args.allow_other_base)
         except errors.PipelineError as error:
             missing[name] = str(error)
             continue

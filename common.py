@@ -21,7 +21,7 @@ from peft import PeftModel
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hfppo import checkpoints, data_files, errors, hints, paths, runtime, sampling, tiny
+from hfppo import adapters, checkpoints, data_files, errors, hints, paths, runtime, sampling, tiny
 
 # ----------------------------------------------------------------------------------------------------------------
 # Data
@@ -317,10 +317,15 @@ def prompts_within(
 # Models
 
 
-def resolve_model(name_or_path: str | Path, source: paths.ModelSource, rebuild_stale: bool = True) -> str:
-    """A local folder is used as is; otherwise download it (ModelScope or the HF hub) or build the tiny model there.
+def resolve_model(
+    name_or_path: str | Path, source: paths.ModelSource, rebuild_stale: bool = True, flag: str | None = None
+) -> str:
+    """A local folder is used as is; otherwise download it (ModelScope or the HF hub) or build the tiny model in its
+    own folder (paths.TINY_BASE_DIR). `flag` names the setting in the message for a missing folder elsewhere.
 
-    The tiny base is built where it is missing, and built again where another recipe built it (stale_tiny_base), for
+    Another missing folder under --tiny is refused, never built: a mistyped path would otherwise get a new model, and
+    the run would train on it in silence (a critic that should have started from the reward model, say). The tiny
+    base is built where it is missing, and built again where another recipe built it (stale_tiny_base), for
     the stages that train from it. The others (`rebuild_stale=False`: PPO's critic and --from_base policy, the
     comparison, the page) read it beside models trained from it: a new one would discard the base those models came
     from, then be refused by them (another tokenizer), so they use it as it is.
@@ -329,6 +334,12 @@ def resolve_model(name_or_path: str | Path, source: paths.ModelSource, rebuild_s
     if path.is_dir() and not (source == "tiny" and tiny.stale_tiny_base(path)):
         return str(path)
     if source == "tiny":
+        if not path.is_dir() and path.resolve() != paths.TINY_BASE_DIR.resolve():
+            raise errors.PipelineError(
+                f"{f'{flag} ' if flag else ''}{path}: there is no model there, and the tiny preset builds its base "
+                f"model only in its own folder, {paths.TINY_BASE_DIR}, never at a path given. Pass a folder that "
+                f"holds a model, or leave {flag or 'it'} unset for the tiny base."
+            )
         return built_tiny_base(path, rebuild_stale)
     if source == "modelscope":
         from modelscope import snapshot_download
@@ -375,13 +386,27 @@ def find_policies(folders: dict[str, str | Path], tiny: bool) -> tuple[dict[str,
     return found, missing
 
 
-def load_policy(path: str | Path, maker: str, tiny: bool):
+def load_policy(path: str | Path, maker: str, tiny: bool, allow_other_base: bool = False):
     """A trained policy for inference, (model, tokenizer): a whole causal LM, or a LoRA adapter on the model its
-    adapter_config.json names, left unmerged so that disable_adapter() gives that model back (the reference).
-    `maker` is the command that writes `path`; `tiny` goes into the hint for a missing model under the adapter."""
+    adapter_config.json names (policy_base), left unmerged so that disable_adapter() gives that model back (the
+    reference). `maker` is the command that writes `path`; `tiny` goes into the hint for a missing model under the
+    adapter; `allow_other_base` accepts a model other than the one the adapter was trained on."""
     path = checkpoints.require_checkpoint(path, maker)
-    if not (path / "adapter_config.json").is_file():
+    base = policy_base(path, maker, tiny, allow_other_base)
+    if base is None:
         return load_model(AutoModelForCausalLM, path, maker, "language model")
+    model, tokenizer = load_model(AutoModelForCausalLM, *base, "language model")
+    with checkpoints.loading(path, maker):
+        return PeftModel.from_pretrained(model, path).eval(), tokenizer
+
+
+def policy_base(path: str | Path, maker: str, tiny: bool, allow_other_base: bool) -> tuple[str, str] | None:
+    """For the LoRA adapter at `path` (a complete checkpoint): (the model its adapter_config.json names, the command
+    that makes that model), once that model is checked to be there and to be the one the adapter was trained on
+    (adapters.check_base; `allow_other_base` accepts another); None for a whole model. What every script that applies
+    an adapter checks before loading it, and the comparison before it samples any method."""
+    if not (Path(path) / "adapter_config.json").is_file():
+        return None
     trained_on = adapter_base(path, maker)
     makers = {folder.resolve(): name for name, (folder, _, _) in paths.POLICIES.items()}
     name = makers.get(Path(trained_on).resolve())
@@ -390,9 +415,9 @@ def load_policy(path: str | Path, maker: str, tiny: bool):
         if name
         else hints.base_model_remedy(trained_on, "base_model_path")
     )
-    model, tokenizer = load_model(AutoModelForCausalLM, trained_on, remedy, "language model")
-    with checkpoints.loading(path, maker):
-        return PeftModel.from_pretrained(model, path).eval(), tokenizer
+    checkpoints.require_checkpoint(trained_on, remedy, "language model")
+    adapters.check_base(path, trained_on, allow_other_base, maker)
+    return trained_on, remedy
 
 
 def adapter_base(path: str | Path, maker: str) -> str:

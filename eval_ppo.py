@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 import common
 from hfppo import (
+    adapters,
     charts,
     checkpoints,
     cli,
@@ -126,6 +127,7 @@ class EvalArguments:
         default=None,
         metadata={"help": "--compare: where to write the JSON. Unset: <ppo_model_path>/eval_metrics.json."},
     )
+    allow_other_base: bool = field(default=False, metadata={"help": adapters.ALLOW_HELP})
 
 
 def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
@@ -143,6 +145,8 @@ def load_ppo(args: EvalArguments) -> tuple[PeftModel, object]:
             f"{args.sft_model_path}. Pass --sft_model_path {trained_on}."
         )
     sft_command = hints.policy_command("sft", args.sft_model_path, args.tiny)
+    checkpoints.require_checkpoint(args.sft_model_path, sft_command, "language model")
+    adapters.check_base(args.ppo_model_path, args.sft_model_path, args.allow_other_base, ppo_command)
     sft, tokenizer = common.load_model(AutoModelForCausalLM, args.sft_model_path, sft_command, "language model")
     with checkpoints.loading(args.ppo_model_path, ppo_command):
         return PeftModel.from_pretrained(sft, args.ppo_model_path).eval(), tokenizer
@@ -210,20 +214,29 @@ class Comparison:
     results: dict[str, dict]  # {method: its answers, reward and judge scores (score), and KL to the SFT model}
 
 
+def check_methods(args: EvalArguments, found: dict[str, str], all_rows: Dataset) -> None:
+    """Before any model loads: each method found (`found`, {method: folder}) whose adapter applies to the model it was
+    trained on (common.policy_base), and, on the PPO run's held-out questions, trained on none of them. A refusal
+    then costs seconds, not the sampling and scoring of every method before it."""
+    held_out_file = Path(args.ppo_model_path) / paths.HELD_OUT_FILE
+    for name, path in found.items():
+        maker = hints.policy_command(name, path, args.tiny)
+        checkpoints.require_checkpoint(path, maker)
+        common.policy_base(path, maker, args.tiny, args.allow_other_base)
+        if name != "sft" and args.dataset_name is None:  # a method that trained on these would be flattered by them
+            common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
+
+
 def sample_methods(args: EvalArguments) -> Comparison:
     """Load each method found, one at a time beside the SFT model (the reference of each KL), and sample and score its
-    answers to the same held-out questions; a method that trained on them, or has another tokenizer, is refused."""
+    answers to the same held-out questions; a method that trained on them, has another base than it was trained on
+    (both checked before any samples: check_methods), or has another tokenizer, is refused."""
     dataset, all_rows = common.evaluation_data(args.dataset_name, args.ppo_model_path, args.model_source)
     readers = {"SFT model": args.sft_model_path, "reward model": args.reward_model_path}  # read before any loads
     limit = positions.fewest_positions({f"the {role} ({path})": path for role, path in readers.items()})
     prompt = f"--max_prompt_length {args.max_prompt_length}"
     shorten = "lower --max_prompt_length"
     positions.check_fits(prompt, args.max_prompt_length, "--max_new_tokens", args.max_new_tokens, limit, shorten)
-    rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
-    reward_model, rm_tokenizer = common.load_model(
-        AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
-    )
-    common.check_pad_token(rm_tokenizer, args.reward_model_path, reward_model)
     found, missing = common.find_policies(
         {name: getattr(args, flag) for name, flag in POLICY_FLAGS.items()}, args.tiny
     )
@@ -232,6 +245,13 @@ def sample_methods(args: EvalArguments) -> Comparison:
             raise errors.PipelineError(
                 f"no model at {getattr(args, POLICY_FLAGS[name])}. Make it first: {missing[name]}"
             )
+    check_methods(args, found, all_rows)
+    base_path = common.resolve_model(args.base_model_path, args.model_source, False, "--base_model_path")
+    rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
+    reward_model, rm_tokenizer = common.load_model(
+        AutoModelForSequenceClassification, args.reward_model_path, rm_command, "reward model"
+    )
+    common.check_pad_token(rm_tokenizer, args.reward_model_path, reward_model)
     sft_command = hints.policy_command("sft", args.sft_model_path, args.tiny)
     sft, tokenizer = common.load_policy(found["sft"], sft_command, args.tiny)
     common.refuse_control_tokens(all_rows, dataset, tokenizer)
@@ -240,8 +260,6 @@ def sample_methods(args: EvalArguments) -> Comparison:
     )
     reward_fn = common.reward_model_fn(reward_model, tokenizer, args.batch_size)
     prompts, rows = common.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
-    held_out_file = Path(args.ppo_model_path) / paths.HELD_OUT_FILE
-    base_path = common.resolve_model(args.base_model_path, args.model_source, rebuild_stale=False)
     folders = {"base": base_path} | found
 
     # Every method samples from the same seed, so their answers differ by the model alone; one model loaded at a time
@@ -255,9 +273,8 @@ def sample_methods(args: EvalArguments) -> Comparison:
         elif name == "sft":
             model, other_tokenizer = sft, tokenizer
         else:
-            model, other_tokenizer = common.load_policy(path, hints.policy_command(name, path, args.tiny), args.tiny)
-            if args.dataset_name is None:  # a method that trained on these questions would be flattered by them
-                common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
+            maker = hints.policy_command(name, path, args.tiny)
+            model, other_tokenizer = common.load_policy(path, maker, args.tiny, args.allow_other_base)
         common.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
         set_seed(args.seed)
         batch = sample(model, tokenizer, prompts, args, f"Sampling {name}")

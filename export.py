@@ -7,7 +7,8 @@ AutoModelForCausalLM.from_pretrained alone, without peft, in any tool that reads
     python export.py --method grpo --output_dir qwen-rude --dtype bfloat16      # half the size, for serving on a GPU
     python eval_sft.py --tiny --model_path checkpoint/ppo_merged                # chat with the result
 
-The base is the model the adapter's adapter_config.json names (base_model_name_or_path), as every script loads it.
+The base is the model the adapter's adapter_config.json names (base_model_name_or_path), as every script loads it,
+and must be the model the adapter was trained on (adapter_base.json), unless --allow_other_base.
 The merge runs on the CPU in float32 and the result is cast to --dtype once. The adapter's held_out.jsonl is copied
 beside the model.
 """
@@ -22,7 +23,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 import common
-from hfppo import checkpoints, cli, errors, hints, lifecycle, outputs, paths, runtime, sampling, tiny
+from hfppo import adapters, checkpoints, cli, errors, hints, lifecycle, outputs, paths, runtime, sampling, tiny
 
 # The tiny stages' answer length, for the generation config.
 TINY_PRESET = dict(max_new_tokens=tiny.TINY_RESPONSE_LENGTH)
@@ -60,6 +61,7 @@ class ExportArguments:
     tiny: bool = field(
         default=False, metadata={"help": "Tiny preset: the tiny stages' answer length, and --tiny in the hints."}
     )
+    allow_other_base: bool = field(default=False, metadata={"help": adapters.ALLOW_HELP})
 
 
 def check_adapter(path: Path, maker: str) -> str:
@@ -103,6 +105,7 @@ def main(args: ExportArguments) -> None:
     # PPO from the base fetches or builds its base model itself: running it again makes both.
     base_maker = hints.policy_command(start, base, args.tiny) if start in paths.POLICIES else maker
     checkpoints.require_checkpoint(base, base_maker, "language model")
+    adapters.check_base(adapter, base, args.allow_other_base, maker)
     inputs = {"adapter_path": adapter, "adapter_path's base": base}
     outputs.check_output_dir(output_dir, inputs, checkpoints.save_size(base), "export.py")
     lifecycle.lock_output_dir(output_dir)

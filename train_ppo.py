@@ -49,6 +49,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 import common
 from hfppo import (
+    adapters,
     charts,
     checkpoints,
     cli,
@@ -652,12 +653,14 @@ def save_checkpoint(
     progress: dict | None = None,
     settings: dict | None = None,
 ) -> None:
-    """The policy's adapter and tokenizer, the critic and tokenizer in value/, and what `write_more` writes; given the
-    run's `progress` (counters) and `settings`, also the full training state to resume from."""
+    """The policy's adapter, the record of its base (adapters.record_base) and tokenizer, the critic and tokenizer in
+    value/, and what `write_more` writes; given the run's `progress` (counters) and `settings`, also the full
+    training state to resume from."""
     unwrapped = accelerator.unwrap_model(model)
     with checkpoints.staged_save(path) as staging:
         if accelerator.is_main_process:
             unwrapped.policy.save_pretrained(staging)
+            adapters.record_base(staging)
             tokenizer.save_pretrained(staging)
             unwrapped.critic.save_pretrained(staging / VALUE_DIR)
             tokenizer.save_pretrained(staging / VALUE_DIR)
@@ -714,9 +717,21 @@ def run_save_bytes(inputs: "Inputs", config: "PPOConfig", num_updates: int, star
 # Set-up: the phases of main before the update loop
 
 
+# The flags that do nothing with --from_base, and without it, each with what the run reads instead: given on the
+# command line, each is refused (a --config file's keys are not: one file serves both modes, configs/cpu/ppo.yaml).
+UNUSED_WITH_FROM_BASE = {
+    "sft_model_path": "the policy and its reference start from --base_model_path, and no SFT model is read",
+}
+UNUSED_WITHOUT_FROM_BASE = {
+    "base_model_path": "the policy and its reference start from the SFT model (--sft_model_path), and the critic "
+    "from --value_model_path",
+}
+
+
 def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
-    """The checks no flag's range expresses (those are cli.NUMERIC_RANGES'); --from_base's own output folder;
-    --report_to's trackers, as names."""
+    """The checks no flag's range expresses (those are cli.NUMERIC_RANGES'); a flag given that does nothing in the
+    mode chosen (UNUSED_WITH_FROM_BASE, UNUSED_WITHOUT_FROM_BASE); --from_base's own output folder; --report_to's
+    trackers, as names."""
     if script_args.eval_fraction == 0:
         raise errors.ArgumentError(
             "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
@@ -731,6 +746,15 @@ def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
         raise errors.ArgumentError(
             f"--eval_steps {config.eval_steps}: give a whole number of updates, or a fraction of the run below 1."
         )
+    unused = UNUSED_WITH_FROM_BASE if script_args.from_base else UNUSED_WITHOUT_FROM_BASE
+    given = cli.given(script_args)
+    for flag, why in unused.items():
+        if flag in given:
+            mode, remedy = ("with", "drop --from_base") if script_args.from_base else ("without", "add --from_base")
+            raise errors.ArgumentError(
+                f"--{flag} {getattr(script_args, flag)} does nothing {mode} --from_base: {why}. Drop --{flag}, or "
+                f"{remedy}."
+            )
     if config.output_dir is None:  # --from_base's own folder: never over the PPO run it is compared with
         config.output_dir = str(paths.PPO_BASE_DIR if script_args.from_base else paths.PPO_DIR)
     config.report_to = trackers.resolve(config.report_to)  # "all" and "none" made names; each one installed
@@ -834,7 +858,9 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
     """Every input folder checked for what its role needs before any model loads, so a wrong one fails in a second;
     and none may have trained on this run's held-out questions, which would flatter the comparison on them."""
     if script_args.from_base:
-        policy = common.resolve_model(script_args.base_model_path, script_args.model_source, rebuild_stale=False)
+        policy = common.resolve_model(
+            script_args.base_model_path, script_args.model_source, rebuild_stale=False, flag="--base_model_path"
+        )
         policy_role, flag = "base model", "--base_model_path"
         policy_command = hints.base_model_remedy(policy, "base_model_path")
     else:
@@ -849,7 +875,9 @@ def check_inputs(script_args: ScriptArguments, held_out: Dataset, output_dir: st
         common.check_same_held_out(
             held_out, saved_as, script_args.reward_model_path, "reward model", "--reward_model_path"
         )
-    value = common.resolve_model(script_args.value_model_path, script_args.model_source, rebuild_stale=False)
+    value = common.resolve_model(
+        script_args.value_model_path, script_args.model_source, rebuild_stale=False, flag="--value_model_path"
+    )
     value_command = hints.base_model_remedy(value, "value_model_path")
     checkpoints.require_checkpoint(value, value_command, "critic")
     return Inputs(

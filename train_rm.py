@@ -112,7 +112,9 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         held_out = None
         training_args.eval_strategy = "no"
 
-    model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
+    model_path = common.resolve_model(
+        model_args.model_name_or_path, script_args.model_source, flag="--model_name_or_path"
+    )
     base_command = hints.base_model_remedy(model_path, "model_name_or_path")
     checkpoints.require_checkpoint(model_path, base_command, "language model")
     tokenizer = checkpoints.load_tokenizer(model_path, base_command, revision=model_args.model_revision)

@@ -108,7 +108,9 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
         common.sft_example, fn_kwargs={"system_prompt": script_args.system_prompt}, remove_columns=data.column_names
     )
 
-    model_path = common.resolve_model(model_args.model_name_or_path, script_args.model_source)
+    model_path = common.resolve_model(
+        model_args.model_name_or_path, script_args.model_source, flag="--model_name_or_path"
+    )
     checkpoints.require_checkpoint(
         model_path, hints.base_model_remedy(model_path, "model_name_or_path"), "language model"
     )

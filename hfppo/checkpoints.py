@@ -51,6 +51,7 @@ CHECKPOINT_JSON = {
     "vocab.json": (),
     "model.safetensors.index.json": (),
     paths.TRAIN_RESULTS_FILE: ("train_runtime", "train_samples_per_second"),
+    paths.ADAPTER_BASE_FILE: ("base_model_path", "fingerprint"),  # an adapter's base (adapters.check_base)
 }
 # What a model folder must be for each role it plays, by its config's architecture (and, for a reward model, a trained
 # score head in its weights: a language model loaded as a reward model gets a random head, silently).

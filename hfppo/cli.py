@@ -216,7 +216,36 @@ def parse_args(parser: TrlParser, tiny_preset: dict, args: list[str] | None = No
                 "a file or package a setting needs is missing or unreadable: "
                 f"{errors.one_line(str(error)).rstrip('.')}. {HELP_HINT}"
             ) from error
+    _record_given(parsed, parser, args)
     return tuple(parsed)
+
+
+# The attribute of each dataclass parse_args returns that holds the names of its fields the command line set.
+GIVEN_ATTRIBUTE = "_given_on_command_line"
+
+
+class _Unset(list):
+    """What a field holds before the command line sets it, in `_record_given`'s parse: a list, so that an extend or
+    append action (--question) adds to a copy of it, which a non-empty one then tells apart."""
+
+
+def _record_given(parsed: list, parser: TrlParser, args: list[str]) -> None:
+    """Set GIVEN_ATTRIBUTE on each of `parsed`: its fields whose flag `args` names (by any spelling), whatever value
+    it gives. argparse sets a field's default only where the namespace it fills has none, so a namespace of _Unset
+    values keeps them where no flag is given."""
+    namespace = argparse.Namespace(**{action.dest: _Unset() for action in parser._actions})
+    parser.parse_known_args(args, namespace)
+    given = {name for name, value in vars(namespace).items() if not isinstance(value, _Unset) or value}
+    for arguments in parsed:
+        names = {f.name for f in dataclasses.fields(arguments)}
+        object.__setattr__(arguments, GIVEN_ATTRIBUTE, frozenset(given & names))
+
+
+def given(arguments) -> frozenset[str]:
+    """The fields of `arguments` (a dataclass parse_args made) that the command line set: a check that refuses a flag
+    which does nothing in the mode chosen refuses the flags a user typed, not a --config file's keys (one file serves
+    several modes: configs/cpu/ppo.yaml) nor the defaults."""
+    return getattr(arguments, GIVEN_ATTRIBUTE, frozenset())
 
 
 def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from hfppo import checkpoints, errors, hints, paths
+from hfppo import adapters, checkpoints, errors, hints, paths
 
 # TRL's trainers write a model card into the output folder with each periodic checkpoint: beside one, it is theirs.
 TRAINER_MODEL_CARD = "README.md"
@@ -425,6 +425,7 @@ def save_trainer_stage(
         trainer.save_model(staging)
         if trainer.is_world_process_zero():
             trainer.processing_class.save_pretrained(staging)
+            adapters.record_base(staging)  # an adapter's base, as train_ppo.py records it
             if held_out is not None and len(held_out):
                 save_held_out(held_out, system_prompt, staging)
             if per_second is None:

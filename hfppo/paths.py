@@ -63,6 +63,7 @@ POLICIES = {name: (m.folder, m.script, m.script_flags) for name, m in METHODS.it
 # save_metrics("train", ...)), for eval_ppo.py --compare.
 TRAIN_RESULTS_FILE = "train_results.json"
 HELD_OUT_FILE = "held_out.jsonl"  # every training stage saves its held-out rows beside the model (split_held_out)
+ADAPTER_BASE_FILE = "adapter_base.json"  # beside every adapter: the model it was trained on (hfppo/adapters.py)
 TENSORBOARD_ROOT = Path("tensorboard")  # each run's scalars and its chart: tensorboard/<stage>/<time>/<stage>.png
 # What the eval scripts write beside the model they evaluate (eval_rm.py's and eval_ppo.py's metrics, eval_ppo.py's
 # chart): the only files a script writes into a checkpoint folder but its save. Any other would be, or sit among, the

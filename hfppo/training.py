@@ -10,12 +10,13 @@ from transformers import ProgressCallback, TrainerCallback
 from transformers.integrations import integration_utils as integrations
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from hfppo import checkpoints, errors, resuming, trackers
+from hfppo import adapters, checkpoints, errors, resuming, trackers
 
 
 class SaveRunSettings(TrainerCallback):
-    """Writes the run's settings into each checkpoint-<step> the Trainer saves, for `check_resume`: its last file,
-    after which the save is complete (its MarkPeriodicSaves marker goes)."""
+    """Writes beside an adapter the record of its base (adapters.record_base) and the run's settings into each
+    checkpoint-<step> the Trainer saves, for `check_resume`: its last file, after which the save is complete (its
+    MarkPeriodicSaves marker goes)."""
 
     def __init__(self, settings: dict):
         self.settings = settings
@@ -23,6 +24,7 @@ class SaveRunSettings(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            adapters.record_base(folder)  # an adapter's base (DPO, GRPO), as in the final save
             resuming.write_run_settings(folder, self.settings)
             (folder / checkpoints.SAVING_MARKER).unlink(missing_ok=True)
 

@@ -281,12 +281,14 @@ def compare_run(tiny_base, sft_run, rm_run, ppo_run, dpo_run, grpo_run, tmp_path
     """The working folder of eval_ppo.py --compare over every method: the session's SFT, PPO, DPO and GRPO models and
     a short PPO from the base (COMPARE_PPO_BASE_EPISODES answers, trained here); the table in compare.out, stderr in
     compare.err, the report in eval_metrics.json and its chart beside it."""
-    models = ("--sft_model_path", sft_run / paths.SFT_DIR, "--reward_model_path", rm_run / paths.RM_DIR)
+    reward = ("--reward_model_path", rm_run / paths.RM_DIR)
+    models = ("--sft_model_path", sft_run / paths.SFT_DIR, *reward)
 
     def compare(workdir: Path) -> None:
         base = ("--base_model_path", tiny_base, "--value_model_path", tiny_base)
         episodes = ("--total_episodes", COMPARE_PPO_BASE_EPISODES, "--num_eval_questions", 0)
-        run_ok("train_ppo.py", "--tiny", "--from_base", *models, *base, *episodes, cwd=workdir)
+        # no --sft_model_path: PPO from the base reads no SFT model, and refuses the flag
+        run_ok("train_ppo.py", "--tiny", "--from_base", *reward, *base, *episodes, cwd=workdir)
         methods = {
             "--model_path": ppo_run / paths.PPO_DIR,
             "--dpo_model_path": dpo_run / paths.DPO_DIR,

@@ -10,7 +10,7 @@ from trl import DPOConfig
 
 import common
 from conftest import FLOAT32_EPS, log_prob_sum_tolerance, run_main
-from hfppo import charts, checkpoints, lora, paths
+from hfppo import adapters, charts, checkpoints, lora, paths
 
 # What TrainingArguments and DPOConfig default to and the tiny run keeps: the held-out pairs are evaluated in batches
 # of 8, and DPO's implicit reward is beta x log(policy / reference).
@@ -117,6 +117,9 @@ def test_outputs_an_adapter_of_the_shared_shape_beside_the_sft_split(dpo_run, sf
     output = dpo_run / paths.DPO_DIR
     adapter = json.loads((output / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(sft_run / paths.SFT_DIR)
+    base = json.loads((output / paths.ADAPTER_BASE_FILE).read_text())  # and the record of it (hfppo/adapters.py)
+    sft = sft_run / paths.SFT_DIR
+    assert base == {"base_model_path": str(sft.resolve()), "fingerprint": adapters.fingerprint(sft)}
     assert (adapter["r"], adapter["lora_alpha"], adapter["lora_dropout"]) == (lora.LORA_R, lora.LORA_ALPHA, 0)
     assert set(adapter["target_modules"]) == set(lora.LORA_TARGET_MODULES)
     held_out = (output / paths.HELD_OUT_FILE).read_bytes()

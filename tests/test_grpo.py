@@ -15,7 +15,7 @@ import common
 import eval_rm
 import train_grpo
 from conftest import run_main
-from hfppo import charts, checkpoints, cli, lora, paths, tiny
+from hfppo import adapters, charts, checkpoints, cli, lora, paths, tiny
 
 QUESTION, ANSWER = "吃了没?", "烦死了，你自己不会查吗？问这种问题浪费我时间，"
 PENALTY = 1.0
@@ -122,6 +122,9 @@ def test_grpo_saved_an_adapter_that_loads_and_the_held_out_rows(grpo_run, sft_ru
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (lora.LORA_R, lora.LORA_ALPHA, 0)
     assert set(config["target_modules"]) == set(lora.LORA_TARGET_MODULES)
     assert config["base_model_name_or_path"] == str(sft_run / paths.SFT_DIR)
+    base = json.loads((checkpoint / paths.ADAPTER_BASE_FILE).read_text())  # and the record of it (hfppo/adapters.py)
+    sft = sft_run / paths.SFT_DIR
+    assert base == {"base_model_path": str(sft.resolve()), "fingerprint": adapters.fingerprint(sft)}
     model, tokenizer = common.load_policy(checkpoint, "", tiny=True)
     assert isinstance(model, PeftModel) and tokenizer.eos_token == tiny.EOS_TOKEN
     assert common.load_preference_data(checkpoint / paths.HELD_OUT_FILE).num_rows == 35

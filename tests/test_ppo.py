@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
 
@@ -575,7 +575,7 @@ def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_p
     read), the run writes checkpoint/ppo_base and tensorboard/ppo_base, so it never overwrites the PPO run it is
     compared with, and eval_ppo.py finds it as the ppo_base method."""
     monkeypatch.chdir(tmp_path)
-    flags = ("--from_base", "--base_model_path", tiny_base, "--sft_model_path", tmp_path / "no-sft")
+    flags = ("--from_base", "--base_model_path", tiny_base)  # and no checkpoint/sft in tmp_path
     flags += ("--value_model_path", tiny_base, "--num_eval_questions", 0, "--total_episodes", 32)
     train_ppo.main(*ppo_args(*flags), reward_fn=lambda queries, answers: torch.zeros(len(answers)))
     adapter = tmp_path / paths.PPO_BASE_DIR
@@ -891,3 +891,56 @@ def test_the_room_check_counts_what_a_periodic_save_writes(tmp_path):
     for limit, start, held in [(1, 0, 2), (0, 0, 4), (0, 4, 2), (3, 6, 1)]:
         config = train_ppo.PPOConfig(lora_r=4, save_steps=2, save_total_limit=limit)
         assert train_ppo.run_save_bytes(inputs, config, 10, start) == held * estimate + final, (limit, start)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--from_base", "--sft_model_path", "mine"],
+            "--sft_model_path mine does nothing with --from_base: the policy and its reference start from "
+            "--base_model_path, and no SFT model is read. Drop --sft_model_path, or drop --from_base.",
+        ),
+        (
+            ["--base_model_path", "mine"],
+            "--base_model_path mine does nothing without --from_base: the policy and its reference start from the SFT "
+            "model (--sft_model_path), and the critic from --value_model_path. Drop --base_model_path, or add "
+            "--from_base.",
+        ),
+    ],
+)
+def test_a_model_flag_the_mode_does_not_read_is_refused_naming_the_mode(tmp_path, flags, message):
+    result = run_main("train_ppo.py", "--tiny", *flags, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("from_base", [[], ["--from_base"]])
+def test_a_config_file_may_name_the_models_of_both_modes(tmp_path, from_base):
+    """One file serves PPO and PPO from the base (configs/cpu/ppo.yaml): its keys are not flags the user typed."""
+    config = tmp_path / "ppo.yaml"
+    config.write_text("sft_model_path: mine/sft\nbase_model_path: mine/base\n")
+    script_args, ppo_config = ppo_args("--config", config, *from_base)
+    train_ppo.check_arguments(script_args, ppo_config)
+    assert (script_args.sft_model_path, script_args.base_model_path) == ("mine/sft", "mine/base")
+
+
+def test_a_missing_critic_folder_under_tiny_is_refused_not_built(tmp_path):
+    """--tiny builds its own base in its own folder only: a mistyped --value_model_path is no new critic."""
+    fake_model(tmp_path / paths.SFT_DIR, "Qwen2ForCausalLM", {"lm_head.weight": torch.ones(4)})
+    fake_model(tmp_path / paths.RM_DIR, "Qwen2ForSequenceClassification", {"score.weight": torch.ones(1, 4)})
+    result = run_main("train_ppo.py", "--tiny", "--value_model_path", "my_rm", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert (
+        "--value_model_path my_rm: there is no model there, and the tiny preset builds its base model only in its own "
+        f"folder, {paths.TINY_BASE_DIR}, never at a path given. Pass a folder that holds a model, or leave "
+        "--value_model_path unset for the tiny base."
+    ) in result.stderr
+    assert not (tmp_path / "my_rm").exists() and not (tmp_path / paths.TINY_BASE_DIR).exists()
+
+
+def fake_model(folder, architecture: str, weights: dict) -> None:
+    """A model folder as require_checkpoint sees one: config, weights, tokenizer config."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"architectures": [architecture]}))
+    save_file(weights, folder / "model.safetensors")
+    (folder / "tokenizer_config.json").write_text("{}")

@@ -35,6 +35,7 @@ SMALL_QWEN2 = dict(
 CHECKPOINT_FILES = [
     "config.json",
     "adapter_config.json",
+    paths.ADAPTER_BASE_FILE,
     "tokenizer.json",
     "tokenizer_config.json",
     "train_results.json",
@@ -47,6 +48,7 @@ def hand_made_checkpoint(folder):
     files = {
         "config.json": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **SMALL_QWEN2},
         "adapter_config.json": {"base_model_name_or_path": "checkpoint/sft", "r": 32, "lora_alpha": 8},
+        paths.ADAPTER_BASE_FILE: {"base_model_path": "/home/me/run/checkpoint/sft", "fingerprint": "0" * 64},
         "tokenizer.json": {"version": "1.0", "added_tokens": [], "model": {"type": "BPE", "vocab": {"a": 0}}},
         "tokenizer_config.json": {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"},
         "train_results.json": {"train_runtime": 12.5, "train_samples_per_second": 20.0},
@@ -96,6 +98,7 @@ def test_a_truncated_file_says_where_it_stops(tmp_path):
             "has no 'train_samples_per_second'",
         ),
         ("adapter_config.json", ("base_model_name_or_path",), "has no 'base_model_name_or_path'"),
+        (paths.ADAPTER_BASE_FILE, checkpoints.CHECKPOINT_JSON[paths.ADAPTER_BASE_FILE], "has no 'fingerprint'"),
     ],
 )
 def test_a_file_without_a_key_the_pipeline_reads_is_refused(tmp_path, name, keys, said):
