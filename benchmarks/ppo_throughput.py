@@ -245,6 +245,9 @@ def run_ours(args: BenchmarkArguments, models: Path, dataset: Path, episodes: in
         num_ppo_epochs=args.num_ppo_epochs,
         local_rollout_forward_batch_size=args.local_rollout_forward_batch_size,
         response_length=args.response_length,
+        # The room a prompt has beside its answer in the shape's positions (train_ppo.py refuses more); every prompt
+        # here is shorter.
+        max_prompt_length=SHAPES[args.shape]["max_position_embeddings"] - args.response_length,
         bf16=args.bf16,
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,

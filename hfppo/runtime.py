@@ -43,11 +43,15 @@ def readable_output() -> None:
     """Have stdout and stderr take any text, whatever the locale: the scripts print Chinese (the sample's questions
     and answers, the default system prompt), which a stream in the C locale's ASCII cannot encode (a traceback).
 
-    A stream in ASCII is switched to UTF-8, as Python's own UTF-8 mode does in the C and POSIX locales: those mean that
-    no locale was set (a container, cron, ssh), and the terminal or file behind them takes UTF-8. Such a command line
-    was read as ASCII too, each non-ASCII byte kept as a surrogate, so an argument that is UTF-8 (a --question in
-    Chinese) is read again as UTF-8. A stream in another encoding that lacks some characters (Latin-1) was chosen by
-    its user: it keeps its encoding, and a character it lacks prints as a \\uXXXX escape, never a traceback."""
+    The C and POSIX locales mean that no locale was set (a container, cron, ssh), and the terminal or file behind them
+    takes UTF-8. Where Python's UTF-8 mode is off there (PYTHONUTF8=0, an older build), the command line and every path
+    were read as ASCII: a --question in Chinese would reach the tokenizer as surrogates, and re-reading it as UTF-8
+    would leave a Chinese path that the ASCII file system encoding cannot open. So the script starts again in UTF-8
+    mode (`python -X utf8`, what PEP 540 does in those locales by default). Any stream left in ASCII is switched to
+    UTF-8 for the same reason. A stream in another encoding that lacks some characters (Latin-1) was chosen by its
+    user: it keeps its encoding, and a character it lacks prints as a \\uXXXX escape, never a traceback."""
+    if codecs.lookup(sys.getfilesystemencoding()).name in LOCALE_WITHOUT_CHARSET and not sys.flags.utf8_mode:
+        os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
     for stream in (sys.stdout, sys.stderr):
         encoding = getattr(stream, "encoding", None)
         if encoding is None or not hasattr(stream, "reconfigure") or encodes_all(encoding):
@@ -56,8 +60,6 @@ def readable_output() -> None:
             stream.reconfigure(encoding="utf-8", errors="backslashreplace")
         else:
             stream.reconfigure(errors="backslashreplace")
-    if codecs.lookup(sys.getfilesystemencoding()).name in LOCALE_WITHOUT_CHARSET:
-        sys.argv = [as_utf8(argument) for argument in sys.argv]
 
 
 def encodes_all(encoding: str) -> bool:
@@ -68,15 +70,6 @@ def encodes_all(encoding: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def as_utf8(argument: str) -> str:
-    """A command-line argument read as ASCII with surrogate escapes, read again as UTF-8; as it was where its bytes are
-    not UTF-8."""
-    try:
-        return os.fsencode(argument).decode("utf-8")
-    except UnicodeDecodeError:
-        return argument
 
 
 def bf16_available() -> bool:

@@ -167,14 +167,14 @@ def test_run_as_a_user_it_writes_beside_the_adapter_a_model_that_loads_without_p
 
 
 def test_an_adapter_with_nan_weights_is_refused_before_anything_is_written(dpo_run, tmp_path):
-    """Its files are whole, so only the merge (peft's safe_merge) can tell."""
+    """Its files are whole: the check of its weights at load (checkpoints.check_finite) tells, before the merge."""
     adapter = tmp_path / "dpo"
     shutil.copytree(dpo_run / paths.DPO_DIR, adapter)
     weights = adapter / "adapter_model.safetensors"
     save_file({name: torch.full_like(tensor, float("nan")) for name, tensor in load_file(weights).items()}, weights)
     result = run_main("export.py", "--tiny", "--method", "dpo", "--adapter_path", adapter, cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert f"the checkpoint at {adapter} could not be loaded (ValueError: NaNs detected" in result.stderr
+    assert f"the checkpoint at {adapter} holds weights that are not numbers (NaN or infinity)" in result.stderr
     assert "python train_dpo.py --tiny --output_dir" in result.stderr and not (tmp_path / "dpo_merged").exists()
 
 

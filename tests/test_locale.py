@@ -54,10 +54,3 @@ def test_a_stream_that_cannot_encode_chinese_is_made_to(monkeypatch, encoding, t
         each.write(text)
         each.flush()
         assert each.buffer.getvalue() == written
-
-
-def test_a_command_line_read_as_ascii_is_read_again_as_utf8():
-    as_read = "吃了没".encode().decode("ascii", "surrogateescape")  # what the C locale makes of its bytes
-    assert runtime.as_utf8(as_read) == "吃了没"
-    latin = b"caf\xe9".decode("ascii", "surrogateescape")  # not UTF-8: left as it was read
-    assert runtime.as_utf8(latin) == latin

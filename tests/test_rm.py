@@ -299,7 +299,7 @@ def test_eval_without_a_held_out_split_asks_for_a_dataset(rm_run, tmp_path):
     checkpoint = tmp_path / paths.RM_DIR
     shutil.copytree(rm_run / paths.RM_DIR, checkpoint)
     (checkpoint / paths.HELD_OUT_FILE).unlink()
-    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "--eval_fraction 0", "--dataset_name")
+    assert_clean_error(run_main("eval_rm.py", cwd=tmp_path), "(eval_fraction 0)", "--dataset_name")
 
 
 def test_training_refuses_a_pad_token_equal_to_eos(tmp_path, tiny_base):
