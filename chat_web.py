@@ -104,11 +104,26 @@ class WebArguments:
     system_prompt: str = field(
         default=paths.DEFAULT_SYSTEM_PROMPT, metadata={"help": "The page's system prompt at start (editable there)."}
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature at start, as in PPO's rollouts."})
-    max_new_tokens: int = field(default=200, metadata={"help": "Longest answer at start, in tokens (PPO's)."})
-    seed: int = field(default=42, metadata={"help": "Seed at start; every column samples from it, so each repeats."})
+    temperature: float = field(
+        default=0.7,
+        metadata={
+            "help": "Sampling temperature at start, as in PPO's rollouts.",
+            "range": f"[{cli.MIN_TEMPERATURE}, inf)",
+        },
+    )
+    max_new_tokens: int = field(
+        default=200, metadata={"help": "Longest answer at start, in tokens (PPO's).", "range": "[1, inf)"}
+    )
+    seed: int = field(
+        default=42,
+        metadata={
+            "help": "Seed at start; every column samples from it, so each repeats.",
+            "range": f"[0, {cli.MAX_SEED}]",
+        },
+    )
     num_examples: int = field(
-        default=5, metadata={"help": "Example questions on the page, from the SFT model's held-out rows."}
+        default=5,
+        metadata={"help": "Example questions on the page, from the SFT model's held-out rows.", "range": "[0, inf)"},
     )
     host: str = field(
         default="127.0.0.1",
@@ -118,7 +133,8 @@ class WebArguments:
         default=7863,
         metadata={
             "help": "Port to serve on: near Gradio's 7860 but not it, which another Gradio app takes first, and clear "
-            "of TensorBoard (6006), Jupyter (8888) and the usual development servers (3000, 5000, 8000, 8080)."
+            "of TensorBoard (6006), Jupyter (8888) and the usual development servers (3000, 5000, 8000, 8080).",
+            "range": f"[1, {cli.MAX_PORT}]",
         },
     )
     allow_remote: bool = field(

@@ -114,15 +114,29 @@ class EvalArguments:
     system_prompt: str = field(
         default=paths.DEFAULT_SYSTEM_PROMPT, metadata={"help": "For questions without their own, as in training."}
     )
-    max_new_tokens: int = field(default=200, metadata={"help": "Longest answer, in tokens (PPO's response_length)."})
+    max_new_tokens: int = field(
+        default=200, metadata={"help": "Longest answer, in tokens (PPO's response_length).", "range": "[1, inf)"}
+    )
     max_prompt_length: int = field(
         default=common.MAX_PROMPT_LENGTH,
-        metadata={"help": "--compare: questions whose prompt is longer, in tokens, are skipped (as in training)."},
+        metadata={
+            "help": "--compare: questions whose prompt is longer, in tokens, are skipped (as in training).",
+            "range": "[1, inf)",
+        },
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature, as in PPO's rollouts."})
-    seed: int = field(default=42, metadata={"help": "Every model samples from this seed."})
-    batch_size: int = field(default=8, metadata={"help": "Answers generated and scored per forward pass."})
-    num_examples: int = field(default=3, metadata={"help": "--compare: questions shown with every model's answer."})
+    temperature: float = field(
+        default=0.7,
+        metadata={"help": "Sampling temperature, as in PPO's rollouts.", "range": f"[{cli.MIN_TEMPERATURE}, inf)"},
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Every model samples from this seed.", "range": f"[0, {cli.MAX_SEED}]"}
+    )
+    batch_size: int = field(
+        default=8, metadata={"help": "Answers generated and scored per forward pass.", "range": "[1, inf)"}
+    )
+    num_examples: int = field(
+        default=3, metadata={"help": "--compare: questions shown with every model's answer.", "range": "[0, inf)"}
+    )
     metrics_file: str | None = field(
         default=None,
         metadata={"help": "--compare: where to write the JSON. Unset: <ppo_model_path>/eval_metrics.json."},

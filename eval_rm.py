@@ -54,14 +54,17 @@ class EvalArguments:
     answer: list[str] = field(
         default_factory=list, metadata={"help": "The answer to score, in --question's order.", "action": "extend"}
     )
-    num_examples: int = field(default=3, metadata={"help": "Pairs to print with their rewards before the metrics."})
-    batch_size: int = field(default=8, metadata={"help": "Sequences scored per forward pass."})
+    num_examples: int = field(
+        default=3, metadata={"help": "Pairs to print with their rewards before the metrics.", "range": "[0, inf)"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "Sequences scored per forward pass.", "range": "[1, inf)"})
     max_length: int = field(
         default=common.REWARD_MAX_LENGTH,
         metadata={
             "help": "Longest conversation scored, in tokens, as train_rm.py's --max_length: longer pairs are skipped "
             "and counted, a longer --question/--answer is refused: the reward model never saw longer ones, and "
-            "scoring a very long one needs gigabytes."
+            "scoring a very long one needs gigabytes.",
+            "range": "[1, inf)",
         },
     )
     metrics_file: str | None = field(

@@ -30,13 +30,20 @@ class EvalArguments:
     system_prompt: str = field(
         default=paths.DEFAULT_SYSTEM_PROMPT, metadata={"help": "System prompt, as in training."}
     )
-    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens."})
+    max_new_tokens: int = field(default=512, metadata={"help": "Longest answer, in tokens.", "range": "[1, inf)"})
     do_sample: bool | None = field(
         default=None, metadata={"help": "Sample (true) or decode greedily (false); unset: the model's own setting."}
     )
-    temperature: float | None = field(default=None, metadata={"help": "Unset: the model's generation_config.json."})
-    top_p: float | None = field(default=None, metadata={"help": "Unset: the model's generation_config.json."})
-    seed: int = field(default=42, metadata={"help": "Seed for sampling, so a run can be repeated."})
+    temperature: float | None = field(
+        default=None,
+        metadata={"help": "Unset: the model's generation_config.json.", "range": f"[{cli.MIN_TEMPERATURE}, inf)"},
+    )
+    top_p: float | None = field(
+        default=None, metadata={"help": "Unset: the model's generation_config.json.", "range": "(0, 1]"}
+    )
+    seed: int = field(
+        default=42, metadata={"help": "Seed for sampling, so a run can be repeated.", "range": f"[0, {cli.MAX_SEED}]"}
+    )
 
 
 @torch.no_grad()

@@ -53,10 +53,18 @@ class ExportArguments:
         metadata={"help": "float32 keeps the merge as computed; bfloat16 or float16 halve the size, for serving."},
     )
     max_new_tokens: int = field(
-        default=200, metadata={"help": "generation_config.json's longest answer, in tokens (PPO's response_length)."}
+        default=200,
+        metadata={
+            "help": "generation_config.json's longest answer, in tokens (PPO's response_length).",
+            "range": "[1, inf)",
+        },
     )
     temperature: float = field(
-        default=0.7, metadata={"help": "generation_config.json's sampling temperature, as in PPO's rollouts."}
+        default=0.7,
+        metadata={
+            "help": "generation_config.json's sampling temperature, as in PPO's rollouts.",
+            "range": f"[{cli.MIN_TEMPERATURE}, inf)",
+        },
     )
     tiny: bool = field(
         default=False, metadata={"help": "Tiny preset: the tiny stages' answer length, and --tiny in the hints."}

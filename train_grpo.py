@@ -88,7 +88,8 @@ class ScriptArguments(cli.StageArguments):
         default=1.0,
         metadata={
             "help": "Subtracted from the score of an answer cut at max_completion_length before its stop token, as "
-            "train_ppo.py's --missing_eos_penalty: the policy learns to finish its answers."
+            "train_ppo.py's --missing_eos_penalty: the policy learns to finish its answers.",
+            "range": f"[0, {cli.MAX_COEFFICIENT}]",
         },
     )
 
@@ -150,7 +151,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
             "train_grpo.py trains a LoRA adapter, PPO's, so that the two methods compare on equal terms: keep "
             "--use_peft."
         )
-    if script_args.eval_fraction == 0:  # the range is checked with every flag's (cli.NUMERIC_RANGES)
+    if script_args.eval_fraction == 0:  # the range is checked with every flag's (cli.check_values)
         raise errors.ArgumentError(
             "train_grpo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
         )

@@ -163,87 +163,132 @@ class PPOConfig:
             "--from_base."
         },
     )
-    num_train_epochs: float = field(default=2, metadata={"help": "Passes over the training questions."})
+    num_train_epochs: float = field(
+        default=2, metadata={"help": "Passes over the training questions.", "range": "(0, inf)"}
+    )
     total_episodes: int | None = field(
         default=None,
-        metadata={"help": "Answers to train on in all; unset: num_train_epochs x the training questions."},
+        metadata={
+            "help": "Answers to train on in all; unset: num_train_epochs x the training questions.",
+            "range": "[1, inf)",
+        },
     )
     learning_rate: float = field(
         default=5e-6,
-        metadata={"help": "AdamW learning rate of the policy's LoRA adapter (the actor's, in OpenRLHF's words)."},
+        metadata={
+            "help": "AdamW learning rate of the policy's LoRA adapter (the actor's, in OpenRLHF's words).",
+            "range": "(0, inf)",
+        },
     )
     critic_learning_rate: float | None = field(
         default=None,
         metadata={
-            "help": "AdamW learning rate of the critic (OpenRLHF's critic_learning_rate); unset: --learning_rate."
+            "help": "AdamW learning rate of the critic (OpenRLHF's critic_learning_rate); unset: --learning_rate.",
+            "range": "(0, inf)",
         },
     )
     weight_decay: float = field(
-        default=0.0, metadata={"help": "AdamW weight decay, both models (TRL's default 0; torch's AdamW has 0.01)."}
+        default=0.0,
+        metadata={
+            "help": "AdamW weight decay, both models (TRL's default 0; torch's AdamW has 0.01).",
+            "range": "[0, inf)",
+        },
     )
     lr_scheduler_type: str = field(
         default="linear",
         metadata={"help": "Schedule over the updates (to 0 at the end).", "choices": LR_SCHEDULERS},
     )
-    warmup_steps: int = field(default=0, metadata={"help": "Updates of linear warmup."})
+    warmup_steps: int = field(default=0, metadata={"help": "Updates of linear warmup.", "range": "[0, inf)"})
     max_grad_norm: float = field(
         default=1.0,
         metadata={
             "help": "Clip each model's gradient norm (the policy's, the critic's) to this; under DeepSpeed, their "
-            "joint norm (DeepSpeed clips one global norm)."
+            "joint norm (DeepSpeed clips one global norm).",
+            "range": "(0, inf)",  # clipping to 0 zeroes the gradients; the Trainer's stages read 0 as no clipping
         },
     )
     per_device_train_batch_size: int = field(
-        default=2, metadata={"help": "Answers per forward-backward pass (the micro batch)."}
+        default=2, metadata={"help": "Answers per forward-backward pass (the micro batch).", "range": "[1, inf)"}
     )
     gradient_accumulation_steps: int = field(
-        default=4, metadata={"help": "Micro batches per optimizer step (a minibatch)."}
+        default=4, metadata={"help": "Micro batches per optimizer step (a minibatch).", "range": "[1, inf)"}
     )
     num_mini_batches: int = field(
         default=1,
         metadata={
             "help": "Optimizer steps per pass over a batch. Each update samples per_device_train_batch_size x "
-            "gradient_accumulation_steps x num_mini_batches answers per process: raise this for large rollouts."
+            "gradient_accumulation_steps x num_mini_batches answers per process: raise this for large rollouts.",
+            "range": "[1, inf)",
         },
     )
-    num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each batch of answers."})
+    num_ppo_epochs: int = field(
+        default=2, metadata={"help": "Passes over each batch of answers.", "range": "[1, inf)"}
+    )
     local_rollout_forward_batch_size: int = field(
         default=8,
         metadata={
             "help": "Answers per generate / scoring forward pass (no gradients); a divisor of the answers per update "
-            "and process, or at least as many (then one pass)."
+            "and process, or at least as many (then one pass).",
+            "range": "[1, inf)",
         },
     )
-    response_length: int = field(default=200, metadata={"help": "Longest answer, in tokens."})
+    response_length: int = field(default=200, metadata={"help": "Longest answer, in tokens.", "range": "[1, inf)"})
     max_prompt_length: int = field(
         default=common.MAX_PROMPT_LENGTH,
         metadata={
             "help": "Longest prompt (system prompt + question, in the chat template), in tokens; questions with a "
-            "longer one are skipped and counted, here and in eval_ppo.py --compare."
+            "longer one are skipped and counted, here and in eval_ppo.py --compare.",
+            "range": "[1, inf)",
         },
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; the log-probs use the same."})
+    temperature: float = field(
+        default=0.7,
+        metadata={
+            "help": "Sampling temperature; the log-probs use the same.",
+            "range": f"[{cli.MIN_TEMPERATURE}, inf)",
+        },
+    )
     missing_eos_penalty: float = field(
         default=1.0,
-        metadata={"help": "Subtracted from the score of an answer cut at response_length before its stop token."},
+        metadata={
+            "help": "Subtracted from the score of an answer cut at response_length before its stop token.",
+            "range": f"[0, {cli.MAX_COEFFICIENT}]",
+        },
     )
-    kl_coef: float = field(default=0.05, metadata={"help": "Weight of the per-token KL penalty to the reference."})
+    kl_coef: float = field(
+        default=0.05,
+        metadata={
+            "help": "Weight of the per-token KL penalty to the reference.",
+            "range": f"[0, {cli.MAX_COEFFICIENT}]",
+        },
+    )
     kl_estimator: Literal["k1", "k3"] = field(
         default="k1",
         metadata={"help": "k1: log(pi/pi_ref), unbiased; k3: (r - 1) - log r with r = pi_ref/pi, unbiased and >= 0."},
     )
-    cliprange: float = field(default=0.1, metadata={"help": "PPO's clip range for the policy ratio."})
-    cliprange_value: float = field(default=0.5, metadata={"help": "Clip range for the value update."})
-    vf_coef: float = field(default=0.5, metadata={"help": "Weight of the value loss against the policy loss."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE's lambda."})
-    lora_r: int = field(default=lora.LORA_R, metadata={"help": "LoRA rank."})
+    cliprange: float = field(
+        default=0.1, metadata={"help": "PPO's clip range for the policy ratio.", "range": "(0, inf)"}
+    )
+    cliprange_value: float = field(
+        default=0.5, metadata={"help": "Clip range for the value update.", "range": "(0, inf)"}
+    )
+    vf_coef: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the value loss against the policy loss.", "range": f"[0, {cli.MAX_COEFFICIENT}]"},
+    )
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor.", "range": "[0, 1]"})
+    lam: float = field(default=0.95, metadata={"help": "GAE's lambda.", "range": "[0, 1]"})
+    lora_r: int = field(default=lora.LORA_R, metadata={"help": "LoRA rank.", "range": "[1, inf)"})
     lora_alpha: int = field(
-        default=lora.LORA_ALPHA, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."}
+        default=lora.LORA_ALPHA,
+        metadata={"help": "LoRA alpha (the update is scaled by alpha / r).", "range": "(0, inf)"},
     )
     lora_dropout: float = field(
         default=0.0,
-        metadata={"help": "Only 0: log-probs are deterministic, so the ratio measures policy change (eval mode)."},
+        metadata={
+            "help": "Only 0: log-probs are deterministic, so the ratio measures policy change (eval mode).",
+            "range": "[0, 1)",
+        },
     )
     lora_target_modules: list[str] = field(
         default_factory=lambda: list(lora.LORA_TARGET_MODULES),
@@ -254,24 +299,33 @@ class PPOConfig:
         metadata={
             "help": "Evaluate on the held-out questions before the first update, every this many updates and after "
             "the last; below 1, that fraction of the updates, rounded up (0.1: ten times a run, as train_rm.py). "
-            "At or above the number of updates: before and after training only."
+            "At or above the number of updates: before and after training only.",
+            "range": "(0, inf)",
         },
     )
     num_eval_questions: int = field(
         default=64,
-        metadata={"help": "Held-out questions each evaluation answers (the first ones; all if fewer); 0: none."},
+        metadata={
+            "help": "Held-out questions each evaluation answers (the first ones; all if fewer); 0: none.",
+            "range": "[0, inf)",
+        },
     )
     eval_batch_size: int = field(
-        default=32, metadata={"help": "Answers per generate / scoring forward pass in evaluation."}
+        default=32,
+        metadata={"help": "Answers per generate / scoring forward pass in evaluation.", "range": "[1, inf)"},
     )
     hacking_length_drop: float = field(
         default=hacking.LENGTH_DROP,
         metadata={
             "help": "Each evaluation's reward-hacking alarm (docs/ppo.md#reward-hacking) names answers shorter than "
-            "before training by more than this share; 1: never."
+            "before training by more than this share; 1: never.",
+            "range": "[0, 1]",
         },
     )
-    seed: int = field(default=42, metadata={"help": "Seed for the split, the initial weights and sampling."})
+    seed: int = field(
+        default=42,
+        metadata={"help": "Seed for the split, the initial weights and sampling.", "range": f"[0, {cli.MAX_SEED}]"},
+    )
     bf16: bool = field(
         default=runtime.bf16_available(),
         metadata={"help": "bf16 autocast (on a GPU with bf16 units; fp32 otherwise)."},
@@ -285,13 +339,18 @@ class PPOConfig:
         },
     )
     save_steps: int = field(
-        default=100, metadata={"help": "Save the full training state every this many updates; 0: only at the end."}
+        default=100,
+        metadata={
+            "help": "Save the full training state every this many updates; 0: only at the end.",
+            "range": "[0, inf)",
+        },
     )
     save_total_limit: int = field(
         default=1,
         metadata={
             "help": "Periodic checkpoints kept, oldest deleted first; 0: all. At 0.5B each is ~10 GB (fp32 weights, "
-            "Adam's moments, and the adapter and critic for eval_ppo.py)."
+            "Adam's moments, and the adapter and critic for eval_ppo.py).",
+            "range": "[0, inf)",
         },
     )
     resume_from_checkpoint: str | None = field(

@@ -57,7 +57,8 @@ class ScriptArguments(cli.StageArguments):
         default=0.1,
         metadata={
             "help": "Fraction of the training rows (those --eval_fraction does not hold out), from the start of the "
-            "dataset, to fine-tune on."
+            "dataset, to fine-tune on.",
+            "range": "(0, 1]",
         },
     )
 

@@ -82,15 +82,27 @@ class BenchmarkArguments:
     shape: Literal["tiny", "qwen2.5-0.5b"] = field(
         default="qwen2.5-0.5b", metadata={"help": "Model shape (random weights): the tiny preset's or Qwen2.5-0.5B's."}
     )
-    num_updates: int = field(default=2, metadata={"help": "PPO updates to time (each a full rollout and update)."})
-    per_device_train_batch_size: int = field(default=2, metadata={"help": "Answers per forward-backward pass."})
-    gradient_accumulation_steps: int = field(default=2, metadata={"help": "Passes per optimizer step."})
-    num_mini_batches: int = field(default=1, metadata={"help": "Optimizer steps per pass over a batch."})
-    num_ppo_epochs: int = field(default=2, metadata={"help": "Passes over each batch of answers."})
-    local_rollout_forward_batch_size: int = field(
-        default=4, metadata={"help": "Answers per generate / scoring forward pass."}
+    num_updates: int = field(
+        default=2, metadata={"help": "PPO updates to time (each a full rollout and update).", "range": "[1, inf)"}
     )
-    response_length: int = field(default=16, metadata={"help": "Every answer's length, in tokens (no early stop)."})
+    per_device_train_batch_size: int = field(
+        default=2, metadata={"help": "Answers per forward-backward pass.", "range": "[1, inf)"}
+    )
+    gradient_accumulation_steps: int = field(
+        default=2, metadata={"help": "Passes per optimizer step.", "range": "[1, inf)"}
+    )
+    num_mini_batches: int = field(
+        default=1, metadata={"help": "Optimizer steps per pass over a batch.", "range": "[1, inf)"}
+    )
+    num_ppo_epochs: int = field(
+        default=2, metadata={"help": "Passes over each batch of answers.", "range": "[1, inf)"}
+    )
+    local_rollout_forward_batch_size: int = field(
+        default=4, metadata={"help": "Answers per generate / scoring forward pass.", "range": "[1, inf)"}
+    )
+    response_length: int = field(
+        default=16, metadata={"help": "Every answer's length, in tokens (no early stop).", "range": "[1, inf)"}
+    )
     bf16: bool = field(default=runtime.bf16_available(), metadata={"help": "bf16 autocast (GPU); fp32 otherwise."})
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "train_ppo.py --gradient_checkpointing (with --trl no: TRL's side has none)."}
@@ -99,7 +111,8 @@ class BenchmarkArguments:
         default=None,
         metadata={
             "help": "Peak FLOP/s for the MFU column, in TFLOP/s; unset: 989 on an H100/H200 (bf16 dense), "
-            "n/a elsewhere."
+            "n/a elsewhere.",
+            "range": "(0, inf)",
         },
     )
     trl: Literal["auto", "yes", "no"] = field(
@@ -114,7 +127,9 @@ class BenchmarkArguments:
         default=str(paths.CHECKPOINT_ROOT / "bench"), metadata={"help": "Where the random models are built, once."}
     )
     output: str | None = field(default=None, metadata={"help": "Write the results as JSON here too."})
-    seed: int = field(default=42, metadata={"help": "Seed for the weights, the split and sampling."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed for the weights, the split and sampling.", "range": f"[0, {cli.MAX_SEED}]"}
+    )
 
 
 def build_models(shape: str, folder: Path, seed: int) -> None:

@@ -1,6 +1,7 @@
 """The command line of every script: TRL's parser with errors that name the flag, --config files, ranges."""
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import math
@@ -41,37 +42,43 @@ class Parser(TrlParser):
         except argparse.ArgumentError as error:
             raise argparse.ArgumentError(action, error.message.replace(repr(value), errors.shown(value))) from None
 
+    @staticmethod
+    def _parse_dataclass_field(parser: argparse.ArgumentParser, dataclass_field: dataclasses.Field):
+        """HfArgumentParser's flag for `dataclass_field`, less its metadata's RANGE_KEY: HfArgumentParser passes the
+        metadata's other keys to argparse's add_argument, which takes no range (check_values reads it)."""
+        metadata = dataclass_field.metadata
+        if RANGE_KEY in metadata:
+            dataclass_field = copy.copy(dataclass_field)
+            dataclass_field.metadata = types.MappingProxyType({k: v for k, v in metadata.items() if k != RANGE_KEY})
+        TrlParser._parse_dataclass_field(parser, dataclass_field)
+
 
 HELP_HINT = "Run with --help to list every flag and its default."
 
-# The valid range of every numeric setting, by field name, checked for all of a script's dataclasses before any data
-# or model loads; "DPOConfig.beta" is the range of one dataclass's field where a name means different things in two
-# (it outranks the plain name). Intervals in the usual notation: [1, inf) means >= 1, (0, 1] means 0 < x <= 1; NaN and
-# +-inf are outside every one. Unset (None) is always allowed: it means "the default behaviour" where a field accepts
-# it. tests/test_ranges.py fails for a numeric field of any script's parser that has no range here.
+# Every numeric setting has a valid range, checked for all of a script's dataclasses before any data or model loads.
+# The project's own dataclasses give it beside the field, as its metadata's RANGE_KEY: field(default=0.05,
+# metadata={"help": ..., "range": f"[0, {MAX_COEFFICIENT}]"}). NUMERIC_RANGES gives it, by field name, for the TRL and
+# transformers configs the scripts expose (SFTConfig, RewardConfig, DPOConfig, GRPOConfig, ModelConfig), whose fields
+# the project cannot annotate; "DPOConfig.beta" is the range of one dataclass's field where a name means different
+# things in two (it outranks the plain name). Intervals in the usual notation: [1, inf) means >= 1, (0, 1] means
+# 0 < x <= 1; NaN and +-inf are outside every one. Unset (None) is always allowed: it means "the default behaviour"
+# where a field accepts it. tests/test_ranges.py fails for a numeric field of any script's parser that has no range.
+RANGE_KEY = "range"
 MAX_SEED = 2**32 - 1  # numpy's RandomState (transformers' set_seed seeds it) takes [0, 2**32 - 1]
 # A loss term's weight: published ones are below 10 (KL coefficients 0.001 to 0.2, DPO's beta 0.1 to 0.5); at 1000 the
 # term already swamps every other, and far larger ones only push the loss toward float32's overflow (3.4e38), inf and
 # then NaN weights (--kl_coef 1e308 crashes, DPO's --beta 1e308 gives NaN).
 MAX_COEFFICIENT = 1000
 MAX_PORT = 65535  # a TCP port is 16 bits
+# logits / temperature: below 0.01 sampling is greedy already (a logit gap of 1 becomes e^-100), and far smaller ones
+# overflow the division (float16's 65504, float32's 3.4e38) into inf and NaN probabilities.
+MIN_TEMPERATURE = 0.01
 NUMERIC_RANGES = {
     # counts: of rows, tokens, steps, passes
     "per_device_train_batch_size": "[1, inf)",
     "per_device_eval_batch_size": "[1, inf)",
     "gradient_accumulation_steps": "[1, inf)",
-    "local_rollout_forward_batch_size": "[1, inf)",
-    "num_mini_batches": "[1, inf)",
-    "num_ppo_epochs": "[1, inf)",
-    "total_episodes": "[1, inf)",
-    "batch_size": "[1, inf)",
     "max_length": "[1, inf)",
-    "max_prompt_length": "[1, inf)",
-    "response_length": "[1, inf)",
-    "max_new_tokens": "[1, inf)",
-    "num_examples": "[0, inf)",
-    "num_eval_questions": "[0, inf)",
-    "eval_batch_size": "[1, inf)",
     "lora_r": "[1, inf)",
     "warmup_steps": "[0, inf)",
     "save_steps": "[0, inf)",
@@ -80,7 +87,6 @@ NUMERIC_RANGES = {
     "eval_steps": "(0, inf)",
     "num_train_epochs": "(0, inf)",
     "max_steps": "[-1, inf)",  # -1 (or 0): num_train_epochs decides
-    "num_updates": "[1, inf)",
     "max_completion_length": "[1, inf)",
     "generation_batch_size": "[1, inf)",
     "steps_per_generation": "[1, inf)",
@@ -104,17 +110,14 @@ NUMERIC_RANGES = {
     "dataset_num_proc": "[1, inf)",
     "ddp_bucket_cap_mb": "[1, inf)",
     "ddp_timeout": "[1, inf)",
-    "port": f"[1, {MAX_PORT}]",
     "vllm_server_port": f"[1, {MAX_PORT}]",
     "vllm_group_port": f"[1, {MAX_PORT}]",
     "vllm_server_timeout": "(0, inf)",
     "vllm_tensor_parallel_size": "[1, inf)",
     "vllm_gpu_memory_utilization": "(0, 1]",
     "vllm_max_model_length": "[1, inf)",
-    "peak_tflops": "(0, inf)",
     # optimisation
     "learning_rate": "(0, inf)",
-    "critic_learning_rate": "(0, inf)",
     "weight_decay": "[0, inf)",
     "adam_beta1": "[0, 1)",
     "adam_beta2": "[0, 1)",
@@ -122,21 +125,10 @@ NUMERIC_RANGES = {
     "lora_alpha": "(0, inf)",
     "lora_dropout": "[0, 1)",
     "center_rewards_coefficient": "[0, inf)",
-    # Clipping to 0 zeroes PPO's gradients; the Trainer's stages read 0 as "no clipping".
-    "max_grad_norm": "[0, inf)",
-    "PPOConfig.max_grad_norm": "(0, inf)",
+    "max_grad_norm": "[0, inf)",  # 0: the Trainer's "no clipping"
     "label_smoothing_factor": "[0, 1)",
     "neftune_noise_alpha": "[0, inf)",
     "router_aux_loss_coef": f"[0, {MAX_COEFFICIENT}]",
-    # PPO
-    "kl_coef": f"[0, {MAX_COEFFICIENT}]",
-    "cliprange": "(0, inf)",
-    "cliprange_value": "(0, inf)",
-    "vf_coef": f"[0, {MAX_COEFFICIENT}]",
-    "missing_eos_penalty": f"[0, {MAX_COEFFICIENT}]",
-    "gamma": "[0, 1]",
-    "lam": "[0, 1]",
-    "hacking_length_drop": "[0, 1]",
     # DPO. A negative beta learns the opposite preference; 0 learns nothing (TRL: the deviation from the reference).
     "DPOConfig.beta": f"(0, {MAX_COEFFICIENT}]",
     "label_smoothing": "[0, 0.5)",  # Robust DPO's flip probability (TRL: in [0, 0.5))
@@ -166,16 +158,12 @@ NUMERIC_RANGES = {
     "vllm_importance_sampling_cap": "(0, inf)",
     "vllm_importance_sampling_clip_min": "[0, inf)",
     "vllm_importance_sampling_clip_max": "(0, inf)",
-    # sampling. logits / temperature: below 0.01 sampling is greedy already (a logit gap of 1 becomes e^-100), and far
-    # smaller ones overflow the division (float16's 65504, float32's 3.4e38) into inf and NaN probabilities.
-    "temperature": "[0.01, inf)",
+    # sampling
+    "temperature": f"[{MIN_TEMPERATURE}, inf)",
     "top_p": "(0, 1]",
     "top_k": "[0, inf)",  # 0: no top-k filter
     "min_p": "[0, 1]",
     "repetition_penalty": "(0, inf)",
-    # fractions of the data
-    "sft_fraction": "(0, 1]",
-    "eval_fraction": "[0, 1)",
 }
 
 
@@ -249,7 +237,7 @@ def given(arguments) -> frozenset[str]:
 
 
 def check_values(namespace: dict, dataclass_types: tuple = ()) -> None:
-    """Every numeric setting within its NUMERIC_RANGES range (finite), no path empty (is_path_field), and bf16 only
+    """Every numeric setting within its range (finite; field_range's), no path empty (is_path_field), and bf16 only
     where a GPU has it."""
     for name, value in namespace.items():
         interval = field_range(name, dataclass_types)
@@ -294,8 +282,13 @@ def is_path_field(name: str) -> bool:
 
 
 def field_range(name: str, dataclass_types: tuple = ()) -> str | None:
-    """The NUMERIC_RANGES interval of field `name`: the entry of the dataclass that has it ("DPOConfig.beta"), else
-    the name's own; None for a field with no range (a non-numeric one)."""
+    """The interval of field `name` of `dataclass_types`: its metadata's RANGE_KEY where the dataclass that has it
+    gives one, else NUMERIC_RANGES' entry of that dataclass ("DPOConfig.beta"), else the name's own; None for a field
+    with no range (a non-numeric one)."""
+    for dataclass_type in dataclass_types:
+        for dataclass_field in dataclasses.fields(dataclass_type):
+            if dataclass_field.name == name and RANGE_KEY in dataclass_field.metadata:
+                return dataclass_field.metadata[RANGE_KEY]
     for dataclass_type in dataclass_types:
         qualified = f"{dataclass_type.__name__}.{name}"
         if qualified in NUMERIC_RANGES and name in {f.name for f in dataclasses.fields(dataclass_type)}:
@@ -623,6 +616,7 @@ class StageArguments:
             "by a hash of the question (common.split_held_out), so every stage holds out the same rows; saved as "
             "held_out.jsonl beside the model. 0.1: 35 questions of the bundled 345-row sample, enough to read "
             "base vs SFT vs PPO, while every other row trains (the sample is small); thousands on real data. The "
-            "same value in every stage, or train_ppo.py refuses. 0 holds none out (SFT, reward model)."
+            "same value in every stage, or train_ppo.py refuses. 0 holds none out (SFT, reward model).",
+            "range": "[0, 1)",
         },
     )

@@ -304,7 +304,7 @@ def test_a_library_refusal_of_a_setting_is_one_short_paragraph(flag, value, expe
 
 def test_a_range_message_cuts_the_value_it_quotes():
     with pytest.raises(errors.ArgumentError) as error:
-        cli.check_values({"gamma": [0.5] * 1000})
+        cli.check_values({"gamma": [0.5] * 1000}, (train_ppo.PPOConfig,))
     assert str(error.value).startswith("--gamma must be in [0, 1], got [0.5, 0.5") and len(str(error.value)) < 120
 
 

@@ -1,5 +1,6 @@
-"""Every numeric flag of every script has a declared range (cli.NUMERIC_RANGES), NaN and inf never pass, choices
-are checked against what exists, and a --config key left empty is refused unless its field takes None."""
+"""Every numeric flag of every script has a declared range (beside the field in the project's own dataclasses,
+cli.NUMERIC_RANGES for the TRL and transformers configs), NaN and inf never pass, choices are checked against what
+exists, and a --config key left empty is refused unless its field takes None."""
 
 import dataclasses
 import importlib
@@ -35,6 +36,15 @@ def is_numeric(annotation) -> bool:
     return False
 
 
+# The libraries whose configs the scripts expose; their fields' ranges are cli.NUMERIC_RANGES', every other
+# dataclass's are in its fields' metadata.
+LIBRARIES = ("trl", "transformers")
+
+
+def is_library_config(dataclass_type: type) -> bool:
+    return dataclass_type.__module__.split(".")[0] in LIBRARIES
+
+
 def numeric_fields(script: str) -> list[tuple[tuple, type, str]]:
     """(the parser's dataclasses, the dataclass, the field's name) of every numeric field that is a flag."""
     dataclass_types = tuple(module_of(script).make_parser().dataclass_types)
@@ -54,15 +64,30 @@ def test_every_numeric_field_of_every_parser_has_a_range(script):
     fields = numeric_fields(script)
     assert fields  # found at all; that it misses none, the next test's stale entries would show
     missing = [f"{cls.__name__}.{name}" for types_, cls, name in fields if cli.field_range(name, types_) is None]
-    assert not missing, f"{script}: no range in cli.NUMERIC_RANGES for {', '.join(missing)}"
+    assert not missing, f"{script}: no range (in its field's metadata or cli.NUMERIC_RANGES) for {', '.join(missing)}"
+
+
+def field_metadata(dataclass_type: type, name: str):
+    return next(f.metadata for f in dataclasses.fields(dataclass_type) if f.name == name)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_numeric_field_of_the_project_s_dataclasses_has_its_range_beside_it(script):
+    """In its metadata, not from the table, which holds the same names for the libraries' configs (seed, ...)."""
+    own = [(cls, name) for _, cls, name in numeric_fields(script) if not is_library_config(cls)]
+    missing = [f"{cls.__name__}.{name}" for cls, name in own if cli.RANGE_KEY not in field_metadata(cls, name)]
+    assert not missing, f"{script}: no metadata[{cli.RANGE_KEY!r}] for {', '.join(missing)}"
 
 
 def test_every_range_names_a_numeric_field_and_is_well_formed():
-    names = {name for script in SCRIPTS for _, _, name in numeric_fields(script)}
-    qualified = {f"{cls.__name__}.{name}" for script in SCRIPTS for _, cls, name in numeric_fields(script)}
-    stale = [key for key in cli.NUMERIC_RANGES if key not in names | qualified]
-    assert not stale, f"ranges for no numeric field of any script: {stale}"
-    for key, interval in cli.NUMERIC_RANGES.items():
+    found = [(cls, name) for script in SCRIPTS for _, cls, name in numeric_fields(script)]
+    library = [(cls, name) for cls, name in found if is_library_config(cls)]
+    names = {name for _, name in library} | {f"{cls.__name__}.{name}" for cls, name in library}
+    stale = [key for key in cli.NUMERIC_RANGES if key not in names]
+    assert not stale, f"ranges for no numeric field of a TRL or transformers config: {stale}"
+    metadata = {f"{cls.__module__}.{cls.__name__}.{name}": field_metadata(cls, name) for cls, name in found}
+    beside = [(key, entries[cli.RANGE_KEY]) for key, entries in metadata.items() if cli.RANGE_KEY in entries]
+    for key, interval in [*cli.NUMERIC_RANGES.items(), *beside]:
         low, high = (float(bound) for bound in interval[1:-1].split(","))
         assert interval[0] in "[(" and interval[-1] in ")]" and low < high, key
 

@@ -27,7 +27,7 @@ def questions(rows: Dataset) -> set[str]:
 def test_every_stage_has_one_eval_fraction_with_the_same_default_and_range():
     defaults = {script.__name__: parse(script)[0].eval_fraction for script in STAGES}
     assert set(defaults.values()) == {paths.DEFAULT_EVAL_FRACTION}, defaults
-    assert cli.NUMERIC_RANGES["eval_fraction"] == "[0, 1)"
+    assert {cli.field_range("eval_fraction", script.make_parser().dataclass_types) for script in STAGES} == {"[0, 1)"}
 
 
 def test_the_split_is_exact_disjoint_and_covers_every_row():
