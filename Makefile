@@ -74,7 +74,7 @@ demo-real: $(VENV)/installed
 test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto
 
-# tests/test_web.py drives the chat page in Debian's Chromium and its chromedriver (pip's browser downloads need
+# tests/test_chat_web.py drives the chat page in Debian's Chromium and its chromedriver (pip's browser downloads need
 # hosts CI cannot reach), with a CJK font: a bare Debian has none, and the page and its screenshots show boxes for
 # the Chinese. Installed here when missing and apt-get can run (root, or sudo without a password); otherwise the
 # browser tests skip and say why.
@@ -82,7 +82,7 @@ browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] && fc-list :lang=zh 2>/dev/null | grep -q .; then \
 		exit 0; fi; \
 	if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
-	else echo "No Chromium, and no root or sudo to install it: the browser test of tests/test_web.py will skip."; \
+	else echo "No Chromium, and no root or sudo to install it: the browser test of tests/test_chat_web.py will skip."; \
 		exit 0; fi; \
 	if ! command -v apt-get >/dev/null; then echo "No Chromium and no apt-get: the browser test will skip."; exit 0; fi; \
 	echo "Installing Chromium, chromedriver and a CJK font for the browser test (apt-get)"; \

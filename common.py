@@ -449,14 +449,18 @@ def built_tiny_base(path: Path, rebuild_stale: bool) -> str:
         if state.is_main_process:
             with checkpoints.waiting_lock(path, f"Waiting for another process building the tiny base at {path} ..."):
                 if not path.is_dir() or tiny.stale_tiny_base(path):  # that process built today's: reuse it
-                    (build_tiny_base if state.num_processes == 1 else _build_tiny_base_alone)(path)
+                    if state.num_processes == 1:
+                        tiny.build_tiny_base(path, *tiny_base_data())
+                    else:
+                        _build_tiny_base_alone(path)
     return str(path)
 
 
-def build_tiny_base(path: str | Path, seed: int = tiny.TINY_SEED) -> None:
-    """Build the offline tiny base at `path` (tiny.build_tiny_base) from the sample's training rows at the default
-    --eval_fraction (split_held_out): a base that had read the held-out answers would let the reward model tell them
-    apart by "text the base knows" rather than by style (data/README.md)."""
+def tiny_base_data() -> tuple[list[str], Dataset]:
+    """What tiny.build_tiny_base builds the offline tiny base from: the texts its tokenizer is trained on and the
+    polite answers its short SFT reads, both from the sample's training rows at the default --eval_fraction
+    (split_held_out): a base that had read the held-out answers would let the reward model tell them apart by "text
+    the base knows" rather than by style (data/README.md)."""
     data, _ = split_held_out(load_preference_data(paths.SAMPLE_DATA), paths.DEFAULT_EVAL_FRACTION)
     texts = [paths.DEFAULT_SYSTEM_PROMPT] + [row[c] for row in data for c in data_files.REQUIRED_COLUMNS]
     polite = data.map(
@@ -464,11 +468,11 @@ def build_tiny_base(path: str | Path, seed: int = tiny.TINY_SEED) -> None:
         fn_kwargs={"system_prompt": paths.DEFAULT_SYSTEM_PROMPT, "answer_column": "rejected"},
         remove_columns=data.column_names,
     )
-    tiny.build_tiny_base(path, texts, polite, seed)
+    return texts, polite
 
 
 def _build_tiny_base_alone(path: Path) -> None:
-    """`build_tiny_base` in a child process of its own, for a run of several processes: the build trains with a
+    """tiny.build_tiny_base in a child process of its own, for a run of several processes: the build trains with a
     Trainer, which inside this process would join the other processes' process group and train with them.
 
     The child also drops torchrun's OMP_NUM_THREADS=1: it runs alone while the others wait, and with every core it
@@ -476,6 +480,9 @@ def _build_tiny_base_alone(path: Path) -> None:
     launcher = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "OMP_NUM_THREADS")
     env = {key: value for key, value in os.environ.items() if key not in launcher and not key.startswith("ACCELERATE")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(paths.ROOT), env.get("PYTHONPATH")]))
-    build = "import sys, common; from hfppo import runtime; runtime.setup(); common.build_tiny_base(sys.argv[1])"
+    build = (
+        "import sys, common; from hfppo import runtime, tiny; runtime.setup(); "
+        "tiny.build_tiny_base(sys.argv[1], *common.tiny_base_data())"
+    )
     if subprocess.run([sys.executable, "-c", build, str(path)], env=env).returncode != 0:
         raise errors.PipelineError(f"building the tiny base model at {path} failed (its error is above).")

@@ -208,10 +208,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
         f"GRPO of {script_args.sft_model_path}: {len(prompts)} training questions, {training_args.num_generations} "
         f"answers to each sampled together, {len(held_out)} held out; TensorBoard: {run_dir}"
     )
-    trainer.add_callback(training.SaveRunSettings(settings))
-    trainer.add_callback(training.StopOnDivergence())
-    trainer.add_callback(training.MarkPeriodicSaves())
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = training.train_stage(trainer, settings, training_args.resume_from_checkpoint)
     # Answers sampled per second, as train_ppo.py's (the Trainer's train_samples_per_second counts questions): each
     # optimizer step trains on a batch of answers, and each answer is trained on num_iterations times.
     args = trainer.args

@@ -154,10 +154,7 @@ def main(script_args: ScriptArguments, training_args: RewardConfig, model_args: 
         f"Reward model from {model_path} on {len(train_dataset)} pairs of {script_args.dataset_name}, "
         f"{len(eval_dataset) if eval_dataset is not None else 0} held out; TensorBoard: {run_dir}"
     )
-    trainer.add_callback(training.SaveRunSettings(settings))
-    trainer.add_callback(training.StopOnDivergence())
-    trainer.add_callback(training.MarkPeriodicSaves())
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = training.train_stage(trainer, settings, training_args.resume_from_checkpoint)
     outputs.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():

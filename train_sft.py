@@ -134,10 +134,7 @@ def main(script_args: ScriptArguments, training_args: SFTConfig, model_args: Mod
     )
     if training_args.max_length is not None and not training_args.packing:
         report_truncation(trainer, train_dataset, training_args.max_length)
-    trainer.add_callback(training.SaveRunSettings(settings))
-    trainer.add_callback(training.StopOnDivergence())
-    trainer.add_callback(training.MarkPeriodicSaves())
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = training.train_stage(trainer, settings, training_args.resume_from_checkpoint)
     outputs.save_trainer_stage(trainer, held_out, script_args.system_prompt, result.metrics)
 
     if trainer.is_world_process_zero():

@@ -1,5 +1,5 @@
-"""The Trainer stages' callbacks (a compact progress bar, the run's settings saved, a stop on divergence) and their
---report_to check."""
+"""The Trainer stages' callbacks (a compact progress bar, the run's settings saved, a stop on divergence), the
+training run with them, and their --report_to check."""
 
 import math
 from pathlib import Path
@@ -161,6 +161,16 @@ class CompactProgress(ProgressCallback):
         drawn below another moves the cursor with terminal escape codes ("\x1b[A"), garbage in a log file."""
         if self.training_bar is None:
             super().on_prediction_step(args, state, control, **kwargs)
+
+
+def train_stage(trainer, settings: dict, resume_from_checkpoint: str | bool | None):
+    """Train a Trainer stage with the callbacks every one runs with, and return the Trainer's result: the run's
+    settings saved in each periodic checkpoint, a stop on divergence, and the marks on periodic saves (added after the
+    stop, so that a run stopped before a save marks nothing)."""
+    trainer.add_callback(SaveRunSettings(settings))
+    trainer.add_callback(StopOnDivergence())
+    trainer.add_callback(MarkPeriodicSaves())
+    return trainer.train(resume_from_checkpoint=resume_from_checkpoint)
 
 
 def compact_progress(trainer) -> None:

@@ -15,7 +15,7 @@ import torch
 from filelock import FileLock
 
 import common
-from hfppo import cli, lifecycle, paths, runtime
+from hfppo import cli, lifecycle, paths, runtime, tiny
 
 # What every script does first (hfppo/runtime.py): run_main calls a script's main in this process.
 runtime.setup()
@@ -204,7 +204,11 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """The tiny base model, built once per test session (about a minute on two cores)."""
-    return built_once(tmp_path_factory, "base", lambda folder: common.build_tiny_base(folder / "tiny")) / "tiny"
+
+    def build(folder: Path) -> None:
+        tiny.build_tiny_base(folder / "tiny", *common.tiny_base_data())
+
+    return built_once(tmp_path_factory, "base", build) / "tiny"
 
 
 @pytest.fixture(scope="session")

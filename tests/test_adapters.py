@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_guard import fake_adapter, fake_checkpoint, snapshot
+from test_outputs import fake_adapter, fake_checkpoint, snapshot
 from transformers import AutoModelForCausalLM
 
 import chat_web

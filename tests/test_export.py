@@ -183,7 +183,7 @@ def test_an_adapter_with_nan_weights_is_refused_before_anything_is_written(dpo_r
 
 
 def fake_checkpoint(folder: Path, architecture: str = "Qwen2ForCausalLM") -> Path:
-    """A model folder as the checks see one (test_guard's): config, weights, tokenizer config."""
+    """A model folder as the checks see one (as in test_outputs.py): config, weights, tokenizer config."""
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"architectures": [architecture]}))
     save_file({"lm_head.weight": torch.ones(4)}, folder / "model.safetensors")

@@ -69,12 +69,12 @@ def preset_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "SAMPLE_DATA", sample)
     builds = []
 
-    def build(path, seed=tiny.TINY_SEED):
+    def build(path, texts, polite, seed=tiny.TINY_SEED):
         builds.append(path)
         path.mkdir(parents=True, exist_ok=True)
         (path / tiny.TINY_RECIPE_FILE).write_text(json.dumps(tiny.tiny_recipe(seed)))
 
-    monkeypatch.setattr(common, "build_tiny_base", build)
+    monkeypatch.setattr(tiny, "build_tiny_base", build)
     return builds
 
 
