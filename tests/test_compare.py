@@ -11,7 +11,7 @@ import pytest
 import compare
 import eval_ppo
 from conftest import LIBRARY_NOISE, float32_sum_tolerance, run_main, run_script
-from hfppo import hacking, hints, judge, paths
+from hfppo import cli, errors, hacking, hints, judge, paths
 
 
 METHODS = ["base", "sft", "ppo", "ppo_base", "dpo", "grpo"]  # every method of compare.py, in its order
@@ -143,3 +143,12 @@ def test_eval_ppo_compare_runs_compare_py_saying_so_once(tmp_path, monkeypatch):
     assert result.stdout.splitlines() == [f"note: the comparison is now compare.py; running {command}"]
     assert result.returncode == 2 and "the chart is written beside it as methods.png" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_eval_ppo_refuses_compare_from_a_config_file(tmp_path):
+    """compare: true in a --config file reaches eval_ppo.py's main, which no longer compares: refused, not ignored."""
+    config = tmp_path / "eval.yaml"
+    config.write_text("compare: true\n")
+    args = cli.parse_args(eval_ppo.make_parser(), eval_ppo.TINY_PRESET, ["--tiny", "--config", str(config)])
+    with pytest.raises(errors.ArgumentError, match="--config sets compare: true, and the comparison is now compare.py"):
+        eval_ppo.main(*args)
