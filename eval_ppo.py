@@ -127,15 +127,15 @@ def comparison_command(args: list[str]) -> list[str] | None:
         flag, equals, value = arg.partition("=")
         if flag != "--compare":
             continue
-        valued = equals or (i + 1 < len(args) and not args[i + 1].startswith("-"))  # as argparse's nargs="?"
-        if not equals and valued:
-            value = args[i + 1]
+        # As argparse reads a flag of nargs="?": its value after "=", or the next word unless that is a flag
+        separate = not equals and i + 1 < len(args) and not args[i + 1].startswith("-")
+        value = args[i + 1] if separate else value if equals else "true"
         try:
-            if not string_to_bool(value if valued else "true"):
+            if not string_to_bool(value):
                 return None
         except argparse.ArgumentTypeError:
             return None
-        rest = args[:i] + args[i + 1 + (valued and not equals) :]
+        rest = args[:i] + args[i + (2 if separate else 1) :]
         return [hints.python_command(), str(Path(sys.argv[0]).with_name(COMPARE_SCRIPT)), *rest]
     return None
 

@@ -123,6 +123,7 @@ def test_compare_refuses_a_metrics_file_named_as_its_chart(tmp_path):
         (["--compare", "true", "--tiny"], ["--tiny"]),
         (["--compare=1", "--model_path", "p"], ["--model_path", "p"]),
         (["--tiny", "--compare", "false"], None),  # the chat
+        (["--compare=no", "--tiny"], None),
         (["--tiny", "--question", "x"], None),
         (["--compare", "maybe"], None),  # the parser names the bad value
     ],
