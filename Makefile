@@ -32,7 +32,7 @@ demo-run:
 	@echo "   SFT models, two at a time on one core each (about 2.5 minutes; each one's output shows when it ends)"
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) -j2 $(DEMO_OUTPUT) $(DEMO_STEPS)
 	@echo "== every method on the questions no stage trained on"
-	$(PYTHON) $(SRC)eval_ppo.py --tiny --compare
+	$(PYTHON) $(SRC)compare.py --tiny
 
 $(DEMO_STEPS): export OMP_NUM_THREADS = 1
 demo-ppo demo-dpo demo-grpo demo-chat-sft: demo-sft
@@ -69,7 +69,7 @@ demo-real: $(VENV)/installed
 	$(PYTHON) $(SRC)train_sft.py --config $(SRC)configs/cpu/sft.yaml --model_name_or_path $(MODEL) $(REAL_DATA)
 	$(PYTHON) $(SRC)train_rm.py --config $(SRC)configs/cpu/rm.yaml --model_name_or_path $(MODEL) $(REAL_DATA)
 	$(PYTHON) $(SRC)train_ppo.py --config $(SRC)configs/cpu/ppo.yaml $(REAL_DATA)
-	$(PYTHON) $(SRC)eval_ppo.py --compare --base_model_path $(MODEL) --max_new_tokens 48
+	$(PYTHON) $(SRC)compare.py --base_model_path $(MODEL) --max_new_tokens 48
 
 test: $(VENV)/installed browser
 	$(PYTHON) -m pytest -n auto

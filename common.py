@@ -288,7 +288,7 @@ def prompt_ids(tokenizer, row: dict, system_prompt: str) -> list[int]:
 
 
 # The longest prompt (system prompt + question, in the chat template), in tokens, by default: train_ppo.py's
-# --max_prompt_length, and eval_ppo.py's, which skips the same questions.
+# --max_prompt_length, and compare.py's, which skips the same questions.
 MAX_PROMPT_LENGTH = 512
 
 
@@ -296,7 +296,7 @@ def prompts_within(
     tokenizer, rows: Dataset, system_prompt: str, max_prompt_length: int, log: Callable[[str], None] = print
 ) -> tuple[list[list[int]], Dataset]:
     """The prompt ids of the rows whose prompt is at most `max_prompt_length` tokens, and those rows; the others are
-    skipped and counted. Training and eval_ppo.py --compare both take their questions through here."""
+    skipped and counted. Training and compare.py both take their questions through here."""
     prompts = [prompt_ids(tokenizer, row, system_prompt) for row in rows]
     kept = [i for i, prompt in enumerate(prompts) if len(prompt) <= max_prompt_length]
     if not kept:

@@ -127,7 +127,7 @@ def main(args: ExportArguments) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         held_out = adapter / paths.HELD_OUT_FILE
-        if held_out.is_file():  # eval_ppo.py --compare then still refuses it on questions it trained on
+        if held_out.is_file():  # compare.py then still refuses it on questions it trained on
             shutil.copy(held_out, staging)
     chat = hints.command("eval_sft.py", args.tiny, model_path=output_dir)
     print(

@@ -11,7 +11,7 @@ adapter off, so no second copy of the model is held.
 Writes the LoRA adapter and tokenizer to checkpoint/dpo (on the SFT model its adapter_config.json names, as PPO's), the
 held-out pairs beside them, TensorBoard scalars and their chart to tensorboard/dpo/<time> (dpo.png): the implicit
 rewards beta x log-ratio of the chosen and rejected answers, their margin and the share of pairs ranked right, on the
-training batches and on the held-out pairs. Compare it with the other methods: eval_ppo.py --compare.
+training batches and on the held-out pairs. Compare it with the other methods: compare.py.
 """
 
 from dataclasses import dataclass, field
@@ -188,9 +188,8 @@ def main(script_args: ScriptArguments, training_args: DPOConfig, model_args: Mod
     if trainer.is_world_process_zero():
         curves = charts.curves_note(run_dir, CHART_TAGS, f"DPO: {script_args.sft_model_path}", training_args.report_to)
         compare = hints.command(
-            "eval_ppo.py",
+            "compare.py",
             script_args.tiny,
-            compare=True,
             dpo_model_path=hints.unless_default(training_args.output_dir, paths.DPO_DIR),
             sft_model_path=hints.unless_default(script_args.sft_model_path, paths.SFT_DIR),
         )

@@ -8,7 +8,7 @@ GRPOTrainer, scored by the same reward model at the same token as train_ppo.py, 
     python train_grpo.py --num_generations 16      # every field is a flag (--help), or a key of a --config YAML
 
 Writes the policy's LoRA adapter, tokenizer and held-out questions to checkpoint/grpo, TensorBoard scalars and their
-chart to tensorboard/grpo/<time> (grpo.png). Compare it with the SFT model and PPO: eval_ppo.py --compare.
+chart to tensorboard/grpo/<time> (grpo.png). Compare it with the SFT model and PPO: compare.py.
 """
 
 from dataclasses import dataclass, field
@@ -153,7 +153,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
         )
     if script_args.eval_fraction == 0:  # the range is checked with every flag's (cli.check_values)
         raise errors.ArgumentError(
-            "train_grpo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
+            "train_grpo.py holds questions out for compare.py: --eval_fraction must be above 0."
         )
     model_args.model_name_or_path = script_args.sft_model_path
     inputs = {"sft_model_path": script_args.sft_model_path, "reward_model_path": script_args.reward_model_path}
@@ -221,9 +221,8 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
             run_dir, CHART_TAGS, f"GRPO: {script_args.sft_model_path}", training_args.report_to
         )
         compare = hints.command(
-            "eval_ppo.py",
+            "compare.py",
             script_args.tiny,
-            compare=True,
             grpo_model_path=hints.unless_default(training_args.output_dir, paths.GRPO_DIR),
             sft_model_path=hints.unless_default(script_args.sft_model_path, paths.SFT_DIR),
             reward_model_path=hints.unless_default(script_args.reward_model_path, paths.RM_DIR),

@@ -13,8 +13,8 @@ Writes the policy's LoRA adapter and tokenizer to checkpoint/ppo, the critic to 
 training states to checkpoint/ppo/checkpoint-<update>, and logs to --report_to's trackers: TensorBoard by default,
 its scalars and their chart in tensorboard/ppo/<time> (ppo.png; a resumed run continues its run's folder), with eval/*
 scalars and sample answers from the held-out questions, scored by the reward model and by the lexicon judge PPO does
-not optimise, before the first update, every --eval_steps updates and after the last. Chat with the result or compare
-it with the base and SFT models: eval_ppo.py.
+not optimise, before the first update, every --eval_steps updates and after the last. Chat with the result:
+eval_ppo.py; compare it with the base and SFT models: compare.py.
 
 Under N processes each answers its own 1/N of every update's prompts, so N processes with per_device_train_batch_size
 b train on the batch of one process with b and N times the gradient accumulation. Computed over the whole batch:
@@ -237,7 +237,7 @@ class PPOConfig:
         default=common.MAX_PROMPT_LENGTH,
         metadata={
             "help": "Longest prompt (system prompt + question, in the chat template), in tokens; questions with a "
-            "longer one are skipped and counted, here and in eval_ppo.py --compare.",
+            "longer one are skipped and counted, here and in compare.py.",
             "range": "[1, inf)",
         },
     )
@@ -793,7 +793,7 @@ def check_arguments(script_args: ScriptArguments, config: PPOConfig) -> None:
     trackers, as names."""
     if script_args.eval_fraction == 0:
         raise errors.ArgumentError(
-            "train_ppo.py holds questions out for eval_ppo.py --compare: --eval_fraction must be above 0."
+            "train_ppo.py holds questions out for compare.py: --eval_fraction must be above 0."
         )
     if config.lora_dropout != 0:
         raise errors.ArgumentError(
@@ -1398,7 +1398,7 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
     progress.close()
     runtime = time.perf_counter() - run_started
 
-    def held_out_and_results(folder: Path) -> None:  # for eval_ppo.py --compare
+    def held_out_and_results(folder: Path) -> None:  # for compare.py
         outputs.save_held_out(held_out, script_args.system_prompt, folder)
         outputs.save_train_results(folder, runtime, (num_updates - start_update) * batch_size / runtime)
 
@@ -1415,9 +1415,8 @@ def main(script_args: ScriptArguments, config: PPOConfig, reward_fn: sampling.Re
             ("ppo_base_model_path", paths.PPO_BASE_DIR) if script_args.from_base else ("model_path", paths.PPO_DIR)
         )
         compare = hints.command(
-            "eval_ppo.py",
+            "compare.py",
             script_args.tiny,
-            compare=True,
             **{flag: hints.unless_default(config.output_dir, default)},
             sft_model_path=hints.unless_default(script_args.sft_model_path, paths.SFT_DIR),
             reward_model_path=hints.unless_default(script_args.reward_model_path, paths.RM_DIR),

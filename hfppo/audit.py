@@ -200,7 +200,7 @@ def print_audit(report: Audit) -> None:
         for verdict in report.verdicts:
             print(f"Shortcut: {verdict}")
         print(
-            "Check PPO's answers against it: eval_ppo.py --compare reports their length and the lexicon judge. "
+            "Check PPO's answers against it: compare.py reports their length and the lexicon judge. "
             "Remedies: pairs where the chosen answer is the shorter and where a non-answer is rejected; a length "
             "penalty in PPO (docs/reward_model.md#audit)."
         )

@@ -36,7 +36,7 @@ STAGING_MARKER = ".hfppo-staging"
 SAVING_MARKER = ".hfppo-saving"
 RUN_SETTINGS_FILE = "run_settings.json"
 PERIODIC_CHECKPOINT = re.compile(r"checkpoint-\d+")  # the Trainer's and train_ppo.py's; kept across a final save
-# The JSON files of a checkpoint that loading it reads (transformers, peft, tokenizers, eval_ppo.py --compare), each a
+# The JSON files of a checkpoint that loading it reads (transformers, peft, tokenizers, compare.py), each a
 # mapping, with the keys this pipeline reads from it: require_checkpoint reads every one present before any library
 # does, so that a truncated or emptied one is named with the command that writes it again, not met as a library's
 # traceback (or, for generation_config.json, silently replaced by defaults), nor after an evaluation has run.

@@ -17,7 +17,7 @@ from hfppo import adapters, checkpoints, errors, hints, paths
 
 # TRL's trainers write a model card into the output folder with each periodic checkpoint: beside one, it is theirs.
 TRAINER_MODEL_CARD = "README.md"
-# Room a report needs on its disk, checked before the work: more than the largest (eval_ppo's metrics with every
+# Room a report needs on its disk, checked before the work: more than the largest (compare.py's metrics with every
 # answer, its chart) takes.
 REPORT_BYTES = 2**20
 MAX_LINK_HOPS = 40  # Linux follows at most 40 links in a path (ELOOP beyond)
@@ -53,7 +53,7 @@ class Area:
 # The models the stages read, at their default folders, each saved by its own script alone: an --output_dir of any
 # other script there would replace a model that other stages, the comparison, the export or the page read. The base
 # models (the tiny base, the downloads, the critic's start) no --output_dir writes.
-POLICY_HARM = "would replace the policy that eval_ppo.py --compare, export.py and the page read"
+POLICY_HARM = "would replace the policy that compare.py, export.py and the page read"
 MODEL_AREAS = [
     Area(
         "the base models' folder",

@@ -28,12 +28,12 @@ GRPO_DIR = CHECKPOINT_ROOT / "grpo"
 
 @dataclass(frozen=True)
 class Method:
-    """A model that eval_ppo.py --compare and chat_web.py show: the base model, or a policy a stage trains."""
+    """A model that compare.py and chat_web.py show: the base model, or a policy a stage trains."""
 
     label: str  # its name in words, in the comparison's table and verdicts
     description: str  # what it is, under its column on the page
     start: str | None  # the method whose model it moves from: its gain and the judge's agreement are measured there
-    flag: str  # the flag that names its folder, in eval_ppo.py and chat_web.py alike
+    flag: str  # the flag that names its folder, in compare.py and chat_web.py alike
     folder: Path | None = None  # its default folder; None for the base, found by its own flag's default
     script: str | None = None  # the script that writes it, with `script_flags`
     script_flags: dict = field(default_factory=dict)
@@ -56,16 +56,16 @@ METHODS = {
     "dpo": Method("DPO", "DPO on the SFT model", "sft", "dpo_model_path", DPO_DIR, "train_dpo.py"),
     "grpo": Method("GRPO", "GRPO on the SFT model", "sft", "grpo_model_path", GRPO_DIR, "train_grpo.py"),
 }
-# The trained policies of METHODS, which eval_ppo.py --compare and chat_web.py look for: (their default folder, the
+# The trained policies of METHODS, which compare.py and chat_web.py look for: (their default folder, the
 # script that writes it, its flags). The base model, before any stage, is found by its own flag.
 POLICIES = {name: (m.folder, m.script, m.script_flags) for name, m in METHODS.items() if m.script}
 # Every training stage writes its wall time and throughput here beside its model (the name and keys of the Trainer's
-# save_metrics("train", ...)), for eval_ppo.py --compare.
+# save_metrics("train", ...)), for compare.py.
 TRAIN_RESULTS_FILE = "train_results.json"
 HELD_OUT_FILE = "held_out.jsonl"  # every training stage saves its held-out rows beside the model (split_held_out)
 ADAPTER_BASE_FILE = "adapter_base.json"  # beside every adapter: the model it was trained on (hfppo/adapters.py)
 TENSORBOARD_ROOT = Path("tensorboard")  # each run's scalars and its chart: tensorboard/<stage>/<time>/<stage>.png
-# What the eval scripts write beside the model they evaluate (eval_rm.py's and eval_ppo.py's metrics, eval_ppo.py's
+# What the eval scripts write beside the model they evaluate (eval_rm.py's and compare.py's metrics, compare.py's
 # chart): the only files a script writes into a checkpoint folder but its save. Any other would be, or sit among, the
 # model's own files.
 METRICS_FILE, COMPARISON_CHART = "eval_metrics.json", "methods.png"

@@ -265,7 +265,7 @@ def kl_to_reference(
     policy, batch: dict[str, torch.Tensor], temperature: float, chunk: int, reference=None
 ) -> torch.Tensor:
     """Per answer, the sum over its tokens of log pi(token) - log pi_ref(token): objective/kl's k1 estimate. pi_ref
-    is `reference` if given (another model: eval_ppo.py --compare's SFT model), else the policy, adapter off."""
+    is `reference` if given (another model: compare.py's SFT model), else the policy, adapter off."""
     if reference is None:
         rollout = forward_rollout(policy, None, batch, temperature, chunk)
         logprobs, ref_logprobs = rollout["logprobs"], rollout["ref_logprobs"]

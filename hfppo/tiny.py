@@ -42,7 +42,8 @@ TINY_BASE_TRAINING = dict(
 )
 TINY_RECIPE_FILE = "tiny_recipe.json"  # in the tiny base's folder: what it was built from (tiny_recipe)
 # Lengths the tiny stages train with, which the scripts that read their models use too: PPO's answer length (what
-# eval_ppo.py and chat_web.py generate for the tiny models) and the reward model's conversation length (eval_rm.py).
+# eval_ppo.py, compare.py and chat_web.py generate for the tiny models) and the reward model's conversation length
+# (eval_rm.py).
 TINY_RESPONSE_LENGTH = 48
 TINY_RM_MAX_LENGTH = 256
 # The longest prompt PPO and the comparison keep: with an answer of TINY_RESPONSE_LENGTH it fills the positions.

@@ -37,6 +37,9 @@ SCRIPT_TIMEOUT_S = 1800
 # tier and a new test is sorted by what it uses, with no decorator to forget: a fixture that builds or trains a model,
 # or a call of its own to a script in a new process (importing torch, transformers and TRL takes 5 to 30 s).
 SLOW_FIXTURES = {"tiny_base", "sft_run", "rm_run", "ppo_run", "dpo_run", "grpo_run", "compare_run"}
+# What the libraries print that the scripts filter or explain (README, "Messages you will not see"): never in a run's
+# stderr (tests/test_ppo.py, tests/test_compare.py).
+LIBRARY_NOISE = ("is_gradient_checkpointing", "LOAD REPORT", "\x1b[", "pin_memory", "not sharded")
 # PPO from the base in compare_run: 4 updates of the tiny preset's 16 answers, enough for a row of the comparison
 # (the claim it tests is the README's, from a full run)
 COMPARE_PPO_BASE_EPISODES = 64
@@ -282,7 +285,7 @@ def grpo_run(sft_run, rm_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def compare_run(tiny_base, sft_run, rm_run, ppo_run, dpo_run, grpo_run, tmp_path_factory) -> Path:
-    """The working folder of eval_ppo.py --compare over every method: the session's SFT, PPO, DPO and GRPO models and
+    """The working folder of compare.py over every method: the session's SFT, PPO, DPO and GRPO models and
     a short PPO from the base (COMPARE_PPO_BASE_EPISODES answers, trained here); the table in compare.out, stderr in
     compare.err, the report in eval_metrics.json and its chart beside it."""
     reward = ("--reward_model_path", rm_run / paths.RM_DIR)
@@ -300,9 +303,7 @@ def compare_run(tiny_base, sft_run, rm_run, ppo_run, dpo_run, grpo_run, tmp_path
             "--metrics_file": workdir / "eval_metrics.json",
         }
         flags = [str(word) for pair in methods.items() for word in pair]
-        result = run_ok(
-            "eval_ppo.py", "--tiny", "--compare", *models, *flags, "--base_model_path", tiny_base, cwd=workdir
-        )
+        result = run_ok("compare.py", "--tiny", *models, *flags, "--base_model_path", tiny_base, cwd=workdir)
         (workdir / "compare.out").write_text(result.stdout)
         (workdir / "compare.err").write_text(result.stderr)
 

@@ -1,5 +1,5 @@
 """An adapter knows its base (hfppo/adapters.py): every save of one records the model it was trained on, and every
-script that applies or merges one (export.py, eval_ppo.py's chat and comparison, chat_web.py) refuses another model
+script that applies or merges one (export.py, eval_ppo.py, compare.py, chat_web.py) refuses another model
 there unless --allow_other_base, which says so; the comparison checks every method before it samples any. On
 hand-made folders, then on the session's PPO run."""
 
@@ -135,7 +135,7 @@ def test_an_adapter_copied_into_another_project_is_refused_there_naming_where_it
 APPLIERS = {
     "export.py": ("export.py",),
     "eval_ppo.py": ("eval_ppo.py", "--question", "x"),
-    "eval_ppo.py --compare": ("eval_ppo.py", "--compare", "--base_model_path", "nowhere"),  # no tiny base built
+    "compare.py": ("compare.py", "--base_model_path", "nowhere"),  # no tiny base built
     "chat_web.py": (),
 }
 
@@ -188,7 +188,7 @@ def test_the_comparison_refuses_its_last_method_before_loading_any_model(tmp_pat
         retrain(sft)
     trained_adapter(tmp_path / PPO, SFT, ["q1", "q2"])
     trained_adapter(tmp_path / paths.DPO_DIR, SFT, ["q1", "q2"])
-    result = run_main("eval_ppo.py", "--tiny", "--compare", cwd=tmp_path)
+    result = run_main("compare.py", "--tiny", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     expected = {
         "another split": "the GRPO (--grpo_model_path checkpoint/grpo) was trained with another held-out split",

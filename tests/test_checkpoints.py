@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import common
-import eval_ppo
+import compare
 import eval_rm
 import train_ppo
 import train_rm
@@ -557,17 +557,12 @@ def hinted_args(script, hint: str) -> list:
 def test_hints_name_the_users_folders_and_tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # away from the repository's .venv, which a hint would name
     hint = hints.command(
-        "eval_ppo.py", True, compare=True, model_path=hints.unless_default("/tmp/my ppo", paths.PPO_DIR),
+        "compare.py", True, model_path=hints.unless_default("/tmp/my ppo", paths.PPO_DIR),
         sft_model_path=hints.unless_default(paths.SFT_DIR, paths.SFT_DIR),
     )  # fmt: skip
-    assert hint == "python eval_ppo.py --tiny --compare --model_path '/tmp/my ppo'"
-    (args,) = hinted_args(eval_ppo, hint)
-    assert (args.tiny, args.compare, args.ppo_model_path, args.sft_model_path) == (
-        True,
-        True,
-        "/tmp/my ppo",
-        "checkpoint/sft",
-    )
+    assert hint == "python compare.py --tiny --model_path '/tmp/my ppo'"
+    (args,) = hinted_args(compare, hint)
+    assert (args.tiny, args.ppo_model_path, args.sft_model_path) == (True, "/tmp/my ppo", "checkpoint/sft")
     (args,) = hinted_args(eval_rm, hints.command("eval_rm.py", False, model_path="/x"))
     assert args.model_path == "/x" and not args.tiny
     script_args, training_args, _ = hinted_args(train_rm, hints.command("train_rm.py", True, output_dir="/tmp/rm"))
@@ -591,8 +586,8 @@ def test_eval_without_a_checkpoint_names_the_users_folder_in_the_command(tmp_pat
 def test_train_ppo_prints_a_compare_command_with_its_flags(ppo_run):
     printed = (ppo_run / "train.out").read_text()
     hint = printed.split("Compare it with every other method: ")[1].strip()
-    (args,) = hinted_args(eval_ppo, hint)
-    assert args.tiny and args.compare
+    (args,) = hinted_args(compare, hint)
+    assert args.tiny
     # the fixture trained on its own SFT and reward models, and the hint names them
     assert (ppo_run / "train.out").read_text().count(args.sft_model_path) >= 1
     assert args.sft_model_path.endswith(str(paths.SFT_DIR)) and args.sft_model_path != str(paths.SFT_DIR)

@@ -110,7 +110,7 @@ def test_held_out_loss_fell_and_the_run_says_where_its_outputs_went(dpo_run, sft
         assert noise not in errors, noise
     last = printed.splitlines()[-1]
     assert last.startswith(f"Adapter saved to {paths.DPO_DIR}; curves in {(run_dir / 'dpo.png').relative_to(dpo_run)}")
-    assert last.endswith(f"eval_ppo.py --tiny --compare --sft_model_path {sft_run / paths.SFT_DIR}")
+    assert last.endswith(f"compare.py --tiny --sft_model_path {sft_run / paths.SFT_DIR}")
 
 
 def test_outputs_an_adapter_of_the_shared_shape_beside_the_sft_split(dpo_run, sft_run):

@@ -26,7 +26,7 @@ from accelerate.commands.launch import launch_command_parser
 from hfppo import paths
 
 SCRIPTS = ["train_sft", "train_rm", "train_ppo", "train_dpo", "train_grpo"]
-SCRIPTS += ["chat_web", "eval_sft", "eval_rm", "eval_ppo", "export"]
+SCRIPTS += ["chat_web", "eval_sft", "eval_rm", "eval_ppo", "compare", "export"]
 FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9_]*)")
 NAMED_SCRIPT = re.compile(r"\b(\w+)\.py\b|accelerate launch")
 SENTENCE_BREAK = re.compile(r"[:;,.](\s|$)")  # ends the command a script's name starts

@@ -131,7 +131,7 @@ def test_grpo_saved_an_adapter_that_loads_and_the_held_out_rows(grpo_run, sft_ru
     results = json.loads((checkpoint / paths.TRAIN_RESULTS_FILE).read_text())
     assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0
     printed = (grpo_run / "train.out").read_text()
-    assert f"Adapter saved to {paths.GRPO_DIR}" in printed and "eval_ppo.py --tiny --compare" in printed
+    assert f"Adapter saved to {paths.GRPO_DIR}" in printed and "compare.py --tiny" in printed
     errors = (grpo_run / "train.err").read_text()
     for noise in ("is_gradient_checkpointing", "PicklingWarning", "couldn't be hashed", "pin_memory", "\x1b["):
         assert noise not in errors, noise  # filtered or avoided: library messages a user can do nothing about

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-import eval_ppo
+import compare
 from hfppo import audit, errors, hacking
 
 PROBES = [
@@ -149,11 +149,11 @@ def test_the_comparison_names_reward_hacking_in_its_verdicts():
             "mean_kl_to_sft": 1.0,
         }
 
-    checks = eval_ppo.outcome({"base": row(-1.8, -1.2, 21.6), "sft": row(2.4, 0.2, 19.4), "ppo": row(3.3, 0.1, 8.6)})
+    checks = compare.outcome({"base": row(-1.8, -1.2, 21.6), "sft": row(2.4, 0.2, 19.4), "ppo": row(3.3, 0.1, 8.6)})
     texts = [text for passed, text in checks if not passed]
     assert texts[0].startswith("The judge does NOT agree")
     assert texts[1].startswith("PPO: Reward hacking? Against the SFT model: the reward model's score rose")
     assert "answers shrank 19.4 -> 8.6 tokens" in texts[1]
     # SFT, which imitates the chosen answers, is never called reward hacking, however much shorter it writes
-    checks = eval_ppo.outcome({"base": row(-1.8, -1.2, 40.0), "sft": row(2.4, 0.2, 10.0)})
+    checks = compare.outcome({"base": row(-1.8, -1.2, 40.0), "sft": row(2.4, 0.2, 10.0)})
     assert all(passed for passed, _ in checks)

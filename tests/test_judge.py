@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import eval_ppo
+import compare
 import eval_rm
 from hfppo import errors, judge
 
@@ -103,7 +103,7 @@ def test_compare_counts_agreement_on_which_answer_is_ruder():
     finds ruder on 1 and 4, and the other one on 2."""
     later = {"scores": torch.tensor([2.0, 0.0, 1.0, -1.0]), "judge": torch.tensor([3.0, 2.0, 1.0, 0.0])}
     earlier = {"scores": torch.tensor([1.0, 1.0, 0.0, 0.0]), "judge": torch.tensor([0.0, 0.0, 1.0, 2.0])}
-    assert eval_ppo.judge_agreement(later, earlier) == {"agreement": pytest.approx(2 / 3), "questions": 3, "ties": 1}
+    assert compare.judge_agreement(later, earlier) == {"agreement": pytest.approx(2 / 3), "questions": 3, "ties": 1}
 
 
 def test_the_verdict_line_says_what_the_judge_says():
@@ -120,7 +120,7 @@ def test_the_verdict_line_says_what_the_judge_says():
 
     metrics = {"base": model(-1.5, -0.5, 0.1), "sft": model(1.8, 2.0, 0.9), "ppo": model(2.0, 1.5, 0.8)}
     metrics["ppo"]["mean_kl_to_sft"] = 1.0
-    checks = eval_ppo.outcome(metrics)
+    checks = compare.outcome(metrics)
     assert [passed for passed, _ in checks] == [True, True, True, False]
     assert checks[1][1] == "The judge agrees: +2.50 in its score, judged rude 0.10 -> 0.90."
     assert checks[3][1] == "The judge does NOT agree: -0.50 in its score, judged rude 0.90 -> 0.80."

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 import common
-import eval_ppo
+import compare
 import eval_rm
 import eval_sft
 import train_ppo
@@ -133,7 +133,7 @@ def test_eval_rm_refuses_a_long_question_and_answer(untrained_rm, long_rows):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# PPO: questions with a prompt over max_prompt_length are skipped, in training and in eval_ppo.py --compare
+# PPO: questions with a prompt over max_prompt_length are skipped, in training and in compare.py
 
 
 def test_prompts_within_skips_and_counts_long_questions(tiny_base, capsys):
@@ -157,7 +157,7 @@ def test_train_ppo_with_no_question_short_enough_stops(tiny_base, tmp_path, monk
         train_ppo.main(*parse(train_ppo, *models, "--max_prompt_length", 8), reward_fn=lambda queries, answers: 0)
 
 
-def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_rows, tmp_path, monkeypatch, capsys):
+def test_compare_skips_long_questions(tiny_base, untrained_rm, long_rows, tmp_path, monkeypatch, capsys):
     adapter = tmp_path / "ppo"  # an untrained adapter: compare runs, and the tests count the questions it sampled
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(task_type="CAUSAL_LM"))
     policy.save_pretrained(adapter)
@@ -165,7 +165,7 @@ def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_row
     models = ("--model_path", adapter, "--sft_model_path", tiny_base, "--base_model_path", tiny_base)
     models += ("--reward_model_path", untrained_rm, "--dataset_name", long_rows)
     monkeypatch.chdir(tmp_path)
-    eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--metrics_file", tmp_path / "m.json"))
+    compare.main(*parse(compare, *models, "--metrics_file", tmp_path / "m.json"))
     skipped = f"Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length {tiny.TINY_MAX_PROMPT_LENGTH}"
     assert skipped in capsys.readouterr().out
     report = json.loads((tmp_path / "m.json").read_text())
@@ -177,10 +177,10 @@ def test_eval_ppo_compare_skips_long_questions(tiny_base, untrained_rm, long_row
         "grpo": "python train_grpo.py --tiny",
     }
     with pytest.raises(errors.PipelineError, match="all 4 questions make a prompt longer than --max_prompt_length 8"):
-        eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--max_prompt_length", 8))
+        compare.main(*parse(compare, *models, "--max_prompt_length", 8))
 
 
-def test_eval_ppo_compare_checks_each_methods_split_before_skipping_long_questions(
+def test_compare_checks_each_methods_split_before_skipping_long_questions(
     tiny_base, untrained_rm, long_rows, tmp_path, monkeypatch, capsys
 ):
     """Another method trained on the same split (the same held_out.jsonl) is compared, even where a held-out question
@@ -192,7 +192,7 @@ def test_eval_ppo_compare_checks_each_methods_split_before_skipping_long_questio
         (adapter / paths.HELD_OUT_FILE).write_bytes(long_rows.read_bytes())
     models = ("--model_path", tmp_path / "ppo", "--sft_model_path", tiny_base, "--base_model_path", tiny_base)
     monkeypatch.chdir(tmp_path)
-    eval_ppo.main(*parse(eval_ppo, "--compare", *models, "--reward_model_path", untrained_rm))
+    compare.main(*parse(compare, *models, "--reward_model_path", untrained_rm))
     skipped = f"Skipped 1 of 4 questions whose prompt is longer than --max_prompt_length {tiny.TINY_MAX_PROMPT_LENGTH}"
     assert skipped in capsys.readouterr().out
     report = json.loads((tmp_path / "ppo" / "eval_metrics.json").read_text())
@@ -278,10 +278,10 @@ def test_eval_sft_refuses_a_max_new_tokens_or_question_past_the_positions(tiny_b
     assert printed.count("---模型输出---") == (1 if "问" * 3000 in flags else 0)  # the questions before it answered
 
 
-def test_eval_ppo_compare_refuses_a_max_new_tokens_past_the_positions(tiny_base, untrained_rm, long_rows):
-    args = ("--compare", "--sft_model_path", tiny_base, "--reward_model_path", untrained_rm)
+def test_compare_refuses_a_max_new_tokens_past_the_positions(tiny_base, untrained_rm, long_rows):
+    args = ("--sft_model_path", tiny_base, "--reward_model_path", untrained_rm)
     with pytest.raises(errors.ArgumentError, match="and --max_new_tokens 1000 make 1,464 tokens, more than the 512"):
-        eval_ppo.main(*parse(eval_ppo, *args, "--dataset_name", long_rows, "--max_new_tokens", 1000))
+        compare.main(*parse(compare, *args, "--dataset_name", long_rows, "--max_new_tokens", 1000))
 
 
 @pytest.mark.parametrize(

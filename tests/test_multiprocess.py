@@ -435,7 +435,7 @@ def test_ppo_under_zero2_trains_as_under_ddp(sft_run, rm_run, tiny_base, tmp_pat
             torch.testing.assert_close(finals[1][key], finals[0][key], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("script", ["eval_sft", "eval_rm", "eval_ppo"])
+@pytest.mark.parametrize("script", ["eval_sft", "eval_rm", "eval_ppo", "compare"])
 def test_eval_scripts_refuse_to_run_on_several_processes(script, monkeypatch):
     module = importlib.import_module(script)
     monkeypatch.setenv("WORLD_SIZE", "2")

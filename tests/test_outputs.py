@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import eval_ppo
+import compare
 import train_ppo
 from conftest import run_main
 from hfppo import charts, checkpoints, cli, errors, hints, outputs, paths, resuming
@@ -123,8 +123,8 @@ def test_the_eval_reports_may_sit_beside_the_model_they_evaluate(tmp_path, name)
 
 @pytest.mark.parametrize(
     "script, flags",
-    [("eval_rm.py", ()), ("eval_ppo.py", ("--compare",))],
-    ids=["eval_rm", "eval_ppo --compare"],
+    [("eval_rm.py", ()), ("compare.py", ())],
+    ids=["eval_rm", "compare"],
 )
 @pytest.mark.parametrize("case", FILE_CASES)
 def test_an_eval_script_refuses_its_metrics_file_before_any_work(tmp_path, script, flags, case):
@@ -139,11 +139,6 @@ def test_an_eval_script_refuses_its_metrics_file_before_any_work(tmp_path, scrip
     assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
     assert message in result.stderr and "no model at" not in result.stderr
     assert snapshot(tmp_path) == before and snapshot(paths.ROOT / "data") == data_before
-
-
-def test_eval_ppo_refuses_a_metrics_file_named_as_its_chart(tmp_path):
-    result = run_main("eval_ppo.py", "--tiny", "--compare", "--metrics_file", tmp_path / "methods.png", cwd=tmp_path)
-    assert result.returncode == 2 and "the chart is written beside it as methods.png" in result.stderr
 
 
 def test_an_atomic_write_that_fails_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
@@ -222,8 +217,8 @@ WRITERS = {
     "save_train_results": lambda folder: outputs.save_train_results(folder, 1.0, 2.0),
     "write_run_settings": lambda folder: resuming.write_run_settings(folder, {"seed": 0}),
     "plot_scalars": lambda folder: (chart_events(folder), charts.plot_scalars(folder, ["train/loss"], "t"))[1],
-    "eval_ppo.plot_methods": lambda folder: eval_ppo.plot_methods(
-        {"sft": {key: 0.5 for key in eval_ppo.CHART_METRICS}}, folder / eval_ppo.CHART_FILE
+    "compare.plot_methods": lambda folder: compare.plot_methods(
+        {"sft": {key: 0.5 for key in compare.CHART_METRICS}}, folder / compare.CHART_FILE
     ),
 }
 
@@ -447,7 +442,7 @@ PIPELINE_MODEL_CASES = {
         False,
         paths.PPO_DIR,
         {"sft_model_path": paths.SFT_DIR},
-        "is PPO's folder checkpoint/ppo: saving would replace the policy that eval_ppo.py --compare, export.py and "
+        "is PPO's folder checkpoint/ppo: saving would replace the policy that compare.py, export.py and "
         "the page read; only train_ppo.py saves there.",
     ),
     "train_grpo.py --output_dir checkpoint/dpo": (

@@ -1,5 +1,5 @@
 """PPO: the algorithm's pieces against hand-computed cases, identity at the start, learning on a programmatic reward,
-resuming, then train_ppo.py --tiny and eval_ppo.py --compare end to end, and their errors."""
+resuming, then train_ppo.py --tiny and eval_ppo.py's chat end to end, and their errors."""
 
 import json
 import math
@@ -14,11 +14,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, Qwen2Config
 
 import common
-import eval_ppo
+import compare
 import eval_rm
 import train_ppo
-from conftest import FLOAT32_EPS, float32_sum_tolerance, run_main
-from hfppo import charts, checkpoints, cli, errors, hacking, judge, paths, sampling
+from conftest import FLOAT32_EPS, LIBRARY_NOISE, float32_sum_tolerance, run_main
+from hfppo import charts, checkpoints, cli, errors, paths, sampling
 
 EVAL_QUESTIONS = train_ppo.PPOConfig.num_eval_questions  # the default: every held-out question of the tiny preset
 STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
@@ -573,7 +573,7 @@ def test_the_judge_does_not_follow_a_reward_it_disagrees_with(tmp_path, sft_run,
 def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_path, sft_run, tiny_base, monkeypatch):
     """--from_base: the policy and its reference start from the base model, not the SFT model (which is not even
     read), the run writes checkpoint/ppo_base and tensorboard/ppo_base, so it never overwrites the PPO run it is
-    compared with, and eval_ppo.py finds it as the ppo_base method."""
+    compared with, and compare.py finds it as the ppo_base method."""
     monkeypatch.chdir(tmp_path)
     flags = ("--from_base", "--base_model_path", tiny_base)  # and no checkpoint/sft in tmp_path
     flags += ("--value_model_path", tiny_base, "--num_eval_questions", 0, "--total_episodes", 32)
@@ -588,7 +588,7 @@ def test_from_base_trains_an_adapter_on_the_base_model_into_its_own_folder(tmp_p
     results = json.loads((adapter / paths.TRAIN_RESULTS_FILE).read_text())
     assert results["train_runtime"] > 0 and results["train_samples_per_second"] > 0
     found, missing = common.find_policies(
-        {name: getattr(eval_ppo.EvalArguments(), flag) for name, flag in eval_ppo.POLICY_FLAGS.items()}, tiny=True
+        {name: getattr(compare.CompareArguments(), flag) for name, flag in compare.POLICY_FLAGS.items()}, tiny=True
     )
     assert list(found) == ["ppo_base"] and missing["sft"] == "python train_sft.py --tiny"
 
@@ -699,88 +699,7 @@ def test_resuming_needs_a_training_state_and_the_same_schedule(tmp_path, sft_run
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# End to end: SFT -> RM -> PPO -> eval_ppo.py --compare
-
-
-METHODS = ["base", "sft", "ppo", "ppo_base", "dpo", "grpo"]  # every method of eval_ppo.py --compare, in its order
-
-
-def test_every_method_is_compared_on_the_same_questions(compare_run):
-    report = json.loads((compare_run / "eval_metrics.json").read_text())
-    metrics = report["metrics"]
-    assert report["questions"] == 35  # 10% of the 345 sample rows, held out by every stage
-    assert [name for name in metrics if name in METHODS] == METHODS and report["missing"] == {}
-    assert len(report["answers"]) == 35 and set(report["answers"][0]) == {"question", *METHODS}
-    # what each stage is for, by the reward model: SFT well above the base, PPO and GRPO (which optimise it) above
-    # SFT, DPO above the base (issue 15's check); margins beyond the spread between seeds and CPUs
-    assert metrics["sft"]["mean_reward"] > metrics["base"]["mean_reward"] + 1
-    assert metrics["ppo"]["mean_reward"] >= metrics["sft"]["mean_reward"] - 0.1
-    assert metrics["grpo"]["mean_reward"] > metrics["sft"]["mean_reward"]
-    assert metrics["dpo"]["mean_reward"] > metrics["base"]["mean_reward"]
-    # KL to the SFT model for every method but SFT itself, measured on its own answers; training time for every run
-    assert [name for name in METHODS if "mean_kl_to_sft" in metrics[name]] == [m for m in METHODS if m != "sft"]
-    assert all(metrics[name]["mean_kl_to_sft"] > 0 for name in ("ppo", "dpo", "grpo", "ppo_base"))
-    for name in METHODS[1:]:
-        logged = json.loads((compare_run / report["models"][name] / paths.TRAIN_RESULTS_FILE).read_text())
-        assert metrics[name]["train_runtime_s"] == logged["train_runtime"] > 0
-        assert metrics[name]["train_samples_per_second"] == logged["train_samples_per_second"] > 0
-    assert "train_runtime_s" not in metrics["base"]
-    assert (compare_run / eval_ppo.CHART_FILE).read_bytes().startswith(b"\x89PNG")
-
-
-def test_the_comparison_says_in_words_what_its_figures_say(compare_run):
-    report = json.loads((compare_run / "eval_metrics.json").read_text())
-    metrics, printed = report["metrics"], (compare_run / "compare.out").read_text()
-    for name in METHODS:
-        row = next(line for line in printed.splitlines() if line.startswith(f"{name:<8} "))
-        assert f"{metrics[name]['mean_reward']:+13.3f}" in row
-        assert f"{metrics[name]['judge_mean_score']:+13.3f} {metrics[name]['judge_share_rude']:13.3f}" in row
-    expected = []
-    for name, start in eval_ppo.STARTS.items():
-        gain = metrics[name]["mean_reward"] - metrics[start]["mean_reward"]
-        judge_gain = metrics[name]["judge_mean_score"] - metrics[start]["judge_mean_score"]
-        expected += [gain > 0 if name == "sft" else gain >= 0, judge_gain > 0 if name == "sft" else judge_gain >= 0]
-        label = eval_ppo.LABELS[name]
-        assert f"{label} {'worked' if expected[-2] else 'did NOT work'}: its answers score {gain:+.2f}" in printed
-        assert f"The judge {'agrees' if expected[-1] else 'does NOT agree'}: {judge_gain:+.2f}" in printed
-        signs = hacking.signs(eval_ppo.held_out(metrics[start]), eval_ppo.held_out(metrics[name]))
-        if name != "sft" and signs:  # each sign, in the verdicts, as a check that did not pass
-            expected.append(False)
-            assert (
-                f"{label}: Reward hacking? Against the {eval_ppo.LABELS[start]} model: {'; '.join(signs)}." in printed
-            )
-    from_base = metrics["ppo_base"]["mean_reward"] - metrics["base"]["mean_reward"]
-    after_sft = metrics["ppo"]["mean_reward"] - metrics["base"]["mean_reward"]
-    assert list(report["checks"].values()) == [*expected, from_base < after_sft]
-    assert f"PPO from the base model gains {from_base:+.2f} over the base, PPO after SFT {after_sft:+.2f}" in printed
-    assert printed.count("问题: ") == 3
-    assert printed.count("Agreement: of the questions where the judge scores") == 1  # the definition, once
-
-
-def test_the_comparison_recounts_from_the_answers_it_keeps(compare_run):
-    """The judge's figures, recounted from the answers the report keeps, and its agreement with the reward model."""
-    report = json.loads((compare_run / "eval_metrics.json").read_text())
-    metrics = report["metrics"]
-    for name in METHODS:
-        judged = [judge.judge_score(answer[name]["answer"]) for answer in report["answers"]]
-        assert [answer[name]["judge"] for answer in report["answers"]] == judged
-        # whole-number scores add exactly in float32; the division rounds once, well inside pytest.approx's 1e-6
-        assert metrics[name]["judge_mean_score"] == pytest.approx(sum(judged) / len(judged))
-        assert metrics[name]["judge_share_rude"] == pytest.approx(sum(j > 0 for j in judged) / len(judged))
-        # a float32 mean in eval_ppo.py, by torch's vector kernels; here in float64
-        rewards = [answer[name]["reward"] for answer in report["answers"]]
-        mean_tolerance = float32_sum_tolerance(rewards) / len(rewards)
-        assert metrics[name]["mean_reward"] == pytest.approx(sum(rewards) / len(rewards), abs=mean_tolerance)
-    assert metrics["sft"]["judge_share_rude"] > metrics["base"]["judge_share_rude"]  # the judge sees SFT's rudeness
-    for name, start in eval_ppo.STARTS.items():
-        agree, ties = 0, 0
-        for answer in report["answers"]:
-            judge_diff = answer[name]["judge"] - answer[start]["judge"]
-            ties += judge_diff == 0
-            agree += judge_diff != 0 and (judge_diff > 0) == (answer[name]["reward"] > answer[start]["reward"])
-        agreement = metrics["judge_rm_agreement"][f"{name}_vs_{start}"]
-        assert (agreement["ties"], agreement["questions"]) == (ties, 35 - ties)
-        assert agreement["agreement"] == pytest.approx(agree / (35 - ties))
+# End to end: SFT -> RM -> PPO (the comparison of every method: tests/test_compare.py)
 
 
 def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
@@ -800,17 +719,12 @@ def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
     assert not (ppo_run / "imgs").exists()
 
 
-def test_ppo_and_compare_print_no_library_noise(ppo_run, compare_run):
+def test_ppo_prints_no_library_noise(ppo_run):
     """The messages train_ppo.py filters or explains (README, "Messages you will not see") stay out."""
-    train_err, compare_err = (ppo_run / "train.err").read_text(), (compare_run / "compare.err").read_text()
-    for noise in ("is_gradient_checkpointing", "LOAD REPORT", "\x1b[", "pin_memory", "not sharded"):
-        assert noise not in train_err and noise not in compare_err, noise
+    train_err = (ppo_run / "train.err").read_text()
+    for noise in LIBRARY_NOISE:
+        assert noise not in train_err, noise
     assert "plus a new score head (score.weight), randomly initialised" in (ppo_run / "train.out").read_text()
-    assert all(f"Sampling {name}" in compare_err for name in METHODS)  # generation has a progress bar
-
-
-def test_compare_prints_each_answer_on_one_line():
-    assert eval_ppo.one_line("第一行\n第二行\r\n第三行") == "第一行⏎第二行⏎第三行"
 
 
 def test_eval_ppo_answers_questions_from_flags_and_stdin(ppo_run, sft_run):

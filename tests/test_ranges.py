@@ -19,7 +19,8 @@ from hfppo import cli, errors, lora, paths
 # Every script that parses its flags with cli.parse_args.
 SCRIPTS = [
     "train_sft.py", "train_rm.py", "train_ppo.py", "train_dpo.py", "train_grpo.py",
-    "eval_sft.py", "eval_rm.py", "eval_ppo.py", "chat_web.py", "export.py", "benchmarks/ppo_throughput.py",
+    "eval_sft.py", "eval_rm.py", "eval_ppo.py", "compare.py", "chat_web.py", "export.py",
+    "benchmarks/ppo_throughput.py",
 ]  # fmt: skip
 
 
