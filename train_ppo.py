@@ -1,7 +1,9 @@
 """Stage 3, PPO: the SFT model with a LoRA adapter learns to write answers the reward model scores high, held near
 the SFT model by a KL penalty (InstructGPT's RL step, Ouyang et al. 2022, arXiv:2203.02155; PPO, Schulman et al. 2017,
 arXiv:1707.06347). The implementation details follow "The N+ Implementation Details of RLHF with PPO" (Huang et al.
-2024, arXiv:2403.17031) and CleanRL's ppo.py; the loop below is the algorithm, one numbered step per block.
+2024, arXiv:2403.17031) and CleanRL's ppo.py; the loop below is the algorithm, one numbered step per block. The
+run's harness, marked "skip on first read" where main calls it, lives in hfppo/: ppo_setup.py (checks, models,
+prompts), ppo_saves.py (checkpoints, resume) and ppo_monitor.py (figures, evaluation, divergence stops).
 
     python train_ppo.py --tiny                      # offline tiny preset on a CPU, about a minute
     python train_ppo.py                             # Qwen2.5-0.5B-Instruct, after train_sft.py and train_rm.py
@@ -54,7 +56,9 @@ from hfppo import (
 )
 from hfppo.meter import PhaseMeter
 
-WHITEN_EPS = 1e-8
+# ----------------------------------------------------------------------------------------------------------------
+# Config: every field below is a flag and a --config key; --tiny sets TINY_PRESET's.
+
 # transformers' SchedulerType less those that need what the loop does not give them (a metric to step on, as
 # reduce_lr_on_plateau and greedy, or lr_scheduler_kwargs, as the min_lr and warmup_stable_decay ones).
 LR_SCHEDULERS = (
@@ -266,7 +270,8 @@ class PPOConfig:
 
 
 
-# ALGO LOGIC: the policy and value models, the losses, and one update's phases. ---------------------------------
+# ----------------------------------------------------------------------------------------------------------------
+# ALGO LOGIC: the policy and value models, PPO's losses, an update's phases (rollout, ppo_update), and main.
 
 
 class PolicyAndValue(nn.Module):
@@ -347,6 +352,9 @@ def ppo_loss(
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum()
+
+
+WHITEN_EPS = 1e-8
 
 
 def masked_whiten(
