@@ -29,6 +29,7 @@ the minibatch shuffle, and the token mean inside each micro batch's loss.
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -393,7 +394,7 @@ def rollout(
     chunk: int,
     accelerator: Accelerator,
     meter: PhaseMeter,
-    sampling_guard,
+    sampling_guard: AbstractContextManager,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Steps 1-4 of an update on this process's `prompts`, `chunk` answers at a time: (the rollout the update trains
     on, the figures it logs). `model` is unwrapped; `sampling_guard` wraps the sampling (ppo_monitor's stop for a
@@ -449,7 +450,7 @@ def ppo_update(
     sizes: ppo_setup.BatchSizes,
     accelerator: Accelerator,
     optimizer: torch.optim.Optimizer,
-    scheduler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
     per_model_clipping: bool,
 ) -> dict[str, list]:
     """Step 5 of an update, on the rollout `experience`; each micro batch's statistics (PPO_STATS and the gradient

@@ -1,6 +1,6 @@
-"""What PPO's run reports and watches (train_ppo.py): its trackers and progress bar, each update's figures, the held-out
-evaluations with the reward-hacking alarm, the stops on divergence, and the closing line. Not a script: train_ppo.py
-calls it, passing its ScriptArguments and PPOConfig as `script_args` and `config`."""
+"""What PPO's run reports and watches (train_ppo.py): its trackers and progress bar, each update's figures, the
+held-out evaluations with the reward-hacking alarm, the stops on divergence, and the closing line. Not a script:
+train_ppo.py calls it, passing its ScriptArguments and PPOConfig as `script_args` and `config`."""
 
 import re
 import time
