@@ -18,7 +18,7 @@ import chat_web
 import common
 import train_ppo
 from conftest import run_main
-from hfppo import checkpoints, cli, errors, paths, resuming, tiny
+from hfppo import checkpoints, cli, errors, paths, ppo_saves, resuming, tiny
 
 COMMAND = "python train_sft.py --tiny --output_dir mine"
 # A JSON file cut short, as by a full disk or a kill mid-write; emptied; and valid JSON that is not a mapping.
@@ -144,11 +144,11 @@ def test_resume_files_of_the_pipeline_are_read_by_the_reader(tmp_path):
     (tmp_path / resuming.RUN_SETTINGS_FILE).write_text('{"seed": 4')
     with pytest.raises(errors.PipelineError, match="run_settings.json is not valid JSON .* Resume from another"):
         resuming.check_resume(tmp_path, {"seed": 42})
-    state = tmp_path / train_ppo.TRAINING_STATE_DIR
+    state = tmp_path / ppo_saves.TRAINING_STATE_DIR
     state.mkdir()
-    (state / train_ppo.PROGRESS_FILE).write_text("")
+    (state / ppo_saves.PROGRESS_FILE).write_text("")
     with pytest.raises(errors.PipelineError, match="progress.json is empty: .* Resume from another checkpoint-<upd"):
-        train_ppo.resume_point(tmp_path, {"batch_size": 16, "num_updates": 4, "processes": 1}, {})
+        ppo_saves.resume_point(tmp_path, {"batch_size": 16, "num_updates": 4, "processes": 1}, {})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -304,9 +304,9 @@ def ppo_checkpoint(tiny_base, tmp_path_factory):
 @pytest.mark.parametrize(
     "name, reset",
     [
-        (train_ppo.OPTIMIZER_FILE, "the optimizer starts afresh"),
-        (train_ppo.SCHEDULER_FILE, "schedule starts again"),
-        (train_ppo.RNG_FILE.format(0), "random numbers"),
+        (ppo_saves.OPTIMIZER_FILE, "the optimizer starts afresh"),
+        (ppo_saves.SCHEDULER_FILE, "schedule starts again"),
+        (ppo_saves.RNG_FILE.format(0), "random numbers"),
     ],
 )
 def test_ppo_refuses_a_resume_without_its_whole_state_and_resumes_with_the_flag(
@@ -314,7 +314,7 @@ def test_ppo_refuses_a_resume_without_its_whole_state_and_resumes_with_the_flag(
 ):
     original, run = ppo_checkpoint
     checkpoint = shutil.copytree(original, tmp_path / "checkpoint-1")
-    (checkpoint / train_ppo.TRAINING_STATE_DIR / name).write_bytes(b"garbage")
+    (checkpoint / ppo_saves.TRAINING_STATE_DIR / name).write_bytes(b"garbage")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(errors.PipelineError, match=f"{name} .*is damaged .*{reset}.*add --resume_resets_state"):
         run("--resume_from_checkpoint", checkpoint, "--output_dir", tmp_path / "refused")

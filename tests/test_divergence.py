@@ -1,6 +1,6 @@
 """A diverged training never replaces a good checkpoint: a loss, gradient norm or weights that turn NaN or inf stop
 the run with one paragraph before anything of that state is saved, in the Trainer stages (training.StopOnDivergence)
-and in PPO's own loop (train_ppo.stop_if_diverged); the periodic checkpoints keep the last finite state."""
+and in PPO's own loop (ppo_monitor.stop_if_diverged); the periodic checkpoints keep the last finite state."""
 
 import os
 import shutil
@@ -15,7 +15,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 
 import train_ppo
 from conftest import run_main
-from hfppo import checkpoints, cli, errors, paths, training
+from hfppo import checkpoints, cli, errors, paths, ppo_monitor, training
 
 NAN, INF = float("nan"), float("inf")
 # A learning rate that fp32 holds but no model survives: one AdamW step moves each weight by about this much, and the
@@ -137,7 +137,7 @@ def test_non_finite_parameter_finds_exactly_the_parameters_holding_nan_or_inf(va
     assert training.non_finite_parameter(model) == ("trained.bias" if found else None)
 
 
-FINITE_METRICS = {key: torch.tensor(0.5) for key in train_ppo.FINITE_METRICS}
+FINITE_METRICS = {key: torch.tensor(0.5) for key in ppo_monitor.FINITE_METRICS}
 
 
 @pytest.mark.parametrize(
@@ -155,10 +155,10 @@ def test_ppo_stops_at_an_update_whose_figures_or_weights_are_not_finite(key, lay
     metrics = FINITE_METRICS | ({key: torch.tensor(NAN)} if key else {})
     config = train_ppo.PPOConfig(output_dir="out/ppo", learning_rate=2e-5, critic_learning_rate=1e-4)
     if problem is None:
-        train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, None, None)
+        ppo_monitor.stop_if_diverged(3, metrics, poisoned(layer), config, None, None)
         return
     with pytest.raises(errors.PipelineError) as raised:
-        train_ppo.stop_if_diverged(3, metrics, poisoned(layer), config, Path("out/ppo/checkpoint-2"), None)
+        ppo_monitor.stop_if_diverged(3, metrics, poisoned(layer), config, Path("out/ppo/checkpoint-2"), None)
     assert str(raised.value) == (
         f"training diverged at update 3: {problem}. {KEPT}: what out/ppo held before it is as it was; the run's last "
         "finite state on disk is out/ppo/checkpoint-2. Lower --learning_rate (this run's: 2e-05, the critic's 0.0001) "
@@ -169,11 +169,11 @@ def test_ppo_stops_at_an_update_whose_figures_or_weights_are_not_finite(key, lay
 
 def test_a_policy_that_cannot_be_sampled_is_named_with_what_left_it_so():
     config = train_ppo.PPOConfig(output_dir="out/ppo")
-    start = str(train_ppo.unsampleable(0, 0, "out/sft", config, None))
+    start = str(ppo_monitor.unsampleable(0, 0, "out/sft", config, None))
     assert start.startswith("no answer can be sampled from the policy this run starts from (out/sft)")
     # The checkpoint of the update that left the overflowing weights is not offered as a finite state; an older one is.
     for saved, named in (("checkpoint-4", False), ("checkpoint-2", True)):
-        message = str(train_ppo.unsampleable(4, 0, "out/sft", config, Path("out/ppo") / saved))
+        message = str(ppo_monitor.unsampleable(4, 0, "out/sft", config, Path("out/ppo") / saved))
         assert message.startswith("training diverged at update 5: the policy's next-token probabilities hold NaN")
         assert "the weights update 4 left are finite but overflow" in message
         assert ("last finite state on disk is out/ppo/checkpoint-2" in message) == named

@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 import train_ppo
 from conftest import built_once, free_port, run_ok, run_script
-from hfppo import charts, checkpoints, cli, errors, paths, runtime
+from hfppo import charts, checkpoints, cli, errors, paths, ppo_saves, ppo_setup, runtime
 
 ACCELERATE_CONFIGS = paths.ROOT / "configs" / "accelerate"
 CONFIG_TYPES = {
@@ -298,10 +298,10 @@ def fake_accelerator(num_processes: int, process_index: int):
 
 
 def test_the_processes_answer_each_prompt_of_an_update_once():
-    order = train_ppo.PromptOrder(50, seed=0)
+    order = ppo_setup.PromptOrder(50, seed=0)
     for update in range(5):
-        shares = [train_ppo.process_share(order, update, 12, fake_accelerator(3, i)) for i in range(3)]
-        alone = train_ppo.process_share(order, update, 12, fake_accelerator(1, 0))
+        shares = [ppo_setup.process_share(order, update, 12, fake_accelerator(3, i)) for i in range(3)]
+        alone = ppo_setup.process_share(order, update, 12, fake_accelerator(1, 0))
         assert torch.cat(shares).tolist() == alone.tolist() and len(set(alone.tolist())) == 12
 
 
@@ -348,7 +348,7 @@ def test_ppo_on_two_processes_learns_as_one_with_the_same_global_batch(ppo_run, 
 
     one, two = outputs(ppo_run, "ppo"), outputs(tmp_path, "ppo")
     assert two["checkpoints"] == ["ppo"] and two["tensorboard_runs"] == 1 and two["charts"] == ["ppo.png"]
-    assert not list((tmp_path / paths.PPO_DIR).glob(f"{train_ppo.CHECKPOINT_PREFIX}*"))
+    assert not list((tmp_path / paths.PPO_DIR).glob(f"{ppo_saves.CHECKPOINT_PREFIX}*"))
     for tag in ("episode", "lr"):  # the schedule is the global batch's
         assert values(two["scalars"], tag) == pytest.approx(values(one["scalars"], tag))
     assert abs(values(two["scalars"], "objective/kl")[0]) < PPO_START_KL  # both processes start from the SFT model
@@ -366,9 +366,9 @@ def test_ppo_on_two_processes_resumes_where_it_left_off(sft_run, rm_run, tiny_ba
     # No held-out evaluation (the learning test above runs it on two processes): at 4 updates it would run after each.
     schedule = ("--total_episodes", 64, "--save_steps", 2, "--num_eval_questions", 0)
     launch("train_ppo.py", *args, *schedule, cwd=tmp_path / "whole")
-    checkpoint = tmp_path / "whole" / paths.PPO_DIR / f"{train_ppo.CHECKPOINT_PREFIX}2"
-    state = checkpoint / train_ppo.TRAINING_STATE_DIR
-    assert json.loads((state / train_ppo.PROGRESS_FILE).read_text())["processes"] == 2
+    checkpoint = tmp_path / "whole" / paths.PPO_DIR / f"{ppo_saves.CHECKPOINT_PREFIX}2"
+    state = checkpoint / ppo_saves.TRAINING_STATE_DIR
+    assert json.loads((state / ppo_saves.PROGRESS_FILE).read_text())["processes"] == 2
     assert sorted(path.name for path in state.glob("random_states_*")) == [f"random_states_{i}.pkl" for i in (0, 1)]
 
     resume = ("--resume_from_checkpoint", checkpoint)
@@ -407,7 +407,7 @@ def test_ppo_refuses_the_configs_that_shard_the_weights(config, sft_run, rm_run,
 
 # PPO under zero2.yaml against ddp.yaml, both on two processes, with gradient clipping off (--max_grad_norm far above
 # any norm). With it on the two differ by design: DDP clips the policy's and the critic's gradient norms each on its
-# own, DeepSpeed their joint norm (train_ppo.make_accelerator), and in the tiny preset the critic's norm (1 to 2.5)
+# own, DeepSpeed their joint norm (ppo_setup.make_accelerator), and in the tiny preset the critic's norm (1 to 2.5)
 # is over max_grad_norm 1.0 and the policy's (0.05 to 0.16) far under, so the joint clip also shrinks the policy's
 # step (measured over a whole run: a mean score of 1.07 against 1.39). Off, both runs do the same float32
 # operations: an all-reduce over two processes adds a + b in either order, and averaging halves exactly, so they

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 import compare
 import train_ppo
 from conftest import run_main
-from hfppo import charts, checkpoints, cli, errors, hints, outputs, paths, resuming
+from hfppo import charts, checkpoints, cli, errors, hints, outputs, paths, ppo_setup, resuming
 
 
 def fake_checkpoint(folder, architecture="Qwen2ForCausalLM", value=1.0):
@@ -628,7 +628,7 @@ def test_a_stage_refuses_a_folder_with_another_runs_checkpoint_before_training(t
 )
 def test_ppo_writes_where_output_dir_says_and_from_base_only_changes_the_default(flags, output_dir):
     script_args, config = cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *flags])
-    train_ppo.check_arguments(script_args, config)
+    ppo_setup.check_arguments(script_args, config)
     assert config.output_dir == output_dir
 
 

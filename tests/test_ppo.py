@@ -18,7 +18,7 @@ import compare
 import eval_rm
 import train_ppo
 from conftest import FLOAT32_EPS, LIBRARY_NOISE, float32_sum_tolerance, run_main
-from hfppo import charts, checkpoints, cli, errors, paths, sampling
+from hfppo import charts, checkpoints, cli, errors, paths, ppo_monitor, ppo_saves, ppo_setup, sampling
 
 EVAL_QUESTIONS = train_ppo.PPOConfig.num_eval_questions  # the default: every held-out question of the tiny preset
 STOP, PAD = 2, 0  # the tiny tokenizer's <|im_end|> and <|endoftext|>
@@ -167,10 +167,10 @@ def test_batch_sizes_decouple_the_rollout_from_the_micro_batch():
         "--per_device_train_batch_size", 2, "--gradient_accumulation_steps", 4, "--num_mini_batches", 8,
         "--local_rollout_forward_batch_size", 32, "--total_episodes", 256,
     )[1]  # fmt: skip
-    assert train_ppo.batch_sizes(config, num_processes=2) == train_ppo.BatchSizes(64, 128, 8, 32)
-    assert train_ppo.count_updates(config, train_ppo.batch_sizes(config, 2), num_questions=1000) == 2
+    assert ppo_setup.batch_sizes(config, num_processes=2) == ppo_setup.BatchSizes(64, 128, 8, 32)
+    assert ppo_setup.count_updates(config, ppo_setup.batch_sizes(config, 2), num_questions=1000) == 2
     config.local_rollout_forward_batch_size = 100  # more than the update's answers: one pass
-    assert train_ppo.batch_sizes(config, num_processes=1).rollout_chunk == 64
+    assert ppo_setup.batch_sizes(config, num_processes=1).rollout_chunk == 64
 
 
 @pytest.mark.parametrize(
@@ -356,7 +356,7 @@ def test_gradient_checkpointing_recomputes_each_layer_and_changes_no_loss_or_gra
         model = train_ppo.PolicyAndValue(policy, critic).eval()
         if checkpointing:
             for part in (policy.get_base_model(), critic):
-                train_ppo.checkpoint_layers(part)
+                ppo_setup.checkpoint_layers(part)
         _, config = ppo_args()
         rollout = rollout_of(policy, critic, PROMPTS, ANSWERS)
         calls = []  # counted in forward itself: a checkpoint's recompute runs no module hooks
@@ -511,7 +511,7 @@ def test_a_critic_from_the_reward_model_starts_at_its_scores(rm_run, capsys):
     """--value_model_path checkpoint/rm (OpenRLHF; the N+ details): the critic keeps the reward model's score head, so
     its first value of each answer prefix is the reward model's score of that prefix."""
     path = rm_run / paths.RM_DIR
-    critic = train_ppo.load_critic(str(path)).eval()
+    critic = ppo_setup.load_critic(str(path)).eval()
     assert f"The critic: {path}, its score head included." in capsys.readouterr().out
     reward_model, tokenizer = common.load_model(AutoModelForSequenceClassification, path, "")
     torch.testing.assert_close(critic.score.weight, reward_model.score.weight)
@@ -633,7 +633,7 @@ def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, 
     texts = events.Tensors("eval/samples/text_summary")
     assert [event.step for event in texts] == [0, 1, 2, 3]
     table = texts[-1].tensor_proto.string_val[0].decode().splitlines()
-    assert table[0] == "| question | answer | score | judge |" and len(table) == 2 + train_ppo.EVAL_SAMPLES
+    assert table[0] == "| question | answer | score | judge |" and len(table) == 2 + ppo_monitor.EVAL_SAMPLES
     held_out = common.load_preference_data(tmp_path / "every" / paths.PPO_DIR / paths.HELD_OUT_FILE)
     assert table[2].startswith(f"| {held_out[0]['question']} | ")
 
@@ -653,7 +653,7 @@ def test_a_resumed_run_continues_where_the_checkpoint_left_off(tmp_path, sft_run
         reward_fn=answer_length, monkeypatch=monkeypatch,
     )  # fmt: skip
     checkpoint = tmp_path / "whole" / "ppo" / "checkpoint-2"
-    progress = json.loads((checkpoint / train_ppo.TRAINING_STATE_DIR / train_ppo.PROGRESS_FILE).read_text())
+    progress = json.loads((checkpoint / ppo_saves.TRAINING_STATE_DIR / ppo_saves.PROGRESS_FILE).read_text())
     (run_dir,) = (tmp_path / paths.TENSORBOARD_ROOT / "ppo").iterdir()
     assert progress == {
         "batch_size": 16, "num_updates": 4, "processes": 1, "update": 2,
@@ -713,7 +713,7 @@ def test_the_run_logged_trls_metrics_saved_adapter_critic_and_chart(ppo_run):
     assert scalars["loss/value_avg"][-1][1] < scalars["loss/value_avg"][0][1]  # the critic learned
     checkpoint = checkpoints.require_checkpoint(ppo_run / paths.PPO_DIR, "")
     assert (checkpoint / "adapter_config.json").is_file() and not (checkpoint / "config.json").exists()
-    checkpoints.require_checkpoint(checkpoint / train_ppo.VALUE_DIR, "")
+    checkpoints.require_checkpoint(checkpoint / ppo_saves.VALUE_DIR, "")
     assert common.load_preference_data(checkpoint / paths.HELD_OUT_FILE).num_rows == 35
     assert (run_dir / "ppo.png").read_bytes().startswith(b"\x89PNG")
     assert not (ppo_run / "imgs").exists()
@@ -753,11 +753,11 @@ def test_saving_over_a_checkpoint_replaces_its_critic_and_keeps_periodic_ones(tm
     checkpoint = tmp_path / "ppo"
     for version in ("old", "new"):
         with checkpoints.staged_save(checkpoint) as staging:
-            (staging / train_ppo.VALUE_DIR).mkdir(parents=True)
-            (staging / train_ppo.VALUE_DIR / "config.json").write_text(version)
+            (staging / ppo_saves.VALUE_DIR).mkdir(parents=True)
+            (staging / ppo_saves.VALUE_DIR / "config.json").write_text(version)
             (staging / "adapter_config.json").write_text(version)
         (checkpoint / "checkpoint-3").mkdir(exist_ok=True)
-    assert (checkpoint / train_ppo.VALUE_DIR / "config.json").read_text() == "new"
+    assert (checkpoint / ppo_saves.VALUE_DIR / "config.json").read_text() == "new"
     assert (checkpoint / "adapter_config.json").read_text() == "new"
     assert (checkpoint / "checkpoint-3").is_dir() and not checkpoints.sibling(checkpoint, checkpoints.PARTIAL).exists()
 
@@ -778,7 +778,7 @@ def test_the_room_check_counts_what_a_periodic_save_writes(tmp_path):
     AutoModelForCausalLM.from_config(shape).save_pretrained(folder)
     (folder / "tokenizer.json").write_text("{}" * 2000)  # a stand-in the save copies, as a tokenizer's files
     config = train_ppo.PPOConfig(lora_r=4)
-    inputs = train_ppo.Inputs(str(folder), "the SFT model", "x", str(folder), "x", "", "")
+    inputs = ppo_setup.Inputs(str(folder), "the SFT model", "x", str(folder), "x", "", "")
 
     class Tokenizer:
         def save_pretrained(self, where):
@@ -788,7 +788,7 @@ def test_the_room_check_counts_what_a_periodic_save_writes(tmp_path):
         AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
         LoraConfig(r=config.lora_r, target_modules=config.lora_target_modules, task_type="CAUSAL_LM"),
     )
-    model = train_ppo.PolicyAndValue(policy, train_ppo.load_critic(str(folder)))
+    model = train_ppo.PolicyAndValue(policy, ppo_setup.load_critic(str(folder)))
     optimizer = train_ppo.make_optimizer(policy, model.critic, config)
     for parameter in (p for p in model.parameters() if p.requires_grad):
         parameter.grad = torch.ones_like(parameter)
@@ -796,15 +796,15 @@ def test_the_room_check_counts_what_a_periodic_save_writes(tmp_path):
     accelerator = Accelerator()
     model, optimizer = accelerator.prepare(model, optimizer)
     saved = tmp_path / "ppo" / "checkpoint-1"
-    train_ppo.save_checkpoint(saved, accelerator, model, Tokenizer(), progress={"update": 1}, settings={})
+    ppo_saves.save_checkpoint(saved, accelerator, model, Tokenizer(), progress={"update": 1}, settings={})
     written = sum(file.stat().st_size for file in saved.rglob("*") if file.is_file())
-    estimate = train_ppo.periodic_save_bytes(inputs, config)
+    estimate = ppo_saves.periodic_save_bytes(inputs, config)
     assert written * 0.9 <= estimate <= written * 1.1, (estimate, written)
     # Ten updates saved every two: periodic saves after updates 2, 4, 6 and 8 (the tenth is the final save).
-    final = train_ppo.final_save_bytes(inputs, config)
+    final = ppo_saves.final_save_bytes(inputs, config)
     for limit, start, held in [(1, 0, 2), (0, 0, 4), (0, 4, 2), (3, 6, 1)]:
         config = train_ppo.PPOConfig(lora_r=4, save_steps=2, save_total_limit=limit)
-        assert train_ppo.run_save_bytes(inputs, config, 10, start) == held * estimate + final, (limit, start)
+        assert ppo_saves.run_save_bytes(inputs, config, 10, start) == held * estimate + final, (limit, start)
 
 
 @pytest.mark.parametrize(
@@ -834,7 +834,7 @@ def test_a_config_file_may_name_the_models_of_both_modes(tmp_path, from_base):
     config = tmp_path / "ppo.yaml"
     config.write_text("sft_model_path: mine/sft\nbase_model_path: mine/base\n")
     script_args, ppo_config = ppo_args("--config", config, *from_base)
-    train_ppo.check_arguments(script_args, ppo_config)
+    ppo_setup.check_arguments(script_args, ppo_config)
     assert (script_args.sft_model_path, script_args.base_model_path) == ("mine/sft", "mine/base")
 
 

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, Qwen2Config, get_scheduler
 
 import train_ppo
 from conftest import run_main
-from hfppo import cli, errors, lora, paths
+from hfppo import cli, errors, lora, paths, ppo_setup
 
 # Every script that parses its flags with cli.parse_args.
 SCRIPTS = [
@@ -285,10 +285,10 @@ def test_the_lazy_prompt_schedule_is_the_eager_one(num_prompts, batch_size, num_
     eager = eager_order(num_prompts, num_updates * batch_size, seed=42)
     for process in range(num_processes):
         accelerator = fake_accelerator(num_processes, process)
-        order = train_ppo.PromptOrder(num_prompts, seed=42)  # each process builds its own, as in the loop
+        order = ppo_setup.PromptOrder(num_prompts, seed=42)  # each process builds its own, as in the loop
         for update in range(start, num_updates):
-            expected = train_ppo.process_share(eager, update, batch_size, accelerator)
-            assert train_ppo.process_share(order, update, batch_size, accelerator).tolist() == expected.tolist()
+            expected = ppo_setup.process_share(eager, update, batch_size, accelerator)
+            assert ppo_setup.process_share(order, update, batch_size, accelerator).tolist() == expected.tolist()
         assert len(order._kept) <= math.ceil(batch_size / num_prompts) + 1  # an update's epochs, not the run's
 
 
@@ -304,5 +304,5 @@ def test_a_ppo_run_beyond_sense_is_refused_before_any_model_loads(tmp_path, flag
     result = run_main("train_ppo.py", "--tiny", *flags, cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith(f"error: {asked}")
-    assert f"makes more than {train_ppo.MAX_UPDATES:,} updates of" in result.stderr
+    assert f"makes more than {ppo_setup.MAX_UPDATES:,} updates of" in result.stderr
     assert not (tmp_path / "checkpoint").exists()

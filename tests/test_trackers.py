@@ -15,7 +15,7 @@ from test_ppo import ppo_args
 
 import train_ppo
 from conftest import run_main
-from hfppo import charts, errors, paths, trackers, training
+from hfppo import charts, errors, paths, ppo_saves, trackers, training
 
 TEXT_TAGS = ("eval/samples", "eval/reward_hacking")
 
@@ -116,8 +116,8 @@ def test_report_to_none_writes_no_tensorboard_folder_and_saves(tmp_path, sft_run
     train_ppo.main(*ppo_args(*flags), reward_fn=lambda queries, answers: torch.ones(len(answers)))
     assert not (tmp_path / paths.TENSORBOARD_ROOT).exists()
     assert (tmp_path / paths.PPO_DIR / "adapter_model.safetensors").is_file()
-    assert (tmp_path / paths.PPO_DIR / train_ppo.VALUE_DIR / "model.safetensors").is_file()
-    progress = tmp_path / paths.PPO_DIR / "checkpoint-1" / train_ppo.TRAINING_STATE_DIR / train_ppo.PROGRESS_FILE
+    assert (tmp_path / paths.PPO_DIR / ppo_saves.VALUE_DIR / "model.safetensors").is_file()
+    progress = tmp_path / paths.PPO_DIR / "checkpoint-1" / ppo_saves.TRAINING_STATE_DIR / ppo_saves.PROGRESS_FILE
     assert "tensorboard_run" not in json.loads(progress.read_text())  # no TensorBoard run for a resume to continue
     printed = capsys.readouterr().out
     assert "no tracker (--report_to none)" in printed and "eval at update 2: score" in printed
