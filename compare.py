@@ -224,7 +224,13 @@ def sample_methods(args: CompareArguments) -> Comparison:
         common.check_same_tokenizer(tokenizer, other_tokenizer, f"{LABELS[name]} ({path})", args.sft_model_path)
         set_seed(args.seed)
         batch = sampling.generate(
-            model, tokenizer, prompts, args.max_new_tokens, args.temperature, args.batch_size, model.device,
+            model,
+            tokenizer,
+            prompts,
+            args.max_new_tokens,
+            args.temperature,
+            args.batch_size,
+            model.device,
             f"Sampling {name}",
         )
         results[name] = score(batch, reward_fn, tokenizer)

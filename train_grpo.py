@@ -157,9 +157,7 @@ def main(script_args: ScriptArguments, training_args: GRPOConfig, model_args: Mo
         )
     model_args.model_name_or_path = script_args.sft_model_path
     inputs = {"sft_model_path": script_args.sft_model_path, "reward_model_path": script_args.reward_model_path}
-    settings = resuming.check_trainer_run(
-        script_args, training_args, model_args, inputs, "train_grpo.py"
-    )
+    settings = resuming.check_trainer_run(script_args, training_args, model_args, inputs, "train_grpo.py")
 
     # Data first: a bad file fails in a second, before any model is loaded.
     data = common.load_preference_data(script_args.dataset_name, script_args.model_source)

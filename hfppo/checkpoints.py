@@ -30,8 +30,8 @@ CHECKPOINT_FILES = {"weights": ("*.safetensors", "pytorch_model*.bin"), "tokeniz
 PARTIAL, READY, OLD, LOCK = ".hfppo-partial", ".hfppo-ready", ".hfppo-old", ".lock"
 STAGING = (PARTIAL, READY, OLD)
 STAGING_MARKER = ".hfppo-staging"
-# The Trainer writes its periodic checkpoint-<step> in place, not staged: training.MarkPeriodicSaves puts this marker in
-# the folder before the Trainer writes there, and SaveRunSettings removes it after the run's settings, the last file
+# The Trainer writes its periodic checkpoint-<step> in place, not staged: training.MarkPeriodicSaves puts this marker
+# in the folder before the Trainer writes there, and SaveRunSettings removes it after the run's settings, the last file
 # (RUN_SETTINGS_FILE; resuming.py reads it). A folder that still holds it without that file is a save a kill cut short.
 SAVING_MARKER = ".hfppo-saving"
 RUN_SETTINGS_FILE = "run_settings.json"

@@ -53,10 +53,7 @@ def lock_output_dir(output_dir: str | Path) -> None:
         return
     lock = checkpoints.try_lock(path)
     if lock is None:
-        owner = (
-            checkpoints.sibling(path, checkpoints.LOCK).read_text().strip()
-            or "another process"
-        )
+        owner = checkpoints.sibling(path, checkpoints.LOCK).read_text().strip() or "another process"
         raise errors.PipelineError(
             f"--output_dir {output_dir} is in use by another run ({owner}). Wait for it to finish, or pass another "
             "--output_dir."

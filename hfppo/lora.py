@@ -59,4 +59,3 @@ def adapter_parameters(shapes: dict[str, list[int]], targets: str | list[str] | 
             if any(path == name or path.endswith(f".{name}") for name in targets)
         ]
     return sum(rank * (outputs + inputs) for outputs, inputs in chosen)
-

@@ -2,8 +2,8 @@
 the room they need, and resuming from one. Not a script: train_ppo.py calls it, passing its PPOConfig as `config`."""
 
 import json
-import math
 import logging
+import math
 import re
 import shutil
 from collections.abc import Callable
@@ -118,7 +118,6 @@ def run_save_bytes(inputs: "Inputs", config, num_updates: int, start_update: int
 # Set-up: the phases of main before the update loop
 
 
-
 def save_periodic(
     update: int,
     accelerator: Accelerator,
@@ -206,4 +205,3 @@ def state_to_load(state_dir: Path, left_out: list[str], optimizer, scheduler) ->
         if name in left_out:
             torch.save(fresh.state_dict(), view / name)
     return view
-

@@ -53,13 +53,11 @@ UNUSED_WITHOUT_FROM_BASE = {
 
 
 def check_arguments(script_args, config) -> None:
-    """The checks no flag's range expresses (those are the fields' ranges: cli.field_range); a flag given that does nothing in the
-    mode chosen (UNUSED_WITH_FROM_BASE, UNUSED_WITHOUT_FROM_BASE); --from_base's own output folder; --report_to's
-    trackers, as names."""
+    """The checks no flag's range expresses (those are the fields' ranges: cli.field_range); a flag given that does
+    nothing in the mode chosen (UNUSED_WITH_FROM_BASE, UNUSED_WITHOUT_FROM_BASE); --from_base's own output folder;
+    --report_to's trackers, as names."""
     if script_args.eval_fraction == 0:
-        raise errors.ArgumentError(
-            "train_ppo.py holds questions out for compare.py: --eval_fraction must be above 0."
-        )
+        raise errors.ArgumentError("train_ppo.py holds questions out for compare.py: --eval_fraction must be above 0.")
     if config.lora_dropout != 0:
         raise errors.ArgumentError(
             f"--lora_dropout {config.lora_dropout:g}: every model runs in eval mode, so the adapter's dropout would "
@@ -82,8 +80,6 @@ def check_arguments(script_args, config) -> None:
     if config.output_dir is None:  # --from_base's own folder: never over the PPO run it is compared with
         config.output_dir = str(paths.PPO_BASE_DIR if script_args.from_base else paths.PPO_DIR)
     config.report_to = trackers.resolve(config.report_to)  # "all" and "none" made names; each one installed
-
-
 
 
 def make_accelerator(config) -> tuple[Accelerator, bool]:
@@ -190,7 +186,6 @@ def count_updates(config, sizes: BatchSizes, num_questions: int) -> int:
     return math.ceil(updates) if config.total_episodes is None else config.total_episodes // sizes.batch
 
 
-
 @dataclass
 class Inputs:
     """The input models' folders, checked for their roles, and the commands that make each."""
@@ -282,7 +277,6 @@ def load_models(
         common.check_same_tokenizer(tokenizer, rm_tokenizer, f"the reward model ({inputs.reward})", inputs.policy)
         reward_fn = common.reward_model_fn(reward_model.to(device), tokenizer, rollout_chunk)
     return tokenizer, policy, critic, reward_fn
-
 
 
 def checkpoint_layers(model: PreTrainedModel) -> None:

@@ -217,5 +217,7 @@ def test_a_ppo_run_records_its_base_and_an_export_on_a_retrained_copy_needs_the_
     assert not (tmp_path / "checkpoint" / "ppo_merged").exists()
     result = run_main("export.py", "--tiny", ALLOW, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert f"{ALLOW}: applying the adapter at {PPO} to {SFT}, which is not the model it was trained on" in result.stdout
+    assert (
+        f"{ALLOW}: applying the adapter at {PPO} to {SFT}, which is not the model it was trained on" in result.stdout
+    )
     AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint" / "ppo_merged")

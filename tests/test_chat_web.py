@@ -186,8 +186,10 @@ def test_an_answer_stops_when_its_client_goes_and_a_question_at_the_time_limit(t
     with pytest.raises(chat_web.RequestError, match=f"^{re.escape(limit)}base column: its answer is cut there. Ask"):
         for shown in chat_web.ask(models, QUESTION, "", 1.0, long, 42):
             pass
-    assert lengths[1] == 1 and shown[0].timed_out and "cut at the time limit" in chat_web.score_text(
-        models.columns[0], shown[0]
+    assert (
+        lengths[1] == 1
+        and shown[0].timed_out
+        and "cut at the time limit" in chat_web.score_text(models.columns[0], shown[0])
     )
 
 
@@ -338,7 +340,9 @@ def test_start_values_out_of_range_are_refused_by_flag(tiny_base):
     with pytest.raises(errors.ArgumentError, match=r"^--max_new_tokens must be a whole number from 1 to 512, got 600"):
         chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=600), models)
     # In the box's range, but no question fits beside the system prompt and an answer that long.
-    with pytest.raises(errors.ArgumentError, match=r"with Max new tokens 510 that is .*\(Before any question is typed"):
+    with pytest.raises(
+        errors.ArgumentError, match=r"with Max new tokens 510 that is .*\(Before any question is typed"
+    ):
         chat_web.check_start_values(dataclasses.replace(tiny_args(tiny_base), max_new_tokens=510), models)
 
 

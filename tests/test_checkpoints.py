@@ -147,8 +147,8 @@ def test_a_run_killed_at_any_step_of_a_periodic_save_resumes_and_keeps_a_complet
         assert (last / resuming.RUN_SETTINGS_FILE).is_file() and not (last / checkpoints.STAGING_MARKER).exists()
 
 
-# What a kill leaves of a Trainer stage's periodic save of checkpoint-10 (written in place), after checkpoint-5: whether
-# the next run's checks delete it, and with which files.
+# What a kill leaves of a Trainer stage's periodic save of checkpoint-10 (written in place), after checkpoint-5:
+# whether the next run's checks delete it, and with which files.
 TRAINER_LEFTOVERS = {
     "killed while the Trainer wrote it": ({checkpoints.SAVING_MARKER, "model.safetensors"}, False),
     "killed after its last file, before its marker went": (

@@ -13,7 +13,6 @@ import eval_ppo
 from conftest import LIBRARY_NOISE, float32_sum_tolerance, run_main, run_script
 from hfppo import cli, errors, hacking, hints, judge, paths
 
-
 METHODS = ["base", "sft", "ppo", "ppo_base", "dpo", "grpo"]  # every method of compare.py, in its order
 
 
@@ -151,5 +150,7 @@ def test_eval_ppo_refuses_compare_from_a_config_file(tmp_path):
     config = tmp_path / "eval.yaml"
     config.write_text("compare: true\n")
     args = cli.parse_args(eval_ppo.make_parser(), eval_ppo.TINY_PRESET, ["--tiny", "--config", str(config)])
-    with pytest.raises(errors.ArgumentError, match="--config sets compare: true, and the comparison is now compare.py"):
+    with pytest.raises(
+        errors.ArgumentError, match="--config sets compare: true, and the comparison is now compare.py"
+    ):
         eval_ppo.main(*args)

@@ -232,7 +232,7 @@ def test_a_folder_reads_no_hidden_file_or_folder(tmp_path, capsys, hidden):
     "name", ["constrained_style", "retrain", "trainer_notes", "strain/prefs", "sample", "test", "validation"]
 )
 def test_a_folder_without_train_split_files_reads_every_data_file(tmp_path, capsys, name):
-    """"train" inside a word (constrained_style.jsonl) names no split: it used to keep 40 of 345 rows."""
+    """ "train" inside a word (constrained_style.jsonl) names no split: it used to keep 40 of 345 rows."""
     folder = tmp_path / "data"
     (folder / name).parent.mkdir(parents=True, exist_ok=True)
     write(folder / "prefs", ROWS, ".jsonl")

@@ -253,9 +253,9 @@ def test_train_ppo_refuses_a_response_length_past_the_positions_before_loading(t
     monkeypatch.chdir(tmp_path)
     models = ("--sft_model_path", tiny_base, "--value_model_path", tiny_base)
     message = (
-        f"--max_prompt_length {tiny.TINY_MAX_PROMPT_LENGTH} and --response_length 600 make 1,064 tokens, more than the "
-        f"512 positions of the SFT model ({tiny_base}) (max_position_embeddings in its config), which a prompt and its "
-        "answer share. Pass --response_length 48 or less, or lower --max_prompt_length."
+        f"--max_prompt_length {tiny.TINY_MAX_PROMPT_LENGTH} and --response_length 600 make 1,064 tokens, more than "
+        f"the 512 positions of the SFT model ({tiny_base}) (max_position_embeddings in its config), which a prompt "
+        "and its answer share. Pass --response_length 48 or less, or lower --max_prompt_length."
     )
     with pytest.raises(errors.ArgumentError, match=f"^{re.escape(message)}$"):
         train_ppo.main(*parse(train_ppo, *models, "--response_length", 600), reward_fn=lambda queries, answers: 0)
@@ -265,10 +265,15 @@ def test_train_ppo_refuses_a_response_length_past_the_positions_before_loading(t
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (("--max_new_tokens", 1000, "--question", "吃了没?"), r"^A prompt of (\d+) tokens \(the question and "
-         r"--system_prompt\) and --max_new_tokens 1000 make [\d,]+ tokens, more than the 512 positions of the model "),
-        (("--question", "吃了没?", "--question", "问" * 3000), r"^A prompt of [\d,]+ tokens .* and --max_new_tokens 64 "
-         r"make .*Shorten the question or --system_prompt\.$"),
+        (
+            ("--max_new_tokens", 1000, "--question", "吃了没?"),
+            r"^A prompt of (\d+) tokens \(the question and --system_prompt\) and --max_new_tokens 1000 make [\d,]+ "
+            r"tokens, more than the 512 positions of the model ",
+        ),
+        (
+            ("--question", "吃了没?", "--question", "问" * 3000),
+            r"^A prompt of [\d,]+ tokens .* and --max_new_tokens 64 make .*Shorten the question or --system_prompt\.$",
+        ),
     ],
 )  # fmt: skip
 def test_eval_sft_refuses_a_max_new_tokens_or_question_past_the_positions(tiny_base, flags, message, capsys):
@@ -295,7 +300,10 @@ def test_compare_refuses_a_max_new_tokens_past_the_positions(tiny_base, untraine
 )  # fmt: skip
 def test_eval_rm_refuses_a_probe_too_long_to_score_before_the_evaluation(untrained_rm, tmp_path, answer, message):
     probes = tmp_path / "probes.jsonl"
-    rows = [{"kind": "short", "side": "chosen", "answer": "滚。"}, {"kind": "long", "side": "rejected", "answer": answer}]
+    rows = [
+        {"kind": "short", "side": "chosen", "answer": "滚。"},
+        {"kind": "long", "side": "rejected", "answer": answer},
+    ]
     probes.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     metrics = tmp_path / "m.json"
     args = ("--model_path", untrained_rm, "--dataset_name", paths.SAMPLE_DATA, "--probes_file", probes)

@@ -41,7 +41,11 @@ def stream(encoding: str) -> io.TextIOWrapper:
     ("encoding", "text", "written"),
     [
         ("ascii", "吃了没", "吃了没".encode()),  # the C locale: UTF-8, as Python's UTF-8 mode writes there
-        ("latin-1", "café 吃", b"caf\xe9 \\u5403"),  # a locale the user chose keeps its encoding; what it lacks, escaped
+        (
+            "latin-1",
+            "café 吃",
+            b"caf\xe9 \\u5403",
+        ),  # a locale the user chose keeps its encoding; what it lacks, escaped
         ("utf-8", "café 吃", "café 吃".encode()),  # left as it is
     ],
 )

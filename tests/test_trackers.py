@@ -9,9 +9,9 @@ import accelerate.tracking
 import pytest
 import torch
 from accelerate.utils import LoggerType
-from transformers.integrations import integration_utils
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_ppo import ppo_args
+from transformers.integrations import integration_utils
 
 import train_ppo
 from conftest import run_main
