@@ -1,0 +1,300 @@
+"""The figures README.md and docs/ quote, rendered from the report files of one `make demo` run, kept in
+docs/reports/: one source for every figure of the demo.
+
+A page quotes a report between two markers, each on a line of its own:
+
+    <!-- figures:compare-table -->
+    (what BLOCKS["compare-table"] renders; never edited by hand)
+    <!-- /figures -->
+
+`make figures` runs the demo in a temporary folder, copies its reports here (collect) and rewrites every block
+(python -m hfppo.figures RUN_DIR); tests/test_figures.py fails when a block differs from what its report renders.
+"""
+
+import contextlib
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+from hfppo import audit, charts, errors, paths
+
+REPORTS_DIR = paths.ROOT / "docs" / "reports"
+# The pages that may quote a report: the README and every page of docs/.
+PAGES = [paths.ROOT / "README.md", *sorted((paths.ROOT / "docs").glob("*.md"))]
+# Each committed report: the file of a demo run it copies, relative to the run's folder.
+COPIED = {
+    "compare.json": Path("checkpoint/ppo") / paths.METRICS_FILE,
+    "rm.json": Path("checkpoint/rm") / paths.METRICS_FILE,
+    "rm_styles.json": Path("checkpoint/rm_style_metrics.json"),
+}
+PPO_EVALS = "ppo_evals.json"  # PPO's held-out evaluations, read from its TensorBoard scalars (eval/*)
+# The comparison's answers to the first questions, as many as it prints (eval_ppo.py --num_examples, default 1): the
+# others are quoted nowhere, and would make the committed report a hundred times longer.
+QUOTED_QUESTIONS = 1
+BLOCK = re.compile(r"^<!-- figures:(?P<name>[\w-]+) -->\n(?P<body>.*?)^<!-- /figures -->$", re.M | re.S)
+OPENING = re.compile(r"^<!-- figures:.*-->$", re.M)
+# What each method's examples per second count, in the results table.
+UNITS = {"sft": "sequences", "ppo": "answers", "ppo_base": "answers", "dpo": "pairs", "grpo": "answers"}
+MINUS = "\N{MINUS SIGN}"  # the tables' typeset minus
+
+
+def load(name: str, folder: Path = REPORTS_DIR) -> dict:
+    """One committed report, by its file name in `folder`."""
+    path = Path(folder) / name
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise errors.PipelineError(
+            f"{path} cannot be read ({error}). Run make figures, which writes the reports the docs quote."
+        ) from error
+
+
+def signed(value: float, digits: int) -> str:
+    """A figure with its sign, the minus typeset as in the tables (−1.294)."""
+    return f"{value:+.{digits}f}".replace("-", MINUS)
+
+
+def methods(report: dict) -> list[str]:
+    """The comparison's methods, in its order (the base model first)."""
+    return [name for name in report["metrics"] if name in paths.METHODS]
+
+
+def compare_table(report: dict, cost: bool = False) -> str:
+    """The comparison as a Markdown table, one row a method; `cost`: with each method's examples per second."""
+    header = "| method | reward model | reward > 0 | judge score | judged rude | tokens | finished | KL to SFT | train s |"
+    if cost:
+        header += " examples/s |"
+    lines = [header, "|---" * header.count(" | ") + "|---|"]
+    for name in methods(report):
+        m = report["metrics"][name]
+        row = [
+            paths.METHODS[name].label,
+            signed(m["mean_reward"], 3),
+            f"{m['share_reward_positive']:.3f}",
+            signed(m["judge_mean_score"], 3),
+            f"{m['judge_share_rude']:.3f}",
+            f"{m['mean_answer_tokens']:.1f}",
+            f"{m['share_finished']:.3f}",
+            f"{m['mean_kl_to_sft']:.2f}" if "mean_kl_to_sft" in m else "",
+            f"{m['train_runtime_s']:.1f}" if "train_runtime_s" in m else "",
+        ]
+        if cost:
+            per_second = m.get("train_samples_per_second")
+            row.append("" if per_second is None else f"{per_second:.1f} {UNITS[name]}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def agreement_sentence(report: dict) -> str:
+    """The judge's agreement with the reward model, one pair of methods after another, in one sentence."""
+    pairs = []
+    for pair, a in report["metrics"]["judge_rm_agreement"].items():
+        later, earlier = (paths.METHODS[name].label for name in pair.split("_vs_"))
+        share = "-" if a["agreement"] is None else f"{a['agreement']:.3f}"
+        pairs.append(f"{later} vs {earlier} {share} ({a['questions']})")
+    return (
+        "Judge–reward-model agreement on the questions where the judge tells the two answers apart (their count in "
+        f"brackets): {', '.join(pairs)}.\n"
+    )
+
+
+def console_table(report: dict) -> list[str]:
+    """The comparison's table as eval_ppo.py --compare prints it, with the judge's agreement under it."""
+    lines = [
+        f"{report['questions']} questions of {report['dataset']}, sampled at temperature {report['temperature']}, "
+        f"seed {report['seed']}:",
+        "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
+        "   train s   examples/s",
+    ]
+    for name in methods(report):
+        m = report["metrics"][name]
+        kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else " " * 9
+        time_columns = (
+            f"{m['train_runtime_s']:9.1f} {m['train_samples_per_second']:12.2f}" if "train_runtime_s" in m else ""
+        )
+        lines.append(
+            f"{name:<8} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
+            f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   "
+            f"{kl_column} {time_columns}"
+        )
+    for name, command in report["missing"].items():
+        lines.append(f"{name:<8} not found: {command}")
+    for pair, a in report["metrics"]["judge_rm_agreement"].items():
+        share = "  -  " if a["agreement"] is None else f"{a['agreement']:.3f}"
+        lines.append(
+            f"  {pair.replace('_vs_', ' vs '):<16} {share} of {a['questions']} questions ({a['ties']} judge ties "
+            "left out)"
+        )
+    return lines
+
+
+def console_examples(report: dict) -> list[str]:
+    """The comparison's first questions, every method's answer with its reward and judge scores, as printed."""
+    lines = []
+    for row in report["answers"][:QUOTED_QUESTIONS]:
+        lines.append(f"问题: {row['question']}")
+        for name in methods(report):
+            answer = re.sub(r"\r\n|\r|\n", "⏎", row[name]["answer"])
+            lines.append(f"  {name:<8} {row[name]['reward']:+.3f} {row[name]['judge']:+3.0f}  {answer}")
+    return lines
+
+
+def verdicts(report: dict) -> str:
+    """The end of the comparison's output: its table and the verdict lines, in a code block."""
+    return code_block([*console_table(report), *report["checks"]])
+
+
+def rm_lines(report: dict) -> list[str]:
+    """eval_rm.py's figures for one set of pairs, as printed: accuracy and margin, the judge's, and the audit."""
+    agreement = report["judge_rm_agreement"]
+    lines = [
+        f"{report['pairs']} pairs of {report['dataset']}:",
+        f"  accuracy        {report['accuracy']:.3f}   share of pairs where chosen scores above rejected",
+        f"  mean margin     {report['mean_margin']:+.3f}  chosen - rejected",
+        "The lexicon judge on the same pairs, a second opinion that no stage trained on:",
+        f"  judge accuracy  {report['judge_accuracy']:.3f}   share of pairs where chosen is judged the ruder",
+        f"  judge ties      {report['judge_ties']:.3f}   share judged alike (no verdict; not counted as right)",
+        f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
+        f"{report['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way",
+    ]
+    if "audit" in report:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            audit.print_audit(audit.Audit(**report["audit"]))
+        lines += printed.getvalue().strip("\n").split("\n")
+    return lines
+
+
+def ppo_eval_lines(report: dict) -> list[str]:
+    """train_ppo.py's held-out evaluation lines, as printed."""
+    return [
+        f"eval at update {e['update']}: score {e['eval/score']:+.3f}, judge {e['eval/judge_score']:+.2f} "
+        f"({e['eval/judged_rude']:.2f} judged rude), KL {e['eval/kl']:.3f}, "
+        f"{e['eval/answer_length']:.1f} tokens, {e['eval/finished']:.2f} finished"
+        for e in report["evaluations"]
+    ]
+
+
+def transcript(folder: Path = REPORTS_DIR) -> str:
+    """What `make demo` prints of its figures, stage by stage, in a code block."""
+    compare = load("compare.json", folder)
+    return code_block([
+        "== the reward model on its held-out pairs",
+        *rm_lines(load("rm.json", folder)),
+        "== the reward model on hand-written pairs in styles the sample does not use (never trained on)",
+        *rm_lines(load("rm_styles.json", folder)),
+        "== PPO's evaluations on the held-out questions (train_ppo.py --tiny)",
+        *ppo_eval_lines(load(PPO_EVALS, folder)),
+        "== every method on the questions no stage trained on",
+        *console_examples(compare),
+        "",
+        *console_table(compare),
+        *compare["checks"],
+    ])  # fmt: skip
+
+
+def code_block(lines: list[str]) -> str:
+    return "```\n" + "\n".join(lines) + "\n```\n"
+
+
+# Every block a page may hold, by the name in its opening marker: what it renders from the reports in a folder.
+BLOCKS = {
+    "compare-table": lambda folder: compare_table(load("compare.json", folder)),
+    "compare-table-cost": lambda folder: compare_table(load("compare.json", folder), cost=True),
+    "compare-agreement": lambda folder: agreement_sentence(load("compare.json", folder)),
+    "compare-verdicts": lambda folder: verdicts(load("compare.json", folder)),
+    "demo-transcript": transcript,
+}
+
+
+def blocks(text: str, page: Path | str) -> list[re.Match]:
+    """The blocks of a page, each opening marker closed and naming a block of BLOCKS."""
+    found = list(BLOCK.finditer(text))
+    starts = {match.start() for match in found}
+    for opening in OPENING.finditer(text):
+        if opening.start() not in starts:
+            line = text.count("\n", 0, opening.start()) + 1
+            raise errors.PipelineError(
+                f"{page}, line {line}: {opening.group()} is not closed. Add <!-- /figures --> on a line of its own "
+                "after the block."
+            )
+    for match in found:
+        if match.group("name") not in BLOCKS:
+            line = text.count("\n", 0, match.start()) + 1
+            raise errors.PipelineError(
+                f"{page}, line {line}: no block is named {match.group('name')!r}. The names: "
+                f"{', '.join(BLOCKS)} (hfppo/figures.py)."
+            )
+    return found
+
+
+def rendered(text: str, page: Path | str, folder: Path = REPORTS_DIR) -> str:
+    """The page with every block rendered afresh from the reports in `folder`."""
+    cache = {}
+    pieces, end = [], 0
+    for match in blocks(text, page):
+        name = match.group("name")
+        if name not in cache:
+            cache[name] = BLOCKS[name](folder)
+        pieces += [text[end : match.start("body")], cache[name]]
+        end = match.end("body")
+    return "".join(pieces) + text[end:]
+
+
+def stale_blocks(text: str, page: Path | str, folder: Path = REPORTS_DIR) -> list[str]:
+    """The names of the page's blocks that differ from what their report renders."""
+    return [
+        match.group("name")
+        for match in blocks(text, page)
+        if match.group("body") != BLOCKS[match.group("name")](folder)
+    ]
+
+
+def collect(run_dir: Path, folder: Path = REPORTS_DIR) -> None:
+    """Copy a demo run's reports into `folder`: the comparison's with only its quoted answers, and PPO's held-out
+    evaluations from its TensorBoard scalars."""
+    run_dir = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in COPIED.items():
+        report = load(source.name, run_dir / source.parent)
+        if "answers" in report:
+            report["answers"] = report["answers"][:QUOTED_QUESTIONS]
+        write(folder / name, report)
+    ppo_runs = sorted((run_dir / "tensorboard" / "ppo").iterdir())
+    if len(ppo_runs) != 1:
+        raise errors.PipelineError(
+            f"{run_dir / 'tensorboard' / 'ppo'} holds {len(ppo_runs)} runs; make figures reads the one demo run."
+        )
+    scalars = charts.read_scalars(ppo_runs[0])
+    tags = [tag for tag in scalars if tag.startswith("eval/") and tag != "eval/hacking_signs"]
+    updates = [step for step, _ in scalars["eval/score"]]
+    evaluations = [
+        {"update": update} | {tag: dict(scalars[tag])[update] for tag in sorted(tags)} for update in updates
+    ]
+    write(folder / PPO_EVALS, {"run": "train_ppo.py --tiny", "evaluations": evaluations})
+
+
+def write(path: Path, report: dict) -> None:
+    path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> None:
+    """python -m hfppo.figures [RUN_DIR]: copy RUN_DIR's reports (a `make demo` folder), if given, then rewrite every
+    page's blocks from docs/reports."""
+    if argv:
+        collect(Path(argv[0]))
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        new = rendered(text, page.relative_to(paths.ROOT))
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            print(f"rewrote {page.relative_to(paths.ROOT)}")
+
+
+if __name__ == "__main__":
+    from hfppo import lifecycle
+
+    with lifecycle.user_errors():
+        main(sys.argv[1:])
