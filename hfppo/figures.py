@@ -153,6 +153,8 @@ def rm_lines(report: dict) -> list[str]:
         f"{report['pairs']} pairs of {report['dataset']}:",
         f"  accuracy        {report['accuracy']:.3f}   share of pairs where chosen scores above rejected",
         f"  mean margin     {report['mean_margin']:+.3f}  chosen - rejected",
+        f"  mean chosen     {report['mean_chosen_reward']:+.3f}",
+        f"  mean rejected   {report['mean_rejected_reward']:+.3f}",
         "The lexicon judge on the same pairs, a second opinion that no stage trained on:",
         f"  judge accuracy  {report['judge_accuracy']:.3f}   share of pairs where chosen is judged the ruder",
         f"  judge ties      {report['judge_ties']:.3f}   share judged alike (no verdict; not counted as right)",
@@ -163,7 +165,7 @@ def rm_lines(report: dict) -> list[str]:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
             audit.print_audit(audit.Audit(**report["audit"]))
-        lines += printed.getvalue().strip("\n").split("\n")
+        lines += printed.getvalue().rstrip("\n").split("\n")  # its first line blank, as printed
     return lines
 
 
@@ -195,6 +197,70 @@ def transcript(folder: Path = REPORTS_DIR) -> str:
     ])  # fmt: skip
 
 
+def gains(report: dict) -> dict:
+    """Each method's figures, and its reward model and judge gains over the method it starts from."""
+    figures = {name: report["metrics"][name] for name in methods(report)}
+    return {
+        name: m
+        | {
+            "gain": m["mean_reward"] - figures[start]["mean_reward"],
+            "judge_gain": m["judge_mean_score"] - figures[start]["judge_mean_score"],
+        }
+        for name, m in figures.items()
+        if (start := paths.METHODS[name].start) in figures
+    } | {"base": figures["base"]}
+
+
+def ppo_summary(report: dict) -> str:
+    """PPO after SFT against SFT, in one sentence: the reward model's gain, the length, and the judge's figures."""
+    m, sft = gains(report)["ppo"], report["metrics"]["sft"]
+    return (
+        f"PPO after SFT raises the reward model's score {m['gain']:+.2f} above SFT's, at "
+        f"{m['mean_answer_tokens'] / sft['mean_answer_tokens']:.0%} of SFT's length. The lexicon judge, which no stage "
+        f"optimised, scores its answers {m['judge_mean_score']:+.3f} against SFT's {sft['judge_mean_score']:+.3f}, and "
+        f"judges {m['judge_share_rude']:.3f} of them rude against SFT's {sft['judge_share_rude']:.3f} (seed 42).\n"
+    )
+
+
+def alarm_named(report: dict, name: str) -> bool:
+    """Whether the comparison's reward-hacking alarm named the method."""
+    return any(text.startswith(f"{paths.METHODS[name].label}: ") for text in report["checks"])
+
+
+def ppo_run_summary(evaluations: dict, report: dict) -> str:
+    """PPO's held-out evaluations, first against last, its alarm, and the comparison's figures for PPO and SFT."""
+    first, last = evaluations["evaluations"][0], evaluations["evaluations"][-1]
+    spoke = [e["update"] for e in evaluations["evaluations"] if e.get("eval/hacking_signs", 0) > 0]
+    m, sft = report["metrics"]["ppo"], report["metrics"]["sft"]
+    alarm = (
+        f"The reward-hacking alarm spoke at update {', '.join(map(str, spoke))}."
+        if spoke
+        else "The reward-hacking alarm never spoke."
+    )
+    return (
+        f"On the held-out questions (seed 42, `make demo`), PPO after SFT moved the reward model's score from "
+        f"{first['eval/score']:+.2f} before the first update to {last['eval/score']:+.2f} after update "
+        f"{last['update']}, at {first['eval/answer_length']:.1f} to {last['eval/answer_length']:.1f} tokens. The "
+        f"lexicon judge went from {first['eval/judge_score']:+.2f} to {last['eval/judge_score']:+.2f}. {alarm} "
+        f"Sampled again by the comparison, {m['judge_share_rude']:.3f} of its answers are judged rude against SFT's "
+        f"{sft['judge_share_rude']:.3f}, at a judge score of {m['judge_mean_score']:+.3f} against SFT's "
+        f"{sft['judge_mean_score']:+.3f}.\n"
+    )
+
+
+def from_base_summary(report: dict) -> str:
+    """The original's claim on the demo: PPO from the base against PPO after SFT, both over the base model."""
+    g, base = gains(report), report["metrics"]["base"]["mean_reward"]
+    named = "names" if alarm_named(report, "ppo_base") else "does not name"
+    return (
+        f"In [the comparison](results.md#every-method-side-by-side) PPO from the base gains "
+        f"{g['ppo_base']['gain']:+.2f} over the base model on the reward model, PPO after SFT "
+        f"{g['ppo']['mean_reward'] - base:+.2f} (SFT's {g['sft']['gain']:+.2f} and PPO's {g['ppo']['gain']:+.2f}). "
+        f"The judge finds {g['ppo_base']['judge_share_rude']:.3f} of PPO from the base's answers rude, and the "
+        f"comparison's reward-hacking alarm {named} it (seed 42).\n"
+    )
+
+
 def code_block(lines: list[str]) -> str:
     return "```\n" + "\n".join(lines) + "\n```\n"
 
@@ -206,6 +272,9 @@ BLOCKS = {
     "compare-agreement": lambda folder: agreement_sentence(load("compare.json", folder)),
     "compare-verdicts": lambda folder: verdicts(load("compare.json", folder)),
     "demo-transcript": transcript,
+    "ppo-summary": lambda folder: ppo_summary(load("compare.json", folder)),
+    "ppo-run": lambda folder: ppo_run_summary(load(PPO_EVALS, folder), load("compare.json", folder)),
+    "from-base": lambda folder: from_base_summary(load("compare.json", folder)),
 }
 
 
@@ -268,7 +337,7 @@ def collect(run_dir: Path, folder: Path = REPORTS_DIR) -> None:
             f"{run_dir / 'tensorboard' / 'ppo'} holds {len(ppo_runs)} runs; make figures reads the one demo run."
         )
     scalars = charts.read_scalars(ppo_runs[0])
-    tags = [tag for tag in scalars if tag.startswith("eval/") and tag != "eval/hacking_signs"]
+    tags = [tag for tag in scalars if tag.startswith("eval/")]
     updates = [step for step, _ in scalars["eval/score"]]
     evaluations = [
         {"update": update} | {tag: dict(scalars[tag])[update] for tag in sorted(tags)} for update in updates

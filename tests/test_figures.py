@@ -79,7 +79,7 @@ def test_collect_keeps_the_quoted_answers_and_ppos_evaluations(tmp_path):
         (run / source).write_text(json.dumps(report), encoding="utf-8")
     writer = SummaryWriter(run / "tensorboard" / "ppo" / "2026-01-01 12-00-00")
     for update, score in [(0, 0.5), (10, 1.5)]:
-        for tag in ["eval/score", "eval/kl", "eval/hacking_signs"]:
+        for tag in ["eval/score", "eval/kl", "loss/policy"]:
             writer.add_scalar(tag, score, update)
     writer.close()
     figures.collect(run, tmp_path / "reports")
