@@ -150,7 +150,8 @@ def rm_lines(report: dict) -> list[str]:
     """eval_rm.py's figures for one set of pairs, as printed: accuracy and margin, the judge's, and the audit."""
     agreement = report["judge_rm_agreement"]
     lines = [
-        f"{report['pairs']} pairs of {report['dataset']}:",
+        f"{report['pairs']} pairs of {report['dataset']}"
+        f"{f' ({skipped} longer ones skipped)' if (skipped := report['skipped_pairs']) else ''}:",
         f"  accuracy        {report['accuracy']:.3f}   share of pairs where chosen scores above rejected",
         f"  mean margin     {report['mean_margin']:+.3f}  chosen - rejected",
         f"  mean chosen     {report['mean_chosen_reward']:+.3f}",
@@ -261,6 +262,54 @@ def from_base_summary(report: dict) -> str:
     )
 
 
+def rm_summary(held_out: dict, styles: dict) -> str:
+    """The reward model on both sets of pairs against the lexicon judge, and its audit, in sentences."""
+    found = held_out["audit"]
+    non_answers = [p["score"] for p in found["probes"] if p["kind"] == audit.NON_ANSWER]
+    correlations = ", ".join(
+        "-" if r is None else f"{r:+.2f}"
+        for r in (found["length_correlation_chosen"], found["length_correlation_rejected"])
+    )
+    verdict = "finds no shortcut" if not found["verdicts"] else f"finds: {'; '.join(found['verdicts'])}"
+    return (
+        f"The reward model ranks the rude answer first on {held_out['accuracy']:.3f} of the {held_out['pairs']} "
+        f"held-out pairs and {styles['accuracy']:.3f} of the {styles['pairs']} hand-written pairs in other styles; "
+        f"the lexicon judge's word count on {held_out['judge_accuracy']:.3f} and {styles['judge_accuracy']:.3f}. "
+        f"Its audit {verdict}. The score's correlation with length within each side is r = {correlations}. The "
+        f"non-answers score {min(non_answers):+.2f} to {max(non_answers):+.2f}, against the median rejected (polite) "
+        f"answer's {found['median_rejected']:+.2f} (seed 42).\n"
+    )
+
+
+def seed_row(held_out: dict, styles: dict, report: dict) -> str:
+    """The demo's row of the table over training seeds: the reward model's figures, SFT's and PPO's judged rude,
+    PPO's length and KL, and PPO from the base's length, finished share and alarm."""
+    found = held_out["audit"]
+    full_stop = next(p["score"] for p in found["probes"] if p["answer"] == "。")
+    below = "<" if full_stop < found["median_rejected"] else ">="
+    sft, ppo, from_base = (report["metrics"][name] for name in ("sft", "ppo", "ppo_base"))
+    alarm = " (named by the alarm)" if alarm_named(report, "ppo_base") else ""
+    row = [
+        str(report["seed"]),
+        f"{held_out['accuracy']:.3f}",
+        f"{styles['accuracy']:.3f}",
+        f"{signed(full_stop, 2)} {below} {signed(found['median_rejected'], 2)}",
+        f"{sft['judge_share_rude']:.3f}",
+        f"{ppo['judge_share_rude']:.3f}",
+        f"{ppo['mean_answer_tokens']:.1f} / {sft['mean_answer_tokens']:.1f}",
+        f"{ppo['mean_kl_to_sft']:.2f}",
+        f"{from_base['mean_answer_tokens']:.1f} tokens, {from_base['share_finished']:.2f} finished{alarm}",
+    ]
+    return SEEDS_HEADER + "| " + " | ".join(row) + " |\n"
+
+
+# The columns of the table over training seeds (docs/results.md).
+SEEDS_HEADER = (
+    "| seed | RM held out | RM style pairs | RM: 。 against the median polite | SFT judged rude | PPO judged rude | "
+    "PPO tokens / SFT's | PPO KL | PPO from the base |\n|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
 def code_block(lines: list[str]) -> str:
     return "```\n" + "\n".join(lines) + "\n```\n"
 
@@ -275,6 +324,10 @@ BLOCKS = {
     "ppo-summary": lambda folder: ppo_summary(load("compare.json", folder)),
     "ppo-run": lambda folder: ppo_run_summary(load(PPO_EVALS, folder), load("compare.json", folder)),
     "from-base": lambda folder: from_base_summary(load("compare.json", folder)),
+    "rm-summary": lambda folder: rm_summary(load("rm.json", folder), load("rm_styles.json", folder)),
+    "seed-row": lambda folder: seed_row(
+        load("rm.json", folder), load("rm_styles.json", folder), load("compare.json", folder)
+    ),
 }
 
 

@@ -10,8 +10,9 @@ from hfppo import errors, figures, paths
 
 # The blocks each page must hold, so that deleting a marker cannot pass for an up-to-date page.
 EXPECTED_BLOCKS = {
-    "README.md": ["compare-verdicts", "compare-table"],
-    "docs/results.md": ["demo-transcript", "compare-table-cost", "compare-agreement"],
+    "README.md": ["compare-verdicts", "compare-table", "ppo-summary"],
+    "docs/results.md": ["demo-transcript", "rm-summary", "ppo-summary", "seed-row", "compare-table-cost", "compare-agreement"],
+    "docs/ppo.md": ["ppo-run", "from-base"],
 }
 
 
@@ -48,7 +49,7 @@ def test_a_new_report_changes_the_blocks_that_quote_it(tmp_path):
     report["metrics"]["ppo"]["mean_reward"] += 1
     figures.write(tmp_path / "compare.json", report)
     stale = figures.stale_blocks(page_text("README.md"), "README.md", tmp_path)
-    assert stale == ["compare-verdicts", "compare-table"]
+    assert stale == ["compare-verdicts", "compare-table", "ppo-summary"]
 
 
 @pytest.mark.parametrize(
