@@ -63,7 +63,9 @@ def methods(report: dict) -> list[str]:
 
 def compare_table(report: dict, cost: bool = False) -> str:
     """The comparison as a Markdown table, one row a method; `cost`: with each method's examples per second."""
-    header = "| method | reward model | reward > 0 | judge score | judged rude | tokens | finished | KL to SFT | train s |"
+    header = (
+        "| method | reward model | reward > 0 | judge score | judged rude | tokens | finished | KL to SFT | train s |"
+    )
     if cost:
         header += " examples/s |"
     lines = [header, "|---" * header.count(" | ") + "|---|"]
@@ -217,9 +219,10 @@ def ppo_summary(report: dict) -> str:
     m, sft = gains(report)["ppo"], report["metrics"]["sft"]
     return (
         f"PPO after SFT raises the reward model's score {m['gain']:+.2f} above SFT's, at "
-        f"{m['mean_answer_tokens'] / sft['mean_answer_tokens']:.0%} of SFT's length. The lexicon judge, which no stage "
-        f"optimised, scores its answers {m['judge_mean_score']:+.3f} against SFT's {sft['judge_mean_score']:+.3f}, and "
-        f"judges {m['judge_share_rude']:.3f} of them rude against SFT's {sft['judge_share_rude']:.3f} (seed 42).\n"
+        f"{m['mean_answer_tokens'] / sft['mean_answer_tokens']:.0%} of SFT's length. The lexicon judge, which no "
+        f"stage optimised, scores its answers {m['judge_mean_score']:+.3f} against SFT's "
+        f"{sft['judge_mean_score']:+.3f}, and judges {m['judge_share_rude']:.3f} of them rude against SFT's "
+        f"{sft['judge_share_rude']:.3f} (seed {report['seed']}).\n"
     )
 
 
@@ -239,8 +242,8 @@ def ppo_run_summary(evaluations: dict, report: dict) -> str:
         else "The reward-hacking alarm never spoke."
     )
     return (
-        f"On the held-out questions (seed 42, `make demo`), PPO after SFT moved the reward model's score from "
-        f"{first['eval/score']:+.2f} before the first update to {last['eval/score']:+.2f} after update "
+        f"On the held-out questions (seed {report['seed']}, `make demo`), PPO after SFT moved the reward model's "
+        f"score from {first['eval/score']:+.2f} before the first update to {last['eval/score']:+.2f} after update "
         f"{last['update']}, at {first['eval/answer_length']:.1f} to {last['eval/answer_length']:.1f} tokens. The "
         f"lexicon judge went from {first['eval/judge_score']:+.2f} to {last['eval/judge_score']:+.2f}. {alarm} "
         f"Sampled again by the comparison, {m['judge_share_rude']:.3f} of its answers are judged rude against SFT's "
@@ -258,7 +261,7 @@ def from_base_summary(report: dict) -> str:
         f"{g['ppo_base']['gain']:+.2f} over the base model on the reward model, PPO after SFT "
         f"{g['ppo']['mean_reward'] - base:+.2f} (SFT's {g['sft']['gain']:+.2f} and PPO's {g['ppo']['gain']:+.2f}). "
         f"The judge finds {g['ppo_base']['judge_share_rude']:.3f} of PPO from the base's answers rude, and the "
-        f"comparison's reward-hacking alarm {named} it (seed 42).\n"
+        f"comparison's reward-hacking alarm {named} it (seed {report['seed']}).\n"
     )
 
 
@@ -276,8 +279,8 @@ def rm_summary(held_out: dict, styles: dict) -> str:
         f"held-out pairs and {styles['accuracy']:.3f} of the {styles['pairs']} hand-written pairs in other styles; "
         f"the lexicon judge's word count on {held_out['judge_accuracy']:.3f} and {styles['judge_accuracy']:.3f}. "
         f"Its audit {verdict}. The score's correlation with length within each side is r = {correlations}. The "
-        f"non-answers score {min(non_answers):+.2f} to {max(non_answers):+.2f}, against the median rejected (polite) "
-        f"answer's {found['median_rejected']:+.2f} (seed 42).\n"
+        f"non-answers score {signed(min(non_answers), 2)} to {signed(max(non_answers), 2)}, against the median "
+        f"rejected (polite) answer's {signed(found['median_rejected'], 2)}.\n"
     )
 
 

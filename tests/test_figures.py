@@ -11,7 +11,9 @@ from hfppo import errors, figures, paths
 # The blocks each page must hold, so that deleting a marker cannot pass for an up-to-date page.
 EXPECTED_BLOCKS = {
     "README.md": ["compare-verdicts", "compare-table", "ppo-summary"],
-    "docs/results.md": ["demo-transcript", "rm-summary", "ppo-summary", "seed-row", "compare-table-cost", "compare-agreement"],
+    "docs/results.md": [
+        "demo-transcript", "rm-summary", "ppo-summary", "seed-row", "compare-table-cost", "compare-agreement"
+    ],
     "docs/ppo.md": ["ppo-run", "from-base"],
     "docs/reward_model.md": ["rm-summary"],
 }
