@@ -383,7 +383,7 @@ def collect(run_dir: Path, folder: Path = REPORTS_DIR) -> None:
     run_dir = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     for name, source in COPIED.items():
-        report = load(source.name, run_dir / source.parent)
+        report = without_root(load(source.name, run_dir / source.parent))
         if "answers" in report:
             report["answers"] = report["answers"][:QUOTED_QUESTIONS]
         write(folder / name, report)
@@ -399,6 +399,13 @@ def collect(run_dir: Path, folder: Path = REPORTS_DIR) -> None:
         {"update": update} | {tag: dict(scalars[tag])[update] for tag in sorted(tags)} for update in updates
     ]
     write(folder / PPO_EVALS, {"run": "train_ppo.py --tiny", "evaluations": evaluations})
+
+
+def without_root(report: dict) -> dict:
+    """The report with the project's folder left out of its paths (make figures passes the scripts' data by its full
+    path), so that the committed copy names data/style_pairs.jsonl on any machine."""
+    prefix = json.dumps(f"{paths.ROOT}/")[1:-1]
+    return json.loads(json.dumps(report, ensure_ascii=False).replace(prefix, ""))
 
 
 def write(path: Path, report: dict) -> None:

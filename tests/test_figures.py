@@ -73,13 +73,18 @@ def test_a_missing_report_says_to_run_make_figures(tmp_path):
 
 
 def test_collect_keeps_the_quoted_answers_and_ppos_evaluations(tmp_path):
-    """A demo folder's reports copied, the comparison's answers cut to the quoted ones, PPO's eval/* scalars read."""
+    """A demo folder's reports copied without the project's folder in their paths, the comparison's answers cut to
+    the quoted ones, PPO's eval/* scalars read."""
     from torch.utils.tensorboard import SummaryWriter
 
     run = tmp_path / "run"
     for name, source in figures.COPIED.items():
         (run / source).parent.mkdir(parents=True, exist_ok=True)
-        report = {"answers": [{"question": str(i)} for i in range(5)]} if name == "compare.json" else {"pairs": 3}
+        report = (
+            {"answers": [{"question": str(i)} for i in range(5)]}
+            if name == "compare.json"
+            else {"pairs": 3, "dataset": f"{paths.ROOT}/data/style_pairs.jsonl"}
+        )
         (run / source).write_text(json.dumps(report), encoding="utf-8")
     writer = SummaryWriter(run / "tensorboard" / "ppo" / "2026-01-01 12-00-00")
     for update, score in [(0, 0.5), (10, 1.5)]:
@@ -89,7 +94,7 @@ def test_collect_keeps_the_quoted_answers_and_ppos_evaluations(tmp_path):
     figures.collect(run, tmp_path / "reports")
     copied = figures.load("compare.json", tmp_path / "reports")
     assert copied["answers"] == [{"question": str(i)} for i in range(figures.QUOTED_QUESTIONS)]
-    assert figures.load("rm.json", tmp_path / "reports") == {"pairs": 3}
+    assert figures.load("rm.json", tmp_path / "reports") == {"pairs": 3, "dataset": "data/style_pairs.jsonl"}
     evaluations = figures.load(figures.PPO_EVALS, tmp_path / "reports")["evaluations"]
     assert evaluations == [
         {"update": 0, "eval/kl": 0.5, "eval/score": 0.5},
