@@ -201,17 +201,13 @@ def transcript(folder: Path = REPORTS_DIR) -> str:
 
 
 def gains(report: dict) -> dict:
-    """Each method's figures, and its reward model and judge gains over the method it starts from."""
+    """Each method's figures, with its reward model gain ("gain") over the method it starts from where that ran."""
     figures = {name: report["metrics"][name] for name in methods(report)}
     return {
-        name: m
-        | {
-            "gain": m["mean_reward"] - figures[start]["mean_reward"],
-            "judge_gain": m["judge_mean_score"] - figures[start]["judge_mean_score"],
-        }
+        name: m | {"gain": m["mean_reward"] - figures[start]["mean_reward"]} if start in figures else m
         for name, m in figures.items()
-        if (start := paths.METHODS[name].start) in figures
-    } | {"base": figures["base"]}
+        for start in [paths.METHODS[name].start]
+    }
 
 
 def ppo_summary(report: dict) -> str:
