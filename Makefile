@@ -90,12 +90,14 @@ browser:
 		fonts-noto-cjk || echo "Installing Chromium failed (above): the browser test will skip."
 
 # Runs write their charts beside their TensorBoard scalars (tensorboard/<stage>/<time>/<stage>.png), never into
-# imgs/; this is the one command that does, from a run of the demo of its own in a temporary folder.
+# imgs/; this is the one command that does, from a run of the demo of its own in a temporary folder. It also copies
+# that run's reports to docs/reports/ and rewrites the figures README.md and docs/ quote from them (hfppo/figures.py).
 figures: $(VENV)/installed
 	tmp=$$(mktemp -d) && \
 	$(MAKE) --no-print-directory -C $$tmp -f $(MAKEFILE) demo-run PYTHON=$(abspath $(PYTHON)) SRC=$(CURDIR)/ && \
 	for stage in sft rm ppo dpo grpo; do cp $$tmp/tensorboard/$$stage/*/$$stage.png imgs/; done && \
 	cp $$tmp/checkpoint/ppo/methods.png imgs/ && \
+	$(PYTHON) -m hfppo.figures $$tmp && \
 	rm -rf $$tmp
 
 test-fast: $(VENV)/installed

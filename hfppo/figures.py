@@ -1,0 +1,428 @@
+"""The figures README.md and docs/ quote, rendered from the report files of one `make demo` run, kept in
+docs/reports/: one source for every figure of the demo.
+
+A page quotes a report between two markers, each on a line of its own:
+
+    <!-- figures:compare-table -->
+    (what BLOCKS["compare-table"] renders; never edited by hand)
+    <!-- /figures -->
+
+`make figures` runs the demo in a temporary folder, copies its reports here (collect) and rewrites every block
+(python -m hfppo.figures RUN_DIR); tests/test_figures.py fails when a block differs from what its report renders.
+"""
+
+import contextlib
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+from hfppo import audit, charts, errors, paths
+
+REPORTS_DIR = paths.ROOT / "docs" / "reports"
+# The pages that may quote a report: the README and every page of docs/.
+PAGES = [paths.ROOT / "README.md", *sorted((paths.ROOT / "docs").glob("*.md"))]
+# Each committed report: the file of a demo run it copies, relative to the run's folder.
+COPIED = {
+    "compare.json": Path("checkpoint/ppo") / paths.METRICS_FILE,
+    "rm.json": Path("checkpoint/rm") / paths.METRICS_FILE,
+    "rm_styles.json": Path("checkpoint/rm_style_metrics.json"),
+}
+PPO_EVALS = "ppo_evals.json"  # PPO's held-out evaluations, read from its TensorBoard scalars (eval/*)
+# The comparison's answers to the first questions, as many as it prints (compare.py --num_examples, default 1): the
+# others are quoted nowhere, and would make the committed report a hundred times longer.
+QUOTED_QUESTIONS = 1
+BLOCK = re.compile(r"^<!-- figures:(?P<name>[\w-]+) -->\n(?P<body>.*?)^<!-- /figures -->$", re.M | re.S)
+OPENING = re.compile(r"^<!-- figures:.*-->$", re.M)
+# What each method's examples per second count, in the results table.
+UNITS = {"sft": "sequences", "ppo": "answers", "ppo_base": "answers", "dpo": "pairs", "grpo": "answers"}
+MINUS = "\N{MINUS SIGN}"  # the tables' typeset minus
+
+
+def load(name: str, folder: Path = REPORTS_DIR) -> dict:
+    """One committed report, by its file name in `folder`."""
+    path = Path(folder) / name
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise errors.PipelineError(
+            f"{path} cannot be read ({error}). Run make figures, which writes the reports the docs quote."
+        ) from error
+
+
+def signed(value: float, digits: int) -> str:
+    """A figure with its sign, the minus typeset as in the tables (−1.294)."""
+    return f"{value:+.{digits}f}".replace("-", MINUS)
+
+
+def methods(report: dict) -> list[str]:
+    """The comparison's methods, in its order (the base model first)."""
+    return [name for name in report["metrics"] if name in paths.METHODS]
+
+
+def compare_table(report: dict, cost: bool = False) -> str:
+    """The comparison as a Markdown table, one row a method; `cost`: with each method's examples per second."""
+    header = (
+        "| method | reward model | reward > 0 | judge score | judged rude | tokens | finished | KL to SFT | train s |"
+    )
+    if cost:
+        header += " examples/s |"
+    lines = [header, "|---" * header.count(" | ") + "|---|"]
+    for name in methods(report):
+        m = report["metrics"][name]
+        row = [
+            paths.METHODS[name].label,
+            signed(m["mean_reward"], 3),
+            f"{m['share_reward_positive']:.3f}",
+            signed(m["judge_mean_score"], 3),
+            f"{m['judge_share_rude']:.3f}",
+            f"{m['mean_answer_tokens']:.1f}",
+            f"{m['share_finished']:.3f}",
+            f"{m['mean_kl_to_sft']:.2f}" if "mean_kl_to_sft" in m else "",
+            f"{m['train_runtime_s']:.1f}" if "train_runtime_s" in m else "",
+        ]
+        if cost:
+            per_second = m.get("train_samples_per_second")
+            row.append("" if per_second is None else f"{per_second:.1f} {UNITS[name]}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def agreement_sentence(report: dict) -> str:
+    """The judge's agreement with the reward model, one pair of methods after another, in one sentence."""
+    pairs = []
+    for pair, a in report["metrics"]["judge_rm_agreement"].items():
+        later, earlier = (paths.METHODS[name].label for name in pair.split("_vs_"))
+        share = "-" if a["agreement"] is None else f"{a['agreement']:.3f}"
+        pairs.append(f"{later} vs {earlier} {share} ({a['questions']})")
+    return (
+        "Judge–reward-model agreement on the questions where the judge tells the two answers apart (their count in "
+        f"brackets): {', '.join(pairs)}.\n"
+    )
+
+
+def console_table(report: dict) -> list[str]:
+    """The comparison's table as compare.py prints it, with the judge's agreement under it."""
+    lines = [
+        f"{report['questions']} questions of {report['dataset']}, sampled at temperature {report['temperature']}, "
+        f"seed {report['seed']}:",
+        "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
+        "   train s   examples/s",
+    ]
+    for name in methods(report):
+        m = report["metrics"][name]
+        kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else " " * 9
+        time_columns = (
+            f"{m['train_runtime_s']:9.1f} {m['train_samples_per_second']:12.2f}" if "train_runtime_s" in m else ""
+        )
+        lines.append(
+            f"{name:<8} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
+            f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   "
+            f"{kl_column} {time_columns}"
+        )
+    for name, command in report["missing"].items():
+        lines.append(f"{name:<8} not found: {command}")
+    for pair, a in report["metrics"]["judge_rm_agreement"].items():
+        share = "  -  " if a["agreement"] is None else f"{a['agreement']:.3f}"
+        lines.append(
+            f"  {pair.replace('_vs_', ' vs '):<16} {share} of {a['questions']} questions ({a['ties']} judge ties "
+            "left out)"
+        )
+    return lines
+
+
+def console_examples(report: dict) -> list[str]:
+    """The comparison's first questions, every method's answer with its reward and judge scores, as printed."""
+    lines = []
+    for row in report["answers"][:QUOTED_QUESTIONS]:
+        lines.append(f"问题: {row['question']}")
+        for name in methods(report):
+            answer = re.sub(r"\r\n|\r|\n", "⏎", row[name]["answer"])
+            lines.append(f"  {name:<8} {row[name]['reward']:+.3f} {row[name]['judge']:+3.0f}  {answer}")
+    return lines
+
+
+def verdicts(report: dict) -> str:
+    """The end of the comparison's output: its table and the verdict lines, in a code block."""
+    return code_block([*console_table(report), *report["checks"]])
+
+
+def rm_lines(report: dict) -> list[str]:
+    """eval_rm.py's figures for one set of pairs, as printed: accuracy and margin, the judge's, and the audit."""
+    agreement = report["judge_rm_agreement"]
+    lines = [
+        f"{report['pairs']} pairs of {report['dataset']}"
+        f"{f' ({skipped} longer ones skipped)' if (skipped := report['skipped_pairs']) else ''}:",
+        f"  accuracy        {report['accuracy']:.3f}   share of pairs where chosen scores above rejected",
+        f"  mean margin     {report['mean_margin']:+.3f}  chosen - rejected",
+        f"  mean chosen     {report['mean_chosen_reward']:+.3f}",
+        f"  mean rejected   {report['mean_rejected_reward']:+.3f}",
+        "The lexicon judge on the same pairs, a second opinion that no stage trained on:",
+        f"  judge accuracy  {report['judge_accuracy']:.3f}   share of pairs where chosen is judged the ruder",
+        f"  judge ties      {report['judge_ties']:.3f}   share judged alike (no verdict; not counted as right)",
+        f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
+        f"{report['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way",
+    ]
+    if "audit" in report:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            audit.print_audit(audit.Audit(**report["audit"]))
+        lines += printed.getvalue().rstrip("\n").split("\n")  # its first line blank, as printed
+    return lines
+
+
+def ppo_eval_lines(report: dict) -> list[str]:
+    """train_ppo.py's held-out evaluation lines, as printed."""
+    return [
+        f"eval at update {e['update']}: score {e['eval/score']:+.3f}, judge {e['eval/judge_score']:+.2f} "
+        f"({e['eval/judged_rude']:.2f} judged rude), KL {e['eval/kl']:.3f}, "
+        f"{e['eval/answer_length']:.1f} tokens, {e['eval/finished']:.2f} finished"
+        for e in report["evaluations"]
+    ]
+
+
+def transcript(folder: Path = REPORTS_DIR) -> str:
+    """What `make demo` prints of its figures, stage by stage, in a code block."""
+    compare = load("compare.json", folder)
+    return code_block([
+        "== the reward model on its held-out pairs",
+        *rm_lines(load("rm.json", folder)),
+        "== the reward model on hand-written pairs in styles the sample does not use (never trained on)",
+        *rm_lines(load("rm_styles.json", folder)),
+        "== PPO's evaluations on the held-out questions (train_ppo.py --tiny)",
+        *ppo_eval_lines(load(PPO_EVALS, folder)),
+        "== every method on the questions no stage trained on",
+        *console_examples(compare),
+        "",
+        *console_table(compare),
+        *compare["checks"],
+    ])  # fmt: skip
+
+
+def gains(report: dict) -> dict:
+    """Each method's figures, with its reward model gain ("gain") over the method it starts from where that ran."""
+    figures = {name: report["metrics"][name] for name in methods(report)}
+    return {
+        name: m | {"gain": m["mean_reward"] - figures[start]["mean_reward"]} if start in figures else m
+        for name, m in figures.items()
+        for start in [paths.METHODS[name].start]
+    }
+
+
+def ppo_summary(report: dict) -> str:
+    """PPO after SFT against SFT, in one sentence: the reward model's gain, the length, and the judge's figures."""
+    m, sft = gains(report)["ppo"], report["metrics"]["sft"]
+    return (
+        f"PPO after SFT raises the reward model's score {m['gain']:+.2f} above SFT's, at "
+        f"{m['mean_answer_tokens'] / sft['mean_answer_tokens']:.0%} of SFT's length. The lexicon judge, which no "
+        f"stage optimised, scores its answers {m['judge_mean_score']:+.3f} against SFT's "
+        f"{sft['judge_mean_score']:+.3f}, and judges {m['judge_share_rude']:.3f} of them rude against SFT's "
+        f"{sft['judge_share_rude']:.3f} (seed {report['seed']}).\n"
+    )
+
+
+def alarm_named(report: dict, name: str) -> bool:
+    """Whether the comparison's reward-hacking alarm named the method."""
+    return any(text.startswith(f"{paths.METHODS[name].label}: ") for text in report["checks"])
+
+
+def ppo_run_summary(evaluations: dict, report: dict) -> str:
+    """PPO's held-out evaluations, first against last, its alarm, and the comparison's figures for PPO and SFT."""
+    first, last = evaluations["evaluations"][0], evaluations["evaluations"][-1]
+    spoke = [e["update"] for e in evaluations["evaluations"] if e.get("eval/hacking_signs", 0) > 0]
+    m, sft = report["metrics"]["ppo"], report["metrics"]["sft"]
+    alarm = (
+        f"The reward-hacking alarm spoke at update {', '.join(map(str, spoke))}."
+        if spoke
+        else "The reward-hacking alarm never spoke."
+    )
+    return (
+        f"On the held-out questions (seed {report['seed']}, `make demo`), PPO after SFT moved the reward model's "
+        f"score from {first['eval/score']:+.2f} before the first update to {last['eval/score']:+.2f} after update "
+        f"{last['update']}, at {first['eval/answer_length']:.1f} to {last['eval/answer_length']:.1f} tokens. The "
+        f"lexicon judge went from {first['eval/judge_score']:+.2f} to {last['eval/judge_score']:+.2f}. {alarm} "
+        f"Sampled again by the comparison, {m['judge_share_rude']:.3f} of its answers are judged rude against SFT's "
+        f"{sft['judge_share_rude']:.3f}, at a judge score of {m['judge_mean_score']:+.3f} against SFT's "
+        f"{sft['judge_mean_score']:+.3f}.\n"
+    )
+
+
+def from_base_summary(report: dict) -> str:
+    """The original's claim on the demo: PPO from the base against PPO after SFT, both over the base model."""
+    g, base = gains(report), report["metrics"]["base"]["mean_reward"]
+    named = "names" if alarm_named(report, "ppo_base") else "does not name"
+    return (
+        f"In [the comparison](results.md#every-method-side-by-side) PPO from the base gains "
+        f"{g['ppo_base']['gain']:+.2f} over the base model on the reward model, PPO after SFT "
+        f"{g['ppo']['mean_reward'] - base:+.2f} (SFT's {g['sft']['gain']:+.2f} and PPO's {g['ppo']['gain']:+.2f}). "
+        f"The judge finds {g['ppo_base']['judge_share_rude']:.3f} of PPO from the base's answers rude, and the "
+        f"comparison's reward-hacking alarm {named} it (seed {report['seed']}).\n"
+    )
+
+
+def rm_summary(held_out: dict, styles: dict) -> str:
+    """The reward model on both sets of pairs against the lexicon judge, and its audit, in sentences."""
+    found = held_out["audit"]
+    non_answers = [p["score"] for p in found["probes"] if p["kind"] == audit.NON_ANSWER]
+    correlations = ", ".join(
+        "-" if r is None else f"{r:+.2f}"
+        for r in (found["length_correlation_chosen"], found["length_correlation_rejected"])
+    )
+    verdict = "finds no shortcut" if not found["verdicts"] else f"finds: {'; '.join(found['verdicts'])}"
+    return (
+        f"The reward model ranks the rude answer first on {held_out['accuracy']:.3f} of the {held_out['pairs']} "
+        f"held-out pairs and {styles['accuracy']:.3f} of the {styles['pairs']} hand-written pairs in other styles; "
+        f"the lexicon judge's word count on {held_out['judge_accuracy']:.3f} and {styles['judge_accuracy']:.3f}. "
+        f"Its audit {verdict}. The score's correlation with length within each side is r = {correlations}. The "
+        f"non-answers score {signed(min(non_answers), 2)} to {signed(max(non_answers), 2)}, against the median "
+        f"rejected (polite) answer's {signed(found['median_rejected'], 2)}.\n"
+    )
+
+
+def seed_row(held_out: dict, styles: dict, report: dict) -> str:
+    """The demo's row of the table over training seeds: the reward model's figures, SFT's and PPO's judged rude,
+    PPO's length and KL, and PPO from the base's length, finished share and alarm."""
+    found = held_out["audit"]
+    full_stop = next(p["score"] for p in found["probes"] if p["answer"] == "。")
+    below = "<" if full_stop < found["median_rejected"] else ">="
+    sft, ppo, from_base = (report["metrics"][name] for name in ("sft", "ppo", "ppo_base"))
+    alarm = " (named by the alarm)" if alarm_named(report, "ppo_base") else ""
+    row = [
+        str(report["seed"]),
+        f"{held_out['accuracy']:.3f}",
+        f"{styles['accuracy']:.3f}",
+        f"{signed(full_stop, 2)} {below} {signed(found['median_rejected'], 2)}",
+        f"{sft['judge_share_rude']:.3f}",
+        f"{ppo['judge_share_rude']:.3f}",
+        f"{ppo['mean_answer_tokens']:.1f} / {sft['mean_answer_tokens']:.1f}",
+        f"{ppo['mean_kl_to_sft']:.2f}",
+        f"{from_base['mean_answer_tokens']:.1f} tokens, {from_base['share_finished']:.2f} finished{alarm}",
+    ]
+    return SEEDS_HEADER + "| " + " | ".join(row) + " |\n"
+
+
+# The columns of the table over training seeds (docs/results.md).
+SEEDS_HEADER = (
+    "| seed | RM held out | RM style pairs | RM: 。 against the median polite | SFT judged rude | PPO judged rude | "
+    "PPO tokens / SFT's | PPO KL | PPO from the base |\n|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def code_block(lines: list[str]) -> str:
+    return "```\n" + "\n".join(lines) + "\n```\n"
+
+
+# Every block a page may hold, by the name in its opening marker: what it renders from the reports in a folder.
+BLOCKS = {
+    "compare-table": lambda folder: compare_table(load("compare.json", folder)),
+    "compare-table-cost": lambda folder: compare_table(load("compare.json", folder), cost=True),
+    "compare-agreement": lambda folder: agreement_sentence(load("compare.json", folder)),
+    "compare-verdicts": lambda folder: verdicts(load("compare.json", folder)),
+    "demo-transcript": transcript,
+    "ppo-summary": lambda folder: ppo_summary(load("compare.json", folder)),
+    "ppo-run": lambda folder: ppo_run_summary(load(PPO_EVALS, folder), load("compare.json", folder)),
+    "from-base": lambda folder: from_base_summary(load("compare.json", folder)),
+    "rm-summary": lambda folder: rm_summary(load("rm.json", folder), load("rm_styles.json", folder)),
+    "seed-row": lambda folder: seed_row(
+        load("rm.json", folder), load("rm_styles.json", folder), load("compare.json", folder)
+    ),
+}
+
+
+def blocks(text: str, page: Path | str) -> list[re.Match]:
+    """The blocks of a page, each opening marker closed and naming a block of BLOCKS."""
+    found = list(BLOCK.finditer(text))
+    starts = {match.start() for match in found}
+    for opening in OPENING.finditer(text):
+        if opening.start() not in starts:
+            line = text.count("\n", 0, opening.start()) + 1
+            raise errors.PipelineError(
+                f"{page}, line {line}: {opening.group()} is not closed. Add <!-- /figures --> on a line of its own "
+                "after the block."
+            )
+    for match in found:
+        if match.group("name") not in BLOCKS:
+            line = text.count("\n", 0, match.start()) + 1
+            raise errors.PipelineError(
+                f"{page}, line {line}: no block is named {match.group('name')!r}. The names: "
+                f"{', '.join(BLOCKS)} (hfppo/figures.py)."
+            )
+    return found
+
+
+def rendered(text: str, page: Path | str, folder: Path = REPORTS_DIR) -> str:
+    """The page with every block rendered afresh from the reports in `folder`."""
+    cache = {}
+    pieces, end = [], 0
+    for match in blocks(text, page):
+        name = match.group("name")
+        if name not in cache:
+            cache[name] = BLOCKS[name](folder)
+        pieces += [text[end : match.start("body")], cache[name]]
+        end = match.end("body")
+    return "".join(pieces) + text[end:]
+
+
+def stale_blocks(text: str, page: Path | str, folder: Path = REPORTS_DIR) -> list[str]:
+    """The names of the page's blocks that differ from what their report renders."""
+    return [
+        match.group("name")
+        for match in blocks(text, page)
+        if match.group("body") != BLOCKS[match.group("name")](folder)
+    ]
+
+
+def collect(run_dir: Path, folder: Path = REPORTS_DIR) -> None:
+    """Copy a demo run's reports into `folder`: the comparison's with only its quoted answers, and PPO's held-out
+    evaluations from its TensorBoard scalars."""
+    run_dir = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in COPIED.items():
+        report = without_root(load(source.name, run_dir / source.parent))
+        if "answers" in report:
+            report["answers"] = report["answers"][:QUOTED_QUESTIONS]
+        write(folder / name, report)
+    ppo_runs = sorted((run_dir / "tensorboard" / "ppo").iterdir())
+    if len(ppo_runs) != 1:
+        raise errors.PipelineError(
+            f"{run_dir / 'tensorboard' / 'ppo'} holds {len(ppo_runs)} runs; make figures reads the one demo run."
+        )
+    scalars = charts.read_scalars(ppo_runs[0])
+    tags = [tag for tag in scalars if tag.startswith("eval/")]
+    updates = [step for step, _ in scalars["eval/score"]]
+    evaluations = [
+        {"update": update} | {tag: dict(scalars[tag])[update] for tag in sorted(tags)} for update in updates
+    ]
+    write(folder / PPO_EVALS, {"run": "train_ppo.py --tiny", "evaluations": evaluations})
+
+
+def without_root(report: dict) -> dict:
+    """The report with the project's folder left out of its paths (make figures passes the scripts' data by its full
+    path), so that the committed copy names data/style_pairs.jsonl on any machine."""
+    prefix = json.dumps(f"{paths.ROOT}/")[1:-1]
+    return json.loads(json.dumps(report, ensure_ascii=False).replace(prefix, ""))
+
+
+def write(path: Path, report: dict) -> None:
+    path.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str]) -> None:
+    """python -m hfppo.figures [RUN_DIR]: copy RUN_DIR's reports (a `make demo` folder), if given, then rewrite every
+    page's blocks from docs/reports."""
+    if argv:
+        collect(Path(argv[0]))
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        new = rendered(text, page.relative_to(paths.ROOT))
+        if new != text:
+            page.write_text(new, encoding="utf-8")
+            print(f"rewrote {page.relative_to(paths.ROOT)}")
+
+
+if __name__ == "__main__":
+    from hfppo import lifecycle
+
+    with lifecycle.user_errors():
+        main(sys.argv[1:])
