@@ -12,7 +12,12 @@ from hfppo import errors, figures, paths
 EXPECTED_BLOCKS = {
     "README.md": ["compare-verdicts", "compare-table", "ppo-summary"],
     "docs/results.md": [
-        "demo-transcript", "rm-summary", "ppo-summary", "seed-row", "compare-table-cost", "compare-agreement"
+        "demo-transcript",
+        "rm-summary",
+        "ppo-summary",
+        "seed-row",
+        "compare-table-cost",
+        "compare-agreement",
     ],
     "docs/ppo.md": ["ppo-run", "from-base"],
     "docs/reward_model.md": ["rm-summary"],
