@@ -12,7 +12,6 @@ to checkpoint/ppo/eval_metrics.json and the chart beside it (methods.png).
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from hfppo import (
     checkpoints,
     cli,
     errors,
+    figures,
     hacking,
     hints,
     judge,
@@ -127,11 +127,6 @@ class CompareArguments:
         default=None, metadata={"help": "Where to write the JSON. Unset: <ppo_model_path>/eval_metrics.json."}
     )
     allow_other_base: bool = field(default=False, metadata={"help": adapters.ALLOW_HELP})
-
-
-def one_line(answer: str) -> str:
-    """An answer on one line of the table, its line breaks shown as ⏎ (the JSON file keeps them)."""
-    return re.sub(r"\r\n|\r|\n", "⏎", answer)
 
 
 def report_paths(args: CompareArguments) -> tuple[Path, Path]:
@@ -248,38 +243,21 @@ def print_examples(comparison: Comparison, count: int) -> None:
     for i, row in enumerate(rows.select(range(min(count, len(rows))))):
         print(f"问题: {row['question']}")
         for name, result in results.items():
-            print(
-                f"  {name:<8} {result['scores'][i]:+.3f} {result['judge'][i]:+3.0f}  {one_line(result['answers'][i])}"
-            )
+            print(figures.answer_line(name, result["scores"][i], result["judge"][i], result["answers"][i]))
 
 
 def print_table(comparison: Comparison, metrics: dict, agreement: dict, args: CompareArguments) -> None:
     """Every method's figures, one row each, the methods not found, and the judge's agreement with the reward model."""
     dataset, rows, missing = comparison.dataset, comparison.rows, comparison.missing
-    print(f"\n{len(rows)} questions of {dataset}, sampled at temperature {args.temperature}, seed {args.seed}:")
-    print(
-        "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
-        "   train s   examples/s"
-    )
+    print("\n" + figures.table_title(len(rows), dataset, args.temperature, args.seed))
+    print(figures.TABLE_HEADER)
     for name, m in metrics.items():
-        kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else " " * 9
-        time_columns = (
-            f"{m['train_runtime_s']:9.1f} {m['train_samples_per_second']:12.2f}" if "train_runtime_s" in m else ""
-        )
-        print(
-            f"{name:<8} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
-            f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   "
-            f"{kl_column} {time_columns}"
-        )
+        print(figures.method_row(name, m))
     for name, command in missing.items():
-        print(f"{name:<8} not found: {command}")
+        print(figures.missing_row(name, command))
     print(f"judge: the lexicon judge, {JUDGE_RULE}. Agreement: {AGREEMENT_RULE}.")
     for pair, a in agreement.items():
-        share = "  -  " if a["agreement"] is None else f"{a['agreement']:.3f}"
-        print(
-            f"  {pair.replace('_vs_', ' vs '):<16} {share} of {a['questions']} questions ({a['ties']} judge ties "
-            "left out)"
-        )
+        print(figures.agreement_line(pair, a))
 
 
 def write_report(comparison: Comparison, metrics: dict, checks: list, args: CompareArguments) -> None:

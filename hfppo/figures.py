@@ -102,33 +102,59 @@ def agreement_sentence(report: dict) -> str:
     )
 
 
+# The comparison's console lines, one definition for compare.py, which prints them, and for the docs, which quote them.
+TABLE_HEADER = (
+    "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
+    "   train s   examples/s"
+)
+
+
+def table_title(questions: int, dataset: str, temperature: float, seed: int) -> str:
+    """The line above the comparison's table: what was sampled, and how."""
+    return f"{questions} questions of {dataset}, sampled at temperature {temperature}, seed {seed}:"
+
+
+def method_row(name: str, m: dict) -> str:
+    """A method's row of the comparison's table, from its metrics `m` (its KL and training time where it has them)."""
+    kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else " " * 9
+    time_columns = (
+        f"{m['train_runtime_s']:9.1f} {m['train_samples_per_second']:12.2f}" if "train_runtime_s" in m else ""
+    )
+    return (
+        f"{name:<8} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
+        f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   "
+        f"{kl_column} {time_columns}"
+    )
+
+
+def missing_row(name: str, command: str) -> str:
+    """The row of a method the comparison did not find, with the command that trains it."""
+    return f"{name:<8} not found: {command}"
+
+
+def agreement_line(pair: str, a: dict) -> str:
+    """The judge's agreement with the reward model on one pair of methods ("ppo_vs_sft")."""
+    share = "  -  " if a["agreement"] is None else f"{a['agreement']:.3f}"
+    pair = pair.replace("_vs_", " vs ")
+    return f"  {pair:<16} {share} of {a['questions']} questions ({a['ties']} judge ties left out)"
+
+
+def one_line(answer: str) -> str:
+    """An answer on one line of the table, its line breaks shown as ⏎ (the JSON file keeps them)."""
+    return re.sub(r"\r\n|\r|\n", "⏎", answer)
+
+
+def answer_line(name: str, reward: float, judge: float, answer: str) -> str:
+    """A method's answer to an example question, with its reward and judge scores."""
+    return f"  {name:<8} {reward:+.3f} {judge:+3.0f}  {one_line(answer)}"
+
+
 def console_table(report: dict) -> list[str]:
     """The comparison's table as compare.py prints it, with the judge's agreement under it."""
-    lines = [
-        f"{report['questions']} questions of {report['dataset']}, sampled at temperature {report['temperature']}, "
-        f"seed {report['seed']}:",
-        "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
-        "   train s   examples/s",
-    ]
-    for name in methods(report):
-        m = report["metrics"][name]
-        kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else " " * 9
-        time_columns = (
-            f"{m['train_runtime_s']:9.1f} {m['train_samples_per_second']:12.2f}" if "train_runtime_s" in m else ""
-        )
-        lines.append(
-            f"{name:<8} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
-            f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   "
-            f"{kl_column} {time_columns}"
-        )
-    for name, command in report["missing"].items():
-        lines.append(f"{name:<8} not found: {command}")
-    for pair, a in report["metrics"]["judge_rm_agreement"].items():
-        share = "  -  " if a["agreement"] is None else f"{a['agreement']:.3f}"
-        lines.append(
-            f"  {pair.replace('_vs_', ' vs '):<16} {share} of {a['questions']} questions ({a['ties']} judge ties "
-            "left out)"
-        )
+    title = table_title(report["questions"], report["dataset"], report["temperature"], report["seed"])
+    lines = [title, TABLE_HEADER, *(method_row(name, report["metrics"][name]) for name in methods(report))]
+    lines += [missing_row(name, command) for name, command in report["missing"].items()]
+    lines += [agreement_line(pair, a) for pair, a in report["metrics"]["judge_rm_agreement"].items()]
     return lines
 
 
@@ -138,8 +164,7 @@ def console_examples(report: dict) -> list[str]:
     for row in report["answers"][:QUOTED_QUESTIONS]:
         lines.append(f"问题: {row['question']}")
         for name in methods(report):
-            answer = re.sub(r"\r\n|\r|\n", "⏎", row[name]["answer"])
-            lines.append(f"  {name:<8} {row[name]['reward']:+.3f} {row[name]['judge']:+3.0f}  {answer}")
+            lines.append(answer_line(name, row[name]["reward"], row[name]["judge"], row[name]["answer"]))
     return lines
 
 

@@ -11,7 +11,7 @@ import pytest
 import compare
 import eval_ppo
 from conftest import LIBRARY_NOISE, float32_sum_tolerance, run_main, run_script
-from hfppo import cli, errors, hacking, hints, judge, paths
+from hfppo import cli, errors, figures, hacking, hints, judge, paths
 
 METHODS = ["base", "sft", "ppo", "ppo_base", "dpo", "grpo"]  # every method of compare.py, in its order
 
@@ -103,7 +103,7 @@ def test_compare_prints_no_library_noise(compare_run):
 
 
 def test_compare_prints_each_answer_on_one_line():
-    assert compare.one_line("第一行\n第二行\r\n第三行") == "第一行⏎第二行⏎第三行"
+    assert figures.one_line("第一行\n第二行\r\n第三行") == "第一行⏎第二行⏎第三行"
 
 
 def test_compare_refuses_a_metrics_file_named_as_its_chart(tmp_path):
