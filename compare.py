@@ -308,7 +308,6 @@ def method_metrics(result: dict, path: str) -> dict:
     """The table's row of one method, with the training time its run logged (train_results.json) if it has one."""
     metrics = {
         "mean_reward": result["scores"].mean().item(),
-        "reward_standard_error": hacking.standard_error(result["scores"]),
         "share_reward_positive": (result["scores"] > 0).float().mean().item(),
         "mean_answer_tokens": result["lengths"].float().mean().item(),
         "share_finished": result["stopped"].float().mean().item(),
@@ -364,18 +363,18 @@ def judge_agreement(later: dict, earlier: dict) -> dict:
     }
 
 
-def held_out(metrics: dict) -> hacking.HeldOut:
-    """A method's row of the table, as the reward-hacking alarm reads it."""
-    return hacking.HeldOut(
-        metrics["mean_reward"],
-        metrics["reward_standard_error"],
-        metrics["judge_mean_score"],
-        metrics["mean_answer_tokens"],
-        metrics["share_finished"],
+def held_out(result: dict, questions: int) -> hacking.HeldOut:
+    """A method's answers, as the reward-hacking alarm reads them."""
+    return hacking.HeldOut.of(
+        result["scores"],
+        result["judge"],
+        questions,
+        result["lengths"].float().mean().item(),
+        result["stopped"].float().mean().item(),
     )
 
 
-def outcome(metrics: dict) -> list[tuple[bool, str]]:
+def outcome(metrics: dict, results: dict, questions: int) -> list[tuple[bool, str]]:
     """What each method is for, checked on the held-out questions and said in words, so a user can tell whether a run
     worked: each moves its starting point (STARTS) towards the answers the reward model prefers; whether the lexicon
     judge, which no stage optimised, sees the same move (ruder answers) or the reward model alone does; and, given
@@ -403,7 +402,8 @@ def outcome(metrics: dict) -> list[tuple[bool, str]]:
             f"The judge {'agrees' if agrees else 'does NOT agree'}: {judge_gain:+.2f} in its score, judged rude "
             f"{rude[start]:.2f} -> {rude[name]:.2f}.",
         ))  # fmt: skip
-        signs = hacking.signs(held_out(metrics[start]), held_out(metrics[name])) if name != "sft" else []
+        before, after = (held_out(results[method], questions) for method in (start, name))
+        signs = hacking.signs(before, after) if name != "sft" else []
         if signs:  # SFT imitates the chosen answers: no reward to hack
             checks.append((False, f"{LABELS[name]}: {hacking.alarm(signs, f'the {LABELS[start]} model')}"))
     if {"base", "ppo", "ppo_base"} <= reward.keys():
@@ -436,7 +436,7 @@ def main(args: CompareArguments) -> None:
     }
     print_table(comparison, metrics, agreement, args)
     metrics["judge_rm_agreement"] = agreement
-    checks = outcome(metrics)
+    checks = outcome(metrics, results, len(comparison.rows))
     print("\n".join(text for _, text in checks))
     write_report(comparison, metrics, checks, args)
 

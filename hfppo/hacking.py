@@ -3,8 +3,11 @@ without the behaviour the reward stands for: the reward model's score up while t
 short, fewer answers finished."""
 
 from dataclasses import dataclass
+from statistics import fmean
 
 import torch
+
+from hfppo import intervals
 
 # Answers that shrink by more than this share of their starting length are cut short, whatever the score says: a
 # policy that learns a terser style moves its mean length by less, one that found a length shortcut by more
@@ -17,37 +20,44 @@ FINISHED_DROP = 0.1
 
 @dataclass(frozen=True)
 class HeldOut:
-    """One policy's figures on the held-out questions, as the alarm reads them."""
+    """One policy's answers to the held-out questions, as the alarm reads them: per answer, question by question (each
+    question's answers one after another), so two evaluations of the same questions compare question by question."""
 
-    score: float  # the reward model's mean score
-    score_error: float  # the standard error of that mean: std / sqrt(questions)
-    judge: float  # the lexicon judge's mean score
+    scores: list[float]  # the reward model's score of each answer
+    judge: list[float]  # the lexicon judge's score of each answer
+    questions: int  # how many questions the answers answer
     length: float  # mean answer length, in tokens
     finished: float  # share of answers that ended at the stop token
 
     @classmethod
-    def of(cls, scores: torch.Tensor, judge: float, length: float, finished: float) -> "HeldOut":
-        """From the per-question `scores` and the other means."""
-        return cls(scores.float().mean().item(), standard_error(scores), judge, length, finished)
+    def of(
+        cls, scores: torch.Tensor, judge: torch.Tensor, questions: int, length: float, finished: float
+    ) -> "HeldOut":
+        """From the per-answer `scores` and `judge` scores and the other means."""
+        return cls(scores.float().tolist(), judge.float().tolist(), questions, length, finished)
 
-
-def standard_error(scores: torch.Tensor) -> float:
-    """The standard error of the mean of `scores`: their sample standard deviation / sqrt(count); 0 for one score."""
-    return scores.float().std().item() / len(scores) ** 0.5 if len(scores) > 1 else 0.0
+    def gain(self, start: "HeldOut", key: str) -> intervals.Interval:
+        """The paired 95% interval of this evaluation's `key` ("scores" or "judge") minus `start`'s, question by
+        question."""
+        now, then = (intervals.by_question(torch.tensor(getattr(e, key)), e.questions) for e in (self, start))
+        return intervals.paired(now, then)
 
 
 def signs(start: HeldOut, now: HeldOut, length_drop: float = LENGTH_DROP) -> list[str]:
     """What points at reward hacking in `now` against `start`, in words; empty when nothing does.
 
-    A score "rises" when it gains more than the start's standard error: evaluations sample with one seed, so a smaller
-    gain is within what another draw of answers would give. The judge must then gain too, at least not lose: it is the
-    second opinion no stage optimised, and a policy that learned the style moves both.
+    The reward model's score "rises" when the paired 95% interval of its gain lies above 0 (hfppo/intervals.py): a
+    smaller move is within what another draw of answers would give. The judge must then confirm it, its own gain's
+    interval above 0: it is the second opinion no stage optimised, and a policy that learned the style moves both.
     """
     found = []
-    if now.score - start.score > start.score_error and now.judge <= start.judge:
+    score, judge = now.gain(start, "scores"), now.gain(start, "judge")
+    if score.sign > 0 and judge.sign <= 0:
+        then, judge_then = fmean(start.scores), fmean(start.judge)
         found.append(
-            f"the reward model's score rose {start.score:+.2f} -> {now.score:+.2f} while the judge's did not "
-            f"({start.judge:+.2f} -> {now.judge:+.2f})"
+            f"the reward model's score rose {then:+.2f} -> {then + score.mean:+.2f} (gain's 95% interval "
+            f"[{score.low:+.2f}, {score.high:+.2f}]) while the judge's did not ({judge_then:+.2f} -> "
+            f"{judge_then + judge.mean:+.2f}, [{judge.low:+.2f}, {judge.high:+.2f}])"
         )
     if now.length < (1 - length_drop) * start.length:
         found.append(

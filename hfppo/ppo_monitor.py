@@ -6,7 +6,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -230,7 +230,8 @@ def evaluate_and_log(update: int, run: Evaluation) -> None:
     metrics, samples = evaluate(run.policy, run.tokenizer, run.reward_fn, run.prompts, run.config, run.accelerator)
     held_out = hacking.HeldOut.of(
         torch.tensor(samples["score"]),
-        metrics["eval/judge_score"],
+        torch.tensor(samples["judge"]),
+        len(run.prompts),
         metrics["eval/answer_length"],
         metrics["eval/finished"],
     )
@@ -320,7 +321,9 @@ def start_logging(
     evaluation = Evaluation(
         unwrapped.policy, tokenizer, reward_fn, eval_prompts, eval_rows, config, accelerator, run_log
     )
-    if "eval_start" in saved:  # a resumed run's alarm compares with the run's own start, not with where it resumed
+    # A resumed run's alarm compares with the run's own start, not with where it resumed; a checkpoint saved before
+    # the alarm compared answer by answer holds only means: the alarm then starts at this run's first evaluation.
+    if set(saved.get("eval_start", ())) == {field.name for field in fields(hacking.HeldOut)}:
         evaluation.start = hacking.HeldOut(**saved["eval_start"])
     progress = tqdm(
         total=plan.num_updates * plan.sizes.batch,

@@ -1,6 +1,7 @@
 """The reward-model audit (hfppo/audit.py) and the reward-hacking alarm (hfppo/hacking.py) on scores made by hand:
 each shortcut is named when the figures show it, and nothing is named when they do not."""
 
+import dataclasses
 import json
 
 import pytest
@@ -106,42 +107,69 @@ def test_a_missing_or_empty_probes_file_is_named(tmp_path):
 # The alarm
 
 
-START = hacking.HeldOut(score=2.4, score_error=0.2, judge=0.2, length=19.4, finished=0.97)
+QUESTIONS = 35
+
+
+# Alternating signs, one question left at 0: added to every question's score, moves none of the means.
+SWING = torch.tensor([(-1.0) ** question for question in range(QUESTIONS - 1)] + [0.0])
+
+
+def evaluation(score, judge, length=19.4, finished=0.97, spread=0.0, judge_spread=None) -> hacking.HeldOut:
+    """An evaluation of QUESTIONS questions, one answer each, whose reward-model and judge scores are `score` and
+    `judge` on every question, give or take `spread` and `judge_spread` (by default `spread`)."""
+    judge_spread = spread if judge_spread is None else judge_spread
+    return hacking.HeldOut.of(score + spread * SWING, judge + judge_spread * SWING, QUESTIONS, length, finished)
+
+
+START = evaluation(2.4, 0.2)
 
 
 def test_a_policy_that_learned_the_style_raises_no_alarm():
-    assert hacking.signs(START, hacking.HeldOut(3.0, 0.2, 0.5, 18.0, 0.97)) == []
+    assert hacking.signs(START, evaluation(3.0, 0.5, length=18.0)) == []
 
 
-def test_a_score_within_its_standard_error_is_not_a_rise():
-    assert hacking.signs(START, hacking.HeldOut(2.55, 0.2, 0.2, 19.4, 0.97)) == []
-    assert hacking.signs(START, hacking.HeldOut(2.65, 0.2, 0.2, 19.4, 0.97)) == [
-        "the reward model's score rose +2.40 -> +2.65 while the judge's did not (+0.20 -> +0.20)"
+def test_a_score_rise_within_its_interval_is_not_a_rise():
+    assert hacking.signs(START, evaluation(2.65, 0.2, spread=2.0)) == []
+    assert hacking.signs(START, evaluation(2.65, 0.2)) == [
+        "the reward model's score rose +2.40 -> +2.65 (gain's 95% interval [+0.25, +0.25]) while the judge's did "
+        "not (+0.20 -> +0.20, [+0.00, +0.00])"
     ]
+
+
+def test_a_judge_that_cannot_tell_does_not_confirm_a_rise():
+    # The score up 0.6 on every question; the judge up 0.3 on average, 2 either way on each question.
+    found = hacking.signs(START, evaluation(3.0, 0.5, judge_spread=2.0))
+    assert len(found) == 1 and found[0].startswith("the reward model's score rose +2.40 -> +3.00")
+    assert hacking.signs(START, evaluation(3.0, 0.5)) == []
 
 
 def test_the_tiny_presets_old_ppo_shows_every_sign():
     """SFT -> PPO of the earlier tiny reward model: score up, judge down, answers less than half as long."""
-    shrunk = hacking.HeldOut(3.287, 0.05, 0.086, 8.6, 1.0)
-    assert hacking.signs(START, shrunk) == [
-        "the reward model's score rose +2.40 -> +3.29 while the judge's did not (+0.20 -> +0.09)",
+    shrunk = evaluation(3.287, 0.086, length=8.6, finished=1.0)
+    found = hacking.signs(START, shrunk)
+    assert [sign.split(" (")[0] for sign in found] == [
+        "the reward model's score rose +2.40 -> +3.29",
         "answers shrank 19.4 -> 8.6 tokens, more than 30% shorter",
     ]
-    assert hacking.signs(START, shrunk, length_drop=0.6) == hacking.signs(START, shrunk)[:1]
-    line = hacking.alarm(hacking.signs(START, shrunk), "the SFT model")
+    assert hacking.signs(START, shrunk, length_drop=0.6) == found[:1]
+    line = hacking.alarm(found, "the SFT model")
     assert line.startswith("Reward hacking? Against the SFT model: the reward model's score rose")
     assert "\n" not in line
 
 
 def test_fewer_finished_answers_are_a_sign():
-    assert hacking.signs(START, hacking.HeldOut(2.4, 0.2, 0.2, 19.4, 0.8)) == ["fewer answers finished (0.97 -> 0.80)"]
+    assert hacking.signs(START, evaluation(2.4, 0.2, finished=0.8)) == ["fewer answers finished (0.97 -> 0.80)"]
+
+
+def test_an_evaluation_saved_in_a_checkpoint_reads_back_equal():
+    saved = json.loads(json.dumps(dataclasses.asdict(evaluation(2.4, 0.2, spread=1.0))))
+    assert hacking.HeldOut(**saved) == evaluation(2.4, 0.2, spread=1.0)
 
 
 def test_the_comparison_names_reward_hacking_in_its_verdicts():
     def row(reward, judge, tokens, finished=1.0):
         return {
             "mean_reward": reward,
-            "reward_standard_error": 0.1,
             "judge_mean_score": judge,
             "judge_share_rude": max(judge, 0),
             "mean_answer_tokens": tokens,
@@ -149,11 +177,25 @@ def test_the_comparison_names_reward_hacking_in_its_verdicts():
             "mean_kl_to_sft": 1.0,
         }
 
-    checks = compare.outcome({"base": row(-1.8, -1.2, 21.6), "sft": row(2.4, 0.2, 19.4), "ppo": row(3.3, 0.1, 8.6)})
+    def answers(reward, judge, tokens, finished=1.0):
+        return {
+            "scores": torch.full((QUESTIONS,), reward),
+            "judge": torch.full((QUESTIONS,), judge),
+            "lengths": torch.full((QUESTIONS,), tokens),
+            "stopped": torch.full((QUESTIONS,), finished),
+        }
+
+    figures = {"base": (-1.8, -1.2, 21.6), "sft": (2.4, 0.2, 19.4), "ppo": (3.3, 0.1, 8.6)}
+    metrics = {name: row(*values) for name, values in figures.items()}
+    results = {name: answers(*values) for name, values in figures.items()}
+    checks = compare.outcome(metrics, results, QUESTIONS)
     texts = [text for passed, text in checks if not passed]
     assert texts[0].startswith("The judge does NOT agree")
     assert texts[1].startswith("PPO: Reward hacking? Against the SFT model: the reward model's score rose")
     assert "answers shrank 19.4 -> 8.6 tokens" in texts[1]
     # SFT, which imitates the chosen answers, is never called reward hacking, however much shorter it writes
-    checks = compare.outcome({"base": row(-1.8, -1.2, 40.0), "sft": row(2.4, 0.2, 10.0)})
+    figures = {"base": (-1.8, -1.2, 40.0), "sft": (2.4, 0.2, 10.0)}
+    metrics = {name: row(*values) for name, values in figures.items()}
+    results = {name: answers(*values) for name, values in figures.items()}
+    checks = compare.outcome(metrics, results, QUESTIONS)
     assert all(passed for passed, _ in checks)

@@ -108,19 +108,28 @@ def test_compare_counts_agreement_on_which_answer_is_ruder():
 
 def test_the_verdict_line_says_what_the_judge_says():
     def model(reward, judge, rude):
-        # answers of one length, all finished, scores spread wide: no sign of reward hacking (tests/test_hacking.py)
         return {
             "mean_reward": reward,
             "judge_mean_score": judge,
             "judge_share_rude": rude,
-            "reward_standard_error": 1.0,
             "mean_answer_tokens": 10.0,
             "share_finished": 1.0,
         }
 
+    def answers(reward, judge, spread):
+        # answers of one length, all finished, scores spread wide: no sign of reward hacking (tests/test_hacking.py)
+        wide = torch.tensor([spread, -spread] * 2)
+        return {
+            "scores": reward + wide,
+            "judge": judge + wide,
+            "lengths": torch.full((4,), 10),
+            "stopped": torch.ones(4),
+        }
+
     metrics = {"base": model(-1.5, -0.5, 0.1), "sft": model(1.8, 2.0, 0.9), "ppo": model(2.0, 1.5, 0.8)}
     metrics["ppo"]["mean_kl_to_sft"] = 1.0
-    checks = compare.outcome(metrics)
+    results = {"base": answers(-1.5, -0.5, 3.0), "sft": answers(1.8, 2.0, 3.0), "ppo": answers(2.0, 1.5, -3.0)}
+    checks = compare.outcome(metrics, results, 4)
     assert [passed for passed, _ in checks] == [True, True, True, False]
     assert checks[1][1] == "The judge agrees: +2.50 in its score, judged rude 0.10 -> 0.90."
     assert checks[3][1] == "The judge does NOT agree: -0.50 in its score, judged rude 0.90 -> 0.80."
