@@ -15,6 +15,7 @@ import torch
 from filelock import FileLock
 
 import common
+import train_ppo
 from hfppo import cli, lifecycle, paths, runtime, tiny
 
 # What every script does first (hfppo/runtime.py): run_main calls a script's main in this process.
@@ -38,7 +39,7 @@ SCRIPT_TIMEOUT_S = 1800
 # or a call of its own to a script in a new process (importing torch, transformers and TRL takes 5 to 30 s).
 SLOW_FIXTURES = {"tiny_base", "sft_run", "rm_run", "ppo_run", "dpo_run", "grpo_run", "compare_run"}
 # What the libraries print that the scripts filter or explain (README, "Messages you will not see"): never in a run's
-# stderr (tests/test_ppo.py, tests/test_compare.py).
+# stderr (tests/test_ppo_run.py, tests/test_compare.py).
 LIBRARY_NOISE = ("is_gradient_checkpointing", "LOAD REPORT", "\x1b[", "pin_memory", "not sharded")
 # PPO from the base in compare_run: 4 updates of the tiny preset's 16 answers, enough for a row of the comparison
 # (the claim it tests is the README's, from a full run)
@@ -150,6 +151,12 @@ def run_main(script: str, *args, cwd: Path, stdin: str | bytes = "") -> subproce
         os.chdir(old_cwd)
         sys.stdin = old_stdin
     return subprocess.CompletedProcess([script, *map(str, args)], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def ppo_args(*args):
+    """train_ppo.py's parsed (script arguments, PPOConfig) for `args` under the tiny preset (test_ppo_algorithm.py,
+    test_ppo_run.py, test_trackers.py)."""
+    return cli.parse_args(train_ppo.make_parser(), train_ppo.TINY_PRESET, ["--tiny", *map(str, args)])
 
 
 def answer_log_likelihood(model, tokenizer, rows, column: str) -> float:

@@ -1,5 +1,5 @@
 """GRPO: its reward is PPO's score of the same token ids, then train_grpo.py --tiny end to end (its curves, the adapter
-loads; whether it learned: test_ppo.py's comparison), and its errors."""
+loads; whether it learned: test_compare.py's comparison), and its errors."""
 
 import json
 
@@ -105,7 +105,7 @@ def test_grpo_samples_as_ppo_does(sft_run, tmp_path):
 
 
 def test_grpo_logged_its_kl_and_curves(grpo_run):
-    """Whether GRPO learned is measured on the held-out questions, beside every other method (test_ppo.py's
+    """Whether GRPO learned is measured on the held-out questions, beside every other method (test_compare.py's
     comparison): its training reward, the mean score of each step's 16 answers to 4 questions, swings by up to 1.1
     from step to step with the questions drawn, more than the tiny run's 20 steps can gain (README, "GRPO, instead of
     PPO")."""

@@ -289,7 +289,7 @@ def test_sharded_configs_train_as_one_process_on_cpu_processes(
 PPO_SCORE_TOLERANCE = 0.15  # 4.3 standard deviations of the difference in mean score
 PPO_KL_FACTOR = 3  # ln 3 = 1.1: 3.9 standard deviations of the difference in log KL
 # Before the first step the policy is the SFT model (LoRA's B starts at 0), so its KL to the reference is 0 up to
-# rounding; summed over an answer's tokens, 1e-3 is what test_ppo.py allows one process.
+# rounding; summed over an answer's tokens, 1e-3 is what test_ppo_run.py allows one process.
 PPO_START_KL = 1e-3
 
 

@@ -10,11 +10,10 @@ import pytest
 import torch
 from accelerate.utils import LoggerType
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_ppo import ppo_args
 from transformers.integrations import integration_utils
 
 import train_ppo
-from conftest import run_main
+from conftest import ppo_args, run_main
 from hfppo import charts, errors, paths, ppo_saves, trackers, training
 
 TEXT_TAGS = ("eval/samples", "eval/reward_hacking")
