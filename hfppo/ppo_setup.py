@@ -1,6 +1,10 @@
 """PPO's set-up (train_ppo.py): the checks on its arguments and inputs before any model loads, the accelerator, the
 update's sizes, the models, and the prompts in their order. Not a script: train_ppo.py calls it, passing its
-ScriptArguments and PPOConfig as `script_args` and `config`."""
+ScriptArguments and PPOConfig as `script_args` and `config`.
+
+The one module of the package that imports the top-level common.py: it is train_ppo.py's set-up, moved out of the
+script, and calls the steps every stage takes alike (loading, the held-out split, the tokenizer checks) as the other
+stage scripts do."""
 
 import logging
 import math
