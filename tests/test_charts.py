@@ -1,5 +1,7 @@
 """TensorBoard run folders and charts: one folder per run, charts beside their run, readable at README width."""
 
+import math
+
 import pytest
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
@@ -81,3 +83,67 @@ def test_chart_is_beside_its_run_at_most_three_panels_a_row(tmp_path):
 
     four = charts.plot_scalars(run_dir, ["a", "b", "c", "d"], "PPO")
     assert Image.open(four).size == (2 * panel_width, 2 * panel_height)  # 2 x 2, not 3 + 1
+
+
+# An evaluation every 5 updates with its 95% interval, as PPO logs eval/score, beside a training series logged at
+# every update; and a Trainer's evaluations without bounds (DPO's held-out accuracy, which smoothing drew near 0.45).
+EVALUATED = [0, 5, 10, 15, 20]
+SCALARS = {
+    "objective/scores": [(update, 2 + math.sin(update)) for update in range(1, 21)],
+    "eval/score": list(zip(EVALUATED, [2.33, 2.468, 2.26, 2.891, 2.885])),
+    "eval/score_low": list(zip(EVALUATED, [2.1, 2.25, 2.02, 2.7, 2.71])),
+    "eval/score_high": list(zip(EVALUATED, [2.55, 2.69, 2.5, 3.08, 3.06])),
+    "eval/rewards/accuracies": list(zip(EVALUATED, [0.28, 0.31, 0.5, 0.64, 0.72])),
+}
+
+
+def band_edges(axes) -> dict[float, tuple[float, float]]:
+    """A panel's shaded band as step -> (lowest, highest) of its outline there."""
+    ((band,),) = [collection.get_paths() for collection in axes.collections]
+    edges = {}
+    for x, y in band.vertices:
+        low, high = edges.get(x, (y, y))
+        edges[x] = (min(low, y), max(high, y))
+    return edges
+
+
+def test_an_evaluation_is_drawn_as_its_values_with_its_band_and_training_series_smoothed():
+    tags = ["objective/scores", "eval/score", "eval/score_low", "eval/score_high", "eval/rewards/accuracies"]
+    figure = charts.draw_scalars(SCALARS, tags, "PPO", xlabel="update")
+    panels = {axes.get_title(): axes for axes in figure.axes}
+    assert list(panels) == ["objective/scores", "eval/score", "eval/rewards/accuracies"]  # the bounds are no panels
+
+    for tag in ("eval/score", "eval/rewards/accuracies"):
+        (line,) = panels[tag].get_lines()  # one line, its points marked: no smoothed line beside it
+        steps, values = zip(*SCALARS[tag])
+        assert (list(line.get_xdata()), list(line.get_ydata()), line.get_marker()) == (list(steps), list(values), "o")
+    assert band_edges(panels["eval/score"]) == {
+        step: (low, high) for (step, low), (_, high) in zip(SCALARS["eval/score_low"], SCALARS["eval/score_high"])
+    }
+    assert not panels["eval/rewards/accuracies"].collections  # no bounds logged, no band
+
+    raw, smooth = panels["objective/scores"].get_lines()
+    values = [value for _, value in SCALARS["objective/scores"]]
+    assert list(raw.get_ydata()) == values and list(smooth.get_ydata()) == charts.smoothed(values)
+    assert figure.get_suptitle().splitlines() == [
+        "PPO",
+        f"faint: every logged value; solid: smoothed as in TensorBoard ({charts.CHART_SMOOTHING})",
+        "points: each held-out evaluation, not smoothed; shaded: its 95% interval",
+    ]
+
+
+def test_a_chart_of_training_series_only_is_titled_as_before():
+    figure = charts.draw_scalars(SCALARS, ["objective/scores"], "SFT")
+    assert figure.get_suptitle() == (
+        f"SFT\nfaint: every logged value; solid: smoothed as in TensorBoard ({charts.CHART_SMOOTHING})"
+    )
+
+
+def test_a_run_that_logged_only_the_bounds_has_nothing_to_chart(tmp_path):
+    run_dir = tmp_path / "tensorboard" / "ppo" / STAMP
+    with SummaryWriter(run_dir) as writer:
+        for tag in ("eval/score", "eval/score_low", "eval/score_high"):
+            writer.add_scalar(tag, 1.0, 0)
+    with pytest.raises(errors.PipelineError, match="logged none of the scalars to chart"):
+        charts.plot_scalars(run_dir, ["eval/score_low", "eval/score_high"], "PPO")
+    assert charts.plot_scalars(run_dir, ["eval/score", "eval/score_low"], "PPO").is_file()
