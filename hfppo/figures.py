@@ -197,14 +197,25 @@ def rm_lines(report: dict) -> list[str]:
     return lines
 
 
-def ppo_eval_lines(report: dict) -> list[str]:
-    """train_ppo.py's held-out evaluation lines, as printed."""
-    return [
-        f"eval at update {e['update']}: score {e['eval/score']:+.3f}, judge {e['eval/judge_score']:+.2f} "
+def ppo_eval_line(e: dict) -> str:
+    """train_ppo.py's line for one held-out evaluation (`e`: its update and eval/* figures): the scores with their 95%
+    intervals in brackets, where the evaluation logged them (a report from before the intervals has none)."""
+
+    def figure(tag: str, places: int) -> str:
+        low, high = charts.band_tags(tag)
+        bounds = f" [{e[low]:+.{places}f}, {e[high]:+.{places}f}]" if low in e and high in e else ""
+        return f"{e[tag]:+.{places}f}{bounds}"
+
+    return (
+        f"eval at update {e['update']}: score {figure('eval/score', 3)}, judge {figure('eval/judge_score', 2)} "
         f"({e['eval/judged_rude']:.2f} judged rude), KL {e['eval/kl']:.3f}, "
         f"{e['eval/answer_length']:.1f} tokens, {e['eval/finished']:.2f} finished"
-        for e in report["evaluations"]
-    ]
+    )
+
+
+def ppo_eval_lines(report: dict) -> list[str]:
+    """train_ppo.py's held-out evaluation lines, as printed."""
+    return [ppo_eval_line(e) for e in report["evaluations"]]
 
 
 def transcript(folder: Path = REPORTS_DIR) -> str:

@@ -16,7 +16,20 @@ from peft import PeftModel
 from torch import nn
 from tqdm import tqdm
 
-from hfppo import charts, errors, hacking, hints, judge, paths, ppo_saves, sampling, trackers, training
+from hfppo import (
+    charts,
+    errors,
+    figures,
+    hacking,
+    hints,
+    intervals,
+    judge,
+    paths,
+    ppo_saves,
+    sampling,
+    trackers,
+    training,
+)
 from hfppo.meter import PhaseMeter
 from hfppo.ppo_setup import Plan
 
@@ -25,6 +38,8 @@ CHART_TAGS = [
     "eval/score", "eval/judge_score", "eval/kl", "eval/answer_length",
 ]  # fmt: skip
 EVAL_SAMPLES = 4  # held-out answers shown in TensorBoard's text tab at each evaluation
+# The held-out figures each evaluation logs with their 95% interval, its bounds beside them (charts.band_tags).
+INTERVAL_TAGS = ("eval/score", "eval/judge_score")
 
 
 @torch.no_grad()
@@ -36,9 +51,10 @@ def evaluate(
     config,
     accelerator,
 ) -> tuple[dict[str, float], dict[str, list]]:
-    """The policy on the held-out `prompts`: mean score (the reward model's, or reward_fn's; no missing_eos_penalty),
-    the lexicon judge's mean score and share judged rude, KL to the SFT model (k1, summed over each answer), mean
-    answer length in tokens, share finished at the stop token; and every question, answer and score.
+    """The policy on the held-out `prompts`: mean score (the reward model's, or reward_fn's; no missing_eos_penalty)
+    and the lexicon judge's, each with its 95% interval (with_intervals), the share judged rude, KL to the SFT model
+    (k1, summed over each answer), mean answer length in tokens, share finished at the stop token; and every
+    question, answer and score.
 
     Training's random streams are left as they were: the sampling draws from a fork of the RNG of the CPU and the
     training device, seeded with `config.seed` (every evaluation samples with the same seed, so the curves move with
@@ -67,9 +83,7 @@ def evaluate(
         kl = sampling.kl_to_reference(policy, batch, config.temperature, config.eval_batch_size)
     answers = sampling.answer_texts(tokenizer, batch)
     judged = judge.judge_scores(answers)
-    metrics = {
-        "eval/score": scores.mean().item(),
-        "eval/judge_score": judged.mean().item(),
+    metrics = with_intervals(dict(zip(INTERVAL_TAGS, (scores, judged))), len(prompts)) | {
         "eval/judged_rude": (judged > 0).float().mean().item(),
         "eval/kl": kl.mean().item(),
         "eval/answer_length": batch["lengths"].float().mean().item(),
@@ -77,6 +91,17 @@ def evaluate(
     }
     samples = {"answer": answers, "score": scores.tolist(), "judge": judged.tolist()}
     return metrics, samples
+
+
+def with_intervals(answers: dict[str, torch.Tensor], questions: int) -> dict[str, float]:
+    """Each tag's mean over the `questions` held-out questions of its per-answer values (`answers`, question by
+    question), and its 95% bootstrap interval's bounds under charts.band_tags (hfppo/intervals.py)."""
+    logged = {}
+    for tag, values in answers.items():
+        spread = intervals.interval(intervals.by_question(values.float().cpu(), questions))
+        low, high = charts.band_tags(tag)
+        logged |= {tag: spread.mean, low: spread.low, high: spread.high}
+    return logged
 
 
 def samples_markdown(questions: list[str], samples: dict[str, list], count: int) -> str:
@@ -242,11 +267,7 @@ def evaluate_and_log(update: int, run: Evaluation) -> None:
         return
     run.run_log.log(metrics, update)
     run.run_log.text("eval/samples", samples_markdown(run.rows["question"], samples, EVAL_SAMPLES), update)
-    tqdm.write(
-        f"eval at update {update}: score {metrics['eval/score']:+.3f}, judge {metrics['eval/judge_score']:+.2f} "
-        f"({metrics['eval/judged_rude']:.2f} judged rude), KL {metrics['eval/kl']:.3f}, "
-        f"{metrics['eval/answer_length']:.1f} tokens, {metrics['eval/finished']:.2f} finished"
-    )
+    tqdm.write(figures.ppo_eval_line(metrics | {"update": update}))
     if signs:
         line = hacking.alarm(signs, "the policy before training")
         tqdm.write(line)
@@ -315,16 +336,17 @@ def start_logging(
     if eval_prompts:
         accelerator.print(
             f"Evaluating on {len(eval_prompts)} held-out questions before the first update, every {plan.eval_every} "
-            "updates and after the last (eval/ in the trackers' scalars)."
+            "updates and after the last (eval/ in the trackers' scalars; the scores' 95% intervals in brackets)."
         )
     unwrapped = accelerator.unwrap_model(model)
     evaluation = Evaluation(
         unwrapped.policy, tokenizer, reward_fn, eval_prompts, eval_rows, config, accelerator, run_log
     )
-    # A resumed run's alarm compares with the run's own start, not with where it resumed; a checkpoint saved before
-    # the alarm compared answer by answer holds only means: the alarm then starts at this run's first evaluation.
-    if set(saved.get("eval_start", ())) == {field.name for field in fields(hacking.HeldOut)}:
-        evaluation.start = hacking.HeldOut(**saved["eval_start"])
+    evaluation.start, unusable = saved_alarm_start(saved, len(eval_prompts))
+    if unusable:
+        accelerator.print(
+            f"The reward-hacking alarm compares with this run's first evaluation: the checkpoint's start {unusable}."
+        )
     progress = tqdm(
         total=plan.num_updates * plan.sizes.batch,
         initial=plan.start_update * plan.sizes.batch,
@@ -332,6 +354,25 @@ def start_logging(
         disable=not accelerator.is_main_process,
     )
     return Logs(run_log, run_dir, tensorboard_run, evaluation, progress)
+
+
+def saved_alarm_start(saved: dict, questions: int) -> tuple[hacking.HeldOut | None, str | None]:
+    """The reward-hacking alarm's start that a resumed run reads from its checkpoint's progress (`saved`), so that the
+    alarm compares with the run's own start, not with where it resumed; or None, with why, where this run's
+    evaluations of `questions` held-out questions cannot be compared with it, answer by answer: a checkpoint saved
+    before the alarm compared answer by answer holds only means, and one saved under another --num_eval_questions
+    (a resume may change it) holds the answers to another number of questions. The alarm then starts at this run's
+    first evaluation. Without evaluation (`questions` 0) the start is kept, for the checkpoints this run saves."""
+    if "eval_start" not in saved:
+        return None, None
+    if set(saved["eval_start"]) != {field.name for field in fields(hacking.HeldOut)}:
+        return None, "holds means only (saved before the alarm compared answer by answer)"
+    start = hacking.HeldOut(**saved["eval_start"])
+    if questions and start.questions != questions:
+        return None, (
+            f"answered {start.questions} held-out questions, and this run evaluates {questions} (--num_eval_questions)"
+        )
+    return start, None
 
 
 def log_update(

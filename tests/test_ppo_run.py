@@ -152,8 +152,12 @@ def test_evaluation_leaves_training_bitwise_alike(tmp_path, sft_run, tiny_base, 
         "eval/answer_length",
         "eval/finished",
         "eval/hacking_signs",
+        *(bound for tag in ppo_monitor.INTERVAL_TAGS for bound in charts.band_tags(tag)),
     ):
         assert [step for step, _ in scalars["every"][tag]] == [0, 1, 2, 3], tag
+    for tag in ppo_monitor.INTERVAL_TAGS:  # each evaluation's 95% interval holds its mean
+        lows, highs = (scalars["every"][bound] for bound in charts.band_tags(tag))
+        assert all(low <= mean <= high for (_, low), (_, mean), (_, high) in zip(lows, scalars["every"][tag], highs))
     assert not [tag for tag in scalars["never"] if tag.startswith("eval/")]
     assert scalars["every"]["eval/kl"][0][1] == pytest.approx(0, abs=1e-6)  # the SFT model itself, before training
     assert scalars["every"]["eval/kl"][-1][1] > 0
