@@ -334,6 +334,7 @@ def start_logging(
         + (f"; resuming at update {plan.start_update} from {resume}" if resume else "")
     )
     if eval_prompts:
+        tensorboard_bands(run_log)
         accelerator.print(
             f"Evaluating on {len(eval_prompts)} held-out questions before the first update, every {plan.eval_every} "
             "updates and after the last (eval/ in the trackers' scalars; the scores' 95% intervals in brackets)."
@@ -354,6 +355,18 @@ def start_logging(
         disable=not accelerator.is_main_process,
     )
     return Logs(run_log, run_dir, tensorboard_run, evaluation, progress)
+
+
+def tensorboard_bands(run_log: trackers.Trackers | None) -> None:
+    """Lay out TensorBoard's Custom Scalars tab: each of INTERVAL_TAGS as a margin chart, the series with its 95% band
+    (its Scalars tab draws the bounds as series of their own, beside it). On the main process (`run_log`), once a run,
+    where TensorBoard is among the trackers."""
+    if run_log is None:
+        return
+    layout = {"eval": {tag: ["Margin", [tag, *charts.band_tags(tag)]] for tag in INTERVAL_TAGS}}
+    for tracker in run_log.accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.tracker.add_custom_scalars(layout)
 
 
 def saved_alarm_start(saved: dict, questions: int) -> tuple[hacking.HeldOut | None, str | None]:

@@ -8,9 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import Accelerator
 from datasets import Dataset
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar import layout_pb2
 
-from hfppo import figures, hacking, ppo_monitor
+from hfppo import charts, figures, hacking, ppo_monitor, trackers
 
 QUESTIONS = 35  # the tiny preset's held-out questions
 
@@ -132,3 +135,17 @@ def test_a_resumed_run_compares_with_the_start_its_checkpoint_saved():
 def test_a_start_the_run_cannot_compare_with_answer_by_answer_is_left_with_why(saved, why):
     """The alarm then starts at the run's first evaluation: its paired intervals need the same questions."""
     assert ppo_monitor.saved_alarm_start({"update": 2, "eval_start": saved}, 8) == (None, why)
+
+
+def test_tensorboards_custom_scalars_tab_draws_the_scores_with_their_bands(tmp_path):
+    run_log = trackers.start(Accelerator(), ["tensorboard"], "run", {}, tmp_path)
+    ppo_monitor.tensorboard_bands(run_log)
+    run_log.finish()
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    ((layout_event,),) = [events.Tensors(tag) for tag in events.Tags()["tensors"]]
+    (category,) = layout_pb2.Layout.FromString(layout_event.tensor_proto.string_val[0]).category
+    margins = {chart.title: chart.margin.series[0] for chart in category.chart}
+    assert list(margins) == list(ppo_monitor.INTERVAL_TAGS)
+    for tag, series in margins.items():
+        assert (series.value, series.lower, series.upper) == (tag, *charts.band_tags(tag))
