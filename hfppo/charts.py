@@ -165,11 +165,11 @@ def draw_scalars(scalars: dict[str, list[tuple[int, float]]], tags: list[str], t
         axes.grid(alpha=0.3)
     for axes in panels[len(tags) :]:  # the empty places of a last row that is not full
         axes.remove()
-    figure.suptitle("\n".join([title, *legend(scalars, tags)]))
+    figure.suptitle("\n".join([title, *chart_key(scalars, tags)]))
     return figure
 
 
-def legend(scalars: dict[str, list[tuple[int, float]]], tags: list[str]) -> list[str]:
+def chart_key(scalars: dict[str, list[tuple[int, float]]], tags: list[str]) -> list[str]:
     """The lines under a chart's title that say how its panels (`tags`) draw their series."""
     lines = []
     if not all(is_sparse(tag) for tag in tags):
