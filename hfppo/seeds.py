@@ -36,6 +36,7 @@ REQUIRED = tuple(key for key in KEYS if key != "mean_kl_to_sft")
 # The chosen answers' own figures on the same questions (report["chosen"]): the ceiling a perfect imitation reaches.
 CHOSEN = "chosen"
 CHOSEN_KEYS = ("judge_mean_score", "judge_share_rude")
+INTERVAL_ENDS = ("mean", "low", "high")  # an interval of the comparison's report, as hfppo/intervals.py's as_dict
 # What must be the same in every seed's report for their figures to be averaged: the questions and their sampling.
 SAMPLING = ("dataset", "questions", "samples_per_question", "seed", "temperature", "max_new_tokens")
 
@@ -75,12 +76,16 @@ def read_report(run: Path, seed: int) -> dict:
     """The comparison report of the run at `seed` in folder `run`, with a clear error where it is missing, is not
     JSON, or is not a comparison report."""
     path = run / REPORT
-    rerun = f"Rerun make seeds SEEDS={seed} (or compare.py --tiny in {run}) and read its output for what stopped it."
+    rerun = (
+        f"Write it again from that run's models (cd {run} && python {paths.ROOT / 'compare.py'} --tiny; it names "
+        "what is missing), then run this again; or rerun make seeds."
+    )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as error:
         raise errors.PipelineError(
-            f"{path}: no comparison report for seed {seed}; its run did not reach compare.py. {rerun}"
+            f"{path}: no comparison report for seed {seed}; its run stopped before compare.py (make seeds printed "
+            f"why). {rerun}"
         ) from error
     except json.JSONDecodeError as error:
         raise errors.PipelineError(
@@ -94,12 +99,33 @@ def read_report(run: Path, seed: int) -> dict:
             f"{path}, the report for seed {seed}, is not a comparison report (it has no metrics). {rerun}"
         )
     for name in (name for name in paths.METHODS if name in report["metrics"]):
-        absent = [key for key in REQUIRED if not isinstance(report["metrics"][name].get(key), int | float)]
+        m = report["metrics"][name]
+        absent = [key for key in REQUIRED if not isinstance(m.get(key), int | float)]
+        absent += [f"{part} {key}" for part in ("intervals", "vs_start") for key in malformed(m.get(part, {}))]
         if absent:
             raise errors.PipelineError(
                 f"{path}, the report for seed {seed}, has no {errors.join_names(absent)} for {name}. {rerun}"
             )
+    if malformed(report.get(CHOSEN, {})):
+        raise errors.PipelineError(
+            f"{path}, the report for seed {seed}, has no {errors.join_names(malformed(report[CHOSEN]))} for the "
+            f"chosen answers. {rerun}"
+        )
     return report
+
+
+def malformed(found) -> list[str]:
+    """The figures of a report's intervals (`found`: a figure's name to its {"mean", "low", "high"}; "start" names
+    the method a difference is from) that are not such an interval of numbers: every one, where `found` is no
+    mapping."""
+    if not isinstance(found, dict):
+        return ["intervals"]
+    return [
+        key
+        for key, value in found.items()
+        if key != "start"
+        and not (isinstance(value, dict) and all(isinstance(value.get(end), int | float) for end in INTERVAL_ENDS))
+    ]
 
 
 def check_sampling(reports: dict[int, dict]) -> None:

@@ -139,13 +139,25 @@ def test_a_report_without_intervals_shows_its_point_figures_and_says_so():
     assert row.endswith("+0.500 [+0.250, +0.750]    -                          1 above 0")
 
 
+def with_point_interval() -> dict:
+    """A report whose PPO difference in judged rude is a number, not an interval."""
+    report = comparison_report(1.0)
+    report["metrics"]["ppo"]["vs_start"]["judge_share_rude"] = 0.0625
+    return report
+
+
 @pytest.mark.parametrize(
     "content, problem",
     [
-        (None, "no comparison report for seed 1; its run did not reach compare.py"),
+        (None, "no comparison report for seed 1; its run stopped before compare.py"),
         ('{"metrics": {', "the comparison report for seed 1, is damaged: Expecting property name"),
         ("[1, 2]", "the report for seed 1, is not a comparison report (it has no metrics)"),
         (json.dumps({"metrics": {"sft": {"mean_reward": 1.0}}}), "has no judge_mean_score, judge_share_rude, "),
+        (json.dumps(with_point_interval()), "has no vs_start judge_share_rude for ppo"),
+        (
+            json.dumps(comparison_report(1.0) | {"chosen": {"judge_share_rude": {"mean": 0.3}}}),
+            "has no judge_share_rude for the chosen answers",
+        ),
     ],
 )
 def test_a_missing_or_damaged_report_is_named_with_what_to_do(tmp_path, capsys, content, problem):
@@ -155,7 +167,7 @@ def test_a_missing_or_damaged_report_is_named_with_what_to_do(tmp_path, capsys, 
     assert status == 1
     message = " ".join(stderr.split())
     assert message.startswith(f"error: {tmp_path / '1' / seeds.REPORT}")
-    assert problem in message and "Rerun make seeds SEEDS=1" in message
+    assert problem in message and f"cd {tmp_path / '1'} && python {paths.ROOT / 'compare.py'} --tiny" in message
     assert not (tmp_path / figures.SEEDS_REPORT).exists()
 
 
