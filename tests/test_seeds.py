@@ -4,6 +4,8 @@ damaged or without intervals, and the table docs/results.md quotes (hfppo/figure
 
 import json
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -207,3 +209,23 @@ def test_the_seeds_block_renders_from_the_report(tmp_path):
     assert "| PPO | 3 | +3.500 ± 1.000 |" in body
     assert re.search(r"\| PPO − SFT \| reward model \| (\+0\.500 \[\+0\.250, \+0\.750\] \| ){3}3 above 0 \|", body)
     assert figures.stale_blocks(text, "page.md", tmp_path) == []
+
+
+TRAINING_SCRIPTS = {"train_rm.py", "train_sft.py", "train_ppo.py", "train_dpo.py", "train_grpo.py"}
+
+
+def demo_commands(tmp_path, *variables) -> list[str]:
+    """The Python commands of make's demo-run, as make -n prints them (nothing runs), with `variables` set."""
+    make = [shutil.which("make"), "-n", "-f", paths.ROOT / "Makefile", "demo-run", "PYTHON=python", "SRC=", *variables]
+    printed = subprocess.run(make, cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    return [line for line in printed.splitlines() if re.search(r"python \w+\.py", line)]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_a_seeds_run_trains_every_stage_at_its_seed_and_samples_the_comparison_alike(tmp_path):
+    commands = demo_commands(tmp_path, "SEED_FLAG=--seed 7")
+    training = [line for line in commands if re.search(r"train_\w+\.py", line)]
+    assert {re.search(r"train_\w+\.py", line).group() for line in training} == TRAINING_SCRIPTS
+    assert all(line.endswith(" --seed 7") for line in training)
+    assert [line for line in commands if "--seed" in line] == training  # compare.py samples at its own seed
+    assert not any("--seed" in line for line in demo_commands(tmp_path))  # make demo: each stage's default
