@@ -9,6 +9,7 @@ A page quotes a report between two markers, each on a line of its own:
 
 `make figures` runs the demo in a temporary folder, copies its reports here (collect) and rewrites every block
 (python -m hfppo.figures RUN_DIR); tests/test_figures.py fails when a block differs from what its report renders.
+`make seeds` writes one more, seeds.json, over several runs of the demo (hfppo/seeds.py), and rewrites the blocks.
 """
 
 import contextlib
