@@ -400,17 +400,17 @@ def seed_rows(report: dict, typeset: bool) -> list[list[str]]:
 
 
 def difference_rows(report: dict, keys, typeset: bool) -> list[list[str]]:
-    """For each method with a start and each figure of `keys` its difference has: the method less its start, the
-    figure, each seed's difference with its paired interval, and how many of them lie above or below 0."""
+    """For each method with a start and each figure of `keys` that both it and its start have: the method less its
+    start, the figure, each seed's difference with its paired interval ("-" where a seed's report has none), and how
+    many of them lie above or below 0."""
     rows = []
     for name, m in report["methods"].items():
         if m["start"] is None:
             continue
         label = f"{paths.METHODS[name].label} {MINUS if typeset else '-'} {paths.METHODS[m['start']].label}"
         per_seed = [m["vs_start"].get(str(seed)) for seed in report["seeds"]]
-        for key in keys:
-            if not any(found and key in found for found in per_seed):
-                continue
+        start_figures = report["methods"].get(m["start"], {"figures": {}})["figures"]
+        for key in (key for key in keys if key in m["figures"] and key in start_figures):
             found = [found.get(key) if found else None for found in per_seed]
             rows.append(
                 [label, SEED_FIGURES[key][0], *(difference(key, f, typeset) for f in found), across_seeds(found)]
@@ -434,7 +434,7 @@ def seeds_notes(report: dict) -> list[str]:
         seeds = errors.join_names([str(seed) for seed in bare])
         notes.append(
             f"{f'Seed {seeds} has' if len(bare) == 1 else f'Seeds {seeds} have'} point figures only, no intervals "
-            f"(their comparison was written by a compare.py without them): {NO_INTERVAL} in their cells. Rerun make "
+            f"(written by a compare.py without them): {NO_INTERVAL} in the cells of their differences. Rerun make "
             "seeds for them."
         )
     return notes

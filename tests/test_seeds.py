@@ -100,6 +100,20 @@ def test_one_seed_has_no_sd():
     assert "+2.500 ± -" in figures.seeds_tables(report).replace(figures.MINUS, "-")
 
 
+def test_without_any_intervals_every_difference_is_still_listed_as_missing():
+    report = seeds.aggregate({7: comparison_report(0.0, with_intervals=False)}, "runs")
+    lines = figures.seeds_lines(report)
+    differences = lines[lines.index(figures.DIFFERENCES_TITLE) + 2 :]
+    listed = [line.split()[:-2] for line in differences if line.endswith(" -")]
+    assert listed == [
+        ["SFT", "-", "base", "reward", "model"], ["judge", "score"], ["judged", "rude"], ["tokens"], ["finished"],
+        ["PPO", "-", "SFT", "reward", "model"], ["judge", "score"], ["judged", "rude"], ["tokens"], ["finished"],
+    ]  # fmt: skip
+    assert differences[len(listed)] == "Seed 7 has point figures only, no intervals (written by a compare.py " + (
+        "without them): - in the cells of their differences. Rerun make seeds for them."
+    )
+
+
 def test_each_seeds_paired_intervals_are_kept_by_seed():
     report = aggregated()
     assert report["seeds"] == [42, 1, 2]
