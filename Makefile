@@ -2,6 +2,8 @@
 # make test: the test suite, one worker per core. make figures: the README's charts in imgs/, from tiny runs of every
 # stage in a temporary folder.
 # make test-fast: the tests that build and train no model (under a minute), for the edit-test loop.
+# make seeds SEEDS="42 1 2": every stage of the tiny preset at each training seed, then every method's figures as
+# mean ± sd across the seeds, with each seed's intervals.
 # Each sets up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
 # This file, for the demo's own make calls from any folder
 MAKEFILE := $(abspath $(firstword $(MAKEFILE_LIST)))
@@ -21,13 +23,16 @@ DEMO_STEPS := demo-sft demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm
 # GNU make 4 prints each step's output whole; an older make (macOS ships 3.81) interleaves it.
 DEMO_OUTPUT := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 
-.PHONY: demo demo-run demo-real $(DEMO_STEPS) test test-fast figures browser clean
+.PHONY: demo demo-run demo-real $(DEMO_STEPS) test test-fast figures seeds browser clean
 
 demo: $(VENV)/installed
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) demo-run
 
+# --seed N for every training stage: make seeds sets it for each seed's run; empty, each stage's default (42).
+SEED_FLAG :=
+
 demo-run:
-	$(PYTHON) $(SRC)train_rm.py --tiny
+	$(PYTHON) $(SRC)train_rm.py --tiny $(SEED_FLAG)
 	@echo "== then SFT, PPO, PPO from the base, DPO, GRPO, the reward model's evaluations and a chat with the base and"
 	@echo "   SFT models, two at a time on one core each (about 2.5 minutes; each one's output shows when it ends)"
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) -j2 $(DEMO_OUTPUT) $(DEMO_STEPS)
@@ -37,15 +42,15 @@ demo-run:
 $(DEMO_STEPS): export OMP_NUM_THREADS = 1
 demo-ppo demo-dpo demo-grpo demo-chat-sft: demo-sft
 demo-sft:
-	$(PYTHON) $(SRC)train_sft.py --tiny
+	$(PYTHON) $(SRC)train_sft.py --tiny $(SEED_FLAG)
 demo-ppo-base:
-	$(PYTHON) $(SRC)train_ppo.py --tiny --from_base
+	$(PYTHON) $(SRC)train_ppo.py --tiny --from_base $(SEED_FLAG)
 demo-ppo:
-	$(PYTHON) $(SRC)train_ppo.py --tiny
+	$(PYTHON) $(SRC)train_ppo.py --tiny $(SEED_FLAG)
 demo-dpo:
-	$(PYTHON) $(SRC)train_dpo.py --tiny
+	$(PYTHON) $(SRC)train_dpo.py --tiny $(SEED_FLAG)
 demo-grpo:
-	$(PYTHON) $(SRC)train_grpo.py --tiny
+	$(PYTHON) $(SRC)train_grpo.py --tiny $(SEED_FLAG)
 demo-rm:
 	@echo "== the reward model on its held-out pairs"
 	$(PYTHON) $(SRC)eval_rm.py --tiny < /dev/null
@@ -99,6 +104,29 @@ figures: $(VENV)/installed
 	cp $$tmp/checkpoint/ppo/methods.png imgs/ && \
 	$(PYTHON) -m hfppo.figures $$tmp && \
 	rm -rf $$tmp
+
+# Every stage of the tiny preset at each seed of SEEDS, each seed's run (make demo's, --seed on the reward model, SFT,
+# PPO, PPO from the base, DPO and GRPO) in a folder of its own, checkpoint/seeds/<seed>/, which a rerun trains again.
+# The tiny base and the comparison's sampling (compare.py --seed 42) are the same at every seed, so the seeds differ by
+# their training alone. One seed after another, each running two steps at a time on one thread each, as make demo
+# does: two seeds at once on 2 cores would thrash. Then hfppo/seeds.py prints every method's figures as mean ± sd
+# across the seeds, with each seed's paired intervals, and writes docs/reports/seeds.json, which docs/results.md quotes
+# (rewritten by hfppo/figures.py). About 3 minutes a seed on 2 idle cores.
+SEEDS ?= 42 1 2
+SEEDS_DIR := checkpoint/seeds
+seeds: $(VENV)/installed
+	@for seed in $(SEEDS); do case $$seed in *[!0-9]*) \
+		echo "make seeds: SEEDS=\"$(SEEDS)\" holds $$seed, which is not a seed (a whole number, 0 or more)." >&2; \
+		exit 2;; esac; done
+	$(if $(SEEDS),,$(error make seeds: SEEDS is empty; give the training seeds, as in make seeds SEEDS="42 1 2"))
+	$(if $(filter-out $(words $(SEEDS)),$(words $(sort $(SEEDS)))),$(error make seeds: SEEDS="$(SEEDS)" repeats a seed))
+	for seed in $(SEEDS); do \
+		echo "== seed $$seed: every stage in $(SEEDS_DIR)/$$seed" && mkdir -p $(SEEDS_DIR)/$$seed && \
+		$(MAKE) --no-print-directory -C $(SEEDS_DIR)/$$seed -f $(MAKEFILE) demo-run PYTHON=$(abspath $(PYTHON)) \
+			SRC=$(CURDIR)/ SEED_FLAG="--seed $$seed" || exit 1; \
+	done
+	$(PYTHON) -m hfppo.seeds --seeds $(SEEDS) --runs_dir $(SEEDS_DIR) --output_file docs/reports/seeds.json
+	$(PYTHON) -m hfppo.figures
 
 test-fast: $(VENV)/installed
 	$(PYTHON) -m pytest -m "not slow"

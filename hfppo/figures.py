@@ -9,6 +9,7 @@ A page quotes a report between two markers, each on a line of its own:
 
 `make figures` runs the demo in a temporary folder, copies its reports here (collect) and rewrites every block
 (python -m hfppo.figures RUN_DIR); tests/test_figures.py fails when a block differs from what its report renders.
+`make seeds` writes one more, seeds.json, over several runs of the demo (hfppo/seeds.py), and rewrites the blocks.
 """
 
 import contextlib
@@ -18,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from hfppo import audit, charts, errors, paths
+from hfppo import audit, charts, errors, intervals, paths
 
 REPORTS_DIR = paths.ROOT / "docs" / "reports"
 # The pages that may quote a report: the README and every page of docs/.
@@ -29,6 +30,7 @@ COPIED = {
     "rm.json": Path("checkpoint/rm") / paths.METRICS_FILE,
     "rm_styles.json": Path("checkpoint/rm_style_metrics.json"),
 }
+SEEDS_REPORT = "seeds.json"  # make seeds' table over training seeds (hfppo/seeds.py), written there directly
 PPO_EVALS = "ppo_evals.json"  # PPO's held-out evaluations, read from its TensorBoard scalars (eval/*)
 # The comparison's answers to the first questions, as many as it prints (compare.py --num_examples, default 1): the
 # others are quoted nowhere, and would make the committed report a hundred times longer.
@@ -345,6 +347,165 @@ SEEDS_HEADER = (
 )
 
 
+# The table over training seeds of `make seeds` (hfppo/seeds.py's report): each figure's name in its columns, its
+# digits, and whether it is shown with its sign (the scores; the shares, lengths and KL are never negative).
+SEED_FIGURES = {
+    "mean_reward": ("reward model", 3, True),
+    "judge_mean_score": ("judge score", 3, True),
+    "judge_share_rude": ("judged rude", 3, False),
+    "mean_answer_tokens": ("tokens", 1, False),
+    "share_finished": ("finished", 3, False),
+    "mean_kl_to_sft": ("KL to SFT", 2, False),
+}
+# The differences docs/results.md quotes per seed: those the verdicts read (the console shows every one).
+VERDICT_FIGURES = ("mean_reward", "judge_mean_score", "judge_share_rude")
+CHOSEN_LABEL = "the chosen answers"  # the data's own answers to the same questions: the judge's ceiling
+NO_INTERVAL = "-"  # a seed whose report has no intervals, or a figure with no spread (one seed)
+# The printed table's columns: a row's label (the longest, "the chosen answers"), a mean ± sd ("+2.016 ± 0.120"), and
+# a difference with its interval ("+0.530 [+0.210, +0.850]") or its label ("PPO from the base - base").
+LABEL_WIDTH, FIGURE_WIDTH, DIFFERENCE_WIDTH = 20, 16, 26
+
+
+def seed_figure(key: str, value: float, typeset: bool, sign: bool | None = None) -> str:
+    """A figure of the table over seeds, in its digits, signed where it is a score (or `sign` says), the minus typeset
+    for the docs."""
+    _, digits, signed_figure = SEED_FIGURES[key]
+    text = f"{value:+.{digits}f}" if (signed_figure if sign is None else sign) else f"{value:.{digits}f}"
+    return text.replace("-", MINUS) if typeset else text
+
+
+def mean_sd(key: str, spread: dict, typeset: bool) -> str:
+    """A figure's mean ± sd across seeds ("+2.016 ± 0.120"); the sd "-" for one seed."""
+    sd = NO_INTERVAL if spread["sd"] is None else seed_figure(key, spread["sd"], typeset, sign=False)
+    return f"{seed_figure(key, spread['mean'], typeset)} ± {sd}"
+
+
+def difference(key: str, found: dict | None, typeset: bool) -> str:
+    """A seed's difference from the start, with its paired 95% interval: "+0.530 [+0.210, +0.850]"."""
+    if found is None:
+        return NO_INTERVAL
+    low, high = (seed_figure(key, found[end], typeset, sign=True) for end in ("low", "high"))
+    return f"{seed_figure(key, found['mean'], typeset, sign=True)} [{low}, {high}]"
+
+
+def across_seeds(found: list[dict | None]) -> str:
+    """How many seeds' paired intervals lie above 0, below 0, or hold it: "2 above 0, 1 holds 0"."""
+    signs = [intervals.Interval(**f).sign for f in found if f is not None]
+    counts = [(signs.count(1), "above 0"), (signs.count(-1), "below 0"), (signs.count(0), "holds 0")]
+    words = [f"{n} {what if n == 1 or what != 'holds 0' else 'hold 0'}" for n, what in counts if n]
+    return ", ".join(words) or NO_INTERVAL
+
+
+def seed_rows(report: dict, typeset: bool) -> list[list[str]]:
+    """Each method's row of mean ± sd across seeds (its label, its number of seeds, a cell a figure), then the chosen
+    answers' where the reports have them."""
+    rows = []
+    for name, m in report["methods"].items():
+        cells = [mean_sd(key, m["figures"][key], typeset) if key in m["figures"] else "" for key in SEED_FIGURES]
+        rows.append([paths.METHODS[name].label, str(len(m["seeds"])), *cells])
+    if "chosen" in report:
+        chosen = report["chosen"]
+        cells = [mean_sd(key, chosen[key], typeset) if key in chosen else "" for key in SEED_FIGURES]
+        rows.append([CHOSEN_LABEL, str(len(report["seeds"])), *cells])
+    return rows
+
+
+def difference_rows(report: dict, keys, typeset: bool) -> list[list[str]]:
+    """For each method with a start and each figure of `keys` that both it and its start have: the method less its
+    start, the figure, each seed's difference with its paired interval ("-" where a seed's report has none), and how
+    many of them lie above or below 0."""
+    rows = []
+    for name, m in report["methods"].items():
+        if m["start"] is None:
+            continue
+        label = f"{paths.METHODS[name].label} {MINUS if typeset else '-'} {paths.METHODS[m['start']].label}"
+        per_seed = [m["vs_start"].get(str(seed)) for seed in report["seeds"]]
+        start_figures = report["methods"].get(m["start"], {"figures": {}})["figures"]
+        for key in (key for key in keys if key in m["figures"] and key in start_figures):
+            found = [found.get(key) if found else None for found in per_seed]
+            rows.append(
+                [label, SEED_FIGURES[key][0], *(difference(key, f, typeset) for f in found), across_seeds(found)]
+            )
+            label = ""
+    return rows
+
+
+def seeds_notes(report: dict) -> list[str]:
+    """What the tables leave out: the methods a seed's report lacks, and the seeds whose reports have no intervals."""
+    notes = []
+    for seed, absent in report["missing"].items():
+        for name, command in absent.items():
+            make = f" (made by {command})" if command else ""
+            notes.append(
+                f"{paths.METHODS[name].label} is not in seed {seed}'s comparison{make}: its figures are over the "
+                "other seeds."
+            )
+    bare = report["without_intervals"]
+    if bare:
+        seeds = errors.join_names([str(seed) for seed in bare])
+        notes.append(
+            f"{f'Seed {seeds} has' if len(bare) == 1 else f'Seeds {seeds} have'} point figures only, no intervals "
+            f"(written by a compare.py without them): {NO_INTERVAL} in the cells of their differences. Rerun make "
+            "seeds for them."
+        )
+    return notes
+
+
+def seeds_title(report: dict) -> str:
+    """What the table over seeds averages: the training seeds, and how each seed's comparison sampled."""
+    s = report["sampling"]
+    each = f", {s['samples_per_question']} answers each" if s.get("samples_per_question") else ", one answer each"
+    return (
+        f"Training seeds {errors.join_names([str(seed) for seed in report['seeds']])} (make seeds), each compared on "
+        f"{s['questions']} questions{each}, sampled at temperature {s['temperature']}, seed {s['seed']}; mean ± sd "
+        "across the seeds:"
+    )
+
+
+DIFFERENCES_TITLE = (
+    "Each seed's difference from the method's start, with its paired 95% interval over the same questions:"
+)
+
+
+def seeds_lines(report: dict) -> list[str]:
+    """The table over seeds as `python -m hfppo.seeds` prints it: mean ± sd, then every difference per seed."""
+    header = ["method", "seeds", *(label for label, _, _ in SEED_FIGURES.values())]
+    widths = [LABEL_WIDTH, len("seeds"), *(FIGURE_WIDTH for _ in SEED_FIGURES)]
+    lines = [seeds_title(report)]
+    for row in [header, *seed_rows(report, typeset=False)]:
+        cells = [f"{row[0]:<{widths[0]}}", *(f"{cell:>{width}}" for cell, width in zip(row[1:], widths[1:]))]
+        lines.append(" ".join(cells).rstrip())
+    header = ["", "", *(f"seed {seed}" for seed in report["seeds"]), "across seeds"]
+    widths = [DIFFERENCE_WIDTH, len("reward model"), *(DIFFERENCE_WIDTH for _ in report["seeds"]), 0]
+    lines += ["", DIFFERENCES_TITLE]
+    for row in [header, *difference_rows(report, SEED_FIGURES, typeset=False)]:
+        lines.append(" ".join(f"{cell:<{width}}" for cell, width in zip(row, widths)).rstrip())
+    return lines + seeds_notes(report)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def seeds_tables(report: dict) -> str:
+    """The table over seeds for docs/results.md: mean ± sd, then each seed's differences the verdicts read."""
+    header = ["method", "seeds", *(label for label, _, _ in SEED_FIGURES.values())]
+    lines = [seeds_title(report), "", *markdown_table(header, seed_rows(report, typeset=True))]
+    header = ["difference", "figure", *(f"seed {seed}" for seed in report["seeds"]), "across seeds"]
+    lines += [
+        "",
+        DIFFERENCES_TITLE,
+        "",
+        *markdown_table(header, difference_rows(report, VERDICT_FIGURES, typeset=True)),
+    ]
+    notes = seeds_notes(report)
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
 def code_block(lines: list[str]) -> str:
     return "```\n" + "\n".join(lines) + "\n```\n"
 
@@ -360,6 +521,7 @@ BLOCKS = {
     "ppo-run": lambda folder: ppo_run_summary(load(PPO_EVALS, folder), load("compare.json", folder)),
     "from-base": lambda folder: from_base_summary(load("compare.json", folder)),
     "rm-summary": lambda folder: rm_summary(load("rm.json", folder), load("rm_styles.json", folder)),
+    "seeds": lambda folder: seeds_tables(load(SEEDS_REPORT, folder)),
     "seed-row": lambda folder: seed_row(
         load("rm.json", folder), load("rm_styles.json", folder), load("compare.json", folder)
     ),

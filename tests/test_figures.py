@@ -16,6 +16,7 @@ EXPECTED_BLOCKS = {
         "rm-summary",
         "ppo-summary",
         "seed-row",
+        "seeds",
         "compare-table-cost",
         "compare-agreement",
     ],
