@@ -160,6 +160,8 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments, probes: list[dict] | N
         f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
         f"{metrics['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way"
     )
+    metrics |= judge.judge_audit(rows["chosen"], rows["rejected"])
+    print("\n".join(judge.audit_lines(metrics)))
     report = {"model_path": args.model_path, "dataset": dataset, "pairs": len(rows), "skipped_pairs": skipped}
     if probes is not None:
         findings = audit_model(model, tokenizer, args, rows, chosen, rejected, probes)
