@@ -1,6 +1,7 @@
 """Score answers with the reward model: how often it prefers the chosen answer, and by how much; beside it, the
-lexicon judge (judge.judge_score), a second opinion no stage trained on, and how often the two agree; then an audit
-(hfppo/audit.py) of whether the score follows the style or a shortcut PPO can take: shorter answers, non-answers.
+lexicon judge (judge.judge_score), a second opinion no stage trained on, how often the two agree, and the judge's
+recall and false positives (judge.judge_audit); then an audit (hfppo/audit.py) of whether the score follows the style
+or a shortcut PPO can take: shorter answers, non-answers.
 
     python eval_rm.py                               # the held-out pairs train_rm.py saved: examples, then metrics
     python eval_rm.py --dataset_name my_prefs.jsonl # the same metrics on any preference file or hub dataset
