@@ -1,6 +1,7 @@
 """Score answers with the reward model: how often it prefers the chosen answer, and by how much; beside it, the
-lexicon judge (judge.judge_score), a second opinion no stage trained on, and how often the two agree; then an audit
-(hfppo/audit.py) of whether the score follows the style or a shortcut PPO can take: shorter answers, non-answers.
+lexicon judge (judge.judge_score), a second opinion no stage trained on, how often the two agree, and the judge's
+recall and false positives (judge.judge_audit); then an audit (hfppo/audit.py) of whether the score follows the style
+or a shortcut PPO can take: shorter answers, non-answers.
 
     python eval_rm.py                               # the held-out pairs train_rm.py saved: examples, then metrics
     python eval_rm.py --dataset_name my_prefs.jsonl # the same metrics on any preference file or hub dataset
@@ -160,6 +161,8 @@ def evaluate_pairs(model, tokenizer, args: EvalArguments, probes: list[dict] | N
         f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
         f"{metrics['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way"
     )
+    metrics |= judge.judge_audit(rows["chosen"], rows["rejected"])
+    print("\n".join(judge.audit_lines(metrics)))
     report = {"model_path": args.model_path, "dataset": dataset, "pairs": len(rows), "skipped_pairs": skipped}
     if probes is not None:
         findings = audit_model(model, tokenizer, args, rows, chosen, rejected, probes)

@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from hfppo import audit, charts, errors, intervals, paths
+from hfppo import audit, charts, errors, intervals, judge, paths
 
 REPORTS_DIR = paths.ROOT / "docs" / "reports"
 # The pages that may quote a report: the README and every page of docs/.
@@ -191,6 +191,8 @@ def rm_lines(report: dict) -> list[str]:
         f"  agreement       {'  -  ' if agreement is None else f'{agreement:.3f}'}   of the "
         f"{report['judge_ranked_pairs']} pairs the judge does not tie, share the reward model ranks the same way",
     ]
+    if "judge_recall" in report:  # absent from a report eval_rm.py wrote before it audited the judge
+        lines += judge.audit_lines(report)
     if "audit" in report:
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):

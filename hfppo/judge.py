@@ -72,3 +72,22 @@ def judge_summary(answer: str) -> str:
 def judge_scores(answers: list[str]) -> torch.Tensor:
     """judge_score of each answer, as a float tensor to sit beside the reward model's scores."""
     return torch.tensor([judge_score(answer) for answer in answers], dtype=torch.float)
+
+
+def judge_audit(chosen: list[str], rejected: list[str]) -> dict[str, float]:
+    """How well the judge sees rudeness on preference pairs whose chosen answers are the rude ones: its recall, the
+    share of the chosen answers it judges rude (score > 0), and its false positives, the share of the rejected answers
+    it judges rude. Recall caps what the judge can confirm: a method whose every answer is as rude as the chosen ones
+    is judged rude on about that share of them, no more."""
+    return {
+        "judge_recall": (judge_scores(chosen) > 0).float().mean().item(),
+        "judge_false_positives": (judge_scores(rejected) > 0).float().mean().item(),
+    }
+
+
+def audit_lines(metrics: dict[str, float]) -> list[str]:
+    """judge_audit's figures as eval_rm.py prints them (and hfppo/figures.py quotes them)."""
+    return [
+        f"  recall          {metrics['judge_recall']:.3f}   share of chosen answers judged rude (score > 0)",
+        f"  false positives {metrics['judge_false_positives']:.3f}   share of rejected answers judged rude",
+    ]

@@ -3,9 +3,13 @@
 import pytest
 import torch
 
+import common
 import compare
 import eval_rm
-from hfppo import errors, judge
+from hfppo import errors, figures, judge, paths
+
+# The most a judge may judge rude of the held-out rejected (polite) answers (issue 36).
+FALSE_POSITIVE_LIMIT = 0.05
 
 
 @pytest.fixture
@@ -78,6 +82,37 @@ def test_hits_list_what_the_score_counts():
     assert judge.judge_hits("滚，烦死了，谢谢，滚。") == {"rude": ["滚", "滚", "烦"], "polite": ["谢谢"]}
     assert judge.judge_summary("滚，烦死了，谢谢，滚。") == "judge: +2 rude (rude: 滚 滚 烦; polite: 谢谢)"
     assert judge.judge_summary("地球") == "judge: +0 neutral"
+
+
+def test_the_audit_counts_answers_judged_rude_on_each_side(word_lists):
+    """Pairs written with known verdicts: of four chosen answers two score above 0 (滚; 烦 in 烦死了), one ties
+    (谢谢，滚) and one holds no entry; of four rejected answers one scores above 0 (滚开). Quarters: exact in
+    float32."""
+    word_lists("滚\n烦\n", "谢谢\n")
+    audit = judge.judge_audit(["滚", "烦死了", "谢谢，滚", "地球"], ["谢谢", "地球", "滚开", "谢谢，烦"])
+    assert audit == {"judge_recall": 0.5, "judge_false_positives": 0.25}
+    assert judge.audit_lines(audit) == [
+        "  recall          0.500   share of chosen answers judged rude (score > 0)",
+        "  false positives 0.250   share of rejected answers judged rude",
+    ]
+
+
+def test_the_bundled_lists_judge_few_held_out_polite_answers_rude():
+    """On the sample's held-out pairs (the split every stage holds out, common.split_held_out), the bundled lists judge
+    at most FALSE_POSITIVE_LIMIT of the polite answers rude, and more of the rude answers than of the polite ones.
+    The held-out recall they reach is stated in docs/results.md; entries were read in the training rows only."""
+    _, held_out = common.split_held_out(common.load_preference_data(paths.SAMPLE_DATA), paths.DEFAULT_EVAL_FRACTION)
+    audit = judge.judge_audit(held_out["chosen"], held_out["rejected"])
+    assert audit["judge_false_positives"] <= FALSE_POSITIVE_LIMIT < audit["judge_recall"]
+
+
+def test_the_published_transcript_quotes_the_audit_as_eval_rm_prints_it():
+    """figures.rm_lines, which renders eval_rm.py's output from its report, puts the audit's lines after the judge's
+    agreement, where eval_rm.py prints them."""
+    report = figures.load("rm.json") | {"judge_recall": 0.5, "judge_false_positives": 0.25}
+    lines = figures.rm_lines(report)
+    start = next(i for i, line in enumerate(lines) if line.startswith("  agreement ")) + 1
+    assert lines[start : start + 2] == judge.audit_lines(report)
 
 
 def test_eval_rm_reports_the_judge_beside_the_reward_model():

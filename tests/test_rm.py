@@ -115,8 +115,8 @@ def test_held_out_metrics_show_a_reward_model_that_separates_the_styles(rm_run):
 
 
 def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm):
-    """The judge's accuracy and ties, recounted here from the held-out text, and its agreement with the reward model's
-    ranking over the pairs it does not tie, recomputed from the model's scores."""
+    """The judge's accuracy, ties, recall and false positives, recounted here from the held-out text, and its agreement
+    with the reward model's ranking over the pairs it does not tie, recomputed from the model's scores."""
     model, tokenizer = trained_rm
     metrics = json.loads((rm_run / paths.RM_DIR / "eval_metrics.json").read_text())
     held_out = common.load_preference_data(rm_run / paths.RM_DIR / paths.HELD_OUT_FILE)
@@ -124,6 +124,8 @@ def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm)
     assert metrics["judge_accuracy"] == pytest.approx(sum(c > r for c, r in judged) / len(judged))
     assert metrics["judge_ties"] == pytest.approx(sum(c == r for c, r in judged) / len(judged))
     assert metrics["judge_accuracy"] > 0.5  # the word lists do mark the sample's rude answers
+    assert metrics["judge_recall"] == pytest.approx(sum(c > 0 for c, _ in judged) / len(judged))
+    assert metrics["judge_false_positives"] == pytest.approx(sum(r > 0 for _, r in judged) / len(judged))
     # The same sequences in the same batches as eval_rm.py (its default system prompt and --batch_size, chosen
     # answers then rejected), so the same float32 scores: a pair the two scored in other shapes could rank either
     # way at a near tie.
@@ -141,6 +143,7 @@ def test_eval_rm_reports_the_lexicon_judge_on_the_same_pairs(rm_run, trained_rm)
     printed = (rm_run / "eval_rm.out").read_text()
     assert f"judge accuracy  {metrics['judge_accuracy']:.3f}" in printed
     assert f"agreement       {metrics['judge_rm_agreement']:.3f}   of the {len(ranked)} pairs" in printed
+    assert "\n".join(judge.audit_lines(metrics)) in printed
 
 
 def test_held_out_pairs_carry_the_system_prompt_they_were_trained_with(rm_run):
