@@ -194,6 +194,11 @@ def test_the_tiny_preset_samples_several_answers_and_the_real_run_one():
     assert real.samples_per_question == 1
 
 
+def test_the_help_states_what_an_answer_per_question_costs():
+    help_text = " ".join(compare.make_parser().format_help().split())  # argparse formats every help string
+    assert "--samples_per_question" in help_text and "Each answer is one generation" in help_text
+
+
 def test_identical_answers_give_no_clear_difference_and_an_interval_holding_0():
     # the same answers twice (the judge: rude on half of them); a paired interval of exactly 0
     metrics, checks = compared({name: answers(spread(1.0), judge=spread(0.0)) for name in ("base", "sft")})
