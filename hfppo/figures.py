@@ -81,9 +81,8 @@ def compare_table(report: dict, cost: bool = False) -> str:
             per_second = m.get("train_samples_per_second")
             cells.append("" if per_second is None else f"{per_second:.1f} {UNITS[name]}")
         lines.append(row(paths.METHODS[name].label, cells))
-    if "chosen" in report:
-        cells = [cell({"intervals": report["chosen"]}, column) for column in columns] + [""] * cost
-        lines.append(row("chosen answers (the data)", cells))
+    cells = [cell({"intervals": report["chosen"]}, column) for column in columns] + [""] * cost
+    lines.append(row("chosen answers (the data)", cells))
     return "\n".join(lines) + "\n"
 
 
@@ -203,12 +202,6 @@ def method_rows(name: str, m: dict, columns: tuple[Column, ...]) -> list[str]:
     return rows
 
 
-def method_row(name: str, m: dict) -> str:
-    """A method's row of the comparison's first part (the reward model's and the judge's figures), from its
-    metrics `m`."""
-    return method_rows(name, m, SCORE_COLUMNS)[0]
-
-
 def chosen_row(chosen: dict) -> str:
     """The row of the data's chosen answers: the judge's figures only (`chosen`: their intervals by metrics key)."""
     return method_rows(CHOSEN, {"intervals": chosen}, SCORE_COLUMNS)[0]
@@ -227,9 +220,8 @@ def table_lines(report: dict) -> list[str]:
         TABLE_HEADER,
         *(row for name in names for row in method_rows(name, metrics[name], SCORE_COLUMNS)),
     ]  # fmt: skip
-    if "chosen" in report:
-        lines.append(chosen_row(report["chosen"]))
-    lines += [COST_HEADER, *(row for name in names for row in method_rows(name, metrics[name], COST_COLUMNS))]
+    lines += [chosen_row(report["chosen"]), COST_HEADER]
+    lines += [row for name in names for row in method_rows(name, metrics[name], COST_COLUMNS)]
     lines += [missing_row(name, command) for name, command in report["missing"].items()]
     return [*lines, *TABLE_NOTES]
 
