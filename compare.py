@@ -29,6 +29,7 @@ from hfppo import (
     figures,
     hacking,
     hints,
+    intervals,
     judge,
     lifecycle,
     outputs,
@@ -39,20 +40,26 @@ from hfppo import (
     tiny,
 )
 
-# The models train_ppo.py --tiny trained, and the tiny preset's answer length.
+# The models train_ppo.py --tiny trained, the tiny preset's answer length, and its answers per question. At 4, the
+# demo's verdicts on SFT, PPO, PPO from the base and the original's claim came out alike in 6 of 6 disjoint draws of
+# answers (seeds 42, 1 and 2, 8 answers each, split in two); at 1 answer PPO's was "no clear difference" in 5 of 24
+# draws, at 2 in 2 of 12. DPO's and GRPO's gains (+0.1 to +0.5) sit at the edge of what 35 questions resolve: their
+# verdicts differ between draws even at 8 answers.
+TINY_SAMPLES_PER_QUESTION = 4
 TINY_PRESET = dict(
     base_model_path=str(paths.TINY_BASE_DIR),
     model_source="tiny",
     max_new_tokens=tiny.TINY_RESPONSE_LENGTH,
     max_prompt_length=tiny.TINY_MAX_PROMPT_LENGTH,
+    samples_per_question=TINY_SAMPLES_PER_QUESTION,
 )
 
 
 # The lexicon judge's rule, and how its agreement with the reward model is measured, for the printed table.
 JUDGE_RULE = "rude hits - polite hits of data/lexicon (> 0: judged rude), which no stage optimised"
 AGREEMENT_RULE = (
-    "of the questions where the judge scores two models' answers differently, the share where the reward model "
-    "scores higher the answer the judge finds ruder"
+    "of the questions where the judge scores two models' answers differently (a question's answers by their mean), "
+    "the share where the reward model scores higher the answers the judge finds ruder"
 )
 # Of every method (paths.METHODS): its name in words, the model it starts from (its gain and the judge's agreement
 # are measured against that one), and, for a trained policy, the flag that names its folder.
@@ -60,6 +67,7 @@ LABELS = {name: method.label for name, method in paths.METHODS.items()}
 STARTS = {name: method.start for name, method in paths.METHODS.items() if method.start}
 POLICY_FLAGS = {name: paths.METHODS[name].flag for name in paths.POLICIES}
 CHART_FILE = paths.COMPARISON_CHART  # beside the metrics file
+CHOSEN_LABEL = "chosen answers (the data)"
 CHART_METRICS = {
     "mean_reward": "reward model score",
     "judge_mean_score": "lexicon judge score",
@@ -117,6 +125,17 @@ class CompareArguments:
     seed: int = field(
         default=42, metadata={"help": "Every model samples from this seed.", "range": f"[0, {cli.MAX_SEED}]"}
     )
+    samples_per_question: int = field(
+        default=1,
+        metadata={
+            "help": "Answers each method samples to each question, from the same seed; every figure's interval "
+            "resamples the questions with their answers. Each answer is one generation, one reward-model pass and "
+            "two KL passes. On 2 CPU cores compare.py --tiny takes about 15 s at 1 and 37 s at its 4; "
+            "Qwen2.5-0.5B about 5 s an answer at 48 tokens (README, The real run on a CPU): about 3 min per method "
+            "per answer to 35 questions.",
+            "range": "[1, inf)",
+        },
+    )
     batch_size: int = field(
         default=8, metadata={"help": "Answers generated and scored per forward pass.", "range": "[1, inf)"}
     )
@@ -152,7 +171,11 @@ class Comparison:
     rows: Dataset  # the questions, those within --max_prompt_length
     folders: dict[str, str]  # {method: its folder}, of those found, the base model's first
     missing: dict[str, str]  # {method: the command that makes it}, of those not found
-    results: dict[str, dict]  # {method: its answers, reward and judge scores (score), and KL to the SFT model}
+    # {method: its answers, reward and judge scores (score), and KL to the SFT model}, question by question: each
+    # question's samples_per_question answers one after another
+    results: dict[str, dict]
+    samples_per_question: int
+    chosen: dict[str, intervals.Interval]  # the judge's figures of the rows' chosen answers (chosen_figures)
 
 
 def check_methods(args: CompareArguments, found: dict[str, str], all_rows: Dataset) -> None:
@@ -201,6 +224,7 @@ def sample_methods(args: CompareArguments) -> Comparison:
     )
     reward_fn = common.reward_model_fn(reward_model, tokenizer, args.batch_size)
     prompts, rows = common.prompts_within(tokenizer, all_rows, args.system_prompt, args.max_prompt_length)
+    prompts = repeated(prompts, args.samples_per_question)
     folders = {"base": base_path} | found
 
     # Every method samples from the same seed, so their answers differ by the model alone; one model loaded at a time
@@ -234,54 +258,71 @@ def sample_methods(args: CompareArguments) -> Comparison:
                 model, batch, args.temperature, args.batch_size, reference=sft
             ).cpu()
         del model
-    return Comparison(dataset, rows, folders, missing, results)
+    return Comparison(dataset, rows, folders, missing, results, args.samples_per_question, chosen_figures(rows))
+
+
+def repeated(prompts: list[list[int]], times: int) -> list[list[int]]:
+    """Each prompt `times` times, one after another: the answers then lie question by question, as
+    intervals.by_question reads them."""
+    return [prompt for prompt in prompts for _ in range(times)]
 
 
 def print_examples(comparison: Comparison, count: int) -> None:
-    """The first `count` questions, with every method's answer and its reward and judge scores."""
-    rows, results = comparison.rows, comparison.results
-    for i, row in enumerate(rows.select(range(min(count, len(rows))))):
+    """The first `count` questions, with every method's first answer and its reward and judge scores."""
+    rows, results, k = comparison.rows, comparison.results, comparison.samples_per_question
+    for q, row in enumerate(rows.select(range(min(count, len(rows))))):
         print(f"问题: {row['question']}")
         for name, result in results.items():
+            i = q * k  # the question's first answer
             print(figures.answer_line(name, result["scores"][i], result["judge"][i], result["answers"][i]))
 
 
 def print_table(comparison: Comparison, metrics: dict, agreement: dict, args: CompareArguments) -> None:
-    """Every method's figures, one row each, the methods not found, and the judge's agreement with the reward model."""
-    dataset, rows, missing = comparison.dataset, comparison.rows, comparison.missing
-    print("\n" + figures.table_title(len(rows), dataset, args.temperature, args.seed))
-    print(figures.TABLE_HEADER)
-    for name, m in metrics.items():
-        print(figures.method_row(name, m))
-    for name, command in missing.items():
-        print(figures.missing_row(name, command))
+    """Every method's figures with their intervals and its difference from its start, the chosen answers' judge
+    figures, the methods not found, and the judge's agreement with the reward model."""
+    print("\n" + "\n".join(figures.table_lines(table_report(comparison, metrics, args))))
     print(f"judge: the lexicon judge, {JUDGE_RULE}. Agreement: {AGREEMENT_RULE}.")
     for pair, a in agreement.items():
         print(figures.agreement_line(pair, a))
 
 
-def write_report(comparison: Comparison, metrics: dict, checks: list, args: CompareArguments) -> None:
-    """The chart of the methods' figures, and the JSON file of the settings, figures, checks and every answer."""
-    rows, folders, results = comparison.rows, comparison.folders, comparison.results
-    metrics_file, chart_file = report_paths(args)
-    chart = plot_methods(metrics, chart_file)
-    report = {
+def table_report(comparison: Comparison, metrics: dict, args: CompareArguments) -> dict:
+    """The report's fields the table shows (figures.table_lines), without the answers."""
+    return {
         "dataset": comparison.dataset,
-        "questions": len(rows),
+        "questions": len(comparison.rows),
+        "samples_per_question": comparison.samples_per_question,
         "seed": args.seed,
         "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
-        "models": {"reward": args.reward_model_path} | folders,
         "missing": comparison.missing,
         "metrics": metrics,
+        "chosen": as_dicts(comparison.chosen),
+    }
+
+
+def write_report(comparison: Comparison, metrics: dict, checks: list, args: CompareArguments) -> None:
+    """The chart of the methods' figures, and the JSON file of the settings, figures, checks and every answer (each
+    question's answers in the order sampled)."""
+    rows, folders, results = comparison.rows, comparison.folders, comparison.results
+    k = comparison.samples_per_question
+    metrics_file, chart_file = report_paths(args)
+    report = table_report(comparison, metrics, args)
+    chart = plot_methods(metrics, chart_file, report["chosen"])
+    report = {
+        **report,
+        "models": {"reward": args.reward_model_path} | folders,
         "checks": {text: passed for passed, text in checks},
         "answers": [
             {"question": row["question"]}
             | {
-                name: {"answer": r["answers"][i], "reward": r["scores"][i].item(), "judge": int(r["judge"][i])}
+                name: [
+                    {"answer": r["answers"][i], "reward": r["scores"][i].item(), "judge": int(r["judge"][i])}
+                    for i in range(q * k, (q + 1) * k)
+                ]
                 for name, r in results.items()
             }
-            for i, row in enumerate(rows)
+            for q, row in enumerate(rows)
         ],
     }
     outputs.write_text_atomic(metrics_file, json.dumps(report, ensure_ascii=False, indent=2) + "\n")
@@ -329,8 +370,78 @@ def method_metrics(result: dict, path: str) -> dict:
     return metrics
 
 
-def plot_methods(metrics: dict, path: Path) -> Path:
-    """The methods side by side, one bar each, in one panel per figure of the table."""
+def answer_values(result: dict) -> dict[str, torch.Tensor]:
+    """Each answer's value of every figure with an interval (figures.INTERVAL_KEYS), by its metrics key: a method's
+    figure is their mean."""
+    values = {
+        "mean_reward": result["scores"],
+        "judge_mean_score": result["judge"],
+        "judge_share_rude": (result["judge"] > 0).float(),
+        "mean_answer_tokens": result["lengths"].float(),
+        "share_finished": result["stopped"].float(),
+    }
+    return values | ({"mean_kl_to_sft": result["kl"]} if "kl" in result else {})
+
+
+def figure_intervals(result: dict, questions: int) -> dict[str, intervals.Interval]:
+    """A method's figures with their 95% intervals, over its `questions` (each question's answers together)."""
+    return {
+        key: intervals.interval(intervals.by_question(values, questions))
+        for key, values in answer_values(result).items()
+    }
+
+
+def differences(later: dict, earlier: dict, questions: int) -> dict[str, intervals.Interval]:
+    """`later`'s figures minus `earlier`'s on the same questions, each with its paired 95% interval; the figures both
+    have."""
+    now, then = answer_values(later), answer_values(earlier)
+    return {
+        key: intervals.paired(intervals.by_question(now[key], questions), intervals.by_question(then[key], questions))
+        for key in now
+        if key in then
+    }
+
+
+def with_intervals(metrics: dict, results: dict, questions: int) -> dict:
+    """Every method's metrics with its figures' intervals ("intervals") and, where its start (STARTS) ran, its paired
+    differences from it ("vs_start", naming the start)."""
+    found = {}
+    for name, m in metrics.items():
+        found[name] = m | {"intervals": as_dicts(figure_intervals(results[name], questions))}
+        if (start := STARTS.get(name)) in results:
+            found[name]["vs_start"] = {"start": start} | as_dicts(
+                differences(results[name], results[start], questions)
+            )
+    return found
+
+
+def as_dicts(found: dict[str, intervals.Interval]) -> dict[str, dict[str, float]]:
+    """Intervals by metrics key, as the JSON report keeps them."""
+    return {key: value.as_dict() for key, value in found.items()}
+
+
+def chosen_figures(rows: Dataset) -> dict[str, intervals.Interval]:
+    """The judge's score and judged-rude share of the rows' chosen answers (the data), one a question, with their
+    95% intervals: what a model that imitated the data perfectly would reach on these questions."""
+    scores = judge.judge_scores(rows["chosen"])
+    return {
+        "judge_mean_score": intervals.interval(scores),
+        "judge_share_rude": intervals.interval((scores > 0).float()),
+    }
+
+
+def bar_errors(intervals_by_name: list[dict]) -> list[list[float]]:
+    """matplotlib's yerr for bars at each interval's mean: the distances down to its low end and up to its high one
+    (never below 0, which matplotlib refuses, should rounding put a mean a hair outside its interval)."""
+    return [
+        [max(i["mean"] - i["low"], 0.0) for i in intervals_by_name],
+        [max(i["high"] - i["mean"], 0.0) for i in intervals_by_name],
+    ]
+
+
+def methods_figure(metrics: dict, chosen: dict | None = None):
+    """The methods side by side, one bar each with its 95% interval, in one panel per figure of the table; the data's
+    chosen answers (`chosen`) as a dashed line where they have that figure."""
     from matplotlib.figure import Figure
 
     names = [name for name in metrics if name in LABELS]
@@ -339,21 +450,44 @@ def plot_methods(metrics: dict, path: Path) -> Path:
     size = (charts.CHART_PANEL_SIZE[0] * columns, charts.CHART_PANEL_SIZE[1] * rows)
     figure = Figure(figsize=size, layout="constrained")
     for axes, (key, title) in zip(figure.subplots(rows, columns).flat, CHART_METRICS.items()):
-        shown = [name for name in names if key in metrics[name]]
-        axes.bar(shown, [metrics[name][key] for name in shown], color=[f"C{names.index(n)}" for n in shown])
+        shown = [name for name in names if key in metrics[name]["intervals"]]
+        found = [metrics[name]["intervals"][key] for name in shown]
+        axes.bar(
+            shown,
+            [i["mean"] for i in found],
+            yerr=bar_errors(found),
+            capsize=3,
+            color=[f"C{names.index(n)}" for n in shown],
+        )
+        if chosen and key in chosen:
+            axes.axhline(chosen[key]["mean"], color="black", linestyle="--", linewidth=0.8, label=CHOSEN_LABEL)
+            axes.legend(fontsize="small")
         axes.set_title(title, fontsize="medium")
         axes.axhline(0, color="black", linewidth=0.8)
         axes.tick_params(axis="x", labelrotation=45)
         axes.grid(axis="y", alpha=0.3)
-    figure.suptitle("Every method on the same held-out questions, same seed and sampling")
+    figure.suptitle("Every method on the same held-out questions (bars: 95% intervals)")
+    return figure
+
+
+def plot_methods(metrics: dict, path: Path, chosen: dict | None = None) -> Path:
+    """methods_figure, saved to `path`."""
+    figure = methods_figure(metrics, chosen)
     with outputs.atomic_file(path) as temporary:
         figure.savefig(temporary, dpi=charts.CHART_DPI)
     return path
 
 
-def judge_agreement(later: dict, earlier: dict) -> dict:
-    """AGREEMENT_RULE for two models' results on the same questions."""
-    judge_diff, reward_diff = later["judge"] - earlier["judge"], later["scores"] - earlier["scores"]
+def judge_agreement(later: dict, earlier: dict, questions: int | None = None) -> dict:
+    """AGREEMENT_RULE for two models' results on the same `questions` (unset: one answer each), each question's
+    answers by their mean."""
+    questions = questions or len(later["scores"])
+
+    def per_question(key: str) -> torch.Tensor:
+        now, then = (intervals.question_means(intervals.by_question(r[key], questions)) for r in (later, earlier))
+        return now - then
+
+    judge_diff, reward_diff = per_question("judge"), per_question("scores")
     judged = judge_diff != 0
     agree = (reward_diff.sign() == judge_diff.sign())[judged]
     return {
@@ -374,46 +508,76 @@ def held_out(result: dict, questions: int) -> hacking.HeldOut:
     )
 
 
+def span(change: intervals.Interval) -> str:
+    """A difference's 95% interval in words: "95% interval [+0.21, +0.85]"."""
+    return f"95% interval [{change.low:+.2f}, {change.high:+.2f}]"
+
+
+def method_verdict(name: str, start: str, gain: intervals.Interval, kl: str) -> str:
+    """Whether `name` moved its start's reward model score: "worked" only where the gain's interval lies above 0,
+    "did NOT work" only where it lies below; otherwise no clear difference."""
+    against = f"against the {LABELS[start]} model's{kl}."
+    if gain.sign == 0:
+        return f"{LABELS[name]}: no clear difference ({gain.mean:+.2f}, {span(gain)}) in its answers' scores {against}"
+    verdict = "worked" if gain.sign > 0 else "did NOT work"
+    return f"{LABELS[name]} {verdict}: its answers score {gain.mean:+.2f} ({span(gain)}) {against}"
+
+
+def judge_verdict(gain: intervals.Interval, judge_gain: intervals.Interval, rude: str) -> str:
+    """Whether the judge sees the reward model's verdict (`gain`) in its own paired interval (`judge_gain`): it agrees
+    where both lie on the same side of 0, cannot tell where its own holds 0, and disagrees otherwise (it moved the
+    other way, or moved where the reward model's holds 0)."""
+    word = "cannot tell" if judge_gain.sign == 0 else "agrees" if judge_gain.sign == gain.sign else "disagrees"
+    return f"The judge {word}: {judge_gain.mean:+.2f} in its score ({span(judge_gain)}), judged rude {rude}."
+
+
+def claim_verdict(results: dict, questions: int) -> tuple[bool, str]:
+    """The original's claim, that PPO without SFT first gains less: PPO after SFT's gain over the base minus PPO from
+    the base's, paired over the questions (the base's answers cancel: it is PPO's scores minus PPO from the base's).
+    It holds only where that interval lies above 0, fails only where it lies below."""
+    from_base, after_sft = (differences(results[name], results["base"], questions) for name in ("ppo_base", "ppo"))
+    by_question = {name: intervals.by_question(results[name]["scores"], questions) for name in ("ppo", "ppo_base")}
+    lead = intervals.paired(by_question["ppo"], by_question["ppo_base"])
+    verdict = {1: "holds", -1: "does NOT hold", 0: "is not shown"}[lead.sign]
+    unclear = ": no clear difference" if lead.sign == 0 else ""
+    return (
+        lead.sign > 0,
+        f"The original's claim {verdict} here: PPO from the base model gains "
+        f"{from_base['mean_reward'].mean:+.2f} over the base, PPO after SFT {after_sft['mean_reward'].mean:+.2f} "
+        f"(the difference {lead.mean:+.2f}, {span(lead)}{unclear}).",
+    )
+
+
 def outcome(metrics: dict, results: dict, questions: int) -> list[tuple[bool, str]]:
     """What each method is for, checked on the held-out questions and said in words, so a user can tell whether a run
     worked: each moves its starting point (STARTS) towards the answers the reward model prefers; whether the lexicon
     judge, which no stage optimised, sees the same move (ruder answers) or the reward model alone does; and, given
     PPO from the base, whether the original's claim holds that PPO without SFT first gains less; and for every method
-    but SFT, the signs of reward hacking against its start (hacking.signs)."""
-    reward = {name: m["mean_reward"] for name, m in metrics.items() if name in LABELS}
-    judge = {name: m["judge_mean_score"] for name, m in metrics.items() if name in LABELS}
-    rude = {name: m["judge_share_rude"] for name, m in metrics.items() if name in LABELS}
+    but SFT, the signs of reward hacking against its start (hacking.signs).
+
+    Every verdict reads a paired 95% interval over the questions (differences), never a bare mean: a difference
+    whose interval holds 0 is "no clear difference" (the judge: "cannot tell"), within what another draw of answers
+    would give. Each check is (passed, text). A method's line and the judge's pass where the figure moved as the
+    method is meant to move it: SFT must move the base, so only an interval above 0 passes; an RL method must at
+    least keep its start's score, so any interval not below 0 passes (no clear difference included). The claim passes
+    only where it holds; a reward-hacking alarm never passes."""
     checks = []
     for name, start in STARTS.items():
-        if name not in reward or start not in reward:
+        if name not in results or start not in results:
             continue
-        # SFT must move the base; an RL method must at least keep its start's score
-        gain, judge_gain = reward[name] - reward[start], judge[name] - judge[start]
-        worked = gain > 0 if name == "sft" else gain >= 0
-        agrees = judge_gain > 0 if name == "sft" else judge_gain >= 0
+        change = differences(results[name], results[start], questions)
+        gain, judge_gain = change["mean_reward"], change["judge_mean_score"]
+        needed = 1 if name == "sft" else 0  # the sign a passing interval has at least
         kl = f", at a KL of {metrics[name]['mean_kl_to_sft']:.2f} nats per answer from it" if start == "sft" else ""
-        checks.append((
-            worked,
-            f"{LABELS[name]} {'worked' if worked else 'did NOT work'}: its answers score {gain:+.2f} against the "
-            f"{LABELS[start]} model's{kl}.",
-        ))  # fmt: skip
-        checks.append((
-            agrees,
-            f"The judge {'agrees' if agrees else 'does NOT agree'}: {judge_gain:+.2f} in its score, judged rude "
-            f"{rude[start]:.2f} -> {rude[name]:.2f}.",
-        ))  # fmt: skip
+        rude = f"{metrics[start]['judge_share_rude']:.2f} -> {metrics[name]['judge_share_rude']:.2f}"
+        checks.append((gain.sign >= needed, method_verdict(name, start, gain, kl)))
+        checks.append((judge_gain.sign >= needed, judge_verdict(gain, judge_gain, rude)))
         before, after = (held_out(results[method], questions) for method in (start, name))
         signs = hacking.signs(before, after) if name != "sft" else []
         if signs:  # SFT imitates the chosen answers: no reward to hack
             checks.append((False, f"{LABELS[name]}: {hacking.alarm(signs, f'the {LABELS[start]} model')}"))
-    if {"base", "ppo", "ppo_base"} <= reward.keys():
-        from_base, after_sft = reward["ppo_base"] - reward["base"], reward["ppo"] - reward["base"]
-        holds = from_base < after_sft
-        checks.append((
-            holds,
-            f"The original's claim {'holds' if holds else 'does NOT hold'} here: PPO from the base model gains "
-            f"{from_base:+.2f} over the base, PPO after SFT {after_sft:+.2f}.",
-        ))  # fmt: skip
+    if {"base", "ppo", "ppo_base"} <= results.keys():
+        checks.append(claim_verdict(results, questions))
     return checks
 
 
@@ -427,16 +591,17 @@ def main(args: CompareArguments) -> None:
         )
     comparison = sample_methods(args)
     print_examples(comparison, args.num_examples)
-    results = comparison.results
+    results, questions = comparison.results, len(comparison.rows)
     metrics = {name: method_metrics(result, comparison.folders[name]) for name, result in results.items()}
+    metrics = with_intervals(metrics, results, questions)
     agreement = {
-        f"{name}_vs_{STARTS[name]}": judge_agreement(results[name], results[STARTS[name]])
+        f"{name}_vs_{STARTS[name]}": judge_agreement(results[name], results[STARTS[name]], questions)
         for name in results
         if STARTS.get(name) in results
     }
     print_table(comparison, metrics, agreement, args)
     metrics["judge_rm_agreement"] = agreement
-    checks = outcome(metrics, results, len(comparison.rows))
+    checks = outcome(metrics, results, questions)
     print("\n".join(text for _, text in checks))
     write_report(comparison, metrics, checks, args)
 

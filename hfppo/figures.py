@@ -17,6 +17,7 @@ import io
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from hfppo import audit, charts, errors, intervals, judge, paths
@@ -64,30 +65,26 @@ def methods(report: dict) -> list[str]:
 
 
 def compare_table(report: dict, cost: bool = False) -> str:
-    """The comparison as a Markdown table, one row a method; `cost`: with each method's examples per second."""
-    header = (
-        "| method | reward model | reward > 0 | judge score | judged rude | tokens | finished | KL to SFT | train s |"
-    )
+    """The comparison as a Markdown table, one row a method, each figure with its 95% interval, and the data's chosen
+    answers' judge figures; `cost`: with each method's examples per second."""
+    columns = [*SCORE_COLUMNS, *COST_COLUMNS[:-1]]  # examples/s: with its unit, below
+    header = "| method | " + " | ".join(column.title for column in columns) + " |"
     if cost:
         header += " examples/s |"
     lines = [header, "|---" * header.count(" | ") + "|---|"]
+
+    def row(label: str, cells: list[str]) -> str:
+        return "| " + " | ".join([label, *(text.replace("-", MINUS) for text in cells)]) + " |"
+
     for name in methods(report):
         m = report["metrics"][name]
-        row = [
-            paths.METHODS[name].label,
-            signed(m["mean_reward"], 3),
-            f"{m['share_reward_positive']:.3f}",
-            signed(m["judge_mean_score"], 3),
-            f"{m['judge_share_rude']:.3f}",
-            f"{m['mean_answer_tokens']:.1f}",
-            f"{m['share_finished']:.3f}",
-            f"{m['mean_kl_to_sft']:.2f}" if "mean_kl_to_sft" in m else "",
-            f"{m['train_runtime_s']:.1f}" if "train_runtime_s" in m else "",
-        ]
+        cells = [cell(m, column) for column in columns]
         if cost:
             per_second = m.get("train_samples_per_second")
-            row.append("" if per_second is None else f"{per_second:.1f} {UNITS[name]}")
-        lines.append("| " + " | ".join(row) + " |")
+            cells.append("" if per_second is None else f"{per_second:.1f} {UNITS[name]}")
+        lines.append(row(paths.METHODS[name].label, cells))
+    cells = [cell({"intervals": report["chosen"]}, column) for column in columns] + [""] * cost
+    lines.append(row("chosen answers (the data)", cells))
     return "\n".join(lines) + "\n"
 
 
@@ -105,28 +102,130 @@ def agreement_sentence(report: dict) -> str:
 
 
 # The comparison's console lines, one definition for compare.py, which prints them, and for the docs, which quote them.
-TABLE_HEADER = (
-    "method    mean reward   reward > 0   judge score   judged rude   mean tokens   finished   KL to SFT"
-    "   train s   examples/s"
+@dataclass(frozen=True)
+class Column:
+    """A column of the comparison's table: its title, the metrics key it shows, and the format of its figures."""
+
+    title: str
+    key: str
+    digits: str  # a format spec without the sign: ".2f"
+    signed: bool = False  # a figure that can be negative, shown with its sign
+
+    @property
+    def width(self) -> int:
+        """Wide enough for a figure and its interval ("+2.54 [+2.21, +2.85]"), or, for a column without intervals,
+        its title."""
+        return INTERVAL_WIDTH if self.key in INTERVAL_KEYS else len(self.title)
+
+
+# The figures that get a 95% interval (compare.py: a bootstrap over questions), and a cell wide enough for one.
+INTERVAL_KEYS = (
+    "mean_reward",
+    "judge_mean_score",
+    "judge_share_rude",
+    "mean_answer_tokens",
+    "share_finished",
+    "mean_kl_to_sft",
 )
+INTERVAL_WIDTH = 20
+# The table in two parts, each narrow enough to read: what the reward model and the judge score, then what it cost.
+SCORE_COLUMNS = (
+    Column("reward model", "mean_reward", ".2f", signed=True),
+    Column("reward > 0", "share_reward_positive", ".3f"),
+    Column("judge score", "judge_mean_score", ".2f", signed=True),
+    Column("judged rude", "judge_share_rude", ".2f"),
+)
+COST_COLUMNS = (
+    Column("tokens", "mean_answer_tokens", ".1f"),
+    Column("finished", "share_finished", ".2f"),
+    Column("KL to SFT", "mean_kl_to_sft", ".2f"),
+    Column("train s", "train_runtime_s", ".1f"),
+    Column("examples/s", "train_samples_per_second", ".2f"),
+)
+NAME_WIDTH = 10  # "ppo_base" and "  vs base", and a space
+CHOSEN = "chosen"  # the row of the data's own chosen answers
+TABLE_NOTES = [
+    "[low, high]: the 95% interval, a bootstrap over the questions (each question's answers together).",
+    "vs <start>: the method minus the model it starts from, question by question (a paired interval).",
+    "chosen: the held-out rows' chosen answers (the data), one a question: what a perfect imitation would reach.",
+]
 
 
-def table_title(questions: int, dataset: str, temperature: float, seed: int) -> str:
+def formatted(value: float, digits: str, signed: bool) -> str:
+    """One figure, with its sign where it can be negative."""
+    return f"{value:{'+' if signed else ''}{digits}}"
+
+
+def with_interval(interval: dict, digits: str, signed: bool) -> str:
+    """A mean and its 95% interval: "+2.54 [+2.21, +2.85]"."""
+    low, high = (formatted(interval[end], digits, signed) for end in ("low", "high"))
+    return f"{formatted(interval['mean'], digits, signed)} [{low}, {high}]"
+
+
+def cell(m: dict, column: Column) -> str:
+    """A method's figure in `column`, with its interval where it has one (m["intervals"]); empty where it has none."""
+    if column.key in m.get("intervals", {}):
+        return with_interval(m["intervals"][column.key], column.digits, column.signed)
+    return formatted(m[column.key], column.digits, column.signed) if column.key in m else ""
+
+
+def difference_cell(change: dict, column: Column) -> str:
+    """A method's difference from its start in `column` (a paired interval), always signed; empty where none."""
+    return with_interval(change[column.key], column.digits, True) if column.key in change else ""
+
+
+def table_row(name: str, cells: list[str], columns: tuple[Column, ...]) -> str:
+    """One line of the table: the name, then each cell padded to its column."""
+    padded = [text.ljust(column.width) for text, column in zip(cells, columns)]
+    return f"{name:<{NAME_WIDTH}}" + "  ".join(padded).rstrip()
+
+
+def table_header(columns: tuple[Column, ...]) -> str:
+    return table_row("method", [column.title for column in columns], columns)
+
+
+TABLE_HEADER = table_header(SCORE_COLUMNS)
+COST_HEADER = table_header(COST_COLUMNS)
+
+
+def table_title(questions: int, dataset: str, temperature: float, seed: int, samples_per_question: int) -> str:
     """The line above the comparison's table: what was sampled, and how."""
-    return f"{questions} questions of {dataset}, sampled at temperature {temperature}, seed {seed}:"
+    answers = f"{samples_per_question} answer{'s' if samples_per_question > 1 else ''} each"
+    return f"{questions} questions of {dataset}, {answers}, sampled at temperature {temperature}, seed {seed}:"
 
 
-def method_row(name: str, m: dict) -> str:
-    """A method's row of the comparison's table, from its metrics `m` (its KL and training time where it has them)."""
-    kl_column = f"{m['mean_kl_to_sft']:9.3f}" if "mean_kl_to_sft" in m else " " * 9
-    time_columns = (
-        f"{m['train_runtime_s']:9.1f} {m['train_samples_per_second']:12.2f}" if "train_runtime_s" in m else ""
-    )
-    return (
-        f"{name:<8} {m['mean_reward']:+13.3f} {m['share_reward_positive']:12.3f} {m['judge_mean_score']:+13.3f}"
-        f" {m['judge_share_rude']:13.3f} {m['mean_answer_tokens']:13.1f} {m['share_finished']:10.3f}   "
-        f"{kl_column} {time_columns}"
-    )
+def method_rows(name: str, m: dict, columns: tuple[Column, ...]) -> list[str]:
+    """A method's row of one part of the table (`columns`), from its metrics `m`, and under it, where it has a start
+    (m["vs_start"]), its difference from it."""
+    rows = [table_row(name, [cell(m, column) for column in columns], columns)]
+    if "vs_start" in m:
+        change = m["vs_start"]
+        rows.append(table_row(f"  vs {change['start']}", [difference_cell(change, c) for c in columns], columns))
+    return rows
+
+
+def chosen_row(chosen: dict) -> str:
+    """The row of the data's chosen answers: the judge's figures only (`chosen`: their intervals by metrics key)."""
+    return method_rows(CHOSEN, {"intervals": chosen}, SCORE_COLUMNS)[0]
+
+
+def table_lines(report: dict) -> list[str]:
+    """The comparison's table as printed: its title, each method's figures and difference from its start in two
+    parts, the chosen answers' row, the methods not found, and what the brackets and rows mean."""
+    names = methods(report)
+    metrics = report["metrics"]
+    lines = [
+        table_title(
+            report["questions"], report["dataset"], report["temperature"], report["seed"],
+            report["samples_per_question"],
+        ),
+        TABLE_HEADER,
+        *(row for name in names for row in method_rows(name, metrics[name], SCORE_COLUMNS)),
+    ]  # fmt: skip
+    lines += [chosen_row(report["chosen"]), COST_HEADER]
+    lines += [row for name in names for row in method_rows(name, metrics[name], COST_COLUMNS)]
+    lines += [missing_row(name, command) for name, command in report["missing"].items()]
+    return [*lines, *TABLE_NOTES]
 
 
 def missing_row(name: str, command: str) -> str:
@@ -153,11 +252,8 @@ def answer_line(name: str, reward: float, judge: float, answer: str) -> str:
 
 def console_table(report: dict) -> list[str]:
     """The comparison's table as compare.py prints it, with the judge's agreement under it."""
-    title = table_title(report["questions"], report["dataset"], report["temperature"], report["seed"])
-    lines = [title, TABLE_HEADER, *(method_row(name, report["metrics"][name]) for name in methods(report))]
-    lines += [missing_row(name, command) for name, command in report["missing"].items()]
-    lines += [agreement_line(pair, a) for pair, a in report["metrics"]["judge_rm_agreement"].items()]
-    return lines
+    agreement = [agreement_line(pair, a) for pair, a in report["metrics"]["judge_rm_agreement"].items()]
+    return [*table_lines(report), *agreement]
 
 
 def console_examples(report: dict) -> list[str]:
@@ -166,7 +262,8 @@ def console_examples(report: dict) -> list[str]:
     for row in report["answers"][:QUOTED_QUESTIONS]:
         lines.append(f"问题: {row['question']}")
         for name in methods(report):
-            lines.append(answer_line(name, row[name]["reward"], row[name]["judge"], row[name]["answer"]))
+            first = row[name][0]  # as compare.py prints: each method's first answer
+            lines.append(answer_line(name, first["reward"], first["judge"], first["answer"]))
     return lines
 
 

@@ -190,7 +190,7 @@ def test_the_comparison_names_reward_hacking_in_its_verdicts():
     results = {name: answers(*values) for name, values in figures.items()}
     checks = compare.outcome(metrics, results, QUESTIONS)
     texts = [text for passed, text in checks if not passed]
-    assert texts[0].startswith("The judge does NOT agree")
+    assert texts[0].startswith("The judge disagrees: -0.10 in its score")
     assert texts[1].startswith("PPO: Reward hacking? Against the SFT model: the reward model's score rose")
     assert "answers shrank 19.4 -> 8.6 tokens" in texts[1]
     # SFT, which imitates the chosen answers, is never called reward hacking, however much shorter it writes

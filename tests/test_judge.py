@@ -151,9 +151,10 @@ def test_the_verdict_line_says_what_the_judge_says():
             "share_finished": 1.0,
         }
 
-    def answers(reward, judge, spread):
-        # answers of one length, all finished, scores spread wide: no sign of reward hacking (tests/test_hacking.py)
-        wide = torch.tensor([spread, -spread] * 2)
+    def answers(reward, judge):
+        # answers of one length, all finished, scores spread over the questions alike: every method's difference from
+        # its start is the same on each question, an interval of one point
+        wide = torch.tensor([3.0, -3.0] * 2)
         return {
             "scores": reward + wide,
             "judge": judge + wide,
@@ -163,8 +164,14 @@ def test_the_verdict_line_says_what_the_judge_says():
 
     metrics = {"base": model(-1.5, -0.5, 0.1), "sft": model(1.8, 2.0, 0.9), "ppo": model(2.0, 1.5, 0.8)}
     metrics["ppo"]["mean_kl_to_sft"] = 1.0
-    results = {"base": answers(-1.5, -0.5, 3.0), "sft": answers(1.8, 2.0, 3.0), "ppo": answers(2.0, 1.5, -3.0)}
+    results = {"base": answers(-1.5, -0.5), "sft": answers(1.8, 2.0), "ppo": answers(2.0, 1.5)}
     checks = compare.outcome(metrics, results, 4)
-    assert [passed for passed, _ in checks] == [True, True, True, False]
-    assert checks[1][1] == "The judge agrees: +2.50 in its score, judged rude 0.10 -> 0.90."
-    assert checks[3][1] == "The judge does NOT agree: -0.50 in its score, judged rude 0.90 -> 0.80."
+    # PPO's score rose while the judge's fell: the judge disagrees, and the reward-hacking alarm says so too
+    assert [passed for passed, _ in checks] == [True, True, True, False, False]
+    assert (
+        checks[1][1] == "The judge agrees: +2.50 in its score (95% interval [+2.50, +2.50]), judged rude 0.10 -> 0.90."
+    )
+    assert checks[3][1] == (
+        "The judge disagrees: -0.50 in its score (95% interval [-0.50, -0.50]), judged rude 0.90 -> 0.80."
+    )
+    assert checks[4][1].startswith("PPO: Reward hacking? Against the SFT model: the reward model's score rose")

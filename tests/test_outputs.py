@@ -218,7 +218,8 @@ WRITERS = {
     "write_run_settings": lambda folder: resuming.write_run_settings(folder, {"seed": 0}),
     "plot_scalars": lambda folder: (chart_events(folder), charts.plot_scalars(folder, ["train/loss"], "t"))[1],
     "compare.plot_methods": lambda folder: compare.plot_methods(
-        {"sft": {key: 0.5 for key in compare.CHART_METRICS}}, folder / compare.CHART_FILE
+        {"sft": {"intervals": {key: {"mean": 0.5, "low": 0.4, "high": 0.6} for key in compare.CHART_METRICS}}},
+        folder / compare.CHART_FILE,
     ),
 }
 
