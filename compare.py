@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
 import common
 from hfppo import (
@@ -171,6 +171,7 @@ class Comparison:
     rows: Dataset  # the questions, those within --max_prompt_length
     folders: dict[str, str]  # {method: its folder}, of those found, the base model's first
     missing: dict[str, str]  # {method: the command that makes it}, of those not found
+    left_out: dict[str, str]  # {method: why}, of those found but left out (check_methods)
     # {method: its answers, reward and judge scores (score), and KL to the SFT model}, question by question: each
     # question's samples_per_question answers one after another
     results: dict[str, dict]
@@ -178,23 +179,48 @@ class Comparison:
     chosen: dict[str, intervals.Interval]  # the judge's figures of the rows' chosen answers (chosen_figures)
 
 
-def check_methods(args: CompareArguments, found: dict[str, str], all_rows: Dataset) -> None:
+def check_methods(args: CompareArguments, found: dict[str, str], all_rows: Dataset) -> dict[str, str]:
     """Before any model loads: each method found (`found`, {method: folder}) whose adapter applies to the model it was
-    trained on (common.policy_base), and, on the PPO run's held-out questions, trained on none of them. A refusal
-    then costs seconds, not the sampling and scoring of every method before it."""
+    trained on (common.policy_base), trained on none of the PPO run's held-out questions, and sharing the SFT model's
+    tokenizer. A refusal then costs seconds, not the sampling and scoring of every method before it.
+
+    A method found in its default folder that fails a check is left out, one line saying why: a folder another run
+    left there (the tiny demo's PPO from the base beside a real run's models) must not cost the comparison of the
+    others. The SFT and PPO models, and a method whose flag names its folder, stop the comparison instead. Returns
+    {method: why} of those left out."""
     held_out_file = Path(args.ppo_model_path) / paths.HELD_OUT_FILE
-    for name, path in found.items():
+    named = cli.given(args)
+    left_out, sft_tokenizer = {}, None
+    for name, path in found.items():  # the SFT model first (paths.POLICIES' order)
         maker = hints.policy_command(name, path, args.tiny)
-        checkpoints.require_checkpoint(path, maker)
-        common.policy_base(path, maker, args.tiny, args.allow_other_base)
-        if name != "sft" and args.dataset_name is None:  # a method that trained on these would be flattered by them
-            common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
+        try:
+            checkpoints.require_checkpoint(path, maker)
+            base = common.policy_base(path, maker, args.tiny, args.allow_other_base)
+            if name != "sft" and args.dataset_name is None:  # a method that trained on these would be flattered
+                common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
+            with checkpoints.loading(base[0] if base else path, maker):
+                tokenizer = AutoTokenizer.from_pretrained(base[0] if base else path)
+            if name == "sft":
+                sft_tokenizer = tokenizer
+            else:
+                where = f"{LABELS[name]} ({path})"
+                common.check_same_tokenizer(sft_tokenizer, tokenizer, where, args.sft_model_path)
+        except errors.PipelineError as error:
+            if name in ("sft", "ppo") or POLICY_FLAGS[name] in named:
+                raise
+            left_out[name] = str(error)
+            print(
+                f"note: {LABELS[name]} ({path}) is left out of the comparison: {error} To have this stop the "
+                f"comparison instead, name its folder: --{POLICY_FLAGS[name]} {path}"
+            )
+    return left_out
 
 
 def sample_methods(args: CompareArguments) -> Comparison:
     """Load each method found, one at a time beside the SFT model (the reference of each KL), and sample and score its
-    answers to the same held-out questions; a method that trained on them, has another base than it was trained on
-    (both checked before any samples: check_methods), or has another tokenizer, is refused."""
+    answers to the same held-out questions. A method that trained on them, has another base than it was trained on,
+    or has another tokenizer is refused before any samples, or left out where only its default folder found it
+    (check_methods)."""
     dataset, all_rows = common.evaluation_data(args.dataset_name, args.ppo_model_path, args.model_source)
     readers = {"SFT model": args.sft_model_path, "reward model": args.reward_model_path}  # read before any loads
     limit = positions.fewest_positions({f"the {role} ({path})": path for role, path in readers.items()})
@@ -209,7 +235,8 @@ def sample_methods(args: CompareArguments) -> Comparison:
             raise errors.PipelineError(
                 f"no model at {getattr(args, POLICY_FLAGS[name])}. Make it first: {missing[name]}"
             )
-    check_methods(args, found, all_rows)
+    left_out = check_methods(args, found, all_rows)
+    found = {name: path for name, path in found.items() if name not in left_out}
     base_path = common.resolve_model(args.base_model_path, args.model_source, False, "--base_model_path")
     rm_command = hints.reward_model_command(args.reward_model_path, args.tiny)
     reward_model, rm_tokenizer = common.load_model(
@@ -258,7 +285,9 @@ def sample_methods(args: CompareArguments) -> Comparison:
                 model, batch, args.temperature, args.batch_size, reference=sft
             ).cpu()
         del model
-    return Comparison(dataset, rows, folders, missing, results, args.samples_per_question, chosen_figures(rows))
+    return Comparison(
+        dataset, rows, folders, missing, left_out, results, args.samples_per_question, chosen_figures(rows)
+    )
 
 
 def repeated(prompts: list[list[int]], times: int) -> list[list[int]]:
@@ -296,6 +325,7 @@ def table_report(comparison: Comparison, metrics: dict, args: CompareArguments) 
         "temperature": args.temperature,
         "max_new_tokens": args.max_new_tokens,
         "missing": comparison.missing,
+        "left_out": comparison.left_out,
         "metrics": metrics,
         "chosen": as_dicts(comparison.chosen),
     }

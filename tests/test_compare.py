@@ -4,13 +4,16 @@ compare.py for one version."""
 
 import json
 import shlex
+import shutil
 import sys
 
 import pytest
 import torch
 from datasets import Dataset
 from matplotlib.container import BarContainer
+from transformers import AutoTokenizer
 
+import common
 import compare
 import eval_ppo
 from conftest import LIBRARY_NOISE, float32_sum_tolerance, run_main, run_script
@@ -126,6 +129,45 @@ def test_the_comparison_recounts_from_the_answers_it_keeps(compare_run):
         agreement = metrics["judge_rm_agreement"][f"{name}_vs_{start}"]
         assert (agreement["ties"], agreement["questions"]) == (ties, 35 - ties)
         assert agreement["agreement"] == pytest.approx(agree / (35 - ties))
+
+
+def test_a_method_left_in_its_default_folder_by_another_run_is_left_out_and_a_named_one_stops(
+    tmp_path, sft_run, ppo_run, monkeypatch, capsys
+):
+    """The real run after the tiny demo: a method folder another run left where compare.py looks by default, trained on
+    another split (PPO from the base) or with another tokenizer (DPO), costs the comparison one line each, not the
+    table. Named by its flag, such a folder stops the comparison before any model loads."""
+    monkeypatch.chdir(tmp_path)
+    ppo, sft = ppo_run / paths.PPO_DIR, sft_run / paths.SFT_DIR
+    other_split = tmp_path / paths.PPO_BASE_DIR
+    shutil.copytree(ppo, other_split)
+    held_out = (other_split / paths.HELD_OUT_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
+    (other_split / paths.HELD_OUT_FILE).write_text("".join(held_out[1:]), encoding="utf-8")
+    other_tokenizer = tmp_path / paths.DPO_DIR
+    shutil.copytree(sft, other_tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(other_tokenizer)
+    tokenizer.add_tokens(["另一个词"])
+    tokenizer.save_pretrained(other_tokenizer)
+    flags = ["--tiny", "--model_path", ppo, "--sft_model_path", sft]
+
+    args, *_ = cli.parse_args(compare.make_parser(), compare.TINY_PRESET, list(map(str, flags)))
+    found = {"sft": str(sft), "ppo": str(ppo), "ppo_base": str(other_split), "dpo": str(other_tokenizer)}
+    rows = common.load_preference_data(ppo / paths.HELD_OUT_FILE)
+    left_out = compare.check_methods(args, found, rows)
+    assert list(left_out) == ["ppo_base", "dpo"]
+    assert "another held-out split" in left_out["ppo_base"] and "tokenizer" in left_out["dpo"]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" is left out")[0] for line in lines] == [
+        f"note: PPO from the base ({other_split})",
+        f"note: DPO ({other_tokenizer})",
+    ]
+    assert lines[1].endswith(f"name its folder: --dpo_model_path {other_tokenizer}")
+
+    named, *_ = cli.parse_args(
+        compare.make_parser(), compare.TINY_PRESET, list(map(str, [*flags, "--dpo_model_path", other_tokenizer]))
+    )
+    with pytest.raises(errors.PipelineError, match="tokenizer of DPO"):
+        compare.check_methods(named, found, rows)
 
 
 def test_compare_prints_no_library_noise(compare_run):
@@ -303,7 +345,7 @@ def test_the_report_holds_every_interval_the_schema_names(tmp_path):
     }
     folders = {name: str(tmp_path / name) for name in results}
     comparison = compare.Comparison(
-        "held_out.jsonl", rows, folders, {}, results, SAMPLES, compare.chosen_figures(rows)
+        "held_out.jsonl", rows, folders, {}, {}, results, SAMPLES, compare.chosen_figures(rows)
     )
     metrics, checks = compared(results)
     metrics["judge_rm_agreement"] = {}
