@@ -189,30 +189,36 @@ def check_methods(args: CompareArguments, found: dict[str, str], all_rows: Datas
     others. The SFT and PPO models, and a method whose flag names its folder, stop the comparison instead. Returns
     {method: why} of those left out."""
     held_out_file = Path(args.ppo_model_path) / paths.HELD_OUT_FILE
-    named = cli.given(args)
-    left_out, sft_tokenizer = {}, None
-    for name, path in found.items():  # the SFT model first (paths.POLICIES' order)
+    named, left_out, tokenizer_folders = cli.given(args), {}, {}
+
+    def leave_out(name: str, error: errors.PipelineError) -> None:
+        if name in ("sft", "ppo") or POLICY_FLAGS[name] in named:
+            raise error
+        left_out[name] = str(error)
+        print(
+            f"note: {LABELS[name]} ({found[name]}) is left out of the comparison: {error} To have this stop the "
+            f"comparison instead, name its folder: --{POLICY_FLAGS[name]} {found[name]}"
+        )
+
+    for name, path in found.items():  # first what needs no tokenizer: the files that say where a model came from
         maker = hints.policy_command(name, path, args.tiny)
         try:
             checkpoints.require_checkpoint(path, maker)
             base = common.policy_base(path, maker, args.tiny, args.allow_other_base)
             if name != "sft" and args.dataset_name is None:  # a method that trained on these would be flattered
                 common.check_same_held_out(all_rows, held_out_file, path, LABELS[name], f"--{POLICY_FLAGS[name]}")
-            with checkpoints.loading(base[0] if base else path, maker):
-                tokenizer = AutoTokenizer.from_pretrained(base[0] if base else path)
-            if name == "sft":
-                sft_tokenizer = tokenizer
-            else:
-                where = f"{LABELS[name]} ({path})"
-                common.check_same_tokenizer(sft_tokenizer, tokenizer, where, args.sft_model_path)
+            tokenizer_folders[name] = (base[0] if base else path, maker)  # an adapter's is its base model's
         except errors.PipelineError as error:
-            if name in ("sft", "ppo") or POLICY_FLAGS[name] in named:
-                raise
-            left_out[name] = str(error)
-            print(
-                f"note: {LABELS[name]} ({path}) is left out of the comparison: {error} To have this stop the "
-                f"comparison instead, name its folder: --{POLICY_FLAGS[name]} {path}"
-            )
+            leave_out(name, error)
+    tokenizers = {}
+    for name, (folder, maker) in tokenizer_folders.items():  # the SFT model's first (paths.POLICIES' order)
+        with checkpoints.loading(folder, maker):
+            tokenizers[name] = AutoTokenizer.from_pretrained(folder)
+        try:
+            where = f"{LABELS[name]} ({found[name]})"
+            common.check_same_tokenizer(tokenizers["sft"], tokenizers[name], where, args.sft_model_path)
+        except errors.PipelineError as error:
+            leave_out(name, error)
     return left_out
 
 

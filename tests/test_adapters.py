@@ -179,8 +179,9 @@ def test_every_applier_refuses_a_retrained_base_unless_the_flag_accepts_it(
 
 @pytest.mark.parametrize("problem", ["another split", "another base"])
 def test_the_comparison_refuses_its_last_method_before_loading_any_model(tmp_path, monkeypatch, problem):
-    """GRPO, the last method, trained on other held-out questions or on an SFT model since retrained: refused before
-    the reward model, the first model the comparison loads, is even looked for (there is none here)."""
+    """GRPO, the last method, named by its flag, trained on other held-out questions or on an SFT model since
+    retrained: refused before the reward model, the first model the comparison loads, is even looked for (there is
+    none here). Found in its default folder only, it is left out, saying why, before any model loads too."""
     monkeypatch.chdir(tmp_path)
     sft = fake_checkpoint(tmp_path / SFT)
     trained_adapter(tmp_path / paths.GRPO_DIR, SFT, ["q3"] if problem == "another split" else ["q1", "q2"])
@@ -188,13 +189,16 @@ def test_the_comparison_refuses_its_last_method_before_loading_any_model(tmp_pat
         retrain(sft)
     trained_adapter(tmp_path / PPO, SFT, ["q1", "q2"])
     trained_adapter(tmp_path / paths.DPO_DIR, SFT, ["q1", "q2"])
-    result = run_main("compare.py", "--tiny", cwd=tmp_path)
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     expected = {
         "another split": "the GRPO (--grpo_model_path checkpoint/grpo) was trained with another held-out split",
         "another base": f"the adapter at {paths.GRPO_DIR} was trained on the model then at {sft.resolve()}",
     }
+    result = run_main("compare.py", "--tiny", "--grpo_model_path", paths.GRPO_DIR, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert expected[problem] in result.stderr
+    assert f"no model at {paths.RM_DIR}" not in result.stderr and "Sampling" not in result.stderr + result.stdout
+    result = run_main("compare.py", "--tiny", cwd=tmp_path)
+    assert result.stdout.startswith(f"note: GRPO ({paths.GRPO_DIR}) is left out of the comparison: {expected[problem]}")
     assert f"no model at {paths.RM_DIR}" not in result.stderr and "Sampling" not in result.stderr + result.stdout
 
 
