@@ -198,7 +198,8 @@ def test_the_comparison_refuses_its_last_method_before_loading_any_model(tmp_pat
     assert expected[problem] in result.stderr
     assert f"no model at {paths.RM_DIR}" not in result.stderr and "Sampling" not in result.stderr + result.stdout
     result = run_main("compare.py", "--tiny", cwd=tmp_path)
-    assert result.stdout.startswith(f"note: GRPO ({paths.GRPO_DIR}) is left out of the comparison: {expected[problem]}")
+    note = f"note: GRPO ({paths.GRPO_DIR}) is left out of the comparison: {expected[problem]}"
+    assert result.stdout.startswith(note)
     assert f"no model at {paths.RM_DIR}" not in result.stderr and "Sampling" not in result.stderr + result.stdout
 
 
