@@ -7,6 +7,7 @@ RESPONSE_LENGTH tokens. tests/conftest.py collects this folder only when HFPPO_R
 `make test` and CI never run it. Everything it writes goes under pytest's temporary folder.
 """
 
+import gc
 import json
 import math
 import os
@@ -49,6 +50,19 @@ def stage_flags(data: Path) -> list:
         "--dataset_name", data, "--max_steps", 1, "--per_device_train_batch_size", TRAIN_ROWS,
         "--gradient_accumulation_steps", 1,
     ]  # fmt: skip
+
+
+def free_models() -> None:
+    """Free the models a stage or test left in reference cycles (a Trainer and its callbacks, a PeftModel), which
+    Python's collector, counting objects rather than bytes, might keep for several more stages: each holds gigabytes
+    (a stage's model, gradients and optimizer state come to 10 GB at 0.5B)."""
+    gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def models_freed_after_each_test():
+    yield
+    free_models()
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +120,7 @@ def run_trainer_stage(script: str, flags: list, workdir: Path, measure=None) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(training, "train_stage", measured)
         result = run_main(script, *flags, cwd=workdir)
+    free_models()
     assert result.returncode == 0, result.stderr[-3000:]
     print(f"{script}: loss on its batch {seen['before']:.4f} before the step, {seen['after']:.4f} after")
     return seen
@@ -165,6 +180,7 @@ def ppo_run(workdir, sft_run, rm_run) -> dict:
         patch.setattr(train_ppo, "rollout", measured_rollout)
         patch.setattr(train_ppo, "ppo_update", measured_update)
         result = run_main("train_ppo.py", *flags, cwd=workdir)
+    free_models()
     assert result.returncode == 0, result.stderr[-3000:]
     for part in ("policy_loss", "value_loss"):
         print(f"train_ppo.py: {part} {seen['before'][part]:.4f} before the step, {seen['after'][part]:.4f} after")
