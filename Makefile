@@ -4,6 +4,7 @@
 # make test-fast: the tests that build and train no model (under a minute), for the edit-test loop.
 # make seeds SEEDS="42 1 2": every stage of the tiny preset at each training seed, then every method's figures as
 # mean ± sd across the seeds, with each seed's intervals.
+# make test-real MODEL=DIR: the opt-in tier on a real model's local folder (tests/real/; minutes), never in make test.
 # Each sets up .venv on first use: torch first (a bare torch requirement would pull the multi-GB CUDA build).
 # This file, for the demo's own make calls from any folder
 MAKEFILE := $(abspath $(firstword $(MAKEFILE_LIST)))
@@ -23,7 +24,7 @@ DEMO_STEPS := demo-sft demo-ppo-base demo-ppo demo-dpo demo-grpo demo-rm demo-rm
 # GNU make 4 prints each step's output whole; an older make (macOS ships 3.81) interleaves it.
 DEMO_OUTPUT := $(if $(filter output-sync,$(.FEATURES)),--output-sync=target)
 
-.PHONY: demo demo-run demo-real $(DEMO_STEPS) test test-fast figures seeds browser clean
+.PHONY: demo demo-run demo-real $(DEMO_STEPS) test test-fast test-real figures seeds browser clean
 
 demo: $(VENV)/installed
 	@$(MAKE) --no-print-directory -f $(MAKEFILE) demo-run
@@ -130,6 +131,14 @@ seeds: $(VENV)/installed
 
 test-fast: $(VENV)/installed
 	$(PYTHON) -m pytest -m "not slow"
+
+# What only real weights show (tests/real/, tests/README.md): the chat template, eos and pad of the real tokenizer,
+# one step of each stage, KL 0, the fused head, the audit, the export and the page, on MODEL in float32 on the CPU.
+# tests/conftest.py collects tests/real/ only when HFPPO_REAL_MODEL names the folder; without one this runs nothing.
+test-real: $(VENV)/installed
+	@if [ ! -f "$(MODEL)/config.json" ]; then echo "make test-real skipped: $(MODEL) is not a local model folder. \
+	Pass one: make test-real MODEL=path/to/Qwen2.5-0.5B-Instruct"; exit 0; fi; \
+	HFPPO_REAL_MODEL="$(abspath $(MODEL))" $(PYTHON) -m pytest -p no:xdist tests/real
 
 $(VENV)/installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)

@@ -48,6 +48,10 @@ SLOW_CALLS = {"run_script", "run_ok", "subprocess"}
 # A test left in the fast tier that takes longer than this is named at the end of the run, to be marked
 # @pytest.mark.slow (the fast tier's tests take well under a second each; a slow one may start a script indirectly).
 FAST_TEST_LIMIT_S = 10
+# The opt-in tier on real weights (tests/real/, make test-real MODEL=DIR): collected only when this variable names the
+# model's folder, so that `pytest` over tests/ (make test, CI) never loads gigabytes of weights for minutes.
+REAL_MODEL_VARIABLE = "HFPPO_REAL_MODEL"
+collect_ignore = [] if os.environ.get(REAL_MODEL_VARIABLE) else ["real"]
 # float32's machine epsilon, 2**-23: the gap between 1 and the next float32. Rounding one result moves it by at most
 # half that (the unit roundoff u) of its magnitude. The rule for comparing values computed in other shapes, orders or
 # CPUs (tests/README.md) derives every such tolerance from it.
