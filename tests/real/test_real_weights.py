@@ -246,9 +246,9 @@ def test_sampled_answers_stop_at_im_end_and_keep_nothing_after_it(tokenizer):
 
 
 def test_the_fused_head_gives_the_full_logits_log_probs_entropy_and_gradients(tokenizer):
-    """tests/test_ppo_algorithm.py's check of TRL's fused LM head (log-probs of the answer a tile of the vocabulary at a time)
-    against the full logits, on the real model with PPO's adapter, B drawn as a trained adapter's, and answers it
-    sampled. The same tolerance: a logit is a dot product of hidden_size terms, so the two computations' logits
+    """tests/test_ppo_algorithm.py's check of TRL's fused LM head (log-probs of the answer a tile of the vocabulary at
+    a time) against the full logits, on the real model with PPO's adapter, B drawn as a trained adapter's, and answers
+    it sampled. The same tolerance: a logit is a dot product of hidden_size terms, so the two computations' logits
     z = h.w / T differ by at most dz = hidden_size FLOAT32_EPS max sum|h_i w_i| / T, and a log-prob by 2 dz plus
     V FLOAT32_EPS for the log-sum-exp over the V-token vocabulary (151,936 here: 0.018 nats, where the tiny model's
     bound is under 1e-3); an entropy by that times (1 + max|z|). The gradients of the summed log-probs through the
