@@ -348,14 +348,16 @@ def gains(report: dict) -> dict:
 
 
 def ppo_summary(report: dict) -> str:
-    """PPO after SFT against SFT, in one sentence: the reward model's gain, the length, and the judge's figures."""
-    m, sft = gains(report)["ppo"], report["metrics"]["sft"]
+    """PPO after SFT against SFT, in two sentences: the reward model's gain, the length, and the judge's figures, each
+    difference with its paired 95% interval over the same questions."""
+    m, sft, change = report["metrics"]["ppo"], report["metrics"]["sft"], report["metrics"]["ppo"]["vs_start"]
     return (
-        f"PPO after SFT raises the reward model's score {m['gain']:+.2f} above SFT's, at "
-        f"{m['mean_answer_tokens'] / sft['mean_answer_tokens']:.0%} of SFT's length. The lexicon judge, which no "
-        f"stage optimised, scores its answers {m['judge_mean_score']:+.3f} against SFT's "
-        f"{sft['judge_mean_score']:+.3f}, and judges {m['judge_share_rude']:.3f} of them rude against SFT's "
-        f"{sft['judge_share_rude']:.3f} (seed {report['seed']}).\n"
+        f"PPO after SFT raises the reward model's score {with_interval(change['mean_reward'], '.2f', True)} above "
+        f"SFT's, at {m['mean_answer_tokens'] / sft['mean_answer_tokens']:.0%} of SFT's length. The lexicon judge, "
+        f"which no stage optimised, scores its answers {with_interval(change['judge_mean_score'], '.2f', True)} "
+        f"against SFT's, and the share it judges rude moves {with_interval(change['judge_share_rude'], '.2f', True)} "
+        f"from SFT's {sft['judge_share_rude']:.2f} (seed {report['seed']}, {report['samples_per_question']} answers "
+        f"to each of {report['questions']} questions; 95% paired intervals).\n"
     )
 
 

@@ -57,6 +57,7 @@ def test_a_new_report_changes_the_blocks_that_quote_it(tmp_path):
     report = figures.load("compare.json", tmp_path)
     report["metrics"]["ppo"]["mean_reward"] += 1
     report["metrics"]["ppo"]["intervals"]["mean_reward"]["mean"] += 1  # the tables show it with its interval
+    report["metrics"]["ppo"]["vs_start"]["mean_reward"]["mean"] += 1  # and the summary its gain over SFT
     figures.write(tmp_path / "compare.json", report)
     stale = figures.stale_blocks(page_text("README.md"), "README.md", tmp_path)
     assert stale == ["compare-verdicts", "compare-table", "ppo-summary"]
