@@ -23,14 +23,7 @@ DEFAULT_SEEDS = (42, 1, 2)  # the demo's seed and two more, as make seeds runs t
 # Each run's comparison report, relative to its folder: where compare.py --tiny writes it.
 REPORT = paths.PPO_DIR / paths.METRICS_FILE
 # The figures averaged over seeds, in the table's order: those of the comparison that carry an interval.
-KEYS = (
-    "mean_reward",
-    "judge_mean_score",
-    "judge_share_rude",
-    "mean_answer_tokens",
-    "share_finished",
-    "mean_kl_to_sft",
-)
+KEYS = figures.INTERVAL_KEYS
 # The figures every method's report must have: all but the KL to SFT, which SFT's lacks.
 REQUIRED = tuple(key for key in KEYS if key != "mean_kl_to_sft")
 # The chosen answers' own figures on the same questions (report["chosen"]): the ceiling a perfect imitation reaches.
