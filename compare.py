@@ -514,10 +514,8 @@ def plot_methods(metrics: dict, path: Path, chosen: dict | None = None) -> Path:
     return path
 
 
-def judge_agreement(later: dict, earlier: dict, questions: int | None = None) -> dict:
-    """AGREEMENT_RULE for two models' results on the same `questions` (unset: one answer each), each question's
-    answers by their mean."""
-    questions = questions or len(later["scores"])
+def judge_agreement(later: dict, earlier: dict, questions: int) -> dict:
+    """AGREEMENT_RULE for two models' results on the same `questions`, each question's answers by their mean."""
 
     def per_question(key: str) -> torch.Tensor:
         now, then = (intervals.question_means(intervals.by_question(r[key], questions)) for r in (later, earlier))

@@ -138,7 +138,8 @@ def test_compare_counts_agreement_on_which_answer_is_ruder():
     finds ruder on 1 and 4, and the other one on 2."""
     later = {"scores": torch.tensor([2.0, 0.0, 1.0, -1.0]), "judge": torch.tensor([3.0, 2.0, 1.0, 0.0])}
     earlier = {"scores": torch.tensor([1.0, 1.0, 0.0, 0.0]), "judge": torch.tensor([0.0, 0.0, 1.0, 2.0])}
-    assert compare.judge_agreement(later, earlier) == {"agreement": pytest.approx(2 / 3), "questions": 3, "ties": 1}
+    agreement = compare.judge_agreement(later, earlier, 4)
+    assert agreement == {"agreement": pytest.approx(2 / 3), "questions": 3, "ties": 1}
 
 
 def test_the_verdict_line_says_what_the_judge_says():
