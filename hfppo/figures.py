@@ -337,16 +337,6 @@ def transcript(folder: Path = REPORTS_DIR) -> str:
     ])  # fmt: skip
 
 
-def gains(report: dict) -> dict:
-    """Each method's figures, with its reward model gain ("gain") over the method it starts from where that ran."""
-    figures = {name: report["metrics"][name] for name in methods(report)}
-    return {
-        name: m | {"gain": m["mean_reward"] - figures[start]["mean_reward"]} if start in figures else m
-        for name, m in figures.items()
-        for start in [paths.METHODS[name].start]
-    }
-
-
 def ppo_summary(report: dict) -> str:
     """PPO after SFT against SFT, in two sentences: the reward model's gain, the length, and the judge's figures, each
     difference with its paired 95% interval over the same questions."""
@@ -366,37 +356,51 @@ def alarm_named(report: dict, name: str) -> bool:
     return any(text.startswith(f"{paths.METHODS[name].label}: ") for text in report["checks"])
 
 
+def evaluation_figure(evaluation: dict, tag: str, digits: str) -> str:
+    """One held-out evaluation's figure `tag` with its 95% interval, from the bounds PPO logs beside it."""
+    low, high = charts.band_tags(tag)
+    return with_interval({"mean": evaluation[tag], "low": evaluation[low], "high": evaluation[high]}, digits, True)
+
+
 def ppo_run_summary(evaluations: dict, report: dict) -> str:
-    """PPO's held-out evaluations, first against last, its alarm, and the comparison's figures for PPO and SFT."""
+    """PPO's held-out evaluations, first against last, each with its interval, its alarm, and the comparison's
+    paired differences of PPO from SFT."""
     first, last = evaluations["evaluations"][0], evaluations["evaluations"][-1]
     spoke = [e["update"] for e in evaluations["evaluations"] if e.get("eval/hacking_signs", 0) > 0]
-    m, sft = report["metrics"]["ppo"], report["metrics"]["sft"]
+    change = report["metrics"]["ppo"]["vs_start"]
     alarm = (
         f"The reward-hacking alarm spoke at update {', '.join(map(str, spoke))}."
         if spoke
         else "The reward-hacking alarm never spoke."
     )
     return (
-        f"On the held-out questions (seed {report['seed']}, `make demo`), PPO after SFT moved the reward model's "
-        f"score from {first['eval/score']:+.2f} before the first update to {last['eval/score']:+.2f} after update "
-        f"{last['update']}, at {first['eval/answer_length']:.1f} to {last['eval/answer_length']:.1f} tokens. The "
-        f"lexicon judge went from {first['eval/judge_score']:+.2f} to {last['eval/judge_score']:+.2f}. {alarm} "
-        f"Sampled again by the comparison, {m['judge_share_rude']:.3f} of its answers are judged rude against SFT's "
-        f"{sft['judge_share_rude']:.3f}, at a judge score of {m['judge_mean_score']:+.3f} against SFT's "
-        f"{sft['judge_mean_score']:+.3f}.\n"
+        f"On the held-out questions (seed {report['seed']}, `make demo`, one answer a question), PPO after SFT moved "
+        f"the reward model's score from {evaluation_figure(first, 'eval/score', '.2f')} before the first update to "
+        f"{evaluation_figure(last, 'eval/score', '.2f')} after update {last['update']}, at "
+        f"{first['eval/answer_length']:.1f} to {last['eval/answer_length']:.1f} tokens. The lexicon judge went from "
+        f"{evaluation_figure(first, 'eval/judge_score', '.2f')} to "
+        f"{evaluation_figure(last, 'eval/judge_score', '.2f')}. "
+        f"{alarm} Sampled again by the comparison ({report['samples_per_question']} answers a question), PPO scores "
+        f"{with_interval(change['mean_reward'], '.2f', True)} above SFT; the judge's score moves "
+        f"{with_interval(change['judge_mean_score'], '.2f', True)} and the share judged rude "
+        f"{with_interval(change['judge_share_rude'], '.2f', True)} (paired 95% intervals).\n"
     )
 
 
 def from_base_summary(report: dict) -> str:
-    """The original's claim on the demo: PPO from the base against PPO after SFT, both over the base model."""
-    g, base = gains(report), report["metrics"]["base"]["mean_reward"]
+    """The original's claim on the demo: PPO from the base against PPO after SFT, each gain with its paired
+    interval."""
+    metrics = report["metrics"]
+    gain = {
+        name: with_interval(metrics[name]["vs_start"]["mean_reward"], ".2f", True)
+        for name in ("ppo_base", "sft", "ppo")
+    }
     named = "names" if alarm_named(report, "ppo_base") else "does not name"
     return (
-        f"In [the comparison](results.md#every-method-side-by-side) PPO from the base gains "
-        f"{g['ppo_base']['gain']:+.2f} over the base model on the reward model, PPO after SFT "
-        f"{g['ppo']['mean_reward'] - base:+.2f} (SFT's {g['sft']['gain']:+.2f} and PPO's {g['ppo']['gain']:+.2f}). "
-        f"The judge finds {g['ppo_base']['judge_share_rude']:.3f} of PPO from the base's answers rude, and the "
-        f"comparison's reward-hacking alarm {named} it (seed {report['seed']}).\n"
+        f"In [the comparison](results.md#every-method-side-by-side) PPO from the base gains {gain['ppo_base']} over "
+        f"the base model on the reward model. SFT gains {gain['sft']}, and PPO after SFT a further {gain['ppo']} "
+        f"(paired 95% intervals). The judge finds {metrics['ppo_base']['judge_share_rude']:.3f} of PPO from the "
+        f"base's answers rude, and the comparison's reward-hacking alarm {named} it (seed {report['seed']}).\n"
     )
 
 
